@@ -1,0 +1,44 @@
+"""Semantic-ID tokenizer: item embeddings -> balanced residual k-means codes -> tokens, and back."""
+
+from .collisions import CollisionReport, collision_rate, resolve_collisions
+from .constrained_decoding import SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
+from .embeddings import (
+    ItemEmbeddingConfig,
+    build_item_embeddings,
+    collaborative_item_embeddings,
+    load_embedding_array,
+    text_item_embeddings,
+    validate_item_embeddings,
+)
+from .quantization import (
+    KMeansResult,
+    ResidualKMeansConfig,
+    ResidualQuantization,
+    balanced_kmeans,
+    fit_residual_kmeans,
+    kmeans,
+    quantize_with_codebooks,
+)
+from .statistics import codebook_report, plot_codebook_report
+from .tokenization_semantic_id import SemanticIDTokenizer, UnknownItemError
+from .trie import SemanticIDTrie
+
+
+def register_auto_classes() -> None:
+    """Lets ``AutoTokenizer`` resolve ``tokenizer_class: "SemanticIDTokenizer"`` without remote code."""
+    from transformers.models.auto.tokenization_auto import REGISTERED_TOKENIZER_CLASSES
+
+    REGISTERED_TOKENIZER_CLASSES.setdefault("SemanticIDTokenizer", SemanticIDTokenizer)
+
+
+register_auto_classes()
+SemanticIDTokenizer.register_for_auto_class("AutoTokenizer")
+
+__all__ = [
+    "CollisionReport", "ItemEmbeddingConfig", "KMeansResult", "ResidualKMeansConfig", "ResidualQuantization",
+    "SemanticIDTokenizer", "SemanticIDTrie", "SessionConstrainedLogitsProcessor", "SessionPrefixAllowedTokensFn",
+    "UnknownItemError", "balanced_kmeans", "build_item_embeddings", "codebook_report", "collaborative_item_embeddings",
+    "collision_rate", "fit_residual_kmeans", "kmeans", "load_embedding_array", "plot_codebook_report",
+    "quantize_with_codebooks", "register_auto_classes", "resolve_collisions", "text_item_embeddings",
+    "validate_item_embeddings",
+]

@@ -1,0 +1,337 @@
+"""Residual k-means quantisation of item embeddings into semantic IDs (OneRec §3.1, Algorithm 1).
+
+Each level ``l`` clusters the residuals ``r^l`` of all items into ``K_l`` clusters; an item's code at
+that level is its cluster and the next residual is ``r^{l+1} = r^l - c^l_{s^l}``.
+
+Two clusterings are offered:
+
+* :func:`balanced_kmeans` -- Algorithm 1 of the paper: every cluster holds exactly ``|V| / K`` items.
+  When ``K`` does not divide ``|V|``, the first ``|V| mod K`` clusters (in processing order) hold one
+  item more, so cluster sizes are ``floor(|V|/K)`` or ``ceil(|V|/K)`` and every item is assigned.
+* :func:`kmeans` -- plain Lloyd k-means with the same random initialisation, kept for ablations
+  (it is what RQ-KMeans peers use and it shows the "hourglass" imbalance the paper avoids).
+
+Everything is vectorised torch and runs on the device of the input tensor (a GPU when present).
+Results are deterministic for a given seed on a given device.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ResidualKMeansConfig:
+    """How semantic IDs are learned from item embeddings.
+
+    Args:
+        num_levels: Number of residual levels ``L`` (3 in the paper).
+        codebook_size: Codes per level ``K``: one int for every level, or one per level
+            (8192 in the paper; 256 is the usual size for catalogues of ~10k items).
+        balanced: ``True`` runs the paper's balanced k-means (Algorithm 1); ``False`` plain k-means
+            (an ablation).
+        max_iterations: Upper bound on assignment sweeps per level; a level stops earlier once its
+            assignment no longer changes.
+        seed: Seed of the random centroid initialisation.
+        device: Where to run (``None``: CUDA when available, else CPU).
+        cluster_block_size: How many clusters' distance columns are computed per matrix product
+            in the balanced sweep; trades memory (``N x block`` floats) for speed.
+    """
+
+    num_levels: int = 3
+    codebook_size: Union[int, Sequence[int]] = 256
+    balanced: bool = True
+    max_iterations: int = 30
+    seed: int = 0
+    device: Optional[str] = None
+    cluster_block_size: int = 256
+
+    def __post_init__(self):
+        if not isinstance(self.num_levels, int) or self.num_levels < 1:
+            raise ValueError(f"num_levels must be a positive int, got {self.num_levels!r}.")
+        sizes = self.codebook_sizes
+        if len(sizes) != self.num_levels:
+            raise ValueError(
+                f"codebook_size lists {len(sizes)} sizes but num_levels={self.num_levels}; "
+                "give one int for all levels or exactly one size per level."
+            )
+        for size in sizes:
+            if not isinstance(size, int) or size < 2:
+                raise ValueError(f"every codebook size must be an int >= 2, got {size!r} in {list(sizes)}.")
+        if not isinstance(self.max_iterations, int) or self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be a positive int, got {self.max_iterations!r}.")
+        if self.cluster_block_size < 1:
+            raise ValueError(f"cluster_block_size must be >= 1, got {self.cluster_block_size!r}.")
+
+    @property
+    def codebook_sizes(self) -> List[int]:
+        if isinstance(self.codebook_size, int):
+            return [self.codebook_size] * self.num_levels
+        return list(self.codebook_size)
+
+    def to_dict(self) -> dict:
+        config = asdict(self)
+        config["codebook_size"] = self.codebook_sizes
+        return config
+
+
+@dataclass
+class KMeansResult:
+    """One level's clustering.
+
+    Attributes:
+        centroids: ``[K, D]`` cluster centres.
+        assignment: ``[N]`` cluster of every item.
+        iterations: Sweeps run.
+        converged: Whether the last sweep left the assignment unchanged.
+        changed_fraction: Per sweep, the fraction of items whose cluster changed (a learning curve).
+    """
+
+    centroids: torch.Tensor
+    assignment: torch.Tensor
+    iterations: int
+    converged: bool
+    changed_fraction: List[float] = field(default_factory=list)
+
+
+@dataclass
+class ResidualQuantization:
+    """All levels of a residual k-means fit.
+
+    Attributes:
+        codebooks: ``L`` tensors, level ``l`` of shape ``[K_l, D]``.
+        codes: ``[N, L]`` code of every item at every level (the balanced assignment for fitted items).
+        levels: Per-level :class:`KMeansResult` (centroids duplicated in ``codebooks``).
+        residual_norm: ``[L + 1]`` mean L2 norm of the residual entering each level and after the last.
+    """
+
+    codebooks: List[torch.Tensor]
+    codes: torch.Tensor
+    levels: List[KMeansResult]
+    residual_norm: List[float]
+
+
+def _check_clustering_input(points: torch.Tensor, num_clusters: int) -> None:
+    if points.dim() != 2:
+        raise ValueError(f"points must be a 2-D [N, D] tensor, got shape {tuple(points.shape)}.")
+    num_points = points.shape[0]
+    if num_points == 0:
+        raise ValueError("Cannot cluster an empty catalogue (0 items); pass at least one item embedding.")
+    if num_clusters > num_points:
+        raise ValueError(
+            f"codebook size K={num_clusters} is larger than the catalogue ({num_points} items): "
+            f"some codes could never be used. Use K <= {num_points} (for balanced clusters of a few "
+            "items, K around N ** (1 / num_levels) is a common choice)."
+        )
+
+
+def _random_centroids(points: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
+    """Paper Algorithm 1, line 2: K distinct items chosen at random. Returns ``[K, D]``."""
+    index = torch.randperm(points.shape[0], generator=generator)[:num_clusters].to(points.device)
+    return points[index].clone()
+
+
+def balanced_capacities(num_points: int, num_clusters: int) -> torch.Tensor:
+    """Cluster sizes of a balanced partition: ``[K]``, the first ``N mod K`` get one extra item."""
+    base, remainder = divmod(num_points, num_clusters)
+    capacities = torch.full((num_clusters,), base, dtype=torch.long)
+    capacities[:remainder] += 1
+    return capacities
+
+
+def _balanced_sweep(points: torch.Tensor, centroids: torch.Tensor, capacities: torch.Tensor, block_size: int):
+    """One pass of Algorithm 1 lines 4-10.
+
+    Clusters are visited in order; cluster ``k`` takes its ``capacity[k]`` nearest still-unassigned
+    items and moves its centroid to their mean. Cluster ``k``'s distances only involve its own,
+    not-yet-updated centroid, so they are computed ``block_size`` clusters at a time by one matmul.
+
+    Args:
+        points: ``[N, D]``.
+        centroids: ``[K, D]``; updated in place.
+        capacities: ``[K]`` long, summing to ``N``.
+    Returns:
+        ``[N]`` long assignment.
+    """
+    num_points = points.shape[0]
+    num_clusters = centroids.shape[0]
+    assignment = torch.full((num_points,), -1, dtype=torch.long, device=points.device)
+    # Ranking by ||x||^2 - 2 x.c is the same as by squared distance (||c||^2 is constant per column).
+    point_sq_norm = points.pow(2).sum(dim=1)
+    taken_penalty = torch.zeros(num_points, dtype=points.dtype, device=points.device)
+    for block_start in range(0, num_clusters, block_size):
+        block_end = min(block_start + block_size, num_clusters)
+        block_scores = point_sq_norm[:, None] - 2.0 * points @ centroids[block_start:block_end].T
+        for offset, cluster in enumerate(range(block_start, block_end)):
+            capacity = int(capacities[cluster])
+            if capacity == 0:
+                continue
+            chosen = torch.topk(block_scores[:, offset] + taken_penalty, capacity, largest=False).indices
+            assignment[chosen] = cluster
+            taken_penalty[chosen] = float("inf")
+            centroids[cluster] = points[chosen].mean(dim=0)
+    return assignment
+
+
+def balanced_kmeans(
+    points: torch.Tensor,
+    num_clusters: int,
+    *,
+    max_iterations: int = 30,
+    seed: int = 0,
+    block_size: int = 256,
+    progress: bool = False,
+) -> KMeansResult:
+    """Balanced k-means exactly as OneRec's Algorithm 1.
+
+    Args:
+        points: ``[N, D]`` float tensor; its device is used.
+        num_clusters: ``K``; every cluster gets ``floor(N/K)`` or ``ceil(N/K)`` items.
+        max_iterations: Sweeps at most ("until assignment convergence" in the paper).
+        seed: Seed of the random initial centroids.
+        block_size: Clusters per distance matmul (memory ``N x block_size``).
+        progress: Show a progress bar over sweeps.
+    Returns:
+        :class:`KMeansResult` with ``centroids [K, D]`` and ``assignment [N]``.
+    """
+    _check_clustering_input(points, num_clusters)
+    generator = torch.Generator().manual_seed(seed)
+    centroids = _random_centroids(points, num_clusters, generator)
+    capacities = balanced_capacities(points.shape[0], num_clusters)
+    assignment = None
+    changed_fraction: List[float] = []
+    converged = False
+    iterations = 0
+    for iterations in tqdm(range(1, max_iterations + 1), desc=f"balanced k-means K={num_clusters}",
+                           disable=not progress, leave=False):
+        new_assignment = _balanced_sweep(points, centroids, capacities, block_size)
+        if assignment is not None:
+            changed = (new_assignment != assignment).float().mean().item()
+            changed_fraction.append(changed)
+            if changed == 0.0:
+                converged = True
+                assignment = new_assignment
+                break
+        assignment = new_assignment
+    if not converged:
+        logger.info(
+            "balanced k-means (K=%d) stopped after %d sweeps without full convergence (%.2f%% of items "
+            "still moving); raise max_iterations for a tighter fit.",
+            num_clusters, iterations, 100 * (changed_fraction[-1] if changed_fraction else 1.0),
+        )
+    return KMeansResult(centroids, assignment, iterations, converged, changed_fraction)
+
+
+def nearest_centroid(points: torch.Tensor, centroids: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
+    """``argmin_k ||x - c_k||^2`` for each row: ``[N, D] x [K, D] -> [N]``, in chunks of rows."""
+    centroid_sq_norm = centroids.pow(2).sum(dim=1)
+    out = []
+    for start in range(0, points.shape[0], chunk_size):
+        chunk = points[start:start + chunk_size]
+        out.append((centroid_sq_norm[None, :] - 2.0 * chunk @ centroids.T).argmin(dim=1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=points.device)
+
+
+def kmeans(
+    points: torch.Tensor,
+    num_clusters: int,
+    *,
+    max_iterations: int = 30,
+    seed: int = 0,
+    progress: bool = False,
+) -> KMeansResult:
+    """Plain Lloyd k-means with the same initialisation as :func:`balanced_kmeans` (for ablations).
+
+    A cluster left empty keeps its previous centroid, so it stays unused: that collapse is what
+    the balanced variant exists to prevent, and the statistics report it.
+
+    Args and returns as :func:`balanced_kmeans`.
+    """
+    _check_clustering_input(points, num_clusters)
+    generator = torch.Generator().manual_seed(seed)
+    centroids = _random_centroids(points, num_clusters, generator)
+    assignment = None
+    changed_fraction: List[float] = []
+    converged = False
+    iterations = 0
+    for iterations in tqdm(range(1, max_iterations + 1), desc=f"k-means K={num_clusters}",
+                           disable=not progress, leave=False):
+        new_assignment = nearest_centroid(points, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, new_assignment, points)
+        counts = torch.bincount(new_assignment, minlength=num_clusters)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None].to(points.dtype)
+        if assignment is not None:
+            changed = (new_assignment != assignment).float().mean().item()
+            changed_fraction.append(changed)
+            if changed == 0.0:
+                converged = True
+                assignment = new_assignment
+                break
+        assignment = new_assignment
+    # Codes must be the nearest final centroid, the rule used for items added later.
+    assignment = nearest_centroid(points, centroids)
+    return KMeansResult(centroids, assignment, iterations, converged, changed_fraction)
+
+
+def _resolve_device(device: Optional[str]) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def fit_residual_kmeans(
+    embeddings: torch.Tensor, config: ResidualKMeansConfig, progress: bool = True
+) -> ResidualQuantization:
+    """Learns ``L`` codebooks level by level on residuals (paper §3.1).
+
+    Args:
+        embeddings: ``[N, D]`` item embeddings (validated by the caller).
+        config: :class:`ResidualKMeansConfig`.
+        progress: Show progress bars.
+    Returns:
+        :class:`ResidualQuantization` with codebooks on the CPU and ``codes [N, L]``.
+    """
+    device = _resolve_device(config.device)
+    residual = embeddings.to(device=device, dtype=torch.float32).clone()
+    codebooks, levels, residual_norm, codes = [], [], [], []
+    for level, size in enumerate(tqdm(config.codebook_sizes, desc="residual k-means levels", disable=not progress)):
+        residual_norm.append(residual.norm(dim=1).mean().item())
+        if config.balanced:
+            result = balanced_kmeans(residual, size, max_iterations=config.max_iterations,
+                                     seed=config.seed + level, block_size=config.cluster_block_size)
+        else:
+            result = kmeans(residual, size, max_iterations=config.max_iterations, seed=config.seed + level)
+        residual = residual - result.centroids[result.assignment]
+        codebooks.append(result.centroids.cpu())
+        codes.append(result.assignment.cpu())
+        levels.append(KMeansResult(result.centroids.cpu(), result.assignment.cpu(), result.iterations,
+                                   result.converged, result.changed_fraction))
+    residual_norm.append(residual.norm(dim=1).mean().item())
+    return ResidualQuantization(codebooks, torch.stack(codes, dim=1), levels, residual_norm)
+
+
+def quantize_with_codebooks(embeddings: torch.Tensor, codebooks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Codes of (new) items under frozen codebooks: nearest centroid level by level on residuals.
+
+    Args:
+        embeddings: ``[N, D]``.
+        codebooks: ``L`` tensors ``[K_l, D]``.
+    Returns:
+        ``[N, L]`` long codes.
+    """
+    residual = embeddings.to(torch.float32)
+    codes = []
+    for codebook in codebooks:
+        codebook = codebook.to(residual.device, torch.float32)
+        level_codes = nearest_centroid(residual, codebook)
+        residual = residual - codebook[level_codes]
+        codes.append(level_codes)
+    return torch.stack(codes, dim=1) if codes else torch.zeros((embeddings.shape[0], 0), dtype=torch.long)

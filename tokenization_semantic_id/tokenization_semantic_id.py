@@ -1,0 +1,491 @@
+"""``SemanticIDTokenizer``: items <-> level-tagged semantic-ID tokens, as a transformers tokenizer.
+
+Vocabulary layout (token ids)::
+
+    0 <pad>   1 </s> (EOS)   2 <s> (BOS, the paper's s_[BOS] before each session item)
+    3 ...     <a_0> ... <a_{K1-1}>  <b_0> ... <b_{K2-1}>  <c_0> ...  [<d_0> ... disambiguation level]
+
+An item is the ``L'`` tokens of its code, one per level (``L`` semantic levels plus, when codes
+collided, one disambiguation level). A history is the items' tokens in time order (newest kept)
+followed by EOS; a session is ``BOS + item tokens`` per item followed by EOS (paper Eq. 3).
+
+Files written by ``save_pretrained``: ``tokenizer_config.json`` (layout and build report),
+``semantic_ids.safetensors`` (codebooks and the ``[N, L']`` item code table) and ``item_ids.json``
+(the catalogue's original item ids, in code-table order).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import BatchEncoding
+from transformers.tokenization_python import AddedToken, PreTrainedTokenizer
+
+from .collisions import resolve_collisions
+from .constrained_decoding import SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
+from .embeddings import validate_item_embeddings
+from .quantization import ResidualKMeansConfig, fit_residual_kmeans, quantize_with_codebooks
+from .statistics import codebook_report, plot_codebook_report
+from .trie import SemanticIDTrie
+
+logger = logging.getLogger(__name__)
+
+SEMANTIC_IDS_FILE = "semantic_ids.safetensors"
+ITEM_IDS_FILE = "item_ids.json"
+NUM_SPECIAL_TOKENS = 3  # <pad>, </s>, <s>
+LEVEL_NAMES = "abcdefghijklmnopqrstuvwxyz"
+_CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")
+
+
+class UnknownItemError(KeyError):
+    """An item id that is not in the tokenizer's catalogue."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SemanticIDTokenizer(PreTrainedTokenizer):
+    """Maps catalogue items to semantic-ID tokens and back.
+
+    Build one from item embeddings with :meth:`build`; load a saved one with ``from_pretrained``
+    (or ``AutoTokenizer.from_pretrained(dir, trust_remote_code=True)``).
+
+    Args:
+        semantic_ids_file: Path of ``semantic_ids.safetensors`` (filled in by ``from_pretrained``).
+        item_ids_file: Path of ``item_ids.json`` (filled in by ``from_pretrained``).
+        codebook_sizes: ``K`` of every code level, disambiguation level included.
+        num_semantic_levels: ``L``, the levels learned by k-means (the rest are disambiguation).
+        max_history_items: ``n``, the newest items a history keeps (paper: 256).
+        build_info: JSON-serialisable record of how the codes were built (quantiser config,
+            statistics); informational.
+        item_ids / item_codes / codebooks: In-memory catalogue, used by :meth:`build` instead of files:
+            ``item_ids`` (``N`` strings), ``item_codes`` (``[N, L']`` long), ``codebooks``
+            (``L`` tensors ``[K_l, D]``).
+    """
+
+    vocab_files_names = {"semantic_ids_file": SEMANTIC_IDS_FILE, "item_ids_file": ITEM_IDS_FILE}
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"
+
+    def __init__(
+        self,
+        semantic_ids_file: Optional[str] = None,
+        item_ids_file: Optional[str] = None,
+        codebook_sizes: Optional[Sequence[int]] = None,
+        num_semantic_levels: Optional[int] = None,
+        max_history_items: int = 50,
+        build_info: Optional[dict] = None,
+        pad_token: str = "<pad>",
+        eos_token: str = "</s>",
+        bos_token: str = "<s>",
+        item_ids: Optional[Sequence[str]] = None,
+        item_codes: Optional[torch.Tensor] = None,
+        codebooks: Optional[Sequence[torch.Tensor]] = None,
+        **kwargs,
+    ):
+        if item_ids is None or item_codes is None:
+            item_ids, item_codes, codebooks = self._load_catalogue(semantic_ids_file, item_ids_file, kwargs)
+        if codebook_sizes is None or num_semantic_levels is None:
+            raise ValueError(
+                "SemanticIDTokenizer needs codebook_sizes and num_semantic_levels; they are stored in "
+                "tokenizer_config.json by save_pretrained. Build a tokenizer with SemanticIDTokenizer.build(...)."
+            )
+        self.codebook_sizes = [int(size) for size in codebook_sizes]
+        self.num_semantic_levels = int(num_semantic_levels)
+        self.max_history_items = int(max_history_items)
+        self.build_info = build_info or {}
+        self._set_catalogue(list(item_ids), torch.as_tensor(item_codes, dtype=torch.long),
+                            [torch.as_tensor(c, dtype=torch.float32) for c in (codebooks or [])])
+        self._added_tokens_decoder = {
+            index: token if isinstance(token, AddedToken) else AddedToken(token, special=True)
+            for index, token in enumerate((pad_token, eos_token, bos_token))
+        }
+        kwargs.setdefault("model_max_length", self.max_history_items * self.num_levels + 1)
+        super().__init__(
+            pad_token=pad_token, eos_token=eos_token, bos_token=bos_token,
+            codebook_sizes=self.codebook_sizes, num_semantic_levels=self.num_semantic_levels,
+            max_history_items=self.max_history_items, build_info=self.build_info, **kwargs,
+        )
+
+    # ------------------------------------------------------------------ catalogue and layout
+    @staticmethod
+    def _load_catalogue(semantic_ids_file, item_ids_file, kwargs):
+        directory = kwargs.get("name_or_path", "the tokenizer directory")
+        missing = [name for name, path in ((SEMANTIC_IDS_FILE, semantic_ids_file), (ITEM_IDS_FILE, item_ids_file))
+                   if path is None or not os.path.isfile(path)]
+        if missing:
+            raise FileNotFoundError(
+                f"{directory} is missing {', '.join(missing)}. A SemanticIDTokenizer directory holds "
+                f"tokenizer_config.json, {SEMANTIC_IDS_FILE} and {ITEM_IDS_FILE}, as written by "
+                "save_pretrained(); copy the whole directory, or rebuild with SemanticIDTokenizer.build(...)."
+            )
+        tensors = load_file(semantic_ids_file)
+        if "item_codes" not in tensors:
+            raise ValueError(f"{semantic_ids_file} has no 'item_codes' tensor; it was not written by SemanticIDTokenizer.")
+        codebooks = [tensors[f"codebook_{level}"] for level in range(len(tensors)) if f"codebook_{level}" in tensors]
+        with open(item_ids_file, encoding="utf-8") as handle:
+            item_ids = json.load(handle)
+        return item_ids, tensors["item_codes"], codebooks
+
+    def _set_catalogue(self, item_ids: List[str], item_codes: torch.Tensor, codebooks: List[torch.Tensor]) -> None:
+        if len(item_ids) == 0:
+            raise ValueError("The catalogue is empty: pass at least one item.")
+        if item_codes.dim() != 2 or item_codes.shape != (len(item_ids), len(self.codebook_sizes)):
+            raise ValueError(
+                f"item_codes has shape {tuple(item_codes.shape)} but {len(item_ids)} items and "
+                f"{len(self.codebook_sizes)} code levels were declared; the tokenizer files are inconsistent."
+            )
+        sizes = torch.tensor(self.codebook_sizes)
+        if (item_codes < 0).any() or (item_codes >= sizes).any():
+            raise ValueError(f"item_codes hold codes outside the codebook sizes {self.codebook_sizes}.")
+        item_ids = [str(item) for item in item_ids]
+        index = {item: position for position, item in enumerate(item_ids)}
+        if len(index) != len(item_ids):
+            duplicates = sorted({item for item in item_ids if item_ids.count(item) > 1})[:5]
+            raise ValueError(f"item ids must be unique; duplicated: {duplicates}.")
+        self._item_ids = item_ids
+        self._item_index = index
+        self.item_codes = item_codes
+        self.codebooks = codebooks
+        self._trie: Optional[SemanticIDTrie] = None
+
+    @property
+    def num_levels(self) -> int:
+        """``L'``: tokens per item (semantic levels plus any disambiguation level)."""
+        return len(self.codebook_sizes)
+
+    @property
+    def level_offsets(self) -> List[int]:
+        """Token id of code 0 at each level."""
+        offsets, start = [], NUM_SPECIAL_TOKENS
+        for size in self.codebook_sizes:
+            offsets.append(start)
+            start += size
+        return offsets
+
+    @property
+    def vocab_size(self) -> int:
+        return NUM_SPECIAL_TOKENS + sum(self.codebook_sizes)
+
+    @property
+    def item_ids(self) -> List[str]:
+        """The catalogue, in code-table order."""
+        return list(self._item_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self._item_ids)
+
+    @property
+    def item_tokens(self) -> torch.Tensor:
+        """``[N, L']`` vocabulary token ids of every item's code."""
+        return self.item_codes + torch.tensor(self.level_offsets)
+
+    @property
+    def trie(self) -> SemanticIDTrie:
+        """The CSR trie of valid item codes (built on first use, rebuilt after :meth:`add_items`)."""
+        if self._trie is None:
+            self._trie = SemanticIDTrie(self.item_tokens, self.vocab_size)
+        return self._trie
+
+    # ------------------------------------------------------------------ transformers tokenizer API
+    def get_vocab(self) -> Dict[str, int]:
+        vocab = {str(token): index for index, token in self._added_tokens_decoder.items()}
+        for level, (offset, size) in enumerate(zip(self.level_offsets, self.codebook_sizes)):
+            for code in range(size):
+                vocab[f"<{LEVEL_NAMES[level]}_{code}>"] = offset + code
+        return vocab
+
+    def _tokenize(self, text: str, **kwargs) -> List[str]:
+        tokens = _CODE_TOKEN.findall(text)
+        leftover = _CODE_TOKEN.sub("", text).strip()
+        if leftover:
+            raise ValueError(
+                f"Cannot tokenize {leftover[:40]!r}: a SemanticIDTokenizer reads code tokens like '<a_12><b_3><c_7>'. "
+                "To encode items, use encode_items / encode_history / encode_session with item ids."
+            )
+        return [f"<{level}_{code}>" for level, code in tokens]
+
+    def _convert_token_to_id(self, token: str) -> int:
+        match = _CODE_TOKEN.fullmatch(token)
+        if match:
+            level = LEVEL_NAMES.find(match.group(1))
+            code = int(match.group(2))
+            if 0 <= level < self.num_levels and code < self.codebook_sizes[level]:
+                return self.level_offsets[level] + code
+        raise ValueError(
+            f"Unknown token {token!r}: valid code tokens are <{LEVEL_NAMES[0]}_0> ... "
+            f"<{LEVEL_NAMES[self.num_levels - 1]}_{self.codebook_sizes[-1] - 1}> (levels "
+            f"{', '.join(f'{LEVEL_NAMES[l]}: {k}' for l, k in enumerate(self.codebook_sizes))})."
+        )
+
+    def _convert_id_to_token(self, index: int) -> str:
+        level, code = self.token_level(index)
+        if level < 0:
+            raise ValueError(f"Token id {index} is outside the vocabulary (size {self.vocab_size}).")
+        return f"<{LEVEL_NAMES[level]}_{code}>"
+
+    def convert_tokens_to_string(self, tokens: List[str]) -> str:
+        return "".join(tokens)
+
+    def token_level(self, token_id: int) -> Tuple[int, int]:
+        """``(level, code)`` of a code token id; ``(-1, -1)`` for special or out-of-range ids."""
+        for level, (offset, size) in enumerate(zip(self.level_offsets, self.codebook_sizes)):
+            if offset <= token_id < offset + size:
+                return level, token_id - offset
+        return -1, -1
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: Optional[str] = None) -> Tuple[str, str]:
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        ids_path = os.path.join(save_directory, prefix + SEMANTIC_IDS_FILE)
+        items_path = os.path.join(save_directory, prefix + ITEM_IDS_FILE)
+        tensors = {"item_codes": self.item_codes.contiguous()}
+        tensors.update({f"codebook_{level}": c.contiguous() for level, c in enumerate(self.codebooks)})
+        save_file(tensors, ids_path, metadata={"format": "pt", "codebook_sizes": json.dumps(self.codebook_sizes)})
+        with open(items_path, "w", encoding="utf-8") as handle:
+            json.dump(self._item_ids, handle)
+        return ids_path, items_path
+
+    # ------------------------------------------------------------------ items <-> tokens
+    def item_index(self, item_id) -> int:
+        """Row of ``item_id`` in the code table; raises :class:`UnknownItemError` for unknown ids."""
+        try:
+            return self._item_index[str(item_id)]
+        except KeyError:
+            raise UnknownItemError(
+                f"Unknown item id {item_id!r}: it is not in this tokenizer's catalogue of {self.num_items} items. "
+                "Add new items with tokenizer.add_items(item_ids, embeddings), or drop them from the input."
+            ) from None
+
+    def encode_items(self, item_ids: Sequence) -> torch.Tensor:
+        """``n`` item ids -> ``[n, L']`` token ids."""
+        rows = torch.tensor([self.item_index(item) for item in item_ids], dtype=torch.long)
+        return self.item_tokens[rows] if len(rows) else torch.zeros((0, self.num_levels), dtype=torch.long)
+
+    def decode_items(self, token_ids, strict: bool = True) -> List[Optional[str]]:
+        """``[n, L']`` token ids -> item ids. With ``strict=False`` an invalid code gives ``None``."""
+        token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1, self.num_levels)
+        trie = self.trie
+        leaves = trie.walk(token_ids.to(trie.device)).cpu()
+        items = []
+        for row, leaf in enumerate(leaves.tolist()):
+            item = trie.leaf_item[leaf].item() if leaf >= 0 else -1
+            if item < 0:
+                if strict:
+                    raise ValueError(
+                        f"Tokens {token_ids[row].tolist()} ({''.join(self.convert_ids_to_tokens(token_ids[row].tolist()))}) "
+                        "are not the code of any catalogue item; decode with strict=False to get None instead."
+                    )
+                items.append(None)
+            else:
+                items.append(self._item_ids[item])
+        return items
+
+    def encode_history(self, item_ids: Sequence, max_items: Optional[int] = None, add_eos: bool = True) -> List[int]:
+        """Token ids of a history: the newest ``max_items`` items (default ``max_history_items``) in
+        time order, then EOS. An empty history is a ValueError (the model needs some context)."""
+        if len(item_ids) == 0:
+            raise ValueError("Empty history: a user needs at least one past item to be encoded.")
+        limit = self.max_history_items if max_items is None else max_items
+        if limit < 1:
+            raise ValueError(f"max_items must be >= 1, got {limit}.")
+        tokens = self.encode_items(list(item_ids)[-limit:]).reshape(-1).tolist()
+        return tokens + [self.eos_token_id] if add_eos else tokens
+
+    def encode_session(self, item_ids: Sequence, add_eos: bool = True) -> List[int]:
+        """Token ids of a session (paper Eq. 3): ``BOS c1..cL'`` per item, then EOS."""
+        if len(item_ids) == 0:
+            raise ValueError("Empty session: pass at least one item.")
+        codes = self.encode_items(list(item_ids))
+        bos = torch.full((codes.shape[0], 1), self.bos_token_id, dtype=torch.long)
+        tokens = torch.cat([bos, codes], dim=1).reshape(-1).tolist()
+        return tokens + [self.eos_token_id] if add_eos else tokens
+
+    def decode_session(self, token_ids: Sequence[int], prefix_length: int = 0) -> List[Optional[str]]:
+        """Items of one generated session (``None`` for a slot that is not a valid item).
+
+        Args:
+            token_ids: ``[T]`` decoder tokens, for example a row of ``generate()`` output.
+            prefix_length: Leading tokens to skip (1 for T5's decoder start token).
+        """
+        tokens = [int(t) for t in torch.as_tensor(token_ids).tolist()][prefix_length:]
+        period = self.num_levels + 1
+        items = []
+        for start in range(0, len(tokens), period):
+            chunk = tokens[start:start + period]
+            if not chunk or chunk[0] != self.bos_token_id:
+                break  # EOS or padding: the session has ended
+            items.append(self.decode_items([chunk[1:]], strict=False)[0] if len(chunk) == period else None)
+        return items
+
+    def batch_encode_histories(
+        self, histories: Sequence[Sequence], max_items: Optional[int] = None, return_tensors: Optional[str] = "pt"
+    ) -> BatchEncoding:
+        """Right-padded encoder inputs for a batch of histories: ``input_ids`` and ``attention_mask``,
+        each ``[B, T]`` with ``T`` the longest encoded history."""
+        encoded = [self.encode_history(history, max_items=max_items) for history in histories]
+        width = max(len(row) for row in encoded)
+        input_ids = [row + [self.pad_token_id] * (width - len(row)) for row in encoded]
+        attention = [[1] * len(row) + [0] * (width - len(row)) for row in encoded]
+        return BatchEncoding({"input_ids": input_ids, "attention_mask": attention}, tensor_type=return_tensors)
+
+    # ------------------------------------------------------------------ constrained decoding
+    def _excluded_indices(self, exclude_items: Optional[Sequence[Sequence]]) -> Optional[List[List[int]]]:
+        if exclude_items is None:
+            return None
+        return [[self.item_index(item) for item in items] for items in exclude_items]
+
+    def session_logits_processor(
+        self,
+        num_items: int = 1,
+        *,
+        prefix_length: int = 1,
+        forbid_repeats: bool = True,
+        exclude_items: Optional[Sequence[Sequence]] = None,
+    ) -> SessionConstrainedLogitsProcessor:
+        """The fast (vectorised) constraint for ``generate(logits_processor=[...])``.
+
+        Args:
+            num_items: Items per generated session ``m``.
+            prefix_length: Decoder tokens before the session (1 for T5's decoder start token).
+            forbid_repeats: No item twice in one session.
+            exclude_items: Per input row, item ids never to generate (for example the history).
+        """
+        return SessionConstrainedLogitsProcessor(
+            self.trie, bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id, num_items=num_items, prefix_length=prefix_length,
+            forbid_repeats=forbid_repeats, excluded_items=self._excluded_indices(exclude_items),
+        )
+
+    def prefix_allowed_tokens_fn(
+        self,
+        num_items: int = 1,
+        *,
+        prefix_length: int = 1,
+        forbid_repeats: bool = True,
+        exclude_items: Optional[Sequence[Sequence]] = None,
+    ) -> SessionPrefixAllowedTokensFn:
+        """The reference constraint for ``generate(prefix_allowed_tokens_fn=...)``; same arguments
+        and results as :meth:`session_logits_processor`, but a Python call per beam (slow)."""
+        return SessionPrefixAllowedTokensFn(
+            self.item_tokens, bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id, num_items=num_items, prefix_length=prefix_length,
+            forbid_repeats=forbid_repeats, excluded_items=self._excluded_indices(exclude_items),
+        )
+
+    # ------------------------------------------------------------------ building and cold start
+    @classmethod
+    def build(
+        cls,
+        item_ids: Sequence,
+        embeddings,
+        config: Optional[ResidualKMeansConfig] = None,
+        *,
+        disambiguation_size: Optional[int] = None,
+        max_history_items: int = 50,
+        progress: bool = True,
+        extra_build_info: Optional[dict] = None,
+    ) -> "SemanticIDTokenizer":
+        """Learns semantic IDs for a catalogue.
+
+        Args:
+            item_ids: ``N`` item ids (strings or ints; stored as strings), one per embedding row.
+            embeddings: ``[N, D]`` item embeddings (array or tensor; no NaN/inf).
+            config: Quantiser settings (default: 3 balanced levels of 256).
+            disambiguation_size: See :func:`~tokenization_semantic_id.collisions.resolve_collisions`.
+            max_history_items: ``n``, the newest items a history keeps.
+            progress: Show progress bars.
+            extra_build_info: More JSON-serialisable facts to record (for example the embedding config).
+        Returns:
+            The tokenizer; ``tokenizer.build_info`` holds the collision report and per-level fit details.
+        """
+        config = config or ResidualKMeansConfig()
+        item_ids = [str(item) for item in item_ids]
+        if len(item_ids) == 0:
+            raise ValueError("Cannot build semantic IDs for an empty catalogue: item_ids is empty.")
+        embeddings = validate_item_embeddings(embeddings, num_items=len(item_ids))
+        fit = fit_residual_kmeans(embeddings, config, progress=progress)
+        codes, collisions = resolve_collisions(fit.codes, disambiguation_size)
+        codebook_sizes = config.codebook_sizes + ([collisions.disambiguation_size] if codes.shape[1] > fit.codes.shape[1] else [])
+        build_info = {
+            "quantizer": config.to_dict(),
+            "embedding_dim": int(embeddings.shape[1]),
+            "collisions": collisions.to_dict(),
+            "levels": [{"iterations": level.iterations, "converged": level.converged} for level in fit.levels],
+            "residual_norm": fit.residual_norm,
+            **(extra_build_info or {}),
+        }
+        return cls(codebook_sizes=codebook_sizes, num_semantic_levels=config.num_levels,
+                   max_history_items=max_history_items, build_info=build_info,
+                   item_ids=item_ids, item_codes=codes, codebooks=fit.codebooks)
+
+    def add_items(self, item_ids: Sequence, embeddings) -> torch.Tensor:
+        """Cold start: codes for new items from the frozen codebooks, decodable at once.
+
+        Each new item takes its nearest centroid level by level; if that code is already used it takes
+        the next free code of the disambiguation level. Vocabulary and trained models are unchanged.
+
+        Args:
+            item_ids: New, previously unknown item ids.
+            embeddings: ``[n, D]`` embeddings from the same embedding pipeline as the catalogue.
+        Returns:
+            ``[n, L']`` token ids of the new items.
+        """
+        item_ids = [str(item) for item in item_ids]
+        if not item_ids:
+            return torch.zeros((0, self.num_levels), dtype=torch.long)
+        if not self.codebooks:
+            raise ValueError("This tokenizer has no codebooks saved, so new items cannot be encoded.")
+        known = [item for item in item_ids if item in self._item_index]
+        if known or len(set(item_ids)) != len(item_ids):
+            raise ValueError(f"add_items got ids already in the catalogue or repeated: {(known or item_ids)[:5]}.")
+        embeddings = validate_item_embeddings(embeddings, num_items=len(item_ids), dim=self.codebooks[0].shape[1])
+        semantic = quantize_with_codebooks(embeddings, self.codebooks)
+        new_codes = self._disambiguate(semantic)
+        self._set_catalogue(self._item_ids + item_ids, torch.cat([self.item_codes, new_codes]), self.codebooks)
+        return self.item_tokens[-len(item_ids):]
+
+    def _disambiguate(self, semantic: torch.Tensor) -> torch.Tensor:
+        """Appends the first free disambiguation code to each new ``[n, L]`` semantic code."""
+        if self.num_levels == self.num_semantic_levels:
+            taken = {tuple(code) for code in self.item_codes.tolist()}
+            clashes = [code for code in semantic.tolist() if tuple(code) in taken]
+            if clashes or len({tuple(c) for c in semantic.tolist()}) < len(semantic):
+                raise ValueError(
+                    f"{max(len(clashes), 1)} new item(s) collide with existing codes (e.g. {(clashes or semantic.tolist())[0]}) "
+                    "and this tokenizer has no disambiguation level. Rebuild it with disambiguation_size > 0."
+                )
+            return semantic
+        used: Dict[tuple, set] = {}
+        for code in self.item_codes.tolist():
+            used.setdefault(tuple(code[: self.num_semantic_levels]), set()).add(code[-1])
+        size = self.codebook_sizes[-1]
+        extra = []
+        for code in semantic.tolist():
+            taken = used.setdefault(tuple(code), set())
+            free = next((value for value in range(size) if value not in taken), None)
+            if free is None:
+                raise ValueError(
+                    f"All {size} disambiguation codes of semantic code {code} are taken; rebuild the tokenizer "
+                    "with a larger disambiguation_size to add more items under it."
+                )
+            taken.add(free)
+            extra.append(free)
+        return torch.cat([semantic, torch.tensor(extra, dtype=torch.long)[:, None]], dim=1)
+
+    # ------------------------------------------------------------------ statistics
+    def statistics(self) -> dict:
+        """Per-level utilisation and cluster sizes, prefix counts and collision rates (see
+        :func:`~tokenization_semantic_id.statistics.codebook_report`)."""
+        return codebook_report(self.item_codes, self.codebook_sizes, self.num_semantic_levels)
+
+    def plot_statistics(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
+        """Saves a PNG of the cluster sizes per level."""
+        return plot_codebook_report(self.statistics(), self.item_codes, path, title=title)
