@@ -121,7 +121,8 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         missing = [name for name, path in ((SEMANTIC_IDS_FILE, semantic_ids_file), (ITEM_IDS_FILE, item_ids_file))
                    if path is None or not os.path.isfile(path)]
         if missing:
-            raise FileNotFoundError(
+            # A ValueError, not FileNotFoundError: transformers replaces OSErrors raised here with a vaguer message.
+            raise ValueError(
                 f"{directory} is missing {', '.join(missing)}. A SemanticIDTokenizer directory holds "
                 f"tokenizer_config.json, {SEMANTIC_IDS_FILE} and {ITEM_IDS_FILE}, as written by "
                 "save_pretrained(); copy the whole directory, or rebuild with SemanticIDTokenizer.build(...)."

@@ -1,0 +1,30 @@
+"""Test-wide settings: offline hub, a private HF_HOME, small shared fixtures."""
+
+import os
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Remote-code loading writes modules under HF_HOME: keep that out of the user's cache.
+os.environ["HF_HOME"] = os.environ.get("ONEREC_TEST_HF_HOME") or tempfile.mkdtemp(prefix="onerec-hf-home-")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def clustered_embeddings(num_items: int, dim: int = 16, num_centres: int = 12, seed: int = 0) -> torch.Tensor:
+    """Items drawn around a few centres: structured like real embeddings, tiny like a unit test."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_centres, dim, generator=generator) * 3
+    which = torch.randint(num_centres, (num_items,), generator=generator)
+    return centres[which] + torch.randn(num_items, dim, generator=generator)
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer():
+    from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
+
+    embeddings = clustered_embeddings(240)
+    return SemanticIDTokenizer.build([f"item{i}" for i in range(240)], embeddings,
+                                     ResidualKMeansConfig(num_levels=3, codebook_size=6), progress=False)

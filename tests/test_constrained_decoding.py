@@ -1,0 +1,159 @@
+"""The CSR trie and the two constrained-decoding paths: they agree, and every decode is a real item."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import T5Config, T5ForConditionalGeneration
+from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
+
+from tokenization_semantic_id import SemanticIDTrie
+
+BOS, EOS, PAD = 2, 1, 0
+
+
+def tiny_model(vocab_size: int, seed: int = 0) -> T5ForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=vocab_size, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
+                      d_kv=16, decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS, dropout_rate=0.0)
+    return T5ForConditionalGeneration(config).eval()
+
+
+def test_trie_matches_python_dict():
+    tokens = torch.tensor([[3, 5, 9], [3, 5, 8], [3, 6, 9], [4, 5, 9]])
+    trie = SemanticIDTrie(tokens, vocab_size=10)
+    assert trie.num_nodes == 1 + 2 + 3 + 4
+    leaves = trie.walk(tokens)
+    assert trie.leaf_item[leaves].tolist() == [0, 1, 2, 3]
+    assert trie.walk(torch.tensor([[3, 5, 7]])).item() == -1
+    assert trie.walk(torch.tensor([[4, 6]])).item() == -1
+    assert trie.leaf_count[0] == 4 and trie.leaf_count[trie.walk(torch.tensor([[3]]))].item() == 3
+    rows, children = trie.expand_children(trie.walk(torch.tensor([[3], [4], [3]])))
+    assert rows.tolist() == [0, 0, 1, 2, 2]
+    assert trie.edge_token[children - 1].tolist() == [5, 6, 5, 5, 6]
+    assert trie.root_allowed.nonzero().flatten().tolist() == [3, 4]
+
+
+def test_trie_rejects_colliding_or_out_of_range_codes():
+    with pytest.raises(ValueError, match="bijection"):
+        SemanticIDTrie(torch.tensor([[3, 4], [3, 4]]), vocab_size=6)
+    with pytest.raises(ValueError, match="outside"):
+        SemanticIDTrie(torch.tensor([[3, 9]]), vocab_size=6)
+
+
+def _random_prefix(tokenizer, generator, slot, level, num_items, invalid=False):
+    """A decoder input in the middle of item ``slot`` (``level`` code tokens of it already generated)."""
+    items = torch.randint(tokenizer.num_items, (slot + 1,), generator=generator)
+    tokens = [PAD]
+    for position, item in enumerate(items.tolist()):
+        code = tokenizer.item_tokens[item].tolist()
+        tokens += [BOS] + (code if position < slot else code[:level])
+    if invalid and len(tokens) > 2:
+        tokens[-1] = tokenizer.level_offsets[0]  # a level-1 token where another level belongs
+    return tokens
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), slot=st.integers(0, 2), level=st.integers(0, 3),
+       forbid=st.booleans(), exclude=st.booleans(), invalid=st.booleans())
+def test_fast_mask_equals_reference_allowed_tokens(small_tokenizer, seed, slot, level, forbid, exclude, invalid):
+    tokenizer = small_tokenizer
+    generator = torch.Generator().manual_seed(seed)
+    level = min(level, tokenizer.num_levels - 1)
+    rows = [_random_prefix(tokenizer, generator, slot, level, 3, invalid and r == 0) for r in range(6)]
+    history = None
+    if exclude:  # exclude many items, so that whole subtrees are exhausted
+        history = [[tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (150,), generator=generator)]
+                   for _ in range(6)]
+    fast = tokenizer.session_logits_processor(3, forbid_repeats=forbid, exclude_items=history)
+    reference = tokenizer.prefix_allowed_tokens_fn(3, forbid_repeats=forbid, exclude_items=history)
+    mask = fast.allowed_mask(torch.tensor(rows))
+    for row, tokens in enumerate(rows):
+        allowed = (mask[row] == 0).nonzero().flatten().tolist()
+        assert allowed == reference(row, torch.tensor(tokens))
+        assert allowed  # never empty: a dead row may only emit PAD
+
+
+def test_excluding_everything_allows_only_pad(small_tokenizer):
+    tokenizer = small_tokenizer
+    processor = tokenizer.session_logits_processor(1, exclude_items=[tokenizer.item_ids])
+    mask = processor.allowed_mask(torch.tensor([[PAD, BOS]]))
+    assert (mask[0] == 0).nonzero().flatten().tolist() == [PAD]
+
+
+def _generate(model, tokenizer, histories, num_items, beams, use_processor, **constraint):
+    inputs = tokenizer.batch_encode_histories(histories)
+    kwargs = dict(num_beams=beams, num_return_sequences=beams, do_sample=False, output_scores=True,
+                  return_dict_in_generate=True, max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1)
+    if use_processor:
+        kwargs["logits_processor"] = [tokenizer.session_logits_processor(num_items, **constraint)]
+    else:
+        kwargs["prefix_allowed_tokens_fn"] = tokenizer.prefix_allowed_tokens_fn(num_items, **constraint)
+    return model.generate(**inputs, **kwargs)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 1000), num_items=st.integers(1, 3), beams=st.sampled_from([1, 4, 8]),
+       exclude_history=st.booleans())
+def test_generate_paths_agree_and_every_item_is_real(small_tokenizer, seed, num_items, beams, exclude_history):
+    tokenizer = small_tokenizer
+    model = tiny_model(tokenizer.vocab_size, seed)
+    generator = torch.Generator().manual_seed(seed)
+    histories = [[tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (n,), generator=generator)]
+                 for n in (5, 2)]
+    constraint = dict(forbid_repeats=True, exclude_items=histories if exclude_history else None)
+    fast = _generate(model, tokenizer, histories, num_items, beams, True, **constraint)
+    reference = _generate(model, tokenizer, histories, num_items, beams, False, **constraint)
+    assert torch.equal(fast.sequences, reference.sequences)
+    if beams > 1:
+        assert torch.allclose(fast.sequences_scores, reference.sequences_scores)
+    catalogue = set(tokenizer.item_ids)
+    for row, sequence in enumerate(fast.sequences):
+        session = tokenizer.decode_session(sequence, prefix_length=1)
+        assert len(session) == num_items
+        assert all(item in catalogue for item in session)  # 100% valid: no None, no junk
+        assert len(set(session)) == num_items  # no repeats
+        if exclude_history:
+            assert not set(session) & set(histories[row // beams])
+    if beams > 1:  # beams return distinct sessions
+        assert len({tuple(s.tolist()) for s in fast.sequences[:beams]}) == beams
+
+
+def test_more_beams_than_reachable_items_is_flagged_not_junk():
+    from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
+    from tests.conftest import clustered_embeddings
+
+    tokenizer = SemanticIDTokenizer.build([str(i) for i in range(6)], clustered_embeddings(6, seed=1),
+                                          ResidualKMeansConfig(num_levels=2, codebook_size=2), progress=False)
+    model = tiny_model(tokenizer.vocab_size)
+    histories = [["0", "1"]]  # 4 items reachable once the history is excluded
+    out = _generate(model, tokenizer, histories, 1, 8, True, exclude_items=histories)
+    sessions = [tokenizer.decode_session(s, prefix_length=1) for s in out.sequences]
+    scores = out.sequences_scores.tolist()
+    valid = [s for s, score in zip(sessions, scores) if score > -1e8]
+    assert sorted(s[0] for s in valid) == ["2", "3", "4", "5"]  # each reachable item once
+    # generate pads the beam with copies scored about -1e9 .. -1e8: callers drop rows by score
+    assert all(score <= -1e8 for score in scores[len(valid):])
+    assert all(s in valid for s in sessions[len(valid):])
+
+
+def test_processor_rejects_wrong_exclusion_batch(small_tokenizer):
+    processor = small_tokenizer.session_logits_processor(1, exclude_items=[["item0"], ["item1"], ["item2"]])
+    with pytest.raises(ValueError, match="one list per input row"):
+        processor(torch.tensor([[PAD, BOS]] * 4), torch.zeros(4, small_tokenizer.vocab_size))
+
+
+def test_forced_positions(small_tokenizer):
+    tokenizer = small_tokenizer
+    processor = tokenizer.session_logits_processor(1)
+    period = tokenizer.num_levels + 1
+    code = tokenizer.item_tokens[0].tolist()
+    scores = torch.zeros(1, tokenizer.vocab_size)
+    assert processor(torch.tensor([[PAD]]), scores)[0].argmax() == BOS
+    after_item = processor(torch.tensor([[PAD, BOS] + code]), scores)[0]
+    assert after_item[EOS] == 0 and torch.isinf(after_item).sum() == tokenizer.vocab_size - 1
+    after_eos = processor(torch.tensor([[PAD, BOS] + code + [EOS]]), scores)[0]
+    assert after_eos[PAD] == 0 and math.isinf(after_eos[EOS])
+    assert len(code) + 1 == period
