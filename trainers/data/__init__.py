@@ -1,0 +1,37 @@
+"""Real-data loading, leave-one-out splits and session samples for OneRec training.
+
+All loaders return a `datasets.DatasetDict` with a `"sequences"` split (`user_id`, `item_ids` in time order,
+optional `timestamps` / `ratings`) and an `"items"` split (`item_id`, `text`, raw metadata); see
+`trainers.data.loaders` and `docs/data_format.md`.
+"""
+
+from .loaders import (
+    BUNDLED_DATASET_NAMES,
+    MAX_ITEM_TEXT_CHARS,
+    describe,
+    load_bundled,
+    load_inter_json,
+    load_interactions,
+    load_recbole,
+    load_s3rec,
+    natural_order,
+)
+from .sessions import build_session_samples, build_time_sessions, split_sessions_by_gap
+from .splits import leave_one_out_split
+
+
+__all__ = [
+    "BUNDLED_DATASET_NAMES",
+    "MAX_ITEM_TEXT_CHARS",
+    "build_session_samples",
+    "build_time_sessions",
+    "describe",
+    "leave_one_out_split",
+    "load_bundled",
+    "load_inter_json",
+    "load_interactions",
+    "load_recbole",
+    "load_s3rec",
+    "natural_order",
+    "split_sessions_by_gap",
+]
