@@ -74,7 +74,7 @@ _DENSE_SVD_MAX_ITEMS = 2048
 # Singular values below this fraction of the largest are numerically zero: the data has lower rank.
 _RANK_TOLERANCE = 1e-8
 
-ArrayLike = Union[str, Path, np.ndarray, torch.Tensor]
+EmbeddingArraySource = Union[str, Path, np.ndarray, torch.Tensor]
 
 
 class UnknownItemIdError(ValueError, KeyError):
@@ -721,7 +721,7 @@ def _single_tensor(tensors: dict, path: Path) -> Any:
     )
 
 
-def load_embedding_array(source: ArrayLike, num_items: int) -> torch.Tensor:
+def load_embedding_array(source: EmbeddingArraySource, num_items: int) -> torch.Tensor:
     """Load a user-supplied item-embedding matrix, rows aligned with the catalogue order.
 
     Args:
@@ -777,7 +777,7 @@ def _single_source_embeddings(
     item_ids: Sequence[str],
     texts: Optional[Sequence[str]],
     train_sequences: Optional[Sequence[Sequence[str]]],
-    array: Optional[ArrayLike],
+    array: Optional[EmbeddingArraySource],
 ) -> torch.Tensor:
     """Embeddings `[N, D_source]` of one of "text", "collaborative", "array"."""
     if source == "text":
@@ -825,7 +825,7 @@ def build_item_embeddings(
     *,
     texts: Optional[Sequence[str]] = None,
     train_sequences: Optional[Sequence[Sequence[str]]] = None,
-    array: Optional[ArrayLike] = None,
+    array: Optional[EmbeddingArraySource] = None,
 ) -> torch.Tensor:
     """Build the item-embedding matrix that the semantic-ID tokenizer quantises.
 
