@@ -95,14 +95,15 @@ def load_data(args: DataArguments):
     raise SystemExit(f"Unknown --dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}.")
 
 
-def format_table(rows: List[dict]) -> str:
+def format_table(rows: List[dict], num_semantic_levels: int) -> str:
     header = "| variant | level | used / K | smallest | largest | std | collisions before | after | build s |"
     lines = [header, "|" + "---|" * 9]
     for row in rows:
         stats, name = row["stats"], row["name"]
         for level in stats["levels"]:
             lines.append(
-                f"| {name} | {level['level'] + 1} | {level['used_codes']} / {level['codebook_size']} "
+                f"| {name} | {level['level'] + 1}{' (collisions)' if level['level'] >= num_semantic_levels else ''} "
+                f"| {level['used_codes']} / {level['codebook_size']} "
                 f"| {level['min_cluster']} | {level['max_cluster']} | {level['std_cluster']:.1f} "
                 f"| {100 * stats['collision_rate_before']:.2f}% | {100 * stats['collision_rate_after']:.2f}% "
                 f"| {row['seconds']:.1f} |")
@@ -173,7 +174,7 @@ def main(argv=None) -> dict:
               "variants": rows, "example": {"user_id": example["user_id"], "history_tokens": len(history_tokens),
                                             "target": example["target"]}}
     (output_dir / "semantic_id_report.json").write_text(json.dumps(report, indent=2, default=str))
-    table = format_table(rows)
+    table = format_table(rows, sid_args.num_levels)
     print(f"\nSemantic IDs for {data_args.dataset}: {len(item_ids)} items, embeddings {tuple(embeddings.shape)} "
           f"({embedding_config.source}), {sid_args.num_levels} x {sid_args.codebook_size} codes")
     print(table)

@@ -1,0 +1,35 @@
+"""The main job's first stage runs end to end on bundled real data (small codebooks to stay fast)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_semantic_ids_on_scientific(tmp_path):
+    report = load_example("build_semantic_ids").main([
+        "--dataset", "scientific", "--embedding_source", "collaborative", "--codebook_size", "16",
+        "--max_iterations", "5", "--compare_unbalanced", "--output_dir", str(tmp_path)])
+    assert report["dataset"]["items"] == 4344
+    balanced, unbalanced = report["variants"]
+    assert balanced["name"] == "balanced" and unbalanced["name"] == "unbalanced"
+    for level in balanced["stats"]["levels"][:3]:
+        assert (level["min_cluster"], level["max_cluster"]) == (271, 272)  # 4344 / 16 = 271.5
+    assert balanced["stats"]["collision_rate_after"] == 0.0
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    assert tokenizer.num_items == 4344
+    assert (tmp_path / "codebook_balance.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "semantic_id_report.json").read_text())
+    assert saved["samples"]["test"] == 8317
