@@ -157,3 +157,20 @@ def test_forced_positions(small_tokenizer):
     after_eos = processor(torch.tensor([[PAD, BOS] + code + [EOS]]), scores)[0]
     assert after_eos[PAD] == 0 and math.isinf(after_eos[EOS])
     assert len(code) + 1 == period
+
+
+def test_item_both_in_history_and_generated_is_counted_once():
+    # Items A=(3,5), B=(3,6), C=(4,5). A is in the history and was also generated as the session's first item:
+    # counting it twice would make the subtree under token 3 look exhausted although B is still valid.
+    from tokenization_semantic_id import SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
+
+    tokens = torch.tensor([[3, 5], [3, 6], [4, 5]])
+    kwargs = dict(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, num_items=2, forbid_repeats=True,
+                  excluded_items=[[0]])
+    fast = SessionConstrainedLogitsProcessor(SemanticIDTrie(tokens, vocab_size=7), **kwargs)
+    reference = SessionPrefixAllowedTokensFn(tokens, **kwargs)
+    second_item_start = torch.tensor([[PAD, BOS, 3, 5, BOS]])
+    allowed = (fast.allowed_mask(second_item_start)[0] == 0).nonzero().flatten().tolist()
+    assert allowed == [3, 4] == reference(0, second_item_start[0])
+    below_3 = torch.tensor([[PAD, BOS, 3, 5, BOS, 3]])
+    assert (fast.allowed_mask(below_3)[0] == 0).nonzero().flatten().tolist() == [6]

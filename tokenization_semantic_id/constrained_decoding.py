@@ -137,7 +137,14 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
                 leaf = self.trie.walk(input_ids[:, self.layout.item_columns(previous)])
                 item = torch.where(leaf >= 0, self.trie.leaf_item[leaf.clamp(min=0)], torch.full_like(leaf, -1))
                 parts.append(item[:, None])
-        return torch.cat(parts, dim=1) if parts else None
+        if not parts:
+            return None
+        # An item counted twice (a history item the beam also generated earlier) would make a subtree
+        # look exhausted too soon: keep each item once per row.
+        excluded = torch.cat(parts, dim=1).sort(dim=1).values
+        duplicate = torch.zeros_like(excluded, dtype=torch.bool)
+        duplicate[:, 1:] = excluded[:, 1:] == excluded[:, :-1]
+        return excluded.masked_fill(duplicate, -1)
 
     def allowed_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Additive mask ``[B, V]``: 0 where a token is allowed next, ``-inf`` elsewhere."""
