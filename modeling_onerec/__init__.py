@@ -1,1 +1,42 @@
-"""OneRec model: T5 with a sparse-MoE decoder and session-wise generation (issue 4; not built yet)."""
+"""OneRec model: T5 with a sparse-MoE decoder (paper §3.2), registered with the transformers Auto classes."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+from .configuration_onerec import PRESETS, OneRecConfig
+from .modeling_onerec import (
+    OneRecDecoderStack,
+    OneRecExperts,
+    OneRecForConditionalGeneration,
+    OneRecLayerSparseFF,
+    OneRecModel,
+    OneRecPreTrainedModel,
+    OneRecRouter,
+    OneRecSeq2SeqLMOutput,
+    OneRecSparseMLP,
+    RoutingRecord,
+    expert_capacity,
+    load_balancing_loss,
+    route_tokens,
+    router_z_loss,
+)
+
+
+def register_auto_classes() -> None:
+    """``AutoConfig`` / ``AutoModel`` / ``AutoModelForSeq2SeqLM`` resolve ``model_type: onerec`` in this process,
+    and ``save_pretrained`` writes ``auto_map`` plus the module files for ``trust_remote_code`` loading."""
+    AutoConfig.register(OneRecConfig.model_type, OneRecConfig, exist_ok=True)
+    AutoModel.register(OneRecConfig, OneRecModel, exist_ok=True)
+    AutoModelForSeq2SeqLM.register(OneRecConfig, OneRecForConditionalGeneration, exist_ok=True)
+    OneRecConfig.register_for_auto_class()
+    OneRecModel.register_for_auto_class("AutoModel")
+    OneRecForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+
+
+register_auto_classes()
+
+__all__ = [
+    "PRESETS", "OneRecConfig", "OneRecDecoderStack", "OneRecExperts", "OneRecForConditionalGeneration",
+    "OneRecLayerSparseFF", "OneRecModel", "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput",
+    "OneRecSparseMLP", "RoutingRecord", "expert_capacity", "load_balancing_loss", "register_auto_classes",
+    "route_tokens", "router_z_loss",
+]

@@ -1,0 +1,262 @@
+"""OneRec configuration: T5 with a sparse Mixture-of-Experts decoder (paper §3.2, Eq. 2).
+
+This file only depends on ``transformers``: ``save_pretrained`` copies it next to the weights so that
+``AutoConfig.from_pretrained(path, trust_remote_code=True)`` works where this project is not installed.
+"""
+
+import copy
+from typing import Dict, List, Optional
+
+from huggingface_hub.dataclasses import strict
+from transformers import T5Config
+
+# Paper scales (§5.1: 0.05B ... 1B total parameters; 24 experts, top-2). Shapes only; the vocabulary
+# and the parameter counts come from the tokenizer and `OneRecConfig.parameter_counts()`.
+PRESETS: Dict[str, dict] = {
+    # Unit tests: a few thousand parameters per layer.
+    "tiny": dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1, num_decoder_layers=2, num_experts=4,
+                 num_experts_per_token=2),
+    # CPU demo / small datasets (Amazon Beauty on 2 cores).
+    "small": dict(d_model=128, d_kv=32, num_heads=4, d_ff=256, num_layers=2, num_decoder_layers=2, num_experts=8,
+                  num_experts_per_token=2),
+    # Paper scales, all with 24 experts top-2 and expert FFNs of 4 x d_model; parameter_counts() gives (with
+    # 3 x 8192 codes): 0.05b 48M total / 28% activated, 0.1b 103M / 25%, 0.2b 197M / 21%, 0.5b 497M / 17%,
+    # 1b 991M / 16% (the paper reports ~13% at 1B; its exact shapes are not published).
+    "onerec-0.05b": dict(d_model=256, d_kv=64, num_heads=4, d_ff=1024, num_layers=3, num_decoder_layers=3,
+                         num_experts=24, num_experts_per_token=2),
+    "onerec-0.1b": dict(d_model=384, d_kv=64, num_heads=6, d_ff=1536, num_layers=3, num_decoder_layers=3,
+                        num_experts=24, num_experts_per_token=2),
+    "onerec-0.2b": dict(d_model=384, d_kv=64, num_heads=6, d_ff=1536, num_layers=6, num_decoder_layers=6,
+                        num_experts=24, num_experts_per_token=2),
+    "onerec-0.5b": dict(d_model=512, d_kv=64, num_heads=8, d_ff=2048, num_layers=4, num_decoder_layers=9,
+                        num_experts=24, num_experts_per_token=2),
+    "onerec-1b": dict(d_model=768, d_kv=64, num_heads=12, d_ff=3072, num_layers=4, num_decoder_layers=8,
+                      num_experts=24, num_experts_per_token=2),
+}
+# Token layout shared with SemanticIDTokenizer: <pad>=0, </s>=1, <s>=2 (BOS before each session item), then codes.
+NUM_SPECIAL_TOKENS = 3
+
+
+@strict(accept_kwargs=True)
+class OneRecConfig(T5Config):
+    r"""Configuration of :class:`OneRecForConditionalGeneration`.
+
+    Every :class:`~transformers.T5Config` argument applies (``d_model``, ``d_kv``, ``d_ff``, ``num_layers``,
+    ``num_decoder_layers``, ``num_heads``, ``dropout_rate``, ``feed_forward_proj``, ...). On top of them:
+
+    Mixture of experts (decoder FFNs, paper Eq. 2):
+        num_experts (`int`, defaults to 24): Experts per sparse layer (``N_MoE``).
+        num_experts_per_token (`int`, defaults to 2): Experts each token is routed to (``K_MoE``).
+        expert_d_ff (`int`, *optional*): Hidden size of each expert FFN; defaults to ``d_ff``.
+        sparse_decoder_layers (`list[int]`, *optional*): Indices of the decoder layers whose FFN is sparse;
+            ``None`` (default) makes every decoder layer sparse, as in the paper. ``[]`` gives a dense T5.
+        normalize_expert_weights (`bool`, defaults to False): Renormalise the top-k gate values to sum to 1.
+            The paper keeps the raw softmax values (False).
+        router_aux_loss_coef (`float`, defaults to 0.01): Weight of the load-balancing loss
+            (Switch Transformer, ``N * sum_i f_i * P_i``; 1.0 at perfect balance) added to the loss.
+        router_z_loss_coef (`float`, defaults to 0.001): Weight of the router z-loss (ST-MoE,
+            mean of ``logsumexp(router_logits)**2``) added to the loss.
+        router_jitter_noise (`float`, defaults to 0.0): While training, multiply router inputs by
+            ``U(1 - eps, 1 + eps)`` noise; 0 disables it.
+        expert_capacity_factor (`float`, *optional*): If set, each expert takes at most
+            ``ceil(capacity_factor * tokens * k / num_experts)`` token assignments per forward; overflow
+            assignments are dropped (the token keeps its residual). ``None`` (default): no capacity limit.
+
+    Semantic-ID layout (read from the tokenizer with :meth:`from_tokenizer` / :meth:`check_tokenizer`):
+        codebook_sizes (`list[int]`, *optional*): Codes per level, in vocabulary order (e.g. ``[256, 256, 256]``,
+            plus the disambiguation level if the tokenizer has one). Token ``3 + sum(sizes[:l]) + c`` is code
+            ``c`` of level ``l``.
+        session_length (`int`, defaults to 5): Items per generated session ``m`` (1 = point-wise, as TIGER).
+        max_history_items (`int`, defaults to 256): History items ``n`` the encoder reads (the newest are kept).
+    """
+
+    model_type = "onerec"
+
+    num_experts: int = 24
+    num_experts_per_token: int = 2
+    expert_d_ff: Optional[int] = None
+    sparse_decoder_layers: Optional[List[int]] = None
+    normalize_expert_weights: bool = False
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+    router_jitter_noise: float = 0.0
+    expert_capacity_factor: Optional[float] = None
+    codebook_sizes: Optional[List[int]] = None
+    session_length: int = 5
+    max_history_items: int = 256
+
+    def __post_init__(self, **kwargs):
+        kwargs.setdefault("decoder_start_token_id", self.pad_token_id)  # T5 starts decoding from <pad>
+        if self.codebook_sizes is not None:
+            self.codebook_sizes = [int(size) for size in self.codebook_sizes]
+            expected_vocab = NUM_SPECIAL_TOKENS + sum(self.codebook_sizes)
+            if "vocab_size" not in kwargs and self.vocab_size == T5Config.vocab_size:
+                self.vocab_size = expected_vocab
+        super().__post_init__(**kwargs)
+
+    # ------------------------------------------------------------------------------------------------
+    # Validation (called by @strict after __post_init__)
+    # ------------------------------------------------------------------------------------------------
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        problems = []
+        if self.num_experts < 1:
+            problems.append(f"num_experts must be >= 1, got {self.num_experts}")
+        if not 1 <= self.num_experts_per_token <= max(self.num_experts, 1):
+            problems.append(f"num_experts_per_token must be in [1, num_experts={self.num_experts}], "
+                            f"got {self.num_experts_per_token}")
+        if self.expert_d_ff is not None and self.expert_d_ff < 1:
+            problems.append(f"expert_d_ff must be >= 1 or None, got {self.expert_d_ff}")
+        if self.sparse_decoder_layers is not None:
+            bad = [i for i in self.sparse_decoder_layers if not 0 <= i < self.num_decoder_layers]
+            if bad or len(set(self.sparse_decoder_layers)) != len(self.sparse_decoder_layers):
+                problems.append(f"sparse_decoder_layers must be distinct indices in [0, num_decoder_layers="
+                                f"{self.num_decoder_layers}), got {self.sparse_decoder_layers}")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_jitter_noise"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.router_jitter_noise >= 1:
+            problems.append(f"router_jitter_noise must be < 1, got {self.router_jitter_noise}")
+        if self.expert_capacity_factor is not None and self.expert_capacity_factor <= 0:
+            problems.append(f"expert_capacity_factor must be > 0 or None, got {self.expert_capacity_factor}")
+        if self.session_length < 1:
+            problems.append(f"session_length must be >= 1, got {self.session_length}")
+        if self.max_history_items < 1:
+            problems.append(f"max_history_items must be >= 1, got {self.max_history_items}")
+        if self.codebook_sizes is not None:
+            if not self.codebook_sizes or min(self.codebook_sizes) < 1:
+                problems.append(f"codebook_sizes must be a non-empty list of positive ints, got {self.codebook_sizes}")
+            elif self.vocab_size != NUM_SPECIAL_TOKENS + sum(self.codebook_sizes):
+                problems.append(f"vocab_size={self.vocab_size} does not match codebook_sizes {self.codebook_sizes} "
+                                f"(expected {NUM_SPECIAL_TOKENS} special tokens + {sum(self.codebook_sizes)} codes = "
+                                f"{NUM_SPECIAL_TOKENS + sum(self.codebook_sizes)}); build the config with "
+                                "OneRecConfig.from_tokenizer(tokenizer)")
+        if problems:
+            raise ValueError("Invalid OneRecConfig: " + "; ".join(problems) + ".")
+
+    def get_text_config(self, decoder=None, encoder=None):
+        """As T5's, but ``decoder=True`` reports the decoder's depth: ``generate()`` sizes its KV cache from it, and
+        T5 would otherwise allocate ``num_layers`` (encoder) cache layers for a deeper decoder."""
+        config = super().get_text_config(decoder=decoder, encoder=encoder)
+        if decoder and not encoder and getattr(config, "num_layers", None) != self.num_decoder_layers:
+            config = copy.copy(config)
+            config.num_layers = self.num_decoder_layers
+        return config
+
+    # ------------------------------------------------------------------------------------------------
+    # Derived quantities
+    # ------------------------------------------------------------------------------------------------
+
+    @property
+    def sparse_layer_indices(self) -> List[int]:
+        """Decoder layers with an MoE FFN, sorted."""
+        if self.sparse_decoder_layers is None:
+            return list(range(self.num_decoder_layers))
+        return sorted(self.sparse_decoder_layers)
+
+    @property
+    def expert_hidden_size(self) -> int:
+        return self.expert_d_ff if self.expert_d_ff is not None else self.d_ff
+
+    @property
+    def num_code_levels(self) -> Optional[int]:
+        return len(self.codebook_sizes) if self.codebook_sizes is not None else None
+
+    @property
+    def level_offsets(self) -> Optional[List[int]]:
+        """First token id of each code level (``None`` without a semantic-ID layout)."""
+        if self.codebook_sizes is None:
+            return None
+        offsets, start = [], NUM_SPECIAL_TOKENS
+        for size in self.codebook_sizes:
+            offsets.append(start)
+            start += size
+        return offsets
+
+    @property
+    def session_decoder_length(self) -> Optional[int]:
+        """New tokens of one generated session: ``m * (L + 1) + 1`` (a BOS before each item, EOS at the end)."""
+        if self.codebook_sizes is None:
+            return None
+        return self.session_length * (len(self.codebook_sizes) + 1) + 1
+
+    def parameter_counts(self) -> Dict[str, int]:
+        """Exact parameter counts of the model this config builds, computed from the shapes.
+
+        Returns ``{"total", "activated", "expert", "embedding"}``. ``activated`` counts what one token
+        touches: everything but the experts, plus ``num_experts_per_token`` experts per sparse layer.
+        (The shared embedding is counted once: encoder, decoder and output head are tied.)
+        """
+        d, inner = self.d_model, self.num_heads * self.d_kv
+        ffn_in = 2 if self.is_gated_act else 1
+        dense_ffn = ffn_in * d * self.d_ff + self.d_ff * d
+        expert_ffn = ffn_in * d * self.expert_hidden_size + self.expert_hidden_size * d
+        attention = 3 * d * inner + inner * d
+        relative_bias = self.relative_attention_num_buckets * self.num_heads
+        embedding = self.vocab_size * d
+        encoder = self.num_layers * (attention + dense_ffn + 2 * d) + relative_bias + d
+        num_sparse = len(self.sparse_layer_indices)
+        num_dense = self.num_decoder_layers - num_sparse
+        decoder_common = self.num_decoder_layers * (2 * attention + 3 * d) + relative_bias + d
+        router = d * self.num_experts
+        experts = num_sparse * self.num_experts * expert_ffn
+        decoder = decoder_common + num_dense * dense_ffn + num_sparse * router + experts
+        total = embedding + encoder + decoder
+        activated = total - experts + num_sparse * self.num_experts_per_token * expert_ffn
+        return {"total": total, "activated": activated, "expert": experts, "embedding": embedding}
+
+    # ------------------------------------------------------------------------------------------------
+    # Construction helpers
+    # ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "OneRecConfig":
+        """A config at one of the paper's scales (``onerec-0.05b`` ... ``onerec-1b``), ``small`` or ``tiny``.
+
+        The vocabulary is not part of a preset: pass ``codebook_sizes`` (or use :meth:`from_tokenizer`).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, preset: Optional[str] = None, **overrides) -> "OneRecConfig":
+        """Config whose vocabulary and semantic-ID layout are read from a ``SemanticIDTokenizer``.
+
+        Args:
+            tokenizer: A ``SemanticIDTokenizer`` (anything with ``level_offsets``, ``vocab_size`` and the
+                ``pad/eos/bos_token_id`` of its layout).
+            preset: Optional preset name for the model shape (see :data:`PRESETS`).
+            overrides: Any other config argument (e.g. ``session_length=1`` for TIGER-style point-wise).
+        """
+        offsets = list(tokenizer.level_offsets) + [tokenizer.vocab_size]
+        layout = dict(codebook_sizes=[offsets[i + 1] - offsets[i] for i in range(len(offsets) - 1)],
+                      vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+        shape = PRESETS[preset] if preset is not None else {}
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        config = cls(**{**shape, **layout, **overrides})
+        config.check_tokenizer(tokenizer)
+        return config
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Raises ``ValueError`` naming the mismatch if ``tokenizer``'s layout is not this config's."""
+        problems = []
+        if tokenizer.vocab_size != self.vocab_size:
+            problems.append(f"vocab_size: tokenizer {tokenizer.vocab_size}, model {self.vocab_size}")
+        if self.codebook_sizes is not None and list(tokenizer.level_offsets) != self.level_offsets:
+            problems.append(f"code levels start at token ids {list(tokenizer.level_offsets)} in the tokenizer but "
+                            f"{self.level_offsets} in the model (codebook_sizes {self.codebook_sizes})")
+        for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            if getattr(self, name, None) is not None and getattr(tokenizer, name) != getattr(self, name):
+                problems.append(f"{name}: tokenizer {getattr(tokenizer, name)}, model {getattr(self, name)}")
+        if problems:
+            raise ValueError("The tokenizer does not match this OneRec model: " + "; ".join(problems) +
+                             ". Use the tokenizer saved with the model, or build the config with "
+                             "OneRecConfig.from_tokenizer(tokenizer).")
+
+
+__all__ = ["OneRecConfig", "PRESETS"]

@@ -1,0 +1,392 @@
+"""Native trie-constrained session beam search for OneRec (serving and preference mining).
+
+A generated session is ``m`` items, each a BOS token and the item's ``L`` code tokens, then EOS
+(paper Eq. 3)::
+
+    [decoder_start] BOS c1 .. cL  BOS c1 .. cL  ...  BOS c1 .. cL  EOS
+
+:func:`session_beam_search` returns the same sessions and scores as::
+
+    model.generate(input_ids, attention_mask=attention_mask, num_beams=B, num_return_sequences=B,
+                   logits_processor=[SessionConstrainedLogitsProcessor(trie, ...)], renormalize_logits=True,
+                   do_sample=False, length_penalty=0.0, max_new_tokens=m * (L + 1) + 1,
+                   output_scores=True, return_dict_in_generate=True)
+
+but does far less work per step: the history is encoded once, the decoder is stepped with a KV cache,
+the output head is evaluated only on the current level's slice of the vocabulary, and only the trie
+children of each beam are scored (CSR expansion), never a full-vocabulary ``[rows, V]`` tensor.
+BOS and EOS are structure, not choices: they are fed to the decoder but cost no log-probability.
+Unlike ``generate()``, beams that do not exist (fewer valid sessions than ``num_beams``) are reported
+as missing (``-1`` items, ``-inf`` scores, ``num_valid``) instead of padded with copies.
+
+This file is copied next to the model weights for ``trust_remote_code`` loading, so it imports only
+``torch``, ``transformers`` and nothing from the tokenizer package: the trie is duck-typed (any object
+with the attributes of ``tokenization_semantic_id.SemanticIDTrie``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.utils import ModelOutput
+
+__all__ = ["SessionSearchOutput", "session_beam_search"]
+
+
+@dataclass
+class SessionSearchOutput(ModelOutput):
+    """Result of :func:`session_beam_search`. Beams are sorted by score, best first; the valid beams of
+    a row come first (``valid[b, :num_valid[b]]`` is all True), missing beams are padding.
+
+    Args:
+        sequences: ``[batch, num_beams, 2 + num_items * (L + 1)]`` long. Decoder token ids exactly as
+            ``generate()`` returns them (``decoder_start BOS c1..cL ... EOS``); ``pad_token_id`` throughout
+            for missing beams.
+        scores: ``[batch, num_beams]`` float32. Sum of the renormalised log-probabilities of the code
+            tokens divided by ``generated_length ** length_penalty`` (generate's ``sequences_scores``);
+            ``-inf`` for missing beams.
+        item_indices: ``[batch, num_beams, num_items]`` long. Catalogue row (trie item index) of every
+            generated item; ``-1`` for missing beams.
+        item_scores: ``[batch, num_beams, num_items]`` float32. Log-probability of each item (sum over its
+            ``L`` code tokens, no length penalty); ``-inf`` for missing beams.
+        valid: ``[batch, num_beams]`` bool. Whether the beam is a real session.
+        num_valid: ``[batch]`` long. Number of real sessions per row (``<= num_beams``).
+    """
+
+    sequences: Optional[torch.LongTensor] = None
+    scores: Optional[torch.FloatTensor] = None
+    item_indices: Optional[torch.LongTensor] = None
+    item_scores: Optional[torch.FloatTensor] = None
+    valid: Optional[torch.BoolTensor] = None
+    num_valid: Optional[torch.LongTensor] = None
+
+
+class _Trie:
+    """The trie tensors the search needs, on one device (a view of a duck-typed ``SemanticIDTrie``)."""
+
+    _FIELDS = ("indptr", "edge_token", "leaf_count", "item_path", "leaf_item")
+
+    def __init__(self, trie, device: torch.device):
+        missing = [name for name in self._FIELDS + ("num_levels", "num_items", "vocab_size") if not hasattr(trie, name)]
+        if missing:
+            raise ValueError(f"trie must be a SemanticIDTrie-like object; it lacks {', '.join(missing)}.")
+        for name in self._FIELDS:
+            setattr(self, name, getattr(trie, name).to(device=device, dtype=torch.long))
+        self.num_levels = int(trie.num_levels)
+        self.num_items = int(trie.num_items)
+        self.vocab_size = int(trie.vocab_size)
+        if self.num_items < 1 or self.num_levels < 1:
+            raise ValueError(f"the trie is empty ({self.num_items} items, {self.num_levels} levels).")
+        # Depth of the node each edge leads to (edge e -> node e + 1): node_depth when available.
+        node_depth = getattr(trie, "node_depth", None)
+        if node_depth is None:
+            node_depth = torch.zeros(self.indptr.numel() - 1, dtype=torch.long)
+            for depth in range(1, self.num_levels + 1):
+                node_depth[self.item_path[:, depth]] = depth
+        self.edge_depth = node_depth.to(device=device, dtype=torch.long)[1:]
+
+    def level_token_ranges(self) -> torch.Tensor:
+        """``[L, 2]``: smallest and largest token id on the edges of each level."""
+        ranges = torch.empty((self.num_levels, 2), dtype=torch.long, device=self.edge_token.device)
+        index = self.edge_depth - 1
+        ranges[:, 0] = torch.full((self.num_levels,), self.vocab_size, device=index.device).scatter_reduce(
+            0, index, self.edge_token, reduce="amin")
+        ranges[:, 1] = torch.full((self.num_levels,), -1, device=index.device).scatter_reduce(
+            0, index, self.edge_token, reduce="amax")
+        return ranges
+
+
+def _excluded_tensor(excluded_items, batch_size: int, num_catalogue: int, device) -> Optional[torch.Tensor]:
+    """Per-row excluded item indices as a deduplicated ``[batch, E]`` long tensor padded with ``-1``."""
+    if excluded_items is None:
+        return None
+    if isinstance(excluded_items, torch.Tensor):
+        if excluded_items.dim() != 2:
+            raise ValueError(f"excluded_items must be a [batch, E] tensor, got shape {tuple(excluded_items.shape)}.")
+        table = excluded_items.to(device=device, dtype=torch.long)
+    else:
+        rows = [[int(item) for item in items] for items in excluded_items]
+        width = max((len(row) for row in rows), default=0)
+        table = torch.full((len(rows), width), -1, dtype=torch.long)
+        for row, items in enumerate(rows):
+            table[row, : len(items)] = torch.tensor(items, dtype=torch.long)
+        table = table.to(device)
+    if table.shape[0] != batch_size:
+        raise ValueError(
+            f"excluded_items has {table.shape[0]} rows but input_ids has {batch_size}; pass one list of item "
+            "indices per input row (not per beam)."
+        )
+    if table.numel() and (table.min() < -1 or table.max() >= num_catalogue):
+        raise ValueError(
+            f"excluded_items holds indices outside [0, {num_catalogue}) (use -1 only as padding); pass catalogue "
+            "row indices (tokenizer.item_index(item_id)), not item ids or token ids."
+        )
+    # Deduplicate within each row: an item counted twice would make its subtree look exhausted too soon.
+    table = table.sort(dim=1).values
+    duplicate = torch.zeros_like(table, dtype=torch.bool)
+    duplicate[:, 1:] = table[:, 1:] == table[:, :-1]
+    return table.masked_fill(duplicate, -1)
+
+
+def _gather_beams(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``tensor [batch, W, ...]`` gathered along the beam dimension by ``source [batch, W']``."""
+    index = source.view(*source.shape, *([1] * (tensor.dim() - 2))).expand(*source.shape, *tensor.shape[2:])
+    return torch.gather(tensor, 1, index)
+
+
+@torch.no_grad()
+def session_beam_search(
+    model,
+    input_ids: torch.LongTensor,
+    attention_mask: Optional[torch.Tensor],
+    trie,
+    *,
+    num_beams: int,
+    num_items: int,
+    bos_token_id: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    forbid_repeats: bool = True,
+    excluded_items: Union[None, torch.Tensor, Sequence[Sequence[int]]] = None,
+    level_offsets: Optional[Sequence[int]] = None,
+    length_penalty: float = 0.0,
+    decoder_start_token_id: Optional[int] = None,
+    fuse_forced_tokens: bool = True,
+) -> SessionSearchOutput:
+    """Trie-constrained beam search over sessions of ``num_items`` items.
+
+    Args:
+        model: An encoder-decoder with T5's interface (``get_encoder()``, ``decoder`` taking ``input_ids,
+            encoder_hidden_states, encoder_attention_mask, cache, use_cache``, ``lm_head``,
+            ``config.scale_decoder_outputs``/``model_dim``), e.g. ``OneRecForConditionalGeneration``.
+            Put it in eval mode first (dropout is not switched off here).
+        input_ids: ``[batch, S]`` long, encoded histories.
+        attention_mask: ``[batch, S]`` (1 = token, 0 = padding) or ``None`` (no padding).
+        trie: A ``SemanticIDTrie`` (or an object with its tensors) over vocabulary token ids. Keep it on
+            the model's device (``trie.to(device)``) to avoid copying its tensors on every call.
+        num_beams: Beams ``B >= 1``, also the number of sessions returned per row.
+        num_items: Items per session ``m >= 1``.
+        bos_token_id / eos_token_id / pad_token_id: Special token ids of the tokenizer.
+        forbid_repeats: No item twice in one session.
+        excluded_items: Per input row, catalogue item indices never to generate (e.g. the history):
+            a list of lists or a ``[batch, E]`` long tensor padded with ``-1``.
+        level_offsets: Token id of code 0 at each level (``tokenizer.level_offsets``). Selects the slice
+            of the output head evaluated at each level; by default the slice spanned by the trie's tokens.
+        length_penalty: As in ``generate()``; every session has the same length, so it only rescales
+            the scores (by ``(m * (L + 1) + 1) ** -length_penalty``). The default 0 gives plain sums.
+        decoder_start_token_id: Defaults to ``model.config.decoder_start_token_id``.
+        fuse_forced_tokens: Feed the forced BOS together with the token before it in one decoder call
+            (same cache, one call fewer per item). ``False`` feeds one token per call, like ``generate()``.
+
+    Returns:
+        A :class:`SessionSearchOutput`; see its fields for shapes. Missing beams (fewer valid sessions
+        than ``num_beams``) are marked, never filled with junk or repeated sessions.
+
+    Scores are those of ``generate()`` with ``renormalize_logits=True``: each code token's probability is
+    renormalised over the trie children that remain after exclusions; BOS/EOS contribute 0.
+    """
+    # ------------------------------------------------------------------ arguments
+    if not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}.")
+    if not isinstance(num_items, int) or num_items < 1:
+        raise ValueError(f"num_items (items per session) must be an int >= 1, got {num_items!r}.")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] == 0:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a non-empty [batch, seq_len] tensor, got {shape}.")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
+        )
+    head_weight = model.lm_head.weight  # [V_model, d]
+    model_vocab = head_weight.shape[0]
+    device = input_ids.device
+    trie_t = _Trie(trie, device)
+    if trie_t.vocab_size > model_vocab:
+        raise ValueError(
+            f"The trie is over a vocabulary of {trie_t.vocab_size} tokens but the model's lm_head has "
+            f"{model_vocab} outputs: the tokenizer and the model do not belong together."
+        )
+    for name, token in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id),
+                        ("pad_token_id", pad_token_id)):
+        if not isinstance(token, int) or not 0 <= token < model_vocab:
+            raise ValueError(f"{name} must be a token id in [0, {model_vocab}), got {token!r}.")
+    if decoder_start_token_id is None:
+        decoder_start_token_id = getattr(model.config, "decoder_start_token_id", None)
+        if decoder_start_token_id is None:
+            raise ValueError("model.config.decoder_start_token_id is None: pass decoder_start_token_id.")
+    num_levels = trie_t.num_levels
+    ranges = trie_t.level_token_ranges().tolist()
+    if level_offsets is not None:
+        level_offsets = [int(offset) for offset in level_offsets]
+        if len(level_offsets) != num_levels:
+            raise ValueError(f"level_offsets has {len(level_offsets)} entries but the trie has {num_levels} levels.")
+        ends = level_offsets[1:] + [trie_t.vocab_size]
+        slices = list(zip(level_offsets, ends))
+        for level, ((lo, hi), (smallest, largest)) in enumerate(zip(slices, ranges)):
+            if smallest < lo or largest >= hi:
+                raise ValueError(
+                    f"level {level} of the trie uses tokens {smallest}..{largest}, outside its level_offsets slice "
+                    f"[{lo}, {hi}): the trie and level_offsets come from different tokenizers."
+                )
+    else:
+        slices = [(smallest, largest + 1) for smallest, largest in ranges]
+    excluded = _excluded_tensor(excluded_items, input_ids.shape[0], trie_t.num_items, device)
+
+    batch = input_ids.shape[0]
+    scale = None
+    if getattr(model.config, "scale_decoder_outputs", False):  # T5 scales the decoder output before lm_head
+        scale = float(getattr(model, "model_dim", None) or model.config.d_model) ** -0.5
+
+    # ------------------------------------------------------------------ encode once
+    encoder_hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)[0]  # [batch, S, d]
+    encoder_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    expanded_encoder = {}
+
+    def encoder_rows(width: int):
+        if width not in expanded_encoder:
+            expanded_encoder.clear()
+            expanded_encoder[width] = (encoder_hidden.repeat_interleave(width, 0), encoder_mask.repeat_interleave(width, 0))
+        return expanded_encoder[width]
+
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    def decode(tokens: torch.Tensor, width: int) -> torch.Tensor:
+        """Feeds ``tokens [batch * width, n]``; returns the last position's hidden state ``[batch * width, d]``."""
+        hidden_states, mask = encoder_rows(width)
+        out = model.decoder(input_ids=tokens, encoder_hidden_states=hidden_states, encoder_attention_mask=mask,
+                            cache=cache, use_cache=True)
+        return out[0][:, -1]
+
+    # ------------------------------------------------------------------ beam state, [batch, W, ...]
+    width = 1
+    seq_len = 2 + num_items * (num_levels + 1)
+    sequences = torch.full((batch, 1, seq_len), pad_token_id, dtype=torch.long, device=device)
+    sequences[:, :, 0] = decoder_start_token_id
+    length = 1  # tokens written so far
+    fed = 0  # tokens already in the cache
+    beam_scores = torch.zeros((batch, 1), dtype=torch.float32, device=device)
+    nodes = torch.zeros((batch, 1), dtype=torch.long, device=device)  # current trie node, -1 = no beam
+    items = torch.full((batch, 1, num_items), -1, dtype=torch.long, device=device)
+    item_scores = torch.zeros((batch, 1, num_items), dtype=torch.float32, device=device)
+    batch_index = torch.arange(batch, device=device)
+    if excluded is not None:
+        excluded_paths = trie_t.item_path[excluded.clamp(min=0)]  # [batch, E, L + 1]
+        excluded_paths = excluded_paths.masked_fill((excluded < 0)[..., None], -1)
+
+    for slot in range(num_items):
+        for level in range(num_levels):
+            # -------------------------------------------------- feed the decoder
+            if level == 0:
+                sequences[:, :, length] = bos_token_id
+                length += 1
+            flat_sequences = sequences.view(batch * width, seq_len)
+            if fuse_forced_tokens or length - fed == 1:
+                hidden = decode(flat_sequences[:, fed:length], width)
+            else:
+                for position in range(fed, length):
+                    hidden = decode(flat_sequences[:, position:position + 1], width)
+            fed = length
+
+            # -------------------------------------------------- logits of this level's slice only
+            lo, hi = slices[level]
+            if scale is not None:
+                hidden = hidden * scale
+            level_logits = (hidden @ head_weight[lo:hi].T).float()  # [batch * W, K_level]
+
+            # -------------------------------------------------- CSR expansion of each beam's children
+            flat_nodes = nodes.view(-1)
+            alive = flat_nodes >= 0
+            safe_nodes = flat_nodes.clamp(min=0)
+            starts = trie_t.indptr[safe_nodes]
+            counts = torch.where(alive, trie_t.indptr[safe_nodes + 1] - starts, torch.zeros_like(starts))
+            total = int(counts.sum())
+            max_children = int(counts.max()) if total else 0
+            if max_children == 0:  # no beam of any row can continue: nothing valid anywhere
+                beam_scores = torch.full_like(beam_scores, -math.inf)
+                nodes = torch.full_like(nodes, -1)
+                break
+            rows = torch.repeat_interleave(torch.arange(batch * width, device=device), counts, output_size=total)
+            first = torch.cumsum(counts, 0) - counts
+            within = torch.arange(total, device=device) - first[rows]
+            children = starts[rows] + within + 1  # node ids
+            child_tokens = trie_t.edge_token[children - 1]
+            child_logits = level_logits[rows, child_tokens - lo]
+
+            # -------------------------------------------------- exclusions: prune exhausted subtrees
+            parts = []
+            if excluded is not None:
+                parts.append(excluded_paths[:, None, :, level:level + 2].expand(-1, width, -1, -1)
+                             .reshape(batch * width, -1, 2))
+            if forbid_repeats and slot > 0:
+                previous = items[:, :, :slot].reshape(batch * width, slot)
+                previous_paths = trie_t.item_path[previous.clamp(min=0)][..., level:level + 2]
+                parts.append(previous_paths.masked_fill((previous < 0)[..., None], -1))
+            keep = torch.ones(total, dtype=torch.bool, device=device)
+            if parts:
+                # With forbid_repeats, generated items are never in the (deduplicated) history: no double count.
+                paths = torch.cat(parts, dim=1)  # [batch * W, E', 2]: node at depth level, level + 1
+                on_path = (paths[..., 0] == flat_nodes[:, None]) & alive[:, None]
+                beam_of, _ = on_path.nonzero(as_tuple=True)
+                child_of = paths[..., 1][on_path]
+                position = first[beam_of] + child_of - starts[beam_of] - 1
+                excluded_below = torch.zeros(total, dtype=torch.long, device=device)
+                excluded_below.index_add_(0, position, torch.ones_like(position))
+                keep = excluded_below < trie_t.leaf_count[children]
+
+            # -------------------------------------------------- segment log-softmax, one top-k per row
+            padded = torch.full((batch * width, max_children), -math.inf, dtype=torch.float32, device=device)
+            padded[rows, within] = torch.where(keep, child_logits, torch.full_like(child_logits, -math.inf))
+            normaliser = torch.logsumexp(padded, dim=-1, keepdim=True)
+            log_probs = padded - torch.where(torch.isfinite(normaliser), normaliser, torch.zeros_like(normaliser))
+            candidates = (beam_scores.view(-1, 1) + log_probs).view(batch, width * max_children)
+            k = min(num_beams, width * max_children)
+            top_scores, top_index = torch.topk(candidates, k, dim=-1)  # sorted, best first
+            chosen = torch.isfinite(top_scores)
+            new_width = max(int(chosen.sum(dim=1).max()), 1)
+            top_scores, top_index, chosen = top_scores[:, :new_width], top_index[:, :new_width], chosen[:, :new_width]
+            source = top_index // max_children  # beam within the row
+            column = top_index % max_children
+            flat_source = batch_index[:, None] * width + source
+            child = torch.where(chosen, starts[flat_source] + column + 1, torch.full_like(column, -1))
+            step_log_prob = log_probs[flat_source, column]
+
+            # -------------------------------------------------- reorder state and cache
+            cache.reorder_cache(flat_source.view(-1))
+            sequences = _gather_beams(sequences, source)
+            items = _gather_beams(items, source)
+            item_scores = _gather_beams(item_scores, source)
+            width = new_width
+            sequences[:, :, length] = torch.where(chosen, trie_t.edge_token[(child - 1).clamp(min=0)],
+                                                  torch.full_like(child, pad_token_id))
+            length += 1
+            item_scores[:, :, slot] += torch.where(chosen, step_log_prob, torch.zeros_like(step_log_prob))
+            beam_scores = torch.where(chosen, top_scores, torch.full_like(top_scores, -math.inf))
+            if level == num_levels - 1:
+                items[:, :, slot] = torch.where(chosen, trie_t.leaf_item[child.clamp(min=0)], torch.full_like(child, -1))
+                nodes = torch.where(chosen, torch.zeros_like(child), child)  # back to the root
+            else:
+                nodes = child
+        else:
+            continue
+        break  # nothing valid anywhere
+
+    # ------------------------------------------------------------------ outputs, padded to num_beams
+    sequences[:, :, length] = eos_token_id
+    valid = torch.isfinite(beam_scores)
+    sequences = sequences.masked_fill(~valid[..., None], pad_token_id)
+    items = items.masked_fill(~valid[..., None], -1)
+    item_scores = item_scores.masked_fill(~valid[..., None], -math.inf)
+    scores = beam_scores / float(seq_len - 1) ** length_penalty
+    if width < num_beams:
+        missing = num_beams - width
+        sequences = torch.cat([sequences, sequences.new_full((batch, missing, seq_len), pad_token_id)], dim=1)
+        scores = torch.cat([scores, scores.new_full((batch, missing), -math.inf)], dim=1)
+        items = torch.cat([items, items.new_full((batch, missing, num_items), -1)], dim=1)
+        item_scores = torch.cat([item_scores, item_scores.new_full((batch, missing, num_items), -math.inf)], dim=1)
+        valid = torch.cat([valid, valid.new_zeros((batch, missing))], dim=1)
+    return SessionSearchOutput(sequences=sequences, scores=scores, item_indices=items, item_scores=item_scores,
+                               valid=valid, num_valid=valid.sum(dim=1))

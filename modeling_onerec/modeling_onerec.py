@@ -1,0 +1,436 @@
+"""OneRec: T5 whose decoder FFNs are sparse Mixture-of-Experts (paper §3.2, Eq. 2).
+
+Pieces, smallest first:
+
+* :func:`route_tokens`, :func:`load_balancing_loss`, :func:`router_z_loss`, :func:`expert_capacity` -- standalone,
+  tested functions (router top-k and the two auxiliary losses).
+* :class:`OneRecRouter` -- the gate ``s = softmax(H e^T)``; :class:`OneRecExperts` -- stacked expert weights with
+  grouped dispatch (tokens sorted by expert, one matmul per expert over its own tokens, never every expert on
+  every token); :class:`OneRecSparseMLP` -- router + experts; :class:`OneRecLayerSparseFF` -- drop-in for T5's
+  ``T5LayerFF`` (norm, MoE, dropout, residual).
+* :class:`OneRecDecoderStack` -- a ``T5Stack`` whose chosen layers use the sparse FFN.
+* :class:`OneRecModel` (``AutoModel``) and :class:`OneRecForConditionalGeneration` (``AutoModelForSeq2SeqLM``).
+
+With ``labels`` the loss is ``NTP + router_aux_loss_coef * aux + router_z_loss_coef * z``; the three terms and the
+per-expert load are returned separately in :class:`OneRecSeq2SeqLMOutput`.
+
+This file only depends on ``torch``, ``transformers`` and the other files of this folder: ``save_pretrained``
+copies them next to the weights for ``trust_remote_code`` loading.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.models.t5.modeling_t5 import (
+    T5ForConditionalGeneration,
+    T5LayerNorm,
+    T5Model,
+    T5PreTrainedModel,
+    T5Stack,
+)
+from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_onerec import OneRecConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Routing and auxiliary losses (standalone functions)
+# ----------------------------------------------------------------------------------------------------
+
+
+def route_tokens(router_logits: torch.Tensor, top_k: int, normalize: bool = False):
+    """Top-k gating of paper Eq. (2).
+
+    Args:
+        router_logits: ``[N, E]`` gate logits ``H e^T``.
+        top_k: Experts per token (``K_MoE``).
+        normalize: Renormalise the kept gate values to sum to one (the paper keeps raw softmax values).
+    Returns:
+        ``(gates [N, k], expert_index [N, k], router_probs [N, E])``; gates and probs in float32.
+    """
+    router_probs = torch.softmax(router_logits.float(), dim=-1)
+    gates, expert_index = router_probs.topk(top_k, dim=-1)
+    if normalize:
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+    return gates, expert_index, router_probs
+
+
+def load_balancing_loss(router_probs: torch.Tensor, expert_index: torch.Tensor,
+                        token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Switch-Transformer load-balancing loss ``E * sum_i f_i * P_i`` (1.0 when perfectly balanced).
+
+    ``f_i`` is the fraction of token->expert assignments that went to expert ``i`` (over all ``k`` choices),
+    ``P_i`` the mean router probability of expert ``i``.
+
+    Args:
+        router_probs: ``[N, E]`` softmax of the router logits.
+        expert_index: ``[N, k]`` chosen experts.
+        token_mask: Optional ``[N]`` bool, ``False`` for tokens to ignore (padding).
+    """
+    num_experts = router_probs.shape[-1]
+    assignments = F.one_hot(expert_index, num_experts).sum(dim=1).to(router_probs.dtype)  # [N, E]
+    if token_mask is not None:
+        weight = token_mask.reshape(-1, 1).to(router_probs.dtype)
+        assignments, router_probs = assignments * weight, router_probs * weight
+        num_tokens = weight.sum().clamp(min=1)
+    else:
+        num_tokens = torch.tensor(float(router_probs.shape[0]), device=router_probs.device).clamp(min=1)
+    fraction_routed = assignments.sum(dim=0) / (num_tokens * expert_index.shape[-1])
+    mean_probability = router_probs.sum(dim=0) / num_tokens
+    return num_experts * (fraction_routed * mean_probability).sum()
+
+
+def router_z_loss(router_logits: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ST-MoE router z-loss: mean over tokens of ``logsumexp(router_logits)**2`` (keeps logits small).
+
+    Args:
+        router_logits: ``[N, E]`` raw logits (not probabilities).
+        token_mask: Optional ``[N]`` bool, ``False`` for tokens to ignore.
+    """
+    squared = torch.logsumexp(router_logits.float(), dim=-1) ** 2
+    if token_mask is None:
+        return squared.mean()
+    weight = token_mask.reshape(-1).to(squared.dtype)
+    return (squared * weight).sum() / weight.sum().clamp(min=1)
+
+
+def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: Optional[float]) -> Optional[int]:
+    """Most assignments one expert takes in a forward: ``ceil(factor * tokens * k / E)``; ``None`` = unlimited."""
+    if capacity_factor is None:
+        return None
+    return max(1, math.ceil(capacity_factor * num_tokens * top_k / num_experts))
+
+
+class RoutingRecord(NamedTuple):
+    """What one sparse layer decided in its last forward."""
+
+    router_logits: torch.Tensor  # [N, E] float32
+    expert_index: torch.Tensor  # [N, k]
+
+
+# ----------------------------------------------------------------------------------------------------
+# MoE modules
+# ----------------------------------------------------------------------------------------------------
+
+
+class OneRecRouter(nn.Module):
+    """Gate logits ``H e^T`` (``[N, d] -> [N, E]``, float32), with optional multiplicative jitter while training."""
+
+    def __init__(self, config: OneRecConfig):
+        super().__init__()
+        self.jitter_noise = config.router_jitter_noise
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.d_model))  # one row e_i per expert
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.training and self.jitter_noise > 0:
+            noise = torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+            hidden_states = hidden_states * noise
+        # Routing decisions are sensitive to rounding: compute them in float32 (Switch "selective precision").
+        return F.linear(hidden_states.float(), self.weight.float())
+
+
+class OneRecExperts(nn.Module):
+    """``E`` expert FFNs with stacked weights and grouped dispatch.
+
+    Parameters: ``input_proj [E, d, f]`` (``[E, d, 2f]`` for gated activations) and ``output_proj [E, f, d]``.
+    (Not named ``wi``/``wo``: T5 keeps every weight whose name contains ``wo`` in float32.)
+    """
+
+    def __init__(self, config: OneRecConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.is_gated = config.is_gated_act
+        hidden = config.expert_hidden_size
+        self.input_proj = nn.Parameter(torch.empty(config.num_experts, config.d_model, hidden * (2 if self.is_gated else 1)))
+        self.output_proj = nn.Parameter(torch.empty(config.num_experts, hidden, config.d_model))
+        self.act = ACT2FN[config.dense_act_fn]
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def expert_forward(self, expert: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        """One expert on its tokens: ``[n, d] -> [n, d]``."""
+        hidden = hidden_states @ self.input_proj[expert]
+        if self.is_gated:
+            gate, linear = hidden.chunk(2, dim=-1)
+            hidden = self.act(gate) * linear
+        else:
+            hidden = self.act(hidden)
+        return self.dropout(hidden) @ self.output_proj[expert]
+
+    def forward(self, hidden_states: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor,
+                capacity: Optional[int] = None) -> torch.Tensor:
+        """Gate-weighted sum of each token's chosen experts.
+
+        Args:
+            hidden_states: ``[N, d]``.
+            expert_index: ``[N, k]`` chosen experts.
+            gates: ``[N, k]`` their gate values.
+            capacity: Optional cap on assignments per expert; later tokens over the cap are dropped.
+        Returns:
+            ``[N, d]`` (zero for a token whose every assignment was dropped).
+        """
+        num_tokens, top_k = expert_index.shape
+        flat_expert = expert_index.reshape(-1)
+        # Sort assignments by expert (stable: within an expert, token order decides who is dropped at capacity).
+        order = torch.argsort(flat_expert, stable=True)
+        sorted_expert = flat_expert[order]
+        sorted_token = torch.div(order, top_k, rounding_mode="floor")
+        sorted_gate = gates.reshape(-1)[order]
+        counts = torch.bincount(flat_expert, minlength=self.num_experts)
+        if capacity is not None:
+            starts = torch.cumsum(counts, 0) - counts
+            keep = torch.arange(order.numel(), device=order.device) - starts[sorted_expert] < capacity
+            sorted_expert, sorted_token, sorted_gate = sorted_expert[keep], sorted_token[keep], sorted_gate[keep]
+            counts = counts.clamp(max=capacity)
+
+        grouped_inputs = hidden_states[sorted_token].split(counts.tolist())
+        grouped_outputs = [self.expert_forward(expert, tokens)
+                           for expert, tokens in enumerate(grouped_inputs) if tokens.shape[0] > 0]
+        expert_outputs = torch.cat(grouped_outputs) if grouped_outputs else hidden_states.new_zeros((0, hidden_states.shape[-1]))
+        weighted = expert_outputs * sorted_gate.to(expert_outputs.dtype)[:, None]
+        return torch.zeros_like(hidden_states).index_add_(0, sorted_token, weighted.to(hidden_states.dtype))
+
+
+class OneRecSparseMLP(nn.Module):
+    """Router + experts: ``[..., d] -> ([..., d], RoutingRecord)`` (paper Eq. 2 without the residual)."""
+
+    def __init__(self, config: OneRecConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_token
+        self.normalize = config.normalize_expert_weights
+        self.capacity_factor = config.expert_capacity_factor
+        self.router = OneRecRouter(config)
+        self.experts = OneRecExperts(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> Tuple[torch.Tensor, RoutingRecord]:
+        shape = hidden_states.shape
+        flat = hidden_states.reshape(-1, shape[-1])
+        router_logits = self.router(flat)
+        gates, expert_index, _ = route_tokens(router_logits, self.top_k, self.normalize)
+        capacity = expert_capacity(flat.shape[0], self.top_k, self.experts.num_experts, self.capacity_factor)
+        output = self.experts(flat, expert_index, gates, capacity)
+        return output.reshape(shape), RoutingRecord(router_logits, expert_index)
+
+
+class OneRecLayerSparseFF(nn.Module):
+    """Drop-in replacement for ``T5LayerFF``: ``H + dropout(MoE(norm(H)))``.
+
+    ``T5Block`` expects one tensor back, so the routing of the last forward is kept in ``last_routing`` and
+    collected by the model's forward.
+    """
+
+    def __init__(self, config: OneRecConfig):
+        super().__init__()
+        self.mlp = OneRecSparseMLP(config)
+        self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.last_routing: Optional[RoutingRecord] = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        output, self.last_routing = self.mlp(self.layer_norm(hidden_states))
+        return hidden_states + self.dropout(output)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pretrained base, stacks, models
+# ----------------------------------------------------------------------------------------------------
+
+
+class OneRecPreTrainedModel(T5PreTrainedModel):
+    """T5's initialisation plus the MoE modules (router, stacked experts)."""
+
+    config: OneRecConfig
+    config_class = OneRecConfig
+    base_model_prefix = "transformer"
+    _no_split_modules = ["T5Block"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        factor = self.config.initializer_factor
+        if isinstance(module, OneRecExperts):
+            init.normal_(module.input_proj, mean=0.0, std=factor * self.config.d_model ** -0.5)
+            init.normal_(module.output_proj, mean=0.0, std=factor * self.config.expert_hidden_size ** -0.5)
+        elif isinstance(module, OneRecRouter):
+            init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model ** -0.5)
+
+
+class OneRecDecoderStack(OneRecPreTrainedModel, T5Stack):
+    """A T5 decoder stack whose ``config.sparse_layer_indices`` layers use :class:`OneRecLayerSparseFF`."""
+
+    def __init__(self, config: OneRecConfig):
+        T5Stack.__init__(self, config)
+        for index in config.sparse_layer_indices:
+            self.block[index].layer[-1] = OneRecLayerSparseFF(config)
+        self.post_init()  # T5Stack.__init__ initialised the dense FFNs only
+
+    def sparse_layers(self) -> List[OneRecLayerSparseFF]:
+        return [block.layer[-1] for block in self.block if isinstance(block.layer[-1], OneRecLayerSparseFF)]
+
+
+def _build_stacks(model: nn.Module, config: OneRecConfig) -> None:
+    """Shared embedding, dense T5 encoder, MoE decoder: the layout T5Model/T5ForConditionalGeneration expect."""
+    model.model_dim = config.d_model
+    model.shared = nn.Embedding(config.vocab_size, config.d_model)
+    encoder_config = copy.deepcopy(config)
+    encoder_config.is_decoder = False
+    encoder_config.use_cache = False
+    model.encoder = T5Stack(encoder_config)
+    decoder_config = copy.deepcopy(config)
+    decoder_config.is_decoder = True
+    decoder_config.num_layers = config.num_decoder_layers
+    model.decoder = OneRecDecoderStack(decoder_config)
+
+
+class _RoutingMixin:
+    """Collects the routing of the decoder's sparse layers after a forward."""
+
+    def clear_routing(self) -> None:
+        for layer in self.decoder.sparse_layers():
+            layer.last_routing = None
+
+    def collect_routing(self) -> List[RoutingRecord]:
+        return [layer.last_routing for layer in self.decoder.sparse_layers() if layer.last_routing is not None]
+
+    def expert_load(self, routing: Optional[List[RoutingRecord]] = None,
+                    token_mask: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """``[num_sparse_layers, E]``: fraction of token->expert assignments each expert received in the last
+        forward (rows sum to 1; ``1/E`` everywhere is perfect balance). ``None`` before any forward."""
+        routing = self.collect_routing() if routing is None else routing
+        if not routing:
+            return None
+        loads = []
+        for record in routing:
+            counts = F.one_hot(record.expert_index, self.config.num_experts).sum(dim=1).float()
+            if token_mask is not None:
+                counts = counts * token_mask.reshape(-1, 1).float()
+            total = counts.sum()
+            loads.append(counts.sum(dim=0) / total.clamp(min=1))
+        return torch.stack(loads)
+
+
+@dataclass
+class OneRecSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """:class:`~transformers.modeling_outputs.Seq2SeqLMOutput` plus the MoE terms.
+
+    Args:
+        loss: ``ntp_loss + router_aux_loss_coef * aux_loss + router_z_loss_coef * z_loss`` (with ``labels``).
+        ntp_loss: Next-token cross-entropy over the labelled decoder positions (paper Eq. 4, mean per token).
+        aux_loss: Load-balancing loss averaged over sparse layers (1.0 = perfectly balanced).
+        z_loss: Router z-loss averaged over sparse layers.
+        expert_load: ``[num_sparse_layers, num_experts]`` fraction of assignments per expert.
+        router_logits: Per sparse layer ``[N, num_experts]`` (only with ``output_router_logits=True``).
+    """
+
+    ntp_loss: Optional[torch.FloatTensor] = None
+    aux_loss: Optional[torch.FloatTensor] = None
+    z_loss: Optional[torch.FloatTensor] = None
+    expert_load: Optional[torch.FloatTensor] = None
+    router_logits: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+class OneRecModel(_RoutingMixin, OneRecPreTrainedModel, T5Model):
+    """The bare encoder-decoder (``AutoModel``): T5Model with the MoE decoder, no output head."""
+
+    def __init__(self, config: OneRecConfig):
+        T5PreTrainedModel.__init__(self, config)
+        _build_stacks(self, config)
+        self.post_init()
+
+
+class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5ForConditionalGeneration):
+    """OneRec: T5 encoder over the history's semantic IDs, sparse-MoE decoder generating the session.
+
+    Use with a ``SemanticIDTokenizer`` whose layout the config was built from
+    (``OneRecConfig.from_tokenizer``). ``generate()`` is T5's; pass the tokenizer's
+    ``session_logits_processor(...)`` to keep every generated item valid.
+    """
+
+    def __init__(self, config: OneRecConfig):
+        T5PreTrainedModel.__init__(self, config)
+        _build_stacks(self, config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        decoder_input_ids: Optional[torch.LongTensor] = None,
+        decoder_attention_mask: Optional[torch.BoolTensor] = None,
+        encoder_outputs=None,
+        cache=None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        decoder_inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_router_logits: bool = False,
+        **kwargs,
+    ) -> OneRecSeq2SeqLMOutput:
+        r"""T5's forward; with ``labels`` ``[batch, target_len]`` (``-100`` = ignored) also the NTP and MoE losses.
+
+        Args:
+            output_router_logits: Also return each sparse layer's ``[N, num_experts]`` router logits.
+        """
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self._shift_right(labels)
+        self.clear_routing()
+        outputs = T5ForConditionalGeneration.forward(
+            self, input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs, cache=cache,
+            inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, labels=None,
+            use_cache=use_cache, return_dict=True, **kwargs,
+        )
+        routing = self.collect_routing()
+        token_mask = labels.reshape(-1).to(outputs.logits.device) != -100 if labels is not None else None
+
+        loss = ntp_loss = aux_loss = z_loss = expert_load = None
+        if routing and (labels is not None or output_router_logits):
+            expert_load = self.expert_load(routing, token_mask)
+        if labels is not None:
+            ntp_loss = F.cross_entropy(outputs.logits.reshape(-1, outputs.logits.shape[-1]).float(),
+                                       labels.reshape(-1).to(outputs.logits.device), ignore_index=-100)
+            loss = ntp_loss
+            if routing:
+                aux_loss = torch.stack([
+                    load_balancing_loss(torch.softmax(record.router_logits, dim=-1), record.expert_index, token_mask)
+                    for record in routing]).mean()
+                z_loss = torch.stack([router_z_loss(record.router_logits, token_mask) for record in routing]).mean()
+                loss = loss + self.config.router_aux_loss_coef * aux_loss + self.config.router_z_loss_coef * z_loss
+
+        return OneRecSeq2SeqLMOutput(
+            loss=loss,
+            logits=outputs.logits,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            ntp_loss=ntp_loss,
+            aux_loss=aux_loss,
+            z_loss=z_loss,
+            expert_load=expert_load,
+            router_logits=tuple(record.router_logits for record in routing) if output_router_logits else None,
+        )
+
+
+__all__ = [
+    "OneRecDecoderStack", "OneRecExperts", "OneRecForConditionalGeneration", "OneRecLayerSparseFF", "OneRecModel",
+    "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput", "OneRecSparseMLP", "RoutingRecord",
+    "expert_capacity", "load_balancing_loss", "route_tokens", "router_z_loss",
+]
