@@ -320,6 +320,27 @@ class _RoutingMixin:
         return torch.stack(loads)
 
 
+_FILLER_SCORE = -1e8  # no real session's summed log-probability comes near this
+
+
+def _check_token_ids(name: str, token_ids: Optional[torch.Tensor], vocab_size: int,
+                     ignore_index: Optional[int] = None) -> None:
+    """Raises a ValueError naming the bad ids (an out-of-range id would otherwise fail deep inside an
+    embedding lookup, or silently on some devices)."""
+    if token_ids is None or token_ids.numel() == 0:
+        return
+    valid = (token_ids >= 0) & (token_ids < vocab_size)
+    if ignore_index is not None:
+        valid |= token_ids == ignore_index
+    if not bool(valid.all()):
+        bad = torch.unique(token_ids[~valid])[:10].tolist()
+        raise ValueError(
+            f"{name} holds token ids outside this model's vocabulary [0, {vocab_size}): {bad}"
+            + (f" (and {ignore_index} is allowed as 'ignore')" if ignore_index is not None else "")
+            + ". Encode inputs with the tokenizer the model was built from (OneRecConfig.from_tokenizer)."
+        )
+
+
 @dataclass
 class OneRecSeq2SeqLMOutput(Seq2SeqLMOutput):
     """:class:`~transformers.modeling_outputs.Seq2SeqLMOutput` plus the MoE terms.
@@ -385,6 +406,9 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
         Args:
             output_router_logits: Also return each sparse layer's ``[N, num_experts]`` router logits.
         """
+        _check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
+        _check_token_ids("labels", labels, self.config.vocab_size, ignore_index=-100)
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self._shift_right(labels)
         self.clear_routing()
@@ -427,6 +451,40 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
             expert_load=expert_load,
             router_logits=tuple(record.router_logits for record in routing) if output_router_logits else None,
         )
+
+    def generate(self, *args, **kwargs):
+        """transformers' ``generate()``; for beam search with ``return_dict_in_generate=True, output_scores=True``
+        (the way session generation is run) rows that are not a complete session are marked.
+
+        Beam search always returns ``num_return_sequences`` rows per input. When the constraint leaves fewer
+        valid sessions than that (tiny catalogue, many excluded items), transformers fills the beam with filler
+        rows. Here a row counts as a complete session if, after the decoder start token, it reaches EOS without a
+        PAD and with a score above -1e8; any other row gets ``sequences_scores = -inf`` and only PAD tokens after the start token, and each
+        input's rows are re-sorted by score, so filler rows come last and decode to an empty session.
+        ``model.recommend(...)`` and :func:`session_beam_search` return only the valid sessions.
+        """
+        output = super().generate(*args, **kwargs)
+        scores = getattr(output, "sequences_scores", None)
+        if scores is None:
+            return output
+        sequences = output.sequences
+        body = sequences[:, 1:]
+        is_eos, is_pad = body == self.config.eos_token_id, body == self.config.pad_token_id
+        has_eos = is_eos.any(dim=1)
+        first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, body.shape[1], dtype=torch.long))
+        positions = torch.arange(body.shape[1], device=body.device)[None, :]
+        complete = has_eos & ~(is_pad & (positions < first_eos[:, None])).any(dim=1)
+        complete &= scores > _FILLER_SCORE  # transformers' filler beams carry scores around -1e9 or -inf
+        if bool(complete.all()):
+            return output
+        scores = torch.where(complete, scores, torch.full_like(scores, -math.inf))
+        sequences = sequences.clone()
+        sequences[~complete, 1:] = self.config.pad_token_id
+        group = int(kwargs.get("num_return_sequences") or getattr(self.generation_config, "num_return_sequences", 1) or 1)
+        order = scores.view(-1, group).argsort(dim=1, descending=True, stable=True)
+        order = (order + torch.arange(0, scores.numel(), group, device=order.device)[:, None]).reshape(-1)
+        output.sequences, output.sequences_scores = sequences[order], scores[order]
+        return output
 
 
 __all__ = [
