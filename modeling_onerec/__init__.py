@@ -14,6 +14,7 @@ from .modeling_onerec import (
     OneRecSeq2SeqLMOutput,
     OneRecSparseMLP,
     RoutingRecord,
+    SessionRecommendation,
     expert_capacity,
     load_balancing_loss,
     route_tokens,
@@ -37,6 +38,7 @@ register_auto_classes()
 __all__ = [
     "PRESETS", "OneRecConfig", "OneRecDecoderStack", "OneRecExperts", "OneRecForConditionalGeneration",
     "OneRecLayerSparseFF", "OneRecModel", "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput",
-    "OneRecSparseMLP", "RoutingRecord", "expert_capacity", "load_balancing_loss", "register_auto_classes",
+    "OneRecSparseMLP", "RoutingRecord", "SessionRecommendation", "expert_capacity", "load_balancing_loss",
+    "register_auto_classes",
     "route_tokens", "router_z_loss",
 ]

@@ -21,7 +21,7 @@ copies them next to the weights for ``trust_remote_code`` loading.
 import copy
 import math
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -361,6 +361,16 @@ class OneRecSeq2SeqLMOutput(Seq2SeqLMOutput):
     router_logits: Optional[Tuple[torch.FloatTensor, ...]] = None
 
 
+@dataclass
+class SessionRecommendation:
+    """One recommended session: its items (catalogue ids, in order), the session's log-probability and each
+    item's (log-probabilities renormalised over the valid codes at each step; see ``session_beam_search``)."""
+
+    items: List[str]
+    score: float
+    item_scores: List[float]
+
+
 class OneRecModel(_RoutingMixin, OneRecPreTrainedModel, T5Model):
     """The bare encoder-decoder (``AutoModel``): T5Model with the MoE decoder, no output head."""
 
@@ -452,6 +462,83 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
             router_logits=tuple(record.router_logits for record in routing) if output_router_logits else None,
         )
 
+    @torch.inference_mode()
+    def recommend(
+        self,
+        tokenizer,
+        histories: Sequence[Sequence],
+        *,
+        num_sessions: int = 10,
+        num_beams: Optional[int] = None,
+        session_length: Optional[int] = None,
+        exclude_history: bool = True,
+        forbid_repeats: bool = True,
+        batch_size: int = 32,
+    ) -> List[List[SessionRecommendation]]:
+        """Recommend sessions from raw item-id histories: no codes in, no codes out.
+
+        Args:
+            tokenizer: The ``SemanticIDTokenizer`` the model was built with (its layout is checked).
+            histories: One list of item ids per user, oldest first. Only the newest ``config.max_history_items``
+                items are read (documented truncation, as in training). An empty history or an item id unknown to
+                the tokenizer raises an error naming the user.
+            num_sessions: Sessions returned per user, best first (fewer if fewer valid sessions exist).
+            num_beams: Beam width of the trie-constrained beam search; defaults to ``num_sessions``.
+            session_length: Items per session ``m``; defaults to ``config.session_length``.
+            exclude_history: Never recommend an item of the user's own history.
+            forbid_repeats: No item twice within a session.
+            batch_size: Users per beam search call.
+        Returns:
+            Per user, a list of :class:`SessionRecommendation` sorted by score.
+        """
+        from .generation_onerec import session_beam_search
+
+        self.config.check_tokenizer(tokenizer)
+        if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
+            raise TypeError("histories must be a list of item-id lists, one per user, e.g. [['12', '7'], ['3']].")
+        num_beams = num_sessions if num_beams is None else num_beams
+        if num_sessions < 1 or num_beams < num_sessions:
+            raise ValueError(f"Need 1 <= num_sessions <= num_beams, got num_sessions={num_sessions}, "
+                             f"num_beams={num_beams}.")
+        session_length = self.config.session_length if session_length is None else session_length
+        excluded = []
+        for user, history in enumerate(histories):
+            if isinstance(history, (str, bytes)) or len(history) == 0:
+                raise ValueError(f"History {user} is {'a string' if isinstance(history, (str, bytes)) else 'empty'}: "
+                                 "each user needs a non-empty list of past item ids (serve users without history "
+                                 "with a popularity fallback).")
+            try:
+                excluded.append([tokenizer.item_index(item) for item in history])
+            except KeyError as error:
+                raise type(error)(f"History {user}: {error}") from None
+        trie = tokenizer.trie
+        if trie.device != self.device:
+            trie.to(self.device)
+
+        results: List[List[SessionRecommendation]] = []
+        for start in range(0, len(histories), batch_size):
+            batch = list(histories[start:start + batch_size])
+            encoded = tokenizer.batch_encode_histories(batch, max_items=self.config.max_history_items).to(self.device)
+            search = session_beam_search(
+                self, encoded["input_ids"], encoded["attention_mask"], trie, num_beams=num_beams,
+                num_items=session_length, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, forbid_repeats=forbid_repeats,
+                excluded_items=excluded[start:start + batch_size] if exclude_history else None,
+                level_offsets=tokenizer.level_offsets,
+            )
+            item_ids = tokenizer.item_ids
+            for row in range(len(batch)):
+                sessions = []
+                for beam in range(num_beams):
+                    if len(sessions) == num_sessions or not bool(search.valid[row, beam]):
+                        continue
+                    sessions.append(SessionRecommendation(
+                        items=[item_ids[index] for index in search.item_indices[row, beam].tolist()],
+                        score=float(search.scores[row, beam]),
+                        item_scores=search.item_scores[row, beam].tolist()))
+                results.append(sessions)
+        return results
+
     def generate(self, *args, **kwargs):
         """transformers' ``generate()``; for beam search with ``return_dict_in_generate=True, output_scores=True``
         (the way session generation is run) rows that are not a complete session are marked.
@@ -490,5 +577,5 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
 __all__ = [
     "OneRecDecoderStack", "OneRecExperts", "OneRecForConditionalGeneration", "OneRecLayerSparseFF", "OneRecModel",
     "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput", "OneRecSparseMLP", "RoutingRecord",
-    "expert_capacity", "load_balancing_loss", "route_tokens", "router_z_loss",
+    "SessionRecommendation", "expert_capacity", "load_balancing_loss", "route_tokens", "router_z_loss",
 ]
