@@ -20,6 +20,7 @@ copies them next to the weights for ``trust_remote_code`` loading.
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -41,6 +42,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_onerec import OneRecConfig
+from .model_card import replace_transformers_placeholder_card, write_model_card
 
 
 logger = logging.get_logger(__name__)
@@ -148,6 +150,11 @@ class OneRecExperts(nn.Module):
     Parameters: ``input_proj [E, d, f]`` (``[E, d, 2f]`` for gated activations) and ``output_proj [E, f, d]``.
     (Not named ``wi``/``wo``: T5 keeps every weight whose name contains ``wo`` in float32.)
     """
+
+    # Weights are [experts, in_features, out_features] (used as ``x @ W[e]``). PEFT (LoRA ``target_parameters``) reads
+    # this flag, as transformers' ``use_experts_implementation(is_transposed=True)`` experts set it; without it PEFT
+    # takes 3-D weights as [experts, out, in] and swaps the roles of lora_A and lora_B.
+    is_transposed = True
 
     def __init__(self, config: OneRecConfig):
         super().__init__()
@@ -265,6 +272,22 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
         elif isinstance(module, OneRecRouter):
             init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model ** -0.5)
 
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
+        """As transformers', then writes a ``README.md`` model card (:func:`~.model_card.write_model_card`) unless the
+        folder already has one. Set ``model.model_card_fields`` (a dict of ``render_model_card`` arguments, e.g.
+        ``data_summary``, ``training_summary``, ``results_table``) to fill the card's free-text sections."""
+        super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if self.should_save_on_this_rank(is_main_process) and os.path.isdir(save_directory):
+            write_model_card(save_directory, self.config, **(getattr(self, "model_card_fields", None) or {}))
+
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        # Both ways of pushing (push_to_hub, save_pretrained(push_to_hub=True)) write transformers' card to README.md
+        # right before this upload: the Hub repo's own card if it has one (kept), else a generic placeholder, which
+        # is replaced here by ours. (A transformers 5.24 internal: setup.py pins transformers to that minor.)
+        fields = {"model_name": repo_id, **(getattr(self, "model_card_fields", None) or {})}
+        replace_transformers_placeholder_card(working_dir, self.config, **fields)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
+
 
 class OneRecDecoderStack(OneRecPreTrainedModel, T5Stack):
     """A T5 decoder stack whose ``config.sparse_layer_indices`` layers use :class:`OneRecLayerSparseFF`."""
@@ -320,7 +343,7 @@ class _RoutingMixin:
         return torch.stack(loads)
 
 
-_FILLER_SCORE = -1e8  # no real session's summed log-probability comes near this
+_FILLER_SCORE = -1e5  # filler beams score about -1e9 (divided by length ** length_penalty); real sessions are far above
 
 
 def _check_token_ids(name: str, token_ids: Optional[torch.Tensor], vocab_size: int,
@@ -546,8 +569,10 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
         Beam search always returns ``num_return_sequences`` rows per input. When the constraint leaves fewer
         valid sessions than that (tiny catalogue, many excluded items), transformers fills the beam with filler
         rows. Here a row counts as a complete session if, after the decoder start token, it reaches EOS without a
-        PAD and with a score above -1e8; any other row gets ``sequences_scores = -inf`` and only PAD tokens after the start token, and each
-        input's rows are re-sorted by score, so filler rows come last and decode to an empty session.
+        PAD and scores above -1e5; any other row gets ``sequences_scores = -inf`` and only PAD tokens after the
+        start token, and each input's rows are re-sorted by score, so filler rows come last and decode to an
+        empty session. Sessions all have the same length, so pass ``length_penalty=0.0`` to get summed
+        log-probabilities (the default 1.0 divides every score by the same length).
         ``model.recommend(...)`` and :func:`session_beam_search` return only the valid sessions.
         """
         output = super().generate(*args, **kwargs)

@@ -1,0 +1,116 @@
+"""OneRec end to end on the tokenizer: generate() with the session constraint, recommend(), bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
+from tests.conftest import clustered_embeddings
+from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, UnknownItemError
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    item_ids = [f"sku{i}" for i in range(80)]
+    tokenizer = SemanticIDTokenizer.build(item_ids, clustered_embeddings(80), ResidualKMeansConfig(num_levels=3, codebook_size=4),
+                                          progress=False)
+    torch.manual_seed(0)
+    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3)).eval()
+    return tokenizer, model
+
+
+def _generate(model, tokenizer, histories, num_items, beams, **kwargs):
+    processor = tokenizer.session_logits_processor(num_items, exclude_items=histories)
+    return model.generate(**tokenizer.batch_encode_histories(histories), logits_processor=[processor],
+                          renormalize_logits=True, num_beams=beams, num_return_sequences=beams, do_sample=False,
+                          max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1, output_scores=True,
+                          return_dict_in_generate=True, length_penalty=0.0, **kwargs)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 1000), num_items=st.integers(1, 3), beams=st.sampled_from([2, 5, 8]))
+def test_every_generated_item_is_a_real_unexcluded_item(catalogue, seed, num_items, beams):
+    tokenizer, model = catalogue
+    generator = torch.Generator().manual_seed(seed)
+    histories = [[tokenizer.item_ids[i] for i in torch.randint(80, (int(n),), generator=generator)]
+                 for n in torch.randint(1, 30, (2,), generator=generator)]
+    out = _generate(model, tokenizer, histories, num_items, beams)
+    for row, sequence in enumerate(out.sequences):
+        session = tokenizer.decode_session(sequence, prefix_length=1)
+        assert len(session) == num_items and None not in session
+        assert len(set(session)) == num_items
+        assert not set(session) & set(histories[row // beams])
+    scores = out.sequences_scores.view(len(histories), beams)
+    assert torch.isfinite(scores).all() and (scores[:, :-1] >= scores[:, 1:] - 1e-6).all()
+
+
+def test_generate_marks_filler_rows_when_beams_exceed_valid_sessions(catalogue):
+    tokenizer, model = catalogue
+    histories = [tokenizer.item_ids[:77]]  # 3 items left -> exactly 3 * 2 = 6 ordered 2-item sessions
+    out = _generate(model, tokenizer, histories, num_items=2, beams=10)
+    scores = out.sequences_scores
+    assert torch.isfinite(scores[:6]).all() and torch.isinf(scores[6:]).all()
+    sessions = [tokenizer.decode_session(row, prefix_length=1) for row in out.sequences]
+    assert all(len(s) == 2 and set(s) <= set(tokenizer.item_ids[77:]) for s in sessions[:6])
+    assert len({tuple(s) for s in sessions[:6]}) == 6
+    assert all(s == [] for s in sessions[6:])
+
+
+def test_recommend_returns_ranked_real_sessions(catalogue):
+    tokenizer, model = catalogue
+    histories = [["sku1", "sku2", "sku3"], ["sku40"]]
+    recommendations = model.recommend(tokenizer, histories, num_sessions=4, num_beams=8)
+    assert len(recommendations) == 2
+    for history, sessions in zip(histories, recommendations):
+        assert len(sessions) == 4
+        assert [s.score for s in sessions] == sorted((s.score for s in sessions), reverse=True)
+        for session in sessions:
+            assert len(session.items) == 3 and len(set(session.items)) == 3
+            assert set(session.items) <= set(tokenizer.item_ids) and not set(session.items) & set(history)
+            assert math.isclose(sum(session.item_scores), session.score, rel_tol=1e-4, abs_tol=1e-4)
+    # The best recommended session is generate()'s best session (same model, same constraint, same scores).
+    out = _generate(model, tokenizer, histories[:1], num_items=3, beams=8)
+    assert tokenizer.decode_session(out.sequences[0], prefix_length=1) == recommendations[0][0].items
+    assert math.isclose(out.sequences_scores[0].item(), recommendations[0][0].score, abs_tol=1e-4)
+
+
+def test_recommend_returns_only_valid_sessions_when_catalogue_runs_out(catalogue):
+    tokenizer, model = catalogue
+    recommendations = model.recommend(tokenizer, [tokenizer.item_ids[:78]], num_sessions=10, session_length=1)
+    assert sorted(s.items[0] for s in recommendations[0]) == sorted(tokenizer.item_ids[78:])
+
+
+def test_recommend_truncates_long_histories_to_the_configured_maximum(catalogue):
+    tokenizer, model = catalogue
+    long_history = [tokenizer.item_ids[i % 80] for i in range(500)]
+    newest = long_history[-model.config.max_history_items:]
+    first = model.recommend(tokenizer, [long_history], num_sessions=2, exclude_history=False)
+    second = model.recommend(tokenizer, [newest], num_sessions=2, exclude_history=False)
+    assert [s.items for s in first[0]] == [s.items for s in second[0]]
+
+
+def test_recommend_bad_input_is_a_clear_error(catalogue):
+    tokenizer, model = catalogue
+    with pytest.raises(ValueError, match="History 1 is empty"):
+        model.recommend(tokenizer, [["sku1"], []])
+    with pytest.raises(UnknownItemError, match="History 0: Unknown item id 'nope'"):
+        model.recommend(tokenizer, [["nope"]])
+    with pytest.raises(TypeError, match="list of item-id lists"):
+        model.recommend(tokenizer, "sku1")
+    with pytest.raises(ValueError, match="num_sessions <= num_beams"):
+        model.recommend(tokenizer, [["sku1"]], num_sessions=5, num_beams=2)
+    other = SemanticIDTokenizer.build([f"x{i}" for i in range(40)], clustered_embeddings(40),
+                                      ResidualKMeansConfig(num_levels=2, codebook_size=4), progress=False)
+    with pytest.raises(ValueError, match="does not match this OneRec model"):
+        model.recommend(other, [["x1"]])
+
+
+def test_out_of_vocabulary_token_ids_are_a_clear_error(catalogue):
+    tokenizer, model = catalogue
+    with pytest.raises(ValueError, match=r"input_ids holds token ids outside this model's vocabulary .*\[999\]"):
+        model(input_ids=torch.tensor([[3, 999]]), labels=torch.tensor([[3]]))
+    with pytest.raises(ValueError, match="labels holds token ids"):
+        model(input_ids=torch.tensor([[3]]), labels=torch.tensor([[-5]]))
