@@ -5,7 +5,7 @@ This file only depends on ``transformers``: ``save_pretrained`` copies it next t
 """
 
 import copy
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from huggingface_hub.dataclasses import strict
 from transformers import T5Config
@@ -77,10 +77,12 @@ class OneRecConfig(T5Config):
     expert_d_ff: Optional[int] = None
     sparse_decoder_layers: Optional[List[int]] = None
     normalize_expert_weights: bool = False
-    router_aux_loss_coef: float = 0.01
-    router_z_loss_coef: float = 0.001
-    router_jitter_noise: float = 0.0
-    expert_capacity_factor: Optional[float] = None
+    # Union[float, int]: strict type checking would otherwise reject the natural `router_aux_loss_coef=0` or
+    # `expert_capacity_factor=1` (T5Config does the same for dropout_rate).
+    router_aux_loss_coef: Union[float, int] = 0.01
+    router_z_loss_coef: Union[float, int] = 0.001
+    router_jitter_noise: Union[float, int] = 0.0
+    expert_capacity_factor: Optional[Union[float, int]] = None
     codebook_sizes: Optional[List[int]] = None
     session_length: int = 5
     max_history_items: int = 256

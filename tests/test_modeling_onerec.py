@@ -1,0 +1,526 @@
+"""OneRec model: MoE layer against a naive reference (forward and backward), router losses by hand, model losses,
+config validation and parameter counts, hub conventions (Auto classes, dtypes, remote code in a fresh process),
+generate() with a decoder deeper than the encoder, and sparse upcycling of a dense T5."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+from transformers.activations import ACT2FN
+from transformers.testing_utils import CaptureLogger
+
+from modeling_onerec import (
+    PRESETS,
+    OneRecConfig,
+    OneRecForConditionalGeneration,
+    OneRecLayerSparseFF,
+    OneRecModel,
+    OneRecSparseMLP,
+    expert_capacity,
+    load_balancing_loss,
+    route_tokens,
+    router_z_loss,
+)
+from modeling_onerec.conversion import logger as conversion_logger
+from modeling_onerec.conversion import upcycle_dense_t5
+
+CODEBOOKS = [4, 4, 4]  # vocab 3 + 12 = 15
+VOCAB = 3 + sum(CODEBOOKS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one intra-op thread is faster, and far faster on a busy machine (thread spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**overrides) -> OneRecConfig:
+    return OneRecConfig.from_preset("tiny", **{"codebook_sizes": CODEBOOKS, "dropout_rate": 0.0, **overrides})
+
+
+def tiny_model(seed=0, **overrides) -> OneRecForConditionalGeneration:
+    torch.manual_seed(seed)
+    return OneRecForConditionalGeneration(tiny_config(**overrides)).eval()
+
+
+def batch(seed=0, batch_size=2, source_len=6, target_len=5):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (batch_size, source_len), generator=generator)
+    labels = torch.randint(3, VOCAB, (batch_size, target_len), generator=generator)
+    return input_ids, labels
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. OneRecSparseMLP against a deliberately naive reference
+# ----------------------------------------------------------------------------------------------------
+
+
+def reference_moe(x, router_weight, input_proj, output_proj, config):
+    """Token by token, choice by choice; drops an expert's assignments beyond capacity in token order."""
+    act = ACT2FN[config.dense_act_fn]
+    num_experts, top_k = router_weight.shape[0], config.num_experts_per_token
+    hidden = config.expert_hidden_size
+    probs = torch.softmax(x @ router_weight.t(), dim=-1)
+    capacity = (math.ceil(config.expert_capacity_factor * x.shape[0] * top_k / num_experts)
+                if config.expert_capacity_factor is not None else None)
+    taken = [0] * num_experts
+    dropped = 0
+    rows = []
+    for n in range(x.shape[0]):
+        order = sorted(range(num_experts), key=lambda e: -probs[n, e].item())[:top_k]
+        chosen = [probs[n, e] for e in order]
+        total = sum(chosen)
+        out = torch.zeros_like(x[n])
+        for e, gate in zip(order, chosen):
+            if config.normalize_expert_weights:
+                gate = gate / total
+            if capacity is not None and taken[e] >= capacity:
+                dropped += 1
+                continue
+            taken[e] += 1
+            if config.is_gated_act:  # T5 gated FFN: act(x W_gate) * (x W_linear), gate half first
+                h = act(x[n] @ input_proj[e][:, :hidden]) * (x[n] @ input_proj[e][:, hidden:])
+            else:
+                h = act(x[n] @ input_proj[e])
+            out = out + gate * (h @ output_proj[e])
+        rows.append(out)
+    return torch.stack(rows), dropped
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"feed_forward_proj": "gated-gelu"},
+    {"normalize_expert_weights": True},
+    {"expert_capacity_factor": 0.5},
+    {"expert_capacity_factor": 0.75, "feed_forward_proj": "gated-gelu", "normalize_expert_weights": True,
+     "num_experts_per_token": 3, "expert_d_ff": 24},
+], ids=["relu-top2", "gated", "normalized", "capacity", "all"])
+def test_sparse_mlp_matches_naive_reference_forward_and_backward(overrides):
+    config = tiny_config(**overrides)
+    torch.manual_seed(0)
+    mlp = OneRecSparseMLP(config)
+    with torch.no_grad():
+        mlp.router.weight.normal_(0, 1.0)
+        mlp.experts.input_proj.normal_(0, config.d_model ** -0.5)
+        mlp.experts.output_proj.normal_(0, config.expert_hidden_size ** -0.5)
+    x = torch.randn(3, 4, config.d_model)  # 12 tokens
+
+    x1 = x.clone().requires_grad_(True)
+    out, routing = mlp(x1)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+
+    params = [mlp.router.weight, mlp.experts.input_proj, mlp.experts.output_proj]
+    ref_params = [p.detach().clone().requires_grad_(True) for p in params]
+    x2 = x.clone().requires_grad_(True)
+    ref_out, dropped = reference_moe(x2.reshape(-1, config.d_model), *ref_params, config)
+    (ref_out.reshape(x.shape) * upstream).sum().backward()
+
+    if config.expert_capacity_factor is not None:
+        assert dropped > 0  # the capacity really binds in this example
+    assert routing.expert_index.shape == (12, config.num_experts_per_token)
+    torch.testing.assert_close(out, ref_out.reshape(x.shape), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-4)
+    for param, ref in zip(params, ref_params):
+        assert param.grad.abs().sum() > 0
+        torch.testing.assert_close(param.grad, ref.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_capacity_drops_later_tokens_and_fully_dropped_token_gives_zero():
+    config = tiny_config(num_experts_per_token=1, expert_capacity_factor=0.25)  # capacity ceil(.25*8/4) = 1
+    torch.manual_seed(0)
+    mlp = OneRecSparseMLP(config)
+    with torch.no_grad():
+        mlp.router.weight.zero_()
+        mlp.router.weight[2, 0] = 10.0  # every token with x[:, 0] > 0 goes to expert 2
+        mlp.experts.input_proj.normal_()
+        mlp.experts.output_proj.normal_()
+    x = torch.randn(8, config.d_model)
+    x[:, 0] = 1.0
+    out, routing = mlp(x)
+    assert (routing.expert_index[:, 0] == 2).all()
+    assert expert_capacity(8, 1, 4, 0.25) == 1
+    assert out[0].abs().sum() > 0  # the first token keeps its slot
+    assert torch.equal(out[1:], torch.zeros_like(out[1:]))  # the rest overflow and are dropped
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Router functions by hand
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_load_balancing_loss_uniform_collapsed_and_by_hand():
+    uniform = torch.full((4, 4), 0.25)
+    assert load_balancing_loss(uniform, torch.tensor([[0], [1], [2], [3]])).item() == pytest.approx(1.0)
+    collapsed_probs = torch.softmax(torch.tensor([[10.0, 0, 0, 0]] * 4), dim=-1)
+    collapsed = load_balancing_loss(collapsed_probs, torch.zeros(4, 1, dtype=torch.long))
+    assert collapsed.item() > 3.9  # -> E = 4 when all mass and all tokens go to one expert
+
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
+    index = torch.tensor([[0, 1], [1, 2]])
+    # f = [1, 2, 1] / (2 tokens * 2) = [.25, .5, .25]; P = [.3, .45, .25]; 3 * (.075 + .225 + .0625) = 1.0875
+    assert load_balancing_loss(probs, index).item() == pytest.approx(1.0875)
+    # Mask out token 1: f = [.5, .5, 0], P = [.5, .3, .2]; 3 * (.25 + .15) = 1.2
+    masked = load_balancing_loss(probs, index, token_mask=torch.tensor([True, False]))
+    assert masked.item() == pytest.approx(1.2)
+    assert masked.item() == pytest.approx(load_balancing_loss(probs[:1], index[:1]).item())
+
+
+def test_router_z_loss_by_hand():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])  # logsumexp: ln 2, ln 4
+    assert router_z_loss(logits).item() == pytest.approx((math.log(2) ** 2 + math.log(4) ** 2) / 2)
+    assert router_z_loss(logits, torch.tensor([True, False])).item() == pytest.approx(math.log(2) ** 2)
+
+
+def test_route_tokens_gates_are_softmax_top_k():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.5, -1.0, 0.0, 4.0]])
+    probs = torch.softmax(logits, dim=-1)
+    gates, index, router_probs = route_tokens(logits, 2)
+    assert index.tolist() == [[1, 2], [3, 0]]
+    torch.testing.assert_close(gates, torch.stack([probs[0, [1, 2]], probs[1, [3, 0]]]))
+    torch.testing.assert_close(router_probs, probs)
+    normalized, _, _ = route_tokens(logits, 2, normalize=True)
+    torch.testing.assert_close(normalized.sum(-1), torch.ones(2))
+    torch.testing.assert_close(normalized, gates / gates.sum(-1, keepdim=True))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Model: losses, load, gradients, config
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_loss_is_ntp_plus_weighted_aux_and_z_and_padding_is_excluded():
+    model = tiny_model(num_decoder_layers=3, sparse_decoder_layers=[0, 2], router_aux_loss_coef=0.3,
+                       router_z_loss_coef=0.05)
+    input_ids, labels = batch()
+    labels[0, -2:] = -100
+    out = model(input_ids=input_ids, labels=labels, output_router_logits=True)
+
+    expected_ntp = F.cross_entropy(out.logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.ntp_loss, expected_ntp)
+    torch.testing.assert_close(out.loss, out.ntp_loss + 0.3 * out.aux_loss + 0.05 * out.z_loss)
+
+    assert len(out.router_logits) == 2
+    mask = labels.reshape(-1) != -100
+    aux, z = [], []
+    for logits in out.router_logits:
+        gates, index, probs = route_tokens(logits, 2)
+        aux.append(load_balancing_loss(probs, index, mask))
+        z.append(router_z_loss(logits[mask]))
+    torch.testing.assert_close(out.aux_loss, torch.stack(aux).mean())
+    torch.testing.assert_close(out.z_loss, torch.stack(z).mean())
+
+    assert out.expert_load.shape == (2, 4)
+    torch.testing.assert_close(out.expert_load.sum(-1), torch.ones(2))
+
+
+def test_gradients_reach_router_and_experts():
+    model = tiny_model().train()
+    input_ids, labels = batch()
+    model(input_ids=input_ids, labels=labels).loss.backward()
+    layers = model.decoder.sparse_layers()
+    assert len(layers) == 2
+    for layer in layers:
+        assert layer.mlp.router.weight.grad.abs().sum() > 0
+        assert layer.mlp.experts.input_proj.grad.abs().sum() > 0
+        assert layer.mlp.experts.output_proj.grad.abs().sum() > 0
+    assert model.shared.weight.grad.abs().sum() > 0
+
+
+def test_dense_path_has_no_router_losses():
+    model = tiny_model(sparse_decoder_layers=[])
+    assert not any(isinstance(m, OneRecLayerSparseFF) for m in model.modules())
+    out = model(input_ids=batch()[0], labels=batch()[1])
+    assert out.aux_loss is None and out.z_loss is None and out.expert_load is None
+    assert torch.equal(out.loss, out.ntp_loss)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"num_experts_per_token": 5}, "num_experts_per_token"),
+    ({"num_experts_per_token": 0}, "num_experts_per_token"),
+    ({"sparse_decoder_layers": [2]}, "sparse_decoder_layers"),
+    ({"sparse_decoder_layers": [0, 0]}, "sparse_decoder_layers"),
+    ({"vocab_size": 20}, "vocab_size=20 does not match codebook_sizes"),
+    ({"codebook_sizes": [4, 0, 4], "vocab_size": 11}, "codebook_sizes"),
+    ({"expert_capacity_factor": 0.0}, "expert_capacity_factor"),
+    ({"router_jitter_noise": 1.5}, "router_jitter_noise"),
+    ({"num_experts": "4"}, "num_experts"),
+    ({"sparse_decoder_layers": "0"}, "sparse_decoder_layers"),
+    ({"normalize_expert_weights": "yes"}, "normalize_expert_weights"),
+    ({"codebook_sizes": [4, "a", 4]}, "codebook_sizes"),
+])
+def test_config_validation_names_the_field(overrides, field):
+    with pytest.raises(Exception, match=field) as info:
+        tiny_config(**overrides)
+    assert isinstance(info.value, (ValueError, TypeError)) or "StrictDataclass" in type(info.value).__name__
+
+
+def test_config_accepts_ints_for_float_fields():
+    config = tiny_config(router_aux_loss_coef=0, router_z_loss_coef=0, expert_capacity_factor=1)
+    assert config.expert_capacity_factor == 1 and config.router_aux_loss_coef == 0
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"feed_forward_proj": "gated-gelu"},
+    {"num_decoder_layers": 3, "sparse_decoder_layers": [1]},
+    {"feed_forward_proj": "gated-silu", "expert_d_ff": 24, "num_layers": 2},
+    {"sparse_decoder_layers": []},
+])
+def test_parameter_counts_are_exact(overrides):
+    config = tiny_config(**overrides)
+    model = OneRecForConditionalGeneration(config)
+    counts = config.parameter_counts()
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    assert counts["expert"] == experts
+    assert counts["embedding"] == model.shared.weight.numel()
+    if config.sparse_layer_indices:
+        assert counts["activated"] < counts["total"]
+    else:
+        assert counts["activated"] == counts["total"]
+
+
+def test_from_tokenizer_and_check_tokenizer(small_tokenizer):
+    config = OneRecConfig.from_tokenizer(small_tokenizer, preset="tiny")
+    assert config.codebook_sizes == list(small_tokenizer.codebook_sizes)
+    assert config.vocab_size == small_tokenizer.vocab_size
+    assert config.level_offsets == list(small_tokenizer.level_offsets)
+    assert (config.pad_token_id, config.eos_token_id, config.bos_token_id) == (0, 1, 2)
+    assert config.num_experts == PRESETS["tiny"]["num_experts"]
+    config.check_tokenizer(small_tokenizer)  # no error
+
+    layout = dict(vocab_size=small_tokenizer.vocab_size, level_offsets=list(small_tokenizer.level_offsets),
+                  pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    shifted = dict(layout, level_offsets=[3, 10, 15, 21])  # same vocabulary, different level boundaries
+    with pytest.raises(ValueError, match="code levels start at token ids"):
+        config.check_tokenizer(SimpleNamespace(**shifted))
+    with pytest.raises(ValueError, match="vocab_size: tokenizer 99"):
+        config.check_tokenizer(SimpleNamespace(**dict(layout, vocab_size=99)))
+    with pytest.raises(ValueError, match="eos_token_id"):
+        config.check_tokenizer(SimpleNamespace(**dict(layout, eos_token_id=2)))
+    with pytest.raises(ValueError, match="does not match"):
+        tiny_config().check_tokenizer(small_tokenizer)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_construct(name):
+    config = OneRecConfig.from_preset(name, codebook_sizes=[256, 256, 256])
+    counts = config.parameter_counts()
+    assert config.vocab_size == 3 + 768
+    assert 0 < counts["activated"] < counts["total"]
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="Unknown preset"):
+        OneRecConfig.from_preset("onerec-7b")
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Hub conventions
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    model = tiny_model(num_decoder_layers=3, sparse_decoder_layers=[0, 2])
+    path = tmp_path_factory.mktemp("onerec")
+    model.save_pretrained(path)
+    return model, path
+
+
+def test_save_pretrained_layout(saved_model):
+    _, path = saved_model
+    files = set(os.listdir(path))
+    assert {"model.safetensors", "config.json", "configuration_onerec.py", "modeling_onerec.py"} <= files
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "onerec"
+    assert config["auto_map"]["AutoConfig"] == "configuration_onerec.OneRecConfig"
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_onerec.OneRecForConditionalGeneration"
+    assert config["codebook_sizes"] == CODEBOOKS and config["sparse_decoder_layers"] == [0, 2]
+
+
+def test_auto_classes_load_identically(saved_model):
+    model, path = saved_model
+    input_ids, labels = batch()
+    expected = model(input_ids=input_ids, labels=labels, output_hidden_states=True)
+
+    config = AutoConfig.from_pretrained(path)
+    volatile = {"architectures", "dtype", "_name_or_path", "auto_map", "transformers_version"}
+    assert isinstance(config, OneRecConfig)
+    assert ({k: v for k, v in config.to_dict().items() if k not in volatile}
+            == {k: v for k, v in model.config.to_dict().items() if k not in volatile})
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+    assert type(loaded) is OneRecForConditionalGeneration
+    torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, expected.logits, rtol=0, atol=0)
+    bare = AutoModel.from_pretrained(path).eval()
+    assert type(bare) is OneRecModel
+    hidden = bare(input_ids=input_ids, decoder_input_ids=model._shift_right(labels)).last_hidden_state
+    torch.testing.assert_close(hidden, expected.decoder_hidden_states[-1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_loading_keeps_expert_dtype(saved_model, dtype):
+    model, path = saved_model
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype).eval()
+    experts = [p for name, p in loaded.named_parameters() if ".experts." in name or ".router." in name]
+    assert len(experts) == 6 and all(p.dtype == dtype for p in experts)
+    input_ids, labels = batch()
+    out = loaded(input_ids=input_ids, labels=labels)
+    assert out.logits.dtype == dtype and torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+    originals = dict(model.named_parameters())
+    for name, param in loaded.named_parameters():  # each weight is the saved one, rounded to its dtype
+        assert torch.equal(param, originals[name].to(param.dtype)), name
+    # Logits are not compared element-wise: half-precision rounding flips a few near-tied routing decisions
+    # (bfloat16 moves single logits by ~1 in this tiny random model); the mean loss stays close.
+    reference = model(input_ids=input_ids, labels=labels).loss
+    assert abs(out.loss.item() - reference.item()) < 0.15
+
+
+def test_remote_code_load_in_a_fresh_process_without_the_package(saved_model, tmp_path):
+    model, path = saved_model
+    input_ids, labels = batch(seed=3)
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, labels=labels).logits
+    torch.save({"input_ids": input_ids, "labels": labels, "logits": expected}, tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import importlib.abc, json, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tokenization_semantic_id", "modeling_onerec", "trainers"):
+                    raise ImportError("project import blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import torch
+        from transformers import AutoModelForSeq2SeqLM
+        data = torch.load({str(tmp_path / 'expected.pt')!r})
+        model = AutoModelForSeq2SeqLM.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(input_ids=data["input_ids"], labels=data["labels"]).logits
+        print(json.dumps({{"cls": type(model).__module__,
+                          "max_diff": (logits - data["logits"]).abs().max().item()}}))
+    """)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["cls"].startswith("transformers_modules")  # the directory's code, not this package
+    assert out["max_diff"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. generate() with a decoder deeper than the encoder
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_generate_beam_search_with_cache_on_deeper_decoder():
+    model = tiny_model(num_layers=1, num_decoder_layers=3, sparse_decoder_layers=[0, 2])
+    assert model.config.get_text_config(decoder=True).num_layers == 3
+    input_ids, _ = batch()
+    kwargs = dict(input_ids=input_ids, num_beams=3, num_return_sequences=2, max_new_tokens=6, do_sample=False,
+                  return_dict_in_generate=True, output_scores=True)
+    cached = model.generate(**kwargs, use_cache=True)
+    uncached = model.generate(**kwargs, use_cache=False)
+    assert cached.sequences.shape == (4, 7)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6. Sparse upcycling of a dense T5
+# ----------------------------------------------------------------------------------------------------
+
+
+def dense_t5(feed_forward_proj="relu", seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = T5Config(**{**dict(vocab_size=VOCAB, d_model=16, d_kv=4, num_heads=2, d_ff=32, num_layers=2,
+                                num_decoder_layers=3, feed_forward_proj=feed_forward_proj, dropout_rate=0.0,
+                                decoder_start_token_id=0), **overrides})
+    model = T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # norms start at 1: randomise them so that a norm that is not copied shows
+        for name, param in model.named_parameters():
+            if "layer_norm" in name:
+                param.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
+@pytest.mark.parametrize("overrides", [
+    {"num_experts_per_token": 1},
+    {"num_experts_per_token": 2},
+    {"num_experts_per_token": 3, "sparse_decoder_layers": [1], "codebook_sizes": CODEBOOKS},
+])
+def test_upcycled_model_computes_the_dense_model(feed_forward_proj, overrides):
+    t5 = dense_t5(feed_forward_proj)
+    with CaptureLogger(conversion_logger) as captured:
+        model = upcycle_dense_t5(t5, {"num_experts": 4, "normalize_expert_weights": True, **overrides}).eval()
+    assert "copy of that layer's dense FFN" in captured.out and "routers are random" in captured.out
+    assert isinstance(model, OneRecForConditionalGeneration)
+    assert model.config.num_experts == 4 and model.config.is_gated_act == (feed_forward_proj != "relu")
+    sparse = model.config.sparse_layer_indices
+    assert len(model.decoder.sparse_layers()) == len(sparse)
+    for layer in model.decoder.sparse_layers():  # every expert is the same FFN ...
+        assert torch.equal(layer.mlp.experts.input_proj[0], layer.mlp.experts.input_proj[-1])
+    input_ids, labels = batch()
+    with torch.no_grad():
+        dense = t5(input_ids=input_ids, labels=labels)
+        out = model(input_ids=input_ids, labels=labels)
+    # ... and the gates sum to 1, so the output is the dense model's whatever the (random) router picks.
+    torch.testing.assert_close(out.logits, dense.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.ntp_loss, dense.loss, atol=1e-5, rtol=1e-5)
+    assert out.aux_loss is not None
+
+
+def test_upcycling_with_raw_gates_or_noise_moves_away_from_dense(tmp_path):
+    t5 = dense_t5("gated-gelu")
+    t5.save_pretrained(tmp_path)
+    input_ids, labels = batch()
+    with torch.no_grad():
+        dense = t5(input_ids=input_ids, labels=labels).logits
+        with CaptureLogger(conversion_logger) as captured:
+            raw = upcycle_dense_t5(str(tmp_path), {"num_experts": 4, "num_experts_per_token": 1}).eval()
+        assert "normalize_expert_weights=False" in captured.out
+        assert (raw(input_ids=input_ids, labels=labels).logits - dense).abs().max() > 1e-3
+        noisy = upcycle_dense_t5(t5, {"num_experts": 4, "normalize_expert_weights": True}, noise_std=0.01,
+                                 generator=torch.Generator().manual_seed(0)).eval()
+        experts = noisy.decoder.sparse_layers()[0].mlp.experts
+        assert not torch.equal(experts.input_proj[0], experts.input_proj[1])
+        close = noisy(input_ids=input_ids, labels=labels).logits
+        assert 0 < (close - dense).abs().max() < 0.1
+
+
+def test_upcycling_keeps_an_untied_output_head():
+    t5 = dense_t5()
+    t5.lm_head.weight = torch.nn.Parameter(torch.randn_like(t5.shared.weight))
+    model = upcycle_dense_t5(t5, {"num_experts": 3, "normalize_expert_weights": True}).eval()
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    input_ids, labels = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=input_ids, labels=labels).logits,
+                                   t5(input_ids=input_ids, labels=labels).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_upcycling_rejects_bad_input(saved_model):
+    with pytest.raises(TypeError, match="T5ForConditionalGeneration"):
+        upcycle_dense_t5(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="T5ForConditionalGeneration"):
+        upcycle_dense_t5(tiny_model())
+    with pytest.raises(TypeError, match="model_type 'onerec'"):
+        upcycle_dense_t5(str(saved_model[1]))
+    with pytest.raises(ValueError, match="vocab_size=15.*codebook_sizes"):
+        upcycle_dense_t5(dense_t5(), {"codebook_sizes": [8, 8, 8]})
+    with pytest.raises(ValueError, match="d_ff"):
+        upcycle_dense_t5(dense_t5(), {"d_ff": 64})
+    with pytest.raises(ValueError, match="noise_std"):
+        upcycle_dense_t5(dense_t5(), noise_std=-1.0)
