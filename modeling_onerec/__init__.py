@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from .configuration_onerec import PRESETS, OneRecConfig
+from .conversion import upcycle_dense_t5
 from .modeling_onerec import (
     OneRecDecoderStack,
     OneRecExperts,
@@ -39,6 +40,6 @@ __all__ = [
     "PRESETS", "OneRecConfig", "OneRecDecoderStack", "OneRecExperts", "OneRecForConditionalGeneration",
     "OneRecLayerSparseFF", "OneRecModel", "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput",
     "OneRecSparseMLP", "RoutingRecord", "SessionRecommendation", "expert_capacity", "load_balancing_loss",
-    "register_auto_classes",
+    "register_auto_classes", "upcycle_dense_t5",
     "route_tokens", "router_z_loss",
 ]

@@ -276,6 +276,10 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
         """As transformers', then writes a ``README.md`` model card (:func:`~.model_card.write_model_card`) unless the
         folder already has one. Set ``model.model_card_fields`` (a dict of ``render_model_card`` arguments, e.g.
         ``data_summary``, ``training_summary``, ``results_table``) to fill the card's free-text sections."""
+        # Both heads in auto_map, so AutoModel and AutoModelForSeq2SeqLM load the folder with trust_remote_code.
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                "AutoModel": "modeling_onerec.OneRecModel",
+                                "AutoModelForSeq2SeqLM": "modeling_onerec.OneRecForConditionalGeneration"}
         super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
         if self.should_save_on_this_rank(is_main_process) and os.path.isdir(save_directory):
             write_model_card(save_directory, self.config, **(getattr(self, "model_card_fields", None) or {}))
@@ -484,6 +488,15 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
             expert_load=expert_load,
             router_logits=tuple(record.router_logits for record in routing) if output_router_logits else None,
         )
+
+    @classmethod
+    def from_dense_t5(cls, t5, config_overrides: Optional[dict] = None, noise_std: float = 0.0):
+        """A OneRec model from a dense ``T5ForConditionalGeneration`` (instance or path) by sparse upcycling:
+        shared weights copied, every expert initialised as a copy of its layer's dense FFN, routers random.
+        See :func:`~.conversion.upcycle_dense_t5`."""
+        from .conversion import upcycle_dense_t5
+
+        return upcycle_dense_t5(t5, config_overrides=config_overrides, noise_std=noise_std)
 
     @torch.inference_mode()
     def recommend(

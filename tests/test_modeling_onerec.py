@@ -402,12 +402,13 @@ def test_remote_code_load_in_a_fresh_process_without_the_package(saved_model, tm
                     raise ImportError("project import blocked: " + name)
         sys.meta_path.insert(0, Block())
         import torch
-        from transformers import AutoModelForSeq2SeqLM
+        from transformers import AutoModel, AutoModelForSeq2SeqLM
         data = torch.load({str(tmp_path / 'expected.pt')!r})
         model = AutoModelForSeq2SeqLM.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
+        bare = AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True)
         with torch.no_grad():
             logits = model(input_ids=data["input_ids"], labels=data["labels"]).logits
-        print(json.dumps({{"cls": type(model).__module__,
+        print(json.dumps({{"cls": type(model).__module__, "bare": type(bare).__name__,
                           "max_diff": (logits - data["logits"]).abs().max().item()}}))
     """)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
@@ -416,6 +417,7 @@ def test_remote_code_load_in_a_fresh_process_without_the_package(saved_model, tm
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["cls"].startswith("transformers_modules")  # the directory's code, not this package
+    assert out["bare"] == "OneRecModel"  # auto_map carries the bare model too
     assert out["max_diff"] == 0.0
 
 
