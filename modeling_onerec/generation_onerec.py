@@ -27,6 +27,7 @@ with the attributes of ``tokenization_semantic_id.SemanticIDTrie``).
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -187,7 +188,10 @@ def session_beam_search(
         than ``num_beams``) are marked, never filled with junk or repeated sessions.
 
     Scores are those of ``generate()`` with ``renormalize_logits=True``: each code token's probability is
-    renormalised over the trie children that remain after exclusions; BOS/EOS contribute 0.
+    renormalised over the trie children that remain after exclusions; BOS/EOS contribute 0. The number of
+    decoder rows grows from ``batch`` to ``batch * num_beams`` as beams appear (generate() always runs
+    ``batch * num_beams``); that changes nothing unless the decoder's output depends on the batch's
+    composition (e.g. an MoE expert capacity limit that drops tokens).
     """
     # ------------------------------------------------------------------ arguments
     if not isinstance(num_beams, int) or num_beams < 1:
@@ -202,6 +206,7 @@ def session_beam_search(
             f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
         )
     head_weight = model.lm_head.weight  # [V_model, d]
+    head_bias = getattr(model.lm_head, "bias", None)  # None for T5
     model_vocab = head_weight.shape[0]
     device = input_ids.device
     trie_t = _Trie(trie, device)
@@ -210,10 +215,16 @@ def session_beam_search(
             f"The trie is over a vocabulary of {trie_t.vocab_size} tokens but the model's lm_head has "
             f"{model_vocab} outputs: the tokenizer and the model do not belong together."
         )
+    special = {}
     for name, token in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id),
                         ("pad_token_id", pad_token_id)):
-        if not isinstance(token, int) or not 0 <= token < model_vocab:
+        try:
+            special[name] = operator.index(token)
+        except TypeError:
+            special[name] = -1
+        if not 0 <= special[name] < model_vocab:
             raise ValueError(f"{name} must be a token id in [0, {model_vocab}), got {token!r}.")
+    bos_token_id, eos_token_id, pad_token_id = special["bos_token_id"], special["eos_token_id"], special["pad_token_id"]
     if decoder_start_token_id is None:
         decoder_start_token_id = getattr(model.config, "decoder_start_token_id", None)
         if decoder_start_token_id is None:
@@ -249,7 +260,8 @@ def session_beam_search(
     def encoder_rows(width: int):
         if width not in expanded_encoder:
             expanded_encoder.clear()
-            expanded_encoder[width] = (encoder_hidden.repeat_interleave(width, 0), encoder_mask.repeat_interleave(width, 0))
+            expanded_encoder[width] = (encoder_hidden.repeat_interleave(width, 0),
+                                       encoder_mask.repeat_interleave(width, 0))
         return expanded_encoder[width]
 
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -295,7 +307,10 @@ def session_beam_search(
             lo, hi = slices[level]
             if scale is not None:
                 hidden = hidden * scale
-            level_logits = (hidden @ head_weight[lo:hi].T).float()  # [batch * W, K_level]
+            level_logits = hidden @ head_weight[lo:hi].T  # [batch * W, K_level]
+            if head_bias is not None:
+                level_logits = level_logits + head_bias[lo:hi]
+            level_logits = level_logits.float()
 
             # -------------------------------------------------- CSR expansion of each beam's children
             flat_nodes = nodes.view(-1)
@@ -366,7 +381,8 @@ def session_beam_search(
             item_scores[:, :, slot] += torch.where(chosen, step_log_prob, torch.zeros_like(step_log_prob))
             beam_scores = torch.where(chosen, top_scores, torch.full_like(top_scores, -math.inf))
             if level == num_levels - 1:
-                items[:, :, slot] = torch.where(chosen, trie_t.leaf_item[child.clamp(min=0)], torch.full_like(child, -1))
+                leaf_items = trie_t.leaf_item[child.clamp(min=0)]
+                items[:, :, slot] = torch.where(chosen, leaf_items, torch.full_like(child, -1))
                 nodes = torch.where(chosen, torch.zeros_like(child), child)  # back to the root
             else:
                 nodes = child
