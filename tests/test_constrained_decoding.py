@@ -174,3 +174,9 @@ def test_item_both_in_history_and_generated_is_counted_once():
     assert allowed == [3, 4] == reference(0, second_item_start[0])
     below_3 = torch.tensor([[PAD, BOS, 3, 5, BOS, 3]])
     assert (fast.allowed_mask(below_3)[0] == 0).nonzero().flatten().tolist() == [6]
+
+
+def test_empty_trie_has_no_children():
+    trie = SemanticIDTrie(torch.zeros((0, 2), dtype=torch.long), vocab_size=5)
+    assert trie.child(torch.tensor([0, 0]), torch.tensor([3, 4])).tolist() == [-1, -1]
+    assert trie.walk(torch.tensor([[3, 4]])).tolist() == [-1]

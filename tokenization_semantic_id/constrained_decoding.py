@@ -131,7 +131,8 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
                     f"excluded_items has {batch} rows but generate runs {input_ids.shape[0]} sequences; "
                     "pass one list per input row (not per beam)."
                 )
-            parts.append(self.excluded_items.repeat_interleave(input_ids.shape[0] // batch, dim=0))
+            # .to(): the trie (and input_ids) may have moved to another device after this processor was built.
+            parts.append(self.excluded_items.to(input_ids.device).repeat_interleave(input_ids.shape[0] // batch, dim=0))
         if self.forbid_repeats and slot > 0:
             for previous in range(slot):
                 leaf = self.trie.walk(input_ids[:, self.layout.item_columns(previous)])

@@ -96,6 +96,8 @@ class SemanticIDTrie:
     def child(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Child of each node along each token: ``[B], [B] -> [B]``, ``-1`` where no such edge
         (or where the node is already ``-1``)."""
+        if self.edge_key.numel() == 0:  # an empty trie has no edges at all
+            return torch.full_like(nodes, -1)
         keys = nodes * self.vocab_size + tokens
         position = torch.searchsorted(self.edge_key, keys).clamp(max=max(self.edge_key.numel() - 1, 0))
         found = (nodes >= 0) & (self.edge_key.numel() > 0) & (self.edge_key[position] == keys)
