@@ -362,6 +362,28 @@ def load_bundled(name: str) -> DatasetDict:
     return load_inter_json(sequences_path, metadata_path)
 
 
+NAMED_DATASETS = ("beauty", "scientific", "ml-100k", "s3rec", "inter-json", "recbole")
+
+
+def load_named_dataset(dataset: str, data_path: str | Path | None = None,
+                       item_path: str | Path | None = None) -> DatasetDict:
+    """One entry point for the example scripts: a bundled name (`beauty`, `scientific`), or a format name with
+    `data_path`: `ml-100k` / `recbole` (RecBole atomic files), `s3rec` (`user item item ...` lines),
+    `inter-json` (`{user: [items]}` JSON), each with an optional item-metadata file."""
+    if dataset in BUNDLED_DATASET_NAMES:
+        return load_bundled(dataset)
+    if dataset not in NAMED_DATASETS:
+        raise ValueError(f"Unknown dataset {dataset!r}; choose one of {', '.join(NAMED_DATASETS)}.")
+    if data_path is None:
+        raise ValueError(f"dataset {dataset!r} needs a data path (--data_path); only "
+                         f"{', '.join(BUNDLED_DATASET_NAMES)} are bundled.")
+    if dataset in ("ml-100k", "recbole"):
+        return load_recbole(data_path)
+    if dataset == "s3rec":
+        return load_s3rec(data_path, item_path)
+    return load_inter_json(data_path, item_path)
+
+
 def describe(dataset_dict: DatasetDict) -> dict[str, Any]:
     """Small statistics of a loaded dataset, for examples and logs.
 

@@ -1,0 +1,376 @@
+"""The one evaluation code path shared by every recommender of the project.
+
+OneRec, the TIGER-style model, SASRec and the baselines of `trainers.baselines` are all scored here, with the
+leave-one-out protocol of TIGER / S3-Rec (see `trainers.data.leave_one_out_split`): one held-out target item per
+user, full ranking over the catalogue, Recall@k and NDCG@k averaged over users.
+
+- `ranking_metrics`: Recall@k / NDCG@k of ranked item lists against one target per user;
+- `Recommender` + `evaluate_recommender`: batches the `history` column of session samples through any object
+  with a `rank(histories, k, exclude_history)` method and scores the result with `ranking_metrics`;
+- `session_metrics`: hit rate, consumed items, coverage and intra-session diversity of generated sessions;
+- `write_topk_json` / `read_topk_json`: the per-user top-k lists as `{user_id: [item_id, ...]}`.
+
+About `exclude_history`: with `exclude_history=True` no item of the user's history (the `history` the model is
+given) is ever recommended. The Amazon leave-one-out targets can be re-purchases of a history item, so excluding
+the history changes the numbers in both directions (it frees slots, and it makes re-purchase targets
+unreachable): report both settings and always say which one a number uses.
+
+The offline `evaluate` metric `trainers/metrics/recall_ndcg` (path in `RECALL_NDCG_METRIC_PATH`) calls
+`ranking_metrics`, so its numbers are identical.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+__all__ = [
+    "RECALL_NDCG_METRIC_PATH",
+    "Recommender",
+    "evaluate_recommender",
+    "ranking_metrics",
+    "read_topk_json",
+    "session_metrics",
+    "write_topk_json",
+]
+
+#: Directory of the offline `evaluate` metric: `evaluate.load(str(RECALL_NDCG_METRIC_PATH))`.
+RECALL_NDCG_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "recall_ndcg"
+
+
+def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks={ks!r} is invalid; pass one or more integers >= 1, e.g. ks=(5, 10).")
+    return tuple(sorted({int(k) for k in ks}))
+
+
+def _single_target(target: Any, user: int) -> str:
+    """A leave-one-out target: an id, or a list holding exactly one id (the `target` column of a sample)."""
+    if isinstance(target, (list, tuple, np.ndarray)):
+        if len(target) != 1:
+            raise ValueError(
+                f"User {user}: the target {list(target)!r} holds {len(target)} items; ranking_metrics scores one "
+                "target per user (leave-one-out). For several true next items use session_metrics."
+            )
+        target = target[0]
+    if target is None:
+        raise ValueError(f"User {user}: the target is None; every evaluated user needs one target item id.")
+    return str(target)
+
+
+def ranking_metrics(
+    ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int] = (5, 10)
+) -> dict[str, float]:
+    """Recall@k and NDCG@k of ranked lists against one held-out target per user (leave-one-out).
+
+    For user `u` let `rank_u` be the 0-based position of `targets[u]` in `ranked[u]` (no rank when absent).
+    Then, averaged over all users:
+
+    - `recall@k` = mean of `1[rank_u < k]` (with a single target, Recall@k equals HitRate@k);
+    - `ndcg@k` = mean of `1 / log2(rank_u + 2)` if `rank_u < k`, else 0 (the ideal DCG of one relevant item
+      is 1, so DCG = NDCG).
+
+    A list shorter than `k` simply has fewer chances (a target beyond its end is a miss). Ids are compared as
+    strings, so `1` and `"1"` are the same item.
+
+    Args:
+        ranked (`Sequence[Sequence[str]]` of shape `(num_users, <= max(ks))`):
+            Per user, recommended item ids, best first. Longer lists are fine (only the first `k` count).
+        targets (`Sequence[str]` of shape `(num_users,)`):
+            Per user, the held-out item id (a one-item list such as a sample's `target` column is accepted).
+        ks (`Sequence[int]`, defaults to `(5, 10)`):
+            Cut-offs.
+
+    Returns:
+        `dict[str, float]`: `recall@k` and `ndcg@k` for every `k` in increasing order.
+
+    Raises:
+        ValueError: on different numbers of ranked lists and targets, no users, a list holding an item twice
+            (the message names the user index), or a target that is not one item.
+    """
+    ks = _check_ks(ks)
+    if len(ranked) != len(targets):
+        raise ValueError(
+            f"Got {len(ranked)} ranked lists for {len(targets)} targets; pass one ranked list per target user."
+        )
+    if len(targets) == 0:
+        raise ValueError("No users to evaluate: ranked and targets are empty.")
+    max_k = ks[-1]
+    ranks = np.full(len(targets), max_k, dtype=np.int64)  # max_k = "not in any top-k"
+    for user, (items, target) in enumerate(zip(ranked, targets)):
+        if isinstance(items, (str, bytes)):
+            raise ValueError(
+                f"User {user}: the ranked list is the string {items!r}; pass a list of item ids per user."
+            )
+        items = [str(item) for item in items]
+        if len(set(items)) != len(items):
+            seen, duplicated = set(), []
+            for item in items:
+                if item in seen:
+                    duplicated.append(item)
+                seen.add(item)
+            raise ValueError(
+                f"User {user}: the ranked list holds item(s) {sorted(set(duplicated))[:5]} more than once. A "
+                "ranking lists each item at most once; deduplicate (keep the first occurrence) before scoring."
+            )
+        target = _single_target(target, user)
+        head = items[:max_k]
+        if target in head:
+            ranks[user] = head.index(target)
+    metrics = {}
+    gains = np.where(ranks < max_k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    for k in ks:
+        hit = ranks < k
+        metrics[f"recall@{k}"] = float(hit.mean())
+        metrics[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
+    return metrics
+
+
+def _category_lookup(item_categories: Any) -> tuple[Mapping | None, int | None]:
+    """`(item -> category mapping, catalogue size)` from a mapping or a `SemanticIDTokenizer`-like object."""
+    if item_categories is None:
+        return None, None
+    if hasattr(item_categories, "item_codes") and hasattr(item_categories, "item_ids"):
+        first_codes = np.asarray(item_categories.item_codes[:, 0]).tolist()
+        return dict(zip(item_categories.item_ids, first_codes)), len(first_codes)
+    if isinstance(item_categories, Mapping):
+        return {str(item): category for item, category in item_categories.items()}, len(item_categories)
+    raise TypeError(
+        f"item_categories must be a mapping item id -> category or a SemanticIDTokenizer, got "
+        f"{type(item_categories).__name__}."
+    )
+
+
+def session_metrics(
+    sessions: Sequence[Sequence[Any]],
+    targets: Sequence[Any],
+    item_categories: Any = None,
+    catalogue_size: int | None = None,
+) -> dict[str, float]:
+    """Quality of generated sessions (OneRec's session-wise output): hits, coverage and diversity.
+
+    Only the best session of each user (the first of its list) is scored. With `S_u` the best session of user
+    `u` (a list of item ids, possibly with repeats) and `T_u` the set of items the user really consumed next:
+
+    - `session_hit_rate` = fraction of users with `set(S_u) & T_u` non-empty (with one leave-one-out target:
+      the target is somewhere in the session);
+    - `session_consumed_items` = mean over users of `len(set(S_u) & T_u)`, the number of distinct session
+      items the user really consumed (at most 1 in leave-one-out, up to `min(len(S_u), len(T_u))` with several
+      true next items);
+    - `coverage` = `len(union of set(S_u) over users) / catalogue_size` (only when the catalogue size is known:
+      given, or the size of `item_categories`; otherwise the key is absent);
+    - `intra_session_diversity` = mean over users with a non-empty session of
+      `len({category(i) for i in S_u}) / len(S_u)`: 1 when every item has its own category, `1 / len(S_u)`
+      when all share one (only with `item_categories`); `category` is the item's first semantic-ID code when a
+      `SemanticIDTokenizer` is given, or the value of any mapping;
+    - `mean_session_length` = mean of `len(S_u)`, and `num_users`.
+
+    Args:
+        sessions (`Sequence` of shape `(num_users, num_sessions, session_length)`):
+            Per user, the generated sessions best first (each a list of item ids). A user's entry may also be a
+            single session, a flat list of item ids.
+        targets (`Sequence` of shape `(num_users,)`):
+            Per user, the true future items: one id, or a list of ids (e.g. the leave-one-out target, or the
+            next `m` items of a real session).
+        item_categories (`Mapping[str, Hashable]` or `SemanticIDTokenizer`, *optional*):
+            Category of every item (item ids compared as strings). A tokenizer gives each item's first-level
+            semantic code.
+        catalogue_size (`int`, *optional*):
+            Number of recommendable items for `coverage`; defaults to the size of `item_categories`.
+
+    Returns:
+        `dict[str, float]` with the keys above.
+    """
+    if len(sessions) != len(targets):
+        raise ValueError(f"Got sessions for {len(sessions)} users and targets for {len(targets)}; pass one each.")
+    if len(sessions) == 0:
+        raise ValueError("No users to evaluate: sessions and targets are empty.")
+    categories, mapping_size = _category_lookup(item_categories)
+    catalogue_size = catalogue_size if catalogue_size is not None else mapping_size
+    hits, consumed, lengths, diversities = [], [], [], []
+    recommended: set[str] = set()
+    for user, (user_sessions, truth) in enumerate(zip(sessions, targets)):
+        if len(user_sessions) and isinstance(user_sessions[0], (list, tuple, np.ndarray)):
+            best = user_sessions[0]
+        else:
+            best = user_sessions  # a single flat session (or no session at all)
+        best = [str(item) for item in best]
+        if isinstance(truth, (list, tuple, np.ndarray, set, frozenset)):
+            truth = {str(item) for item in truth}
+        else:
+            truth = {str(truth)}
+        common = set(best) & truth
+        hits.append(bool(common))
+        consumed.append(len(common))
+        lengths.append(len(best))
+        recommended.update(best)
+        if categories is not None and best:
+            missing = [item for item in best if item not in categories]
+            if missing:
+                raise ValueError(
+                    f"User {user}: item(s) {missing[:5]} have no category in item_categories; give every "
+                    "recommendable item a category (or the tokenizer that built the catalogue)."
+                )
+            diversities.append(len({categories[item] for item in best}) / len(best))
+    metrics = {
+        "session_hit_rate": float(np.mean(hits)),
+        "session_consumed_items": float(np.mean(consumed)),
+        "mean_session_length": float(np.mean(lengths)),
+        "num_users": len(hits),
+    }
+    if catalogue_size:
+        metrics["coverage"] = len(recommended) / int(catalogue_size)
+    if categories is not None:
+        metrics["intra_session_diversity"] = float(np.mean(diversities)) if diversities else 0.0
+    return metrics
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """Anything `evaluate_recommender` can score.
+
+    `rank(histories, k, exclude_history)` gets a batch of user histories (item ids, oldest first) and returns,
+    per history, at most `k` distinct item ids best first. With `exclude_history=True` it must never return an
+    item of that user's history (`evaluate_recommender` checks it).
+    """
+
+    def rank(self, histories: list[list[str]], k: int, exclude_history: bool) -> list[list[str]]: ...
+
+
+def _sample_columns(samples: Any) -> tuple[list, list, list]:
+    """`(user_ids, histories, targets)` of a `datasets.Dataset` or a list of dicts."""
+    if hasattr(samples, "column_names"):
+        missing = [name for name in ("history", "target") if name not in samples.column_names]
+        if missing:
+            raise ValueError(
+                f"The samples lack column(s) {missing}; they have {samples.column_names}. Pass the "
+                "validation/test split of trainers.data.build_session_samples."
+            )
+        table = samples.with_format("arrow")[:]  # whole columns at once (honours select()/shuffle() indices)
+        histories, targets = table.column("history").to_pylist(), table.column("target").to_pylist()
+        if "user_id" in table.column_names:
+            return table.column("user_id").to_pylist(), histories, targets
+        return list(range(len(histories))), histories, targets
+    samples = list(samples)
+    for position, sample in enumerate(samples):
+        if not isinstance(sample, Mapping) or "history" not in sample or "target" not in sample:
+            raise ValueError(
+                f"Sample {position} is {sample!r}; each sample must be a dict with 'history' and 'target' "
+                "(and optionally 'user_id')."
+            )
+    user_ids = [sample.get("user_id", position) for position, sample in enumerate(samples)]
+    return user_ids, [s["history"] for s in samples], [s["target"] for s in samples]
+
+
+def evaluate_recommender(
+    recommender: Recommender,
+    samples: Any,
+    ks: Sequence[int] = (5, 10),
+    *,
+    exclude_history: bool,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[list[str]]]:
+    """Rank every sample's history with `recommender` and score the top `max(ks)` with `ranking_metrics`.
+
+    This is the single evaluation path of the project: OneRec, TIGER-style models, SASRec and the baselines
+    only differ by their `rank` method.
+
+    With `exclude_history=True`, items already in the user's history (the sample's `history` column, i.e. the
+    newest `max_history` items the model sees) are never recommended; a recommender that returns one raises.
+    The Amazon leave-one-out targets can be re-purchases of history items, so evaluate and report both
+    `exclude_history=True` and `exclude_history=False`.
+
+    Args:
+        recommender (`Recommender`): Object with `rank(histories, k, exclude_history)`.
+        samples (`datasets.Dataset` or `list[dict]`):
+            Rows with `history` (item ids, oldest first), `target` (a one-item list or an id) and optionally
+            `user_id`: e.g. `build_session_samples(splits)["test"]`.
+        ks (`Sequence[int]`, defaults to `(5, 10)`): Cut-offs; lists of length `max(ks)` are requested.
+        exclude_history (`bool`): Whether history items are excluded from the recommendations (required: say
+            which protocol a number uses).
+        batch_size (`int`, defaults to 1024): Histories per `rank` call.
+        progress (`bool`, defaults to `True`): Show a tqdm bar over batches.
+
+    Returns:
+        `(metrics, ranked)`: `metrics` holds `recall@k`, `ndcg@k` (see `ranking_metrics`), `num_users`,
+        `exclude_history` and `max_k`; `ranked` the top-`max(ks)` item ids per sample, in sample order.
+    """
+    ks = _check_ks(ks)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid; pass an integer >= 1.")
+    if not callable(getattr(recommender, "rank", None)):
+        raise TypeError(f"{type(recommender).__name__} has no rank(histories, k, exclude_history) method.")
+    _, histories, targets = _sample_columns(samples)
+    max_k = ks[-1]
+    ranked: list[list[str]] = []
+    starts = range(0, len(histories), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"ranking ({type(recommender).__name__})", unit="batch")
+    for start in starts:
+        batch = [[str(item) for item in history] for history in histories[start : start + batch_size]]
+        lists = recommender.rank(batch, max_k, exclude_history=exclude_history)
+        if len(lists) != len(batch):
+            raise ValueError(
+                f"{type(recommender).__name__}.rank returned {len(lists)} lists for {len(batch)} histories."
+            )
+        for offset, (history, items) in enumerate(zip(batch, lists)):
+            items = [str(item) for item in items[:max_k]]
+            if exclude_history:
+                leaked = set(items) & set(history)
+                if leaked:
+                    raise ValueError(
+                        f"{type(recommender).__name__}.rank recommended history item(s) {sorted(leaked)[:5]} to "
+                        f"user {start + offset} although exclude_history=True."
+                    )
+            ranked.append(items)
+    metrics: dict[str, Any] = ranking_metrics(ranked, targets, ks)
+    metrics.update(num_users=len(ranked), exclude_history=bool(exclude_history), max_k=max_k)
+    return metrics, ranked
+
+
+def write_topk_json(
+    path: str | Path, user_ids: Sequence[Any], ranked: Sequence[Sequence[str]], k: int = 10
+) -> Path:
+    """Write `{user_id: [item_id, ...]}` (the first `k` items per user, original dataset ids) as JSON.
+
+    Args:
+        path (`str` or `Path`): Output file (parent directories are created).
+        user_ids (`Sequence`): Per ranked list, its user id (e.g. the samples' `user_id` column); unique.
+        ranked (`Sequence[Sequence[str]]`): Per user, item ids best first.
+        k (`int`, defaults to 10): Items kept per user.
+
+    Returns:
+        `Path` of the written file.
+    """
+    if len(user_ids) != len(ranked):
+        raise ValueError(f"Got {len(user_ids)} user ids for {len(ranked)} ranked lists; pass one id per list.")
+    if k < 1:
+        raise ValueError(f"k={k!r} is invalid; pass an integer >= 1.")
+    topk: dict[str, list[str]] = {}
+    for user, items in zip(user_ids, ranked):
+        user = str(user)
+        if user in topk:
+            raise ValueError(f"User id {user!r} appears twice; the JSON maps each user to one list.")
+        topk[user] = [str(item) for item in items[:k]]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(topk), encoding="utf-8")
+    return path
+
+
+def read_topk_json(path: str | Path) -> dict[str, list[str]]:
+    """Read a file written by `write_topk_json`: `{user_id: [item_id, ...]}`."""
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(raw, dict) or not all(isinstance(items, list) for items in raw.values()):
+        raise ValueError(f"{path} is not a {{user_id: [item_id, ...]}} JSON object as written by write_topk_json.")
+    return {str(user): [str(item) for item in items] for user, items in raw.items()}
+

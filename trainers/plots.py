@@ -1,0 +1,72 @@
+"""Plots a person would rather look at than read: training curves and expert load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence, Union
+
+import torch
+
+
+def plot_training_curves(log_history: Sequence[Dict[str, float]], path: Union[str, Path]) -> Path:
+    """Loss terms against the training step from a ``Trainer``'s ``state.log_history``: total loss and NTP loss
+    (left), the load-balancing and z-losses (middle), any evaluation metric logged as ``eval_*`` (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key: str):
+        points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
+        return ([p[0] for p in points], [p[1] for p in points]) if points else None
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for key in ("loss", "ntp_loss", "eval_loss"):
+        if (data := series(key)) is not None:
+            axes[0].plot(*data, label=key, marker="." if key.startswith("eval") else None)
+    axes[0].set_title("next-token loss")
+    for key in ("aux_loss", "z_loss"):
+        if (data := series(key)) is not None:
+            axes[1].plot(*data, label=key)
+    axes[1].set_title("MoE auxiliary losses (aux = 1.0 is balanced)")
+    eval_keys = sorted({k for entry in log_history for k in entry if k.startswith("eval_") and k != "eval_loss"
+                        and not k.endswith(("runtime", "per_second", "steps_per_second")) and k != "eval_epoch"})
+    for key in eval_keys:
+        axes[2].plot(*series(key), label=key, marker=".")
+    axes[2].set_title("validation metrics")
+    for axis in axes:
+        axis.set_xlabel("step")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_expert_load(expert_load: Union[torch.Tensor, List[List[float]]], path: Union[str, Path],
+                     title: str = "expert load") -> Path:
+    """Heat map of ``[sparse layers, experts]`` assignment counts or shares, normalised per layer to
+    ``share * num_experts`` (1.0 = perfectly balanced; 0 = a dead expert)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    load = torch.as_tensor(expert_load, dtype=torch.float32)
+    relative = load / load.sum(dim=1, keepdim=True).clamp(min=1e-12) * load.shape[1]
+    figure, axis = plt.subplots(figsize=(max(6, load.shape[1] * 0.35), 1.2 + 0.45 * load.shape[0]))
+    image = axis.imshow(relative.numpy(), cmap="coolwarm", vmin=0, vmax=2, aspect="auto")
+    axis.set_xlabel("expert")
+    axis.set_ylabel("sparse decoder layer")
+    axis.set_yticks(range(load.shape[0]))
+    axis.set_title(f"{title} (share x experts; 1.0 = balanced; min {relative.min():.2f}, max {relative.max():.2f})")
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,152 @@
+"""Session-wise pretraining of OneRec (paper §3.2, Eq. 4) on the transformers ``Seq2SeqTrainer``.
+
+* :class:`SessionDataCollator` -- ``{"history": [item ids], "target": [item ids]}`` samples to encoder inputs
+  (the history's codes) and decoder labels (``BOS c1..cL`` per target item, then EOS; paper Eq. 3).
+* :class:`OneRecPretrainingConfig` -- ``Seq2SeqTrainingArguments`` plus the few OneRec-specific knobs.
+* :class:`OneRecPretrainer` -- ``Seq2SeqTrainer`` whose logs carry the NTP loss, the MoE auxiliary losses and the
+  expert load next to the total loss; the loss itself is the model's (``NTP + aux + z``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+
+class SessionDataCollator:
+    """Batches ``(history, target session)`` samples for the encoder-decoder.
+
+    Args:
+        tokenizer: The ``SemanticIDTokenizer`` the model was built with.
+        max_history_items: History items the encoder reads (the newest are kept).
+        session_length: Most target items per sample (longer targets are cut; shorter ones are fine, the
+            decoder then sees fewer ``BOS c1..cL`` blocks before EOS).
+
+    Returns ``input_ids``/``attention_mask`` ``[B, S]`` (right-padded) and ``labels`` ``[B, T]`` padded with -100;
+    the model builds ``decoder_input_ids`` by shifting ``labels`` right (T5's decoder start token = PAD).
+    """
+
+    def __init__(self, tokenizer, max_history_items: int = 50, session_length: int = 5):
+        if max_history_items < 1 or session_length < 1:
+            raise ValueError(f"max_history_items and session_length must be >= 1, got {max_history_items} and "
+                             f"{session_length}.")
+        self.tokenizer = tokenizer
+        self.max_history_items = max_history_items
+        self.session_length = session_length
+
+    def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("Empty batch.")
+        missing = [key for key in ("history", "target") if key not in features[0]]
+        if missing:
+            raise KeyError(f"Samples need 'history' and 'target' item-id lists; missing {missing}. Build them with "
+                           "trainers.data.build_session_samples(...).")
+        encoded = self.tokenizer.batch_encode_histories([f["history"] for f in features],
+                                                        max_items=self.max_history_items)
+        sessions = [self.tokenizer.encode_session(list(f["target"])[: self.session_length]) for f in features]
+        width = max(len(s) for s in sessions)
+        labels = torch.full((len(sessions), width), -100, dtype=torch.long)
+        for row, session in enumerate(sessions):
+            labels[row, : len(session)] = torch.tensor(session, dtype=torch.long)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
+
+
+@dataclass
+class OneRecPretrainingConfig(Seq2SeqTrainingArguments):
+    """``Seq2SeqTrainingArguments`` for session-wise pretraining. Defaults follow the paper where it says
+    (Adam-style optimiser at 2e-4) and keep dataset columns the collator needs."""
+
+    learning_rate: float = field(default=2e-4, metadata={"help": "Paper §5.1: 2e-4."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator reads history/target."})
+    expert_load_plot: bool = field(default=True, metadata={"help": "Save expert_load.png and training_curves.png "
+                                                                   "in output_dir at the end of training."})
+
+
+class OneRecPretrainer(Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` for OneRec: the loss is the model's ``NTP + aux + z``; every training log also reports
+    ``ntp_loss``, ``aux_loss``, ``z_loss`` (means since the previous log) and ``expert_load_max`` /
+    ``expert_load_min`` (the busiest / idlest expert's share of assignments times the number of experts, worst
+    over sparse layers: 1.0 is perfect balance)."""
+
+    def __init__(self, *args, ranking_eval_samples=None, ranking_ks: Sequence[int] = (5, 10),
+                 ranking_num_beams: Optional[int] = None, ranking_exclude_history: bool = False, **kwargs):
+        """Arguments as ``Seq2SeqTrainer`` (pass the tokenizer as ``processing_class``), plus:
+
+        Args:
+            ranking_eval_samples: Optional samples (``history``, ``target``) on which every ``evaluate()`` also
+                computes ``recall@k`` / ``ndcg@k`` by full-catalogue constrained beam search
+                (:class:`~trainers.generative_recommender.GenerativeRecommender`); a validation subsample keeps
+                this affordable on a CPU.
+            ranking_ks: Cut-offs of those metrics.
+            ranking_num_beams: Beam width (default: the first level's codebook size).
+            ranking_exclude_history: Never rank the user's own history items.
+        """
+        super().__init__(*args, **kwargs)
+        self.ranking_eval_samples = ranking_eval_samples
+        self.ranking_ks = tuple(ranking_ks)
+        self.ranking_num_beams = ranking_num_beams
+        self.ranking_exclude_history = ranking_exclude_history
+        # Our forward returns the mean token loss itself: let the Trainer scale for gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+        self._term_sums: Dict[str, float] = {}
+        self._term_steps = 0
+        self._load_sum: Optional[torch.Tensor] = None
+        self.expert_load_total: Optional[torch.Tensor] = None  # [sparse layers, E] summed over all training steps
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        if getattr(self.args, "expert_load_plot", False) and self.is_world_process_zero():
+            from .plots import plot_expert_load, plot_training_curves
+
+            plot_training_curves(self.state.log_history, f"{self.args.output_dir}/training_curves.png")
+            if self.expert_load_total is not None:
+                plot_expert_load(self.expert_load_total, f"{self.args.output_dir}/expert_load.png")
+        return result
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **kwargs):
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
+                                   **kwargs)
+        if self.ranking_eval_samples is not None:
+            from .evaluation import ranking_metrics
+            from .generative_recommender import GenerativeRecommender
+
+            recommender = GenerativeRecommender(self.model, self.processing_class, num_beams=self.ranking_num_beams)
+            samples = self.ranking_eval_samples
+            ranked = recommender.rank(list(samples["history"]), max(self.ranking_ks), self.ranking_exclude_history)
+            scores = ranking_metrics(ranked, [target[0] for target in samples["target"]], ks=self.ranking_ks)
+            extra = {f"{metric_key_prefix}_{name}": value for name, value in scores.items()}
+            self.log(extra)
+            metrics.update(extra)
+        return metrics
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if model.training:
+            for name in ("ntp_loss", "aux_loss", "z_loss"):
+                value = getattr(outputs, name, None)
+                if value is not None:
+                    self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach())
+            self._term_steps += 1
+            load = getattr(outputs, "expert_load", None)
+            if load is not None:
+                load = load.detach().float().cpu()
+                self._load_sum = load if self._load_sum is None else self._load_sum + load
+                self.expert_load_total = load if self.expert_load_total is None else self.expert_load_total + load
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+        if "loss" in logs and self._term_steps:
+            for name, total in self._term_sums.items():
+                logs[name] = round(total / self._term_steps, 4)
+            if self._load_sum is not None:
+                share = self._load_sum / self._load_sum.sum(dim=1, keepdim=True)
+                logs["expert_load_max"] = round(float((share.max(dim=1).values * share.shape[1]).max()), 3)
+                logs["expert_load_min"] = round(float((share.min(dim=1).values * share.shape[1]).min()), 3)
+            self._term_sums, self._term_steps, self._load_sum = {}, 0, None
+        super().log(logs, start_time)
+
+
+__all__ = ["OneRecPretrainer", "OneRecPretrainingConfig", "SessionDataCollator"]
