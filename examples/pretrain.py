@@ -54,6 +54,8 @@ class DataArguments:
     tokenizer_dir: str = field(default="outputs/beauty/tokenizer", metadata={
         "help": "SemanticIDTokenizer saved by examples/build_semantic_ids.py for the same dataset."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training samples (smoke runs)."})
+    max_eval_samples: Optional[int] = field(default=2000, metadata={
+        "help": "Validation samples for the evaluation loss (a random subset; None = all)."})
     ranking_eval_users: int = field(default=512, metadata={
         "help": "Validation users scored by beam search at each evaluation (0 = loss only)."})
     test_users: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N test users."})
@@ -77,6 +79,9 @@ def main(argv=None) -> dict:
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     validation = samples["validation"]
+    eval_loss_samples = validation
+    if data_args.max_eval_samples is not None:
+        eval_loss_samples = validation.shuffle(seed=0).select(range(min(data_args.max_eval_samples, len(validation))))
     ranking_eval = None
     if data_args.ranking_eval_users > 0:
         ranking_eval = validation.shuffle(seed=0).select(range(min(data_args.ranking_eval_users, len(validation))))
@@ -97,7 +102,7 @@ def main(argv=None) -> dict:
                 model_args.preset, counts["total"] / 1e6, counts["activated"] / 1e6, len(train), len(validation))
 
     trainer = OneRecPretrainer(
-        model=model, args=training_args, train_dataset=train, eval_dataset=validation,
+        model=model, args=training_args, train_dataset=train, eval_dataset=eval_loss_samples,
         data_collator=SessionDataCollator(tokenizer, model_args.max_history_items, model_args.session_length),
         processing_class=tokenizer, ranking_eval_samples=ranking_eval, ranking_num_beams=data_args.num_beams,
     )

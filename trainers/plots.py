@@ -57,12 +57,13 @@ def plot_expert_load(expert_load: Union[torch.Tensor, List[List[float]]], path: 
 
     load = torch.as_tensor(expert_load, dtype=torch.float32)
     relative = load / load.sum(dim=1, keepdim=True).clamp(min=1e-12) * load.shape[1]
-    figure, axis = plt.subplots(figsize=(max(6, load.shape[1] * 0.35), 1.2 + 0.45 * load.shape[0]))
+    figure, axis = plt.subplots(figsize=(max(6, load.shape[1] * 0.35), 1.6 + 0.45 * load.shape[0]))
     image = axis.imshow(relative.numpy(), cmap="coolwarm", vmin=0, vmax=2, aspect="auto")
     axis.set_xlabel("expert")
     axis.set_ylabel("sparse decoder layer")
     axis.set_yticks(range(load.shape[0]))
-    axis.set_title(f"{title} (share x experts; 1.0 = balanced; min {relative.min():.2f}, max {relative.max():.2f})")
+    axis.set_title(f"{title}: share x experts (1.0 = balanced)\nmin {relative.min():.2f}, max {relative.max():.2f}",
+                   fontsize=9)
     figure.colorbar(image, ax=axis)
     figure.tight_layout()
     path = Path(path)
