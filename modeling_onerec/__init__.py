@@ -17,6 +17,7 @@ from .modeling_onerec import (
     RoutingRecord,
     SessionRecommendation,
     expert_capacity,
+    level_restricted_cross_entropy,
     load_balancing_loss,
     route_tokens,
     router_z_loss,
@@ -39,7 +40,8 @@ register_auto_classes()
 __all__ = [
     "PRESETS", "OneRecConfig", "OneRecDecoderStack", "OneRecExperts", "OneRecForConditionalGeneration",
     "OneRecLayerSparseFF", "OneRecModel", "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput",
-    "OneRecSparseMLP", "RoutingRecord", "SessionRecommendation", "expert_capacity", "load_balancing_loss",
+    "OneRecSparseMLP", "RoutingRecord", "SessionRecommendation", "expert_capacity", "level_restricted_cross_entropy",
+    "load_balancing_loss",
     "register_auto_classes", "upcycle_dense_t5",
     "route_tokens", "router_z_loss",
 ]

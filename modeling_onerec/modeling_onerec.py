@@ -109,6 +109,38 @@ def router_z_loss(router_logits: torch.Tensor, token_mask: Optional[torch.Tensor
     return (squared * weight).sum() / weight.sum().clamp(min=1)
 
 
+def level_restricted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, level_offsets: Sequence[int],
+                                   vocab_size: int) -> torch.Tensor:
+    """Next-token loss of paper Eq. (4): cross-entropy over the semantic-ID code tokens only, each normalised over
+    its own level's codes.
+
+    The decoder layout fixes which level every position holds (``BOS c1 .. cL`` per item), so the model need not
+    spend capacity learning *which kind* of token comes next; BOS/EOS labels are structure (constrained decoding
+    forces them) and are not scored. This is also what renormalised constrained decoding computes.
+
+    Args:
+        logits: ``[B, T, V]``.
+        labels: ``[B, T]`` token ids, ``-100`` = ignored.
+        level_offsets: First token id of each level (``config.level_offsets``).
+        vocab_size: ``V``; the last level ends there.
+    Returns:
+        Mean loss per code token (a zero that keeps the graph when no position holds a code).
+    """
+    bounds = list(level_offsets) + [vocab_size]
+    flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device)
+    total, count = flat_logits.new_zeros((), dtype=torch.float32), 0
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        at_level = (flat_labels >= start) & (flat_labels < end)
+        num = int(at_level.sum())
+        if num:
+            total = total + F.cross_entropy(flat_logits[at_level, start:end].float(), flat_labels[at_level] - start,
+                                            reduction="sum")
+            count += num
+    if count == 0:
+        return flat_logits.sum().float() * 0.0
+    return total / count
+
+
 def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: Optional[float]) -> Optional[int]:
     """Most assignments one expert takes in a forward: ``ceil(factor * tokens * k / E)``; ``None`` = unlimited."""
     if capacity_factor is None:
@@ -382,7 +414,9 @@ class OneRecSeq2SeqLMOutput(Seq2SeqLMOutput):
 
     Args:
         loss: ``ntp_loss + router_aux_loss_coef * aux_loss + router_z_loss_coef * z_loss`` (with ``labels``).
-        ntp_loss: Next-token cross-entropy over the labelled decoder positions (paper Eq. 4, mean per token).
+        ntp_loss: Next-token cross-entropy (paper Eq. 4, mean per scored token): over the code tokens, each
+            normalised over its level (:func:`level_restricted_cross_entropy`) when the config has a semantic-ID
+            layout and ``level_restricted_loss``; otherwise over every labelled position and the whole vocabulary.
         aux_loss: Load-balancing loss averaged over sparse layers (1.0 = perfectly balanced).
         z_loss: Router z-loss averaged over sparse layers.
         expert_load: ``[num_sparse_layers, num_experts]`` fraction of assignments per expert.
@@ -470,8 +504,12 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
         if routing and (labels is not None or output_router_logits):
             expert_load = self.expert_load(routing, token_mask)
         if labels is not None:
-            ntp_loss = F.cross_entropy(outputs.logits.reshape(-1, outputs.logits.shape[-1]).float(),
-                                       labels.reshape(-1).to(outputs.logits.device), ignore_index=-100)
+            if self.config.codebook_sizes is not None and self.config.level_restricted_loss:
+                ntp_loss = level_restricted_cross_entropy(outputs.logits, labels, self.config.level_offsets,
+                                                          self.config.vocab_size)
+            else:
+                ntp_loss = F.cross_entropy(outputs.logits.reshape(-1, outputs.logits.shape[-1]).float(),
+                                           labels.reshape(-1).to(outputs.logits.device), ignore_index=-100)
             loss = ntp_loss
             if routing:
                 aux_loss = torch.stack([
@@ -623,5 +661,5 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
 __all__ = [
     "OneRecDecoderStack", "OneRecExperts", "OneRecForConditionalGeneration", "OneRecLayerSparseFF", "OneRecModel",
     "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput", "OneRecSparseMLP", "RoutingRecord",
-    "SessionRecommendation", "expert_capacity", "load_balancing_loss", "route_tokens", "router_z_loss",
+    "SessionRecommendation", "expert_capacity", "level_restricted_cross_entropy", "load_balancing_loss", "route_tokens", "router_z_loss",
 ]

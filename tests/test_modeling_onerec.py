@@ -25,6 +25,7 @@ from modeling_onerec import (
     OneRecModel,
     OneRecSparseMLP,
     expert_capacity,
+    level_restricted_cross_entropy,
     load_balancing_loss,
     route_tokens,
     router_z_loss,
@@ -207,8 +208,20 @@ def test_loss_is_ntp_plus_weighted_aux_and_z_and_padding_is_excluded():
     labels[0, -2:] = -100
     out = model(input_ids=input_ids, labels=labels, output_router_logits=True)
 
-    expected_ntp = F.cross_entropy(out.logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
-    torch.testing.assert_close(out.ntp_loss, expected_ntp)
+    # Level-restricted NTP (the default with a semantic-ID layout): code tokens only, softmax over their level.
+    flat_logits, flat_labels = out.logits.reshape(-1, VOCAB), labels.reshape(-1)
+    terms, start = [], 3
+    for size in CODEBOOKS:
+        for position in ((flat_labels >= start) & (flat_labels < start + size)).nonzero().flatten().tolist():
+            terms.append(-torch.log_softmax(flat_logits[position, start:start + size], -1)[flat_labels[position] - start])
+        start += size
+    torch.testing.assert_close(out.ntp_loss, torch.stack(terms).mean())
+    # level_restricted_loss=False: plain cross-entropy over the whole vocabulary at every labelled position.
+    model.config.level_restricted_loss = False
+    plain = model(input_ids=input_ids, labels=labels)
+    model.config.level_restricted_loss = True
+    expected_ntp = F.cross_entropy(plain.logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(plain.ntp_loss, expected_ntp)
     torch.testing.assert_close(out.loss, out.ntp_loss + 0.3 * out.aux_loss + 0.05 * out.z_loss)
 
     assert len(out.router_logits) == 2
@@ -480,7 +493,9 @@ def test_upcycled_model_computes_the_dense_model(feed_forward_proj, overrides):
         out = model(input_ids=input_ids, labels=labels)
     # ... and the gates sum to 1, so the output is the dense model's whatever the (random) router picks.
     torch.testing.assert_close(out.logits, dense.logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.ntp_loss, dense.loss, atol=1e-5, rtol=1e-5)
+    expected = dense.loss if model.config.codebook_sizes is None else level_restricted_cross_entropy(
+        dense.logits, labels, model.config.level_offsets, model.config.vocab_size)
+    torch.testing.assert_close(out.ntp_loss, expected, atol=1e-5, rtol=1e-5)
     assert out.aux_loss is not None
 
 
