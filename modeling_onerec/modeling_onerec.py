@@ -303,6 +303,15 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
     base_model_prefix = "transformer"
     _no_split_modules = ["T5Block"]
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers skips `_init_weights` on parameter-less parent modules of "custom code" (it assumes such code
+        # initialises in place). T5 initialises q/k/v/o and the FFN weights from those parents (T5Attention,
+        # T5DenseActDense), so the skip left them at the generic N(0, initializer_factor=1.0) -- a decoder about 15x
+        # too large that learned far slower than T5. All our init goes through `transformers.initialization`, so
+        # the normal path is safe (regression test: tests/test_modeling_onerec.py, initialisation matches T5).
+        return False
+
     def _init_weights(self, module):
         super()._init_weights(module)
         factor = self.config.initializer_factor

@@ -541,3 +541,27 @@ def test_upcycling_rejects_bad_input(saved_model):
         upcycle_dense_t5(dense_t5(), {"d_ff": 64})
     with pytest.raises(ValueError, match="noise_std"):
         upcycle_dense_t5(dense_t5(), noise_std=-1.0)
+
+
+def test_initialisation_matches_t5_for_every_shared_weight():
+    """Regression: transformers skipped T5's parent-module init for 'custom code', leaving the decoder's attention
+    and FFN weights at N(0, 1) -- about 15x too large -- and training far slower than plain T5."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = tiny_config(d_model=64, d_kv=16, d_ff=128, sparse_decoder_layers=[1])
+    model = OneRecForConditionalGeneration(config)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, num_heads=config.num_heads,
+                                             d_ff=128, num_layers=config.num_layers,
+                                             num_decoder_layers=config.num_decoder_layers, decoder_start_token_id=0))
+    reference = dict(t5.named_parameters())
+    checked = 0
+    for name, parameter in model.named_parameters():
+        if name in reference and parameter.dim() == 2 and "relative_attention_bias" not in name:
+            expected = reference[name].std().item()
+            assert abs(parameter.std().item() - expected) < 0.25 * expected, name
+            checked += 1
+    assert checked >= 20
+    experts = model.decoder.block[1].layer[-1].mlp.experts
+    assert abs(experts.input_proj.std().item() - 64 ** -0.5) < 0.02
+    assert abs(experts.output_proj.std().item() - 128 ** -0.5) < 0.02
