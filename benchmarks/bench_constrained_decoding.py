@@ -28,30 +28,26 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
-import os
-import platform
 import random
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import transformers
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
+from benchmarks.common import BOS_TOKEN_ID, EOS_TOKEN_ID, NUM_SPECIAL_TOKENS, PAD_TOKEN_ID
+from benchmarks.common import add_device_argument, add_run_arguments, check_threads, environment, exit_status
+from benchmarks.common import json_arguments, output_path
+from benchmarks.common import random_item_tokens, setup_device, synchronize, timed, write_json
 from tokenization_semantic_id import SemanticIDTrie, SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
 
 
 logger = logging.getLogger(__name__)
 
-# The tokenizer's layout: <pad>, </s>, <s>, then the K codes of each level (token = 3 + level * K + code).
-PAD_TOKEN_ID, EOS_TOKEN_ID, BOS_TOKEN_ID = 0, 1, 2
-NUM_SPECIAL_TOKENS = 3
+# Token layout (PAD, EOS, BOS, then the K codes of each level): see benchmarks.common.
 # T5-style decoders start from one decoder_start_token (= PAD) before the session.
 PREFIX_LENGTH = 1
 
@@ -68,8 +64,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Per-step cost of SessionConstrainedLogitsProcessor vs generate(prefix_allowed_tokens_fn=...).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="Device of the trie, input_ids and scores (e.g. cpu, cuda, cuda:1).")
+    add_device_argument(parser, help="Device of the trie, input_ids and scores (e.g. cpu, cuda, cuda:1).")
     parser.add_argument("--num-codes", type=int, default=100_000, help="Distinct valid item codes in the trie.")
     parser.add_argument("--num-levels", type=int, default=3, help="Code tokens per item (L).")
     parser.add_argument("--codebook-sizes", type=int, nargs="+", default=[256, 8192],
@@ -90,12 +85,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="Seconds of reference calls to aim for per position when --reference-repeats is unset.")
     parser.add_argument("--min-reference-repeats", type=int, default=3,
                         help="Fewest timed reference calls per position.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (torch.set_num_threads); default: torch's choice. 1 keeps CPU timings "
-                             "stable on a machine shared with other jobs.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the codes, sessions, history and scores.")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON file for every number (default: outputs/benchmarks/constrained_decoding_<device>.json).")
+    add_run_arguments(parser, seed_help="Seed of the codes, sessions, history and scores.",
+                      output_help="JSON file for every number (default: "
+                                  "outputs/benchmarks/constrained_decoding_<device>.json).")
     args = parser.parse_args(argv)
     _check_args(args)
     return args
@@ -110,8 +102,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{name} must be >= 1, got {value}.")
     if args.warmup < 1:
         raise ValueError(f"--warmup must be >= 1 (the first call builds caches), got {args.warmup}.")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+    check_threads(args.threads)
     if args.reference_repeats is not None and args.reference_repeats < 1:
         raise ValueError(f"--reference-repeats must be >= 1, got {args.reference_repeats}.")
     if any(size < 2 for size in args.codebook_sizes) or any(beams < 1 for beams in args.beams):
@@ -134,34 +125,9 @@ def _check_args(args: argparse.Namespace) -> None:
         )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, refusing CUDA where there is none."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} asks for CUDA but torch.cuda.is_available() is False; use --device cpu.")
-    return device
-
-
 # --------------------------------------------------------------------------------------------------
 # Synthetic catalogue, history and sessions
 # --------------------------------------------------------------------------------------------------
-
-
-def random_item_tokens(num_codes: int, num_levels: int, codebook_size: int, seed: int) -> torch.Tensor:
-    """``num_codes`` distinct uniformly random codes as vocabulary token ids.
-
-    Returns:
-        ``[num_codes, num_levels]`` long, column ``l`` in ``[3 + l * K, 3 + (l + 1) * K)``.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    codes = torch.zeros((0, num_levels), dtype=torch.long)
-    # Draw with some headroom, drop duplicates, draw again if the space is crowded.
-    while codes.shape[0] < num_codes:
-        draw = torch.randint(codebook_size, (int(num_codes * 1.2) + 16, num_levels), generator=generator)
-        codes = torch.unique(torch.cat([codes, draw]), dim=0)
-    # torch.unique sorts: shuffle so that item index says nothing about the code.
-    codes = codes[torch.randperm(codes.shape[0], generator=generator)[:num_codes]]
-    return codes + NUM_SPECIAL_TOKENS + torch.arange(num_levels) * codebook_size
 
 
 def sample_history(num_items: int, num_history: int, seed: int) -> List[int]:
@@ -217,20 +183,10 @@ def index_memory_mb(trie: SemanticIDTrie) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def synchronize(device: torch.device) -> None:
-    """Waits for queued kernels so that a timer reads finished work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed_call(processor: Processor, input_ids: torch.Tensor, scores: torch.Tensor,
                device: torch.device) -> Tuple[float, torch.Tensor]:
     """One synchronised call: ``(seconds, processed scores [rows, V])``."""
-    synchronize(device)
-    start = time.perf_counter()
-    out = processor(input_ids, scores)
-    synchronize(device)
-    return time.perf_counter() - start, out
+    return timed(processor, device, input_ids, scores)
 
 
 def bitwise_equal(left: torch.Tensor, right: torch.Tensor) -> bool:
@@ -440,31 +396,11 @@ def markdown_tables(results: List[dict], args: argparse.Namespace, checks: Equiv
     return "\n".join(lines)
 
 
-def environment(device: torch.device) -> dict:
-    info = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": str(device),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        # The benchmark machine may be shared: a load above the core count inflates CPU timings.
-        "load_average_1_5_15min": list(os.getloadavg()),
-        "cpu_count": os.cpu_count(),
-        "synthetic_codes": True,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    output = args.output or Path("outputs/benchmarks") / f"constrained_decoding_{device.type}.json"
+    device = setup_device(args.device, args.threads)
+    output = output_path(args.output, "constrained_decoding", device)
     print(f"NOTE: the {args.num_codes:,} codes are synthetic (uniformly random, seed {args.seed}): no bundled "
           "catalogue has that many items. bench_tokenizer_build.py measures the real Amazon data.", flush=True)
     checks = EquivalenceLog()
@@ -472,18 +408,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     table = markdown_tables(results, args, checks)
     print("\n" + table)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"environment": environment(device), "arguments": {k: str(v) if isinstance(v, Path) else v
-                                                                 for k, v in vars(args).items()},
+    payload = {"environment": environment(device, synthetic_codes=True), "arguments": json_arguments(args),
                "results": results, "equivalence": {"checked": checks.checked, "failures": checks.failures},
                "markdown": table}
-    output.write_text(json.dumps(payload, indent=1))
+    write_json(output, payload)
     print(f"\nwrote {output}")
-    if checks.failures:
-        print(f"\nFAILED: {len(checks.failures)} of {checks.checked} comparisons of (a)/(b) with the reference "
-              "differ; the fast processor and prefix_allowed_tokens_fn disagree.", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(f"{len(checks.failures)} of {checks.checked} comparisons of (a)/(b) with the reference "
+                       "differ; the fast processor and prefix_allowed_tokens_fn disagree." if checks.failures else None)
 
 
 if __name__ == "__main__":

@@ -49,21 +49,21 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import random
 import statistics
 import sys
 import time
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import transformers
 from transformers import LogitsProcessorList
 
+from benchmarks.common import BOS_TOKEN_ID, EOS_TOKEN_ID, NUM_SPECIAL_TOKENS, PAD_TOKEN_ID
+from benchmarks.common import add_device_argument, add_run_arguments, environment, exit_status, json_arguments
+from benchmarks.common import output_path, random_item_tokens, setup_device, synchronize, threads_problem, timed
+from benchmarks.common import write_json
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTrie, SessionConstrainedLogitsProcessor
 
@@ -75,9 +75,7 @@ except ImportError as error:  # the native search is optional: the generate() co
     NATIVE_IMPORT_ERROR = f"{type(error).__name__}: {error}"
 
 
-# The tokenizer's layout: <pad>, </s>, <s>, then the K codes of each level (token = 3 + level * K + code).
-PAD_TOKEN_ID, EOS_TOKEN_ID, BOS_TOKEN_ID = 0, 1, 2
-NUM_SPECIAL_TOKENS = 3
+# Token layout (PAD, EOS, BOS, then the K codes of each level) and synthetic codes: see benchmarks.common.
 METHODS = ("unconstrained", "constrained", "native")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -92,7 +90,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="generate() latency / throughput for OneRec: constrained vs unconstrained vs native beam search.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="Model weights and activations.")
     parser.add_argument("--presets", nargs="+", default=["tiny", "onerec-0.1b"], help="OneRecConfig presets.")
     parser.add_argument("--catalogue-sizes", type=int, nargs="+", default=None,
@@ -110,10 +108,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="Untimed calls per method and configuration.")
     parser.add_argument("--time-budget-s", type=float, default=None,
                         help="Wall-clock budget of the whole run (default 300 on CPU, 900 on GPU).")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads).")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON file (default: outputs/benchmarks/generate_<device>[_<dtype>].json).")
+    add_run_arguments(parser, threads_help="torch CPU threads (torch.set_num_threads).",
+                      output_help="JSON file (default: outputs/benchmarks/generate_<device>[_<dtype>].json).")
     args = parser.parse_args(argv)
     if args.catalogue_sizes is None:
         args.catalogue_sizes = [10_000 if preset == "tiny" else 100_000 for preset in args.presets]
@@ -123,8 +119,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         f"{args.catalogue_sizes}")
     if args.repeats < 1 or args.warmup < 1:
         problems.append(f"--repeats and --warmup must be >= 1, got {args.repeats} and {args.warmup}")
-    if args.threads is not None and args.threads < 1:
-        problems.append(f"--threads must be >= 1, got {args.threads}")
+    if (threads_error := threads_problem(args.threads)) is not None:
+        problems.append(threads_error)
     if min(args.session_lengths + args.beams + args.batch_sizes) < 1 or args.history_items < 1:
         problems.append("--session-lengths, --beams, --batch-sizes and --history-items must be >= 1")
     for size in args.catalogue_sizes:
@@ -138,33 +134,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} asks for CUDA but torch.cuda.is_available() is False; use --device cpu.")
-    return device
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --------------------------------------------------------------------------------------------------
 # Synthetic catalogue, users, model
 # --------------------------------------------------------------------------------------------------
-
-
-def random_item_tokens(num_codes: int, num_levels: int, codebook_size: int, seed: int) -> torch.Tensor:
-    """``[num_codes, num_levels]`` distinct uniformly random codes as vocabulary token ids (as in
-    ``bench_constrained_decoding.py``): column ``l`` in ``[3 + l * K, 3 + (l + 1) * K)``."""
-    generator = torch.Generator().manual_seed(seed)
-    codes = torch.zeros((0, num_levels), dtype=torch.long)
-    while codes.shape[0] < num_codes:
-        draw = torch.randint(codebook_size, (int(num_codes * 1.2) + 16, num_levels), generator=generator)
-        codes = torch.unique(torch.cat([codes, draw]), dim=0)
-    codes = codes[torch.randperm(codes.shape[0], generator=generator)[:num_codes]]
-    return codes + NUM_SPECIAL_TOKENS + torch.arange(num_levels) * codebook_size
 
 
 def sample_histories(num_items: int, history_items: int, batch: int, seed: int) -> List[List[int]]:
@@ -286,14 +258,6 @@ def agreement(native: torch.Tensor, generated: torch.Tensor) -> Dict[str, float]
 # --------------------------------------------------------------------------------------------------
 
 
-def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> Tuple[float, torch.Tensor]:
-    synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    return time.perf_counter() - start, out
-
-
 def run_config(model, trie, item_tokens, level_offsets, methods: List[str], *, batch: int, beams: int,
                num_items: int, args: argparse.Namespace, device: torch.device, allowance_s: float,
                remaining_s: float) -> dict:
@@ -413,37 +377,16 @@ def markdown_table(presets: List[dict], args: argparse.Namespace, device: torch.
     return "\n".join(lines)
 
 
-def environment(device: torch.device, dtype: str) -> dict:
-    info = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": str(device),
-        "dtype": dtype,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        "load_average_1_5_15min": list(os.getloadavg()),
-        "cpu_count": os.cpu_count(),
-        "synthetic_codes": True,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     run_start = time.perf_counter()
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = setup_device(args.device, args.threads)
     dtype = DTYPES[args.dtype]
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     if args.time_budget_s is None:
         args.time_budget_s = 900.0 if device.type == "cuda" else 300.0
     transformers.logging.set_verbosity_error()  # generate() warns about generation flags on every call
-    suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
-    output = args.output or Path("outputs/benchmarks") / f"generate_{device.type}{suffix}.json"
-    env = environment(device, args.dtype)
+    output = output_path(args.output, "generate", device, args.dtype)
+    env = environment(device, dtype=args.dtype, synthetic_codes=True)
     print("environment: " + json.dumps(env), flush=True)
     print(f"NOTE: catalogues of {args.catalogue_sizes} synthetic uniformly random codes (seed {args.seed}).",
           flush=True)
@@ -532,17 +475,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         notes.append(f"repeats cut to fit the budget: {', '.join(cut)}.")
     table = markdown_table(presets, args, device, methods, notes)
     print("\n" + table)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    payload = {"environment": env, "arguments": arguments,
+    payload = {"environment": env, "arguments": json_arguments(args),
                "methods": methods, "presets": presets, "failures": failures, "notes": notes, "markdown": table,
                "wall_s": time.perf_counter() - run_start}
-    output.write_text(json.dumps(payload, indent=1))
+    write_json(output, payload)
     print(f"\nwrote {output} (whole run {time.perf_counter() - run_start:.0f} s)")
-    if failures:
-        print(f"\nFAILED: {len(failures)} configuration(s) returned invalid constrained sessions.", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(f"{len(failures)} configuration(s) returned invalid constrained sessions." if failures else None)
 
 
 if __name__ == "__main__":

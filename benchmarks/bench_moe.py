@@ -48,22 +48,19 @@ Defaults: presets ``small`` and ``onerec-0.1b``; 4096 and 16384 tokens on GPU, 1
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
-import transformers
 from torch import nn
 from transformers.activations import ACT2FN
 
+from benchmarks.common import add_device_argument, add_run_arguments, check_threads, environment, exit_status
+from benchmarks.common import json_arguments, output_path, setup_device, synchronize, write_json
 from modeling_onerec import OneRecConfig, OneRecSparseMLP, route_tokens
 
 
@@ -90,7 +87,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="MoE FFN forward+backward tokens/s: grouped dispatch vs reference loops, dense FFN, dense MoE.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="Weights and activations (the router always computes in float32).")
     parser.add_argument("--presets", nargs="+", default=["small", "onerec-0.1b"],
@@ -110,32 +107,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="Tokens on which (b') and (d) are checked against (a).")
     parser.add_argument("--forward-only", action="store_true",
                         help="Time forward passes under torch.no_grad() instead of forward + backward.")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads).")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON file (default: outputs/benchmarks/moe_<device>[_<dtype>].json).")
+    add_run_arguments(parser, threads_help="torch CPU threads (torch.set_num_threads).",
+                      output_help="JSON file (default: outputs/benchmarks/moe_<device>[_<dtype>].json).")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 1:
         raise ValueError(f"--repeats and --warmup must be >= 1, got {args.repeats} and {args.warmup}.")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+    check_threads(args.threads)
     if args.tokens is not None and min(args.tokens) < 1:
         raise ValueError(f"--tokens must be >= 1, got {args.tokens}.")
     if "grouped" not in args.variants:
         args.variants = ["grouped"] + list(args.variants)  # the baseline every ratio is taken against
     return args
-
-
-def resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} asks for CUDA but torch.cuda.is_available() is False; use --device cpu.")
-    return device
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,36 +483,17 @@ def markdown_table(runs: List[dict], args: argparse.Namespace, device: torch.dev
     return "\n".join(lines)
 
 
-def environment(device: torch.device) -> dict:
-    info = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": str(device),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        "load_average_1_5_15min": list(os.getloadavg()),
-        "cpu_count": os.cpu_count(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = setup_device(args.device, args.threads)
     dtype = DTYPES[args.dtype]
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     if args.tokens is None:
         args.tokens = [4096, 16384] if device.type == "cuda" else [1024, 4096]
     if args.max_dense_moe_gb is None:
         args.max_dense_moe_gb = 40.0 if device.type == "cuda" else 4.0
     if dtype != torch.float32 and device.type == "cpu":
         print(f"WARNING: {args.dtype} on CPU is slow and not what this benchmark is meant for.", flush=True)
-    suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
-    output = args.output or Path("outputs/benchmarks") / f"moe_{device.type}{suffix}.json"
+    output = output_path(args.output, "moe", device, args.dtype)
     env = environment(device)
     print("environment: " + json.dumps(env), flush=True)
 
@@ -538,20 +501,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     table = markdown_table(runs, args, device)
     print("\n" + table)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    payload = {"environment": env, "arguments": arguments,
-               "runs": runs, "markdown": table}
-    output.write_text(json.dumps(payload, indent=1))
+    write_json(output, {"environment": env, "arguments": json_arguments(args), "runs": runs, "markdown": table})
     print(f"\nwrote {output}")
     # A reference that disagrees with grouped dispatch is a bug, not a timing: fail loudly.
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
     bad = [(run["preset"], run["tokens"], name) for run in runs for name, diffs in run["checks"].items()
            if not math.isfinite(diffs["output"]) or diffs["output"] > tolerance]
-    if bad:
-        print(f"\nFAILED: outputs disagree with grouped dispatch beyond {tolerance:g}: {bad}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(f"outputs disagree with grouped dispatch beyond {tolerance:g}: {bad}" if bad else None)
 
 
 if __name__ == "__main__":

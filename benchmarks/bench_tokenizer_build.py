@@ -25,12 +25,9 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import json
 import logging
-import os
-import platform
 import re
 import statistics
 import sys
@@ -40,8 +37,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import transformers
 
+from benchmarks.common import add_device_argument, add_threads_argument, check_threads, environment, json_arguments
+from benchmarks.common import setup_device, synchronize, write_json
 from tokenization_semantic_id import (
     ItemEmbeddingConfig,
     ResidualKMeansConfig,
@@ -78,8 +76,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--dataset", choices=["beauty", "scientific", "both"], default="both",
                         help="Bundled catalogue(s) to build.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="Device of the k-means (and of the text encoder for --embeddings concat).")
+    add_device_argument(parser, help="Device of the k-means (and of the text encoder for --embeddings concat).")
     parser.add_argument("--repeats", type=int, default=3, help="Timed builds per variant (median reported).")
     parser.add_argument("--embeddings", choices=["collaborative", "concat"], default="collaborative",
                         help="Item embeddings: collaborative PPMI-SVD of training sequences, or text + collaborative.")
@@ -87,9 +84,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--codebook-size", type=int, default=256, help="Codes per level K.")
     parser.add_argument("--max-iterations", type=int, default=ResidualKMeansConfig.max_iterations,
                         help="Most k-means sweeps per level.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (torch.set_num_threads); default: torch's choice. 1 keeps CPU timings "
-                             "stable on a machine shared with other jobs.")
+    add_threads_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the k-means initialisation and the SVD.")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/benchmarks"),
                         help="Where the JSON, the plots and the text-embedding cache go.")
@@ -97,25 +92,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for name in ("repeats", "num_levels", "max_iterations"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+    check_threads(args.threads)
     if args.codebook_size < 2:
         raise ValueError(f"--codebook-size must be >= 2, got {args.codebook_size}.")
     return args
-
-
-def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, refusing CUDA where there is none."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} asks for CUDA but torch.cuda.is_available() is False; use --device cpu.")
-    return device
-
-
-def synchronize(device: torch.device) -> None:
-    """Waits for queued kernels so that a timer reads finished work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,38 +334,17 @@ def markdown_table(results: List[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def environment(device: torch.device) -> dict:
-    info = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": str(device),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        # The benchmark machine may be shared: a load above the core count inflates CPU timings.
-        "load_average_1_5_15min": list(os.getloadavg()),
-        "cpu_count": os.cpu_count(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    device = setup_device(args.device, args.threads)
     names = ["beauty", "scientific"] if args.dataset == "both" else [args.dataset]
     results = [run_dataset(name, args, device) for name in names]
     table = markdown_table(results, args)
     print("\n" + table)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     output = args.output_dir / f"tokenizer_build_{device.type}_{args.embeddings}.json"
-    arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    output.write_text(json.dumps({"environment": environment(device), "arguments": arguments, "results": results,
-                                  "markdown": table}, indent=1))
+    write_json(output, {"environment": environment(device), "arguments": json_arguments(args), "results": results,
+                        "markdown": table})
     print(f"\nwrote {output}" + "".join(f"\nwrote {r['plot']}" for r in results if r["plot"]))
     return 0
 

@@ -29,27 +29,13 @@ from tokenization_semantic_id import (
     build_item_embeddings,
     plot_codebook_report,
 )
-from trainers.data import (
-    build_session_samples,
-    describe,
-    leave_one_out_split,
-    load_bundled,
-    load_inter_json,
-    load_recbole,
-    load_s3rec,
-)
+from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
 
 logger = logging.getLogger("build_semantic_ids")
-DATASETS = ("beauty", "scientific", "ml-100k", "s3rec", "inter-json", "recbole")
 
 
 @dataclass
-class DataArguments:
-    dataset: str = field(default="beauty", metadata={
-        "help": "Bundled 'beauty' or 'scientific'; 'ml-100k' / 'recbole' (RecBole atomic files at --data_path); "
-                "'s3rec' (a 'user item item ...' line file at --data_path); 'inter-json' ({user: [items]} JSON)."})
-    data_path: Optional[str] = field(default=None, metadata={"help": "Path for non-bundled datasets."})
-    item_path: Optional[str] = field(default=None, metadata={"help": "Optional item-metadata file (s3rec, inter-json)."})
+class DataArguments(DatasetArguments):
     max_history: int = field(default=50, metadata={"help": "n: newest history items a sample keeps."})
     session_length: int = field(default=5, metadata={"help": "m: target items per session sample (paper: 5)."})
 
@@ -81,20 +67,6 @@ class RunArguments:
     output_dir: str = field(default="outputs/beauty", metadata={"help": "Where the tokenizer and reports go."})
 
 
-def load_data(args: DataArguments):
-    if args.dataset in ("beauty", "scientific"):
-        return load_bundled(args.dataset)
-    if args.data_path is None:
-        raise SystemExit(f"--dataset {args.dataset} needs --data_path (choices: {', '.join(DATASETS)}).")
-    if args.dataset in ("ml-100k", "recbole"):
-        return load_recbole(args.data_path)
-    if args.dataset == "s3rec":
-        return load_s3rec(args.data_path, args.item_path)
-    if args.dataset == "inter-json":
-        return load_inter_json(args.data_path, args.item_path)
-    raise SystemExit(f"Unknown --dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}.")
-
-
 def format_table(rows: List[dict], num_semantic_levels: int) -> str:
     header = "| variant | level | used / K | smallest | largest | std | collisions before | after | build s |"
     lines = [header, "|" + "---|" * 9]
@@ -117,7 +89,7 @@ def main(argv=None) -> dict:
     output_dir = Path(run_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    data = load_data(data_args)
+    data = data_args.load()
     splits = leave_one_out_split(data["sequences"])
     samples = build_session_samples(splits, max_history=data_args.max_history, session_length=data_args.session_length)
     summary = describe(data)

@@ -22,13 +22,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from transformers import HfArgumentParser
 
 from trainers.baselines import DEFAULT_SUCCESSOR_GRID, MostPopularRecommender, SuccessorRecommender, tune_successor
-from trainers.data import build_session_samples, describe, leave_one_out_split, load_bundled, load_s3rec
-from trainers.evaluation import evaluate_recommender, write_topk_json
+from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
+from trainers.evaluation import evaluate_recommender, metrics_table, write_topk_json
 
 
 logger = logging.getLogger("evaluate_baselines")
@@ -37,11 +37,7 @@ PUBLISHED_BEAUTY = {"TIGER (published)": {"recall@5": 0.0454, "ndcg@5": 0.0321, 
 
 
 @dataclass
-class BaselineArguments:
-    dataset: str = field(default="beauty", metadata={
-        "help": "Bundled 'beauty' or 'scientific'; with --data_path only a label for the S3-Rec line file."})
-    data_path: Optional[str] = field(default=None, metadata={
-        "help": "An S3-Rec line file ('user item item ...', time order) instead of a bundled dataset."})
+class BaselineArguments(DatasetArguments):
     output_dir: str = field(default="outputs/baselines", metadata={"help": "Where metrics.json and top-10 go."})
     max_history: int = field(default=50, metadata={
         "help": "Newest history items per sample (the same samples the neural models get)."})
@@ -55,27 +51,11 @@ class BaselineArguments:
     progress: bool = field(default=False, metadata={"help": "tqdm bars over test batches."})
 
 
-def load_data(args: BaselineArguments):
-    if args.data_path is not None:
-        return load_s3rec(args.data_path)
-    if args.dataset in ("beauty", "scientific"):
-        return load_bundled(args.dataset)
-    raise SystemExit(f"--dataset {args.dataset!r} is not bundled; pass 'beauty', 'scientific' or --data_path FILE.")
-
-
 def format_table(rows: List[dict], ks: List[int], with_reference: bool) -> str:
-    columns = [f"{name}@{k}" for k in sorted(ks) for name in ("recall", "ndcg")]
-    lines = ["| model | history | hyper-parameters (chosen on validation) | " + " | ".join(
-        c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in columns) + " |",
-        "|---|---|---|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append(f"| {row['model']} | {'excluded' if row['exclude_history'] else 'kept'} | {row['params_text']} | "
-                     + " | ".join(f"{row['test'][c]:.4f}" for c in columns) + " |")
-    if with_reference:
-        for name, metrics in PUBLISHED_BEAUTY.items():
-            lines.append(f"| {name} | - | - | " + " | ".join(
-                f"{metrics[c]:.4f}" if c in metrics else "-" for c in columns) + " |")
-    return "\n".join(lines)
+    cells = [((row["model"], "excluded" if row["exclude_history"] else "kept", row["params_text"]), row["test"])
+             for row in rows]
+    return metrics_table(cells, ks, ("model", "history", "hyper-parameters (chosen on validation)"),
+                         references=PUBLISHED_BEAUTY if with_reference else None)
 
 
 def main(argv=None) -> dict:
@@ -86,7 +66,7 @@ def main(argv=None) -> dict:
     label = Path(args.data_path).stem if args.data_path else args.dataset
     started = time.perf_counter()
 
-    data = load_data(args)
+    data = args.load()
     splits = leave_one_out_split(data["sequences"])
     samples = build_session_samples(splits, max_history=args.max_history, session_length=1)
     catalogue = data["items"].with_format("arrow")[:].column("item_id").to_pylist()

@@ -27,7 +27,7 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
-from trainers.data import build_session_samples, leave_one_out_split, load_named_dataset
+from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
 from trainers.evaluation import ranking_metrics, write_topk_json
 from trainers.generative_recommender import GenerativeRecommender
 from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator
@@ -47,10 +47,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset: str = field(default="beauty", metadata={"help": "beauty | scientific | s3rec | inter-json | ml-100k."})
-    data_path: Optional[str] = field(default=None, metadata={"help": "Data file/folder for non-bundled datasets."})
-    item_path: Optional[str] = field(default=None, metadata={"help": "Optional item-metadata file."})
+class DataArguments(DatasetArguments):
     tokenizer_dir: str = field(default="outputs/beauty/tokenizer", metadata={
         "help": "SemanticIDTokenizer saved by examples/build_semantic_ids.py for the same dataset."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training samples (smoke runs)."})
@@ -71,7 +68,7 @@ def main(argv=None) -> dict:
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
 
-    data = load_named_dataset(data_args.dataset, data_args.data_path, data_args.item_path)
+    data = data_args.load()
     splits = leave_one_out_split(data["sequences"])
     samples = build_session_samples(splits, max_history=model_args.max_history_items,
                                     session_length=model_args.session_length)

@@ -37,13 +37,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import torch
 from transformers import HfArgumentParser
 
-from trainers.data import build_session_samples, describe, leave_one_out_split, load_bundled, load_s3rec
-from trainers.evaluation import evaluate_recommender, write_topk_json
+from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
+from trainers.evaluation import evaluate_recommender, metrics_table, write_topk_json
 from trainers.sasrec import SASRecConfig, SASRecRecommender
 
 
@@ -55,11 +55,7 @@ PUBLISHED_BEAUTY = {  # TIGER paper, Table 1 (full ranking, leave-one-out)
 
 
 @dataclass
-class RunArguments:
-    dataset: str = field(default="beauty", metadata={
-        "help": "Bundled 'beauty' or 'scientific'; with --data_path only a label for the S3-Rec line file."})
-    data_path: Optional[str] = field(default=None, metadata={
-        "help": "An S3-Rec line file ('user item item ...', time order) instead of a bundled dataset."})
+class RunArguments(DatasetArguments):
     output_dir: str = field(default="outputs/sasrec/beauty", metadata={"help": "Where metrics and top-k go."})
     ks: List[int] = field(default_factory=lambda: [5, 10], metadata={"help": "Cut-offs of Recall/NDCG."})
     top_k_json: int = field(default=10, metadata={"help": "Items per user in the written top-k JSON files."})
@@ -67,26 +63,9 @@ class RunArguments:
     progress: bool = field(default=True, metadata={"help": "tqdm bar over epochs."})
 
 
-def load_data(args: RunArguments):
-    if args.data_path is not None:
-        return load_s3rec(args.data_path)
-    if args.dataset in ("beauty", "scientific"):
-        return load_bundled(args.dataset)
-    raise SystemExit(f"--dataset {args.dataset!r} is not bundled; pass 'beauty', 'scientific' or --data_path FILE.")
-
-
 def format_table(rows: List[dict], ks: List[int], with_reference: bool) -> str:
-    columns = [f"{name}@{k}" for k in sorted(ks) for name in ("recall", "ndcg")]
-    header = " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in columns)
-    lines = [f"| model | history | {header} |", "|---|---|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append(f"| {row['model']} | {row['history']} | "
-                     + " | ".join(f"{row['metrics'][c]:.4f}" if c in row["metrics"] else "-" for c in columns) + " |")
-    if with_reference:
-        for name, metrics in PUBLISHED_BEAUTY.items():
-            lines.append(f"| {name} | - | " + " | ".join(
-                f"{metrics[c]:.4f}" if c in metrics else "-" for c in columns) + " |")
-    return "\n".join(lines)
+    return metrics_table([((row["model"], row["history"]), row["metrics"]) for row in rows], ks,
+                         references=PUBLISHED_BEAUTY if with_reference else None)
 
 
 def main(argv=None) -> dict:
@@ -98,7 +77,7 @@ def main(argv=None) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    data = load_data(args)
+    data = args.load()
     summary = describe(data)
     splits = leave_one_out_split(data["sequences"])
     # The test histories the model is scored on: everything but the last item, newest `max_len` kept.

@@ -8,7 +8,8 @@ user, full ranking over the catalogue, Recall@k and NDCG@k averaged over users.
 - `Recommender` + `evaluate_recommender`: batches the `history` column of session samples through any object
   with a `rank(histories, k, exclude_history)` method and scores the result with `ranking_metrics`;
 - `session_metrics`: hit rate, consumed items, coverage and intra-session diversity of generated sessions;
-- `write_topk_json` / `read_topk_json`: the per-user top-k lists as `{user_id: [item_id, ...]}`.
+- `write_topk_json` / `read_topk_json`: the per-user top-k lists as `{user_id: [item_id, ...]}`;
+- `metrics_table`: Recall@k / NDCG@k rows (and published reference numbers) as a markdown table.
 
 About `exclude_history`: with `exclude_history=True` no item of the user's history (the `history` the model is
 given) is ever recommended. The Amazon leave-one-out targets can be re-purchases of a history item, so excluding
@@ -33,6 +34,7 @@ __all__ = [
     "RECALL_NDCG_METRIC_PATH",
     "Recommender",
     "evaluate_recommender",
+    "metrics_table",
     "ranking_metrics",
     "read_topk_json",
     "session_metrics",
@@ -373,4 +375,34 @@ def read_topk_json(path: str | Path) -> dict[str, list[str]]:
     if not isinstance(raw, dict) or not all(isinstance(items, list) for items in raw.values()):
         raise ValueError(f"{path} is not a {{user_id: [item_id, ...]}} JSON object as written by write_topk_json.")
     return {str(user): [str(item) for item in items] for user, items in raw.items()}
+
+
+def metrics_table(
+    rows: Iterable[tuple[Sequence[str], Mapping[str, Any]]],
+    ks: Iterable[int],
+    label_columns: Sequence[str] = ("model", "history"),
+    references: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    """A markdown table of Recall@k / NDCG@k, as the example scripts print it.
+
+    Args:
+        rows (`Iterable[tuple[Sequence[str], Mapping]]`): Per row, its text cells (one per `label_columns`) and its
+            metrics (`"recall@5"`, `"ndcg@5"`, ...; other keys are ignored), e.g. from `evaluate_recommender`.
+        ks (`Iterable[int]`): Cut-offs: columns Recall@k and NDCG@k for each `k`, ascending.
+        label_columns (`Sequence[str]`, defaults to `("model", "history")`): Headers of the leading text columns.
+        references (`Mapping[str, Mapping[str, float]]`, *optional*): Published numbers `{name: metrics}`, added
+            after `rows` as rows named `name` with `-` in the other text columns.
+
+    Returns:
+        `str`: The table, metrics to 4 decimals and `-` where a row has no value.
+    """
+    columns = [f"{name}@{k}" for k in sorted(ks) for name in ("recall", "ndcg")]
+    header = list(label_columns) + [column.replace("recall", "Recall").replace("ndcg", "NDCG") for column in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    blanks = ["-"] * (len(label_columns) - 1)
+    references = [([name, *blanks], metrics) for name, metrics in (references or {}).items()]
+    for labels, metrics in [*rows, *references]:
+        cells = list(labels) + [f"{metrics[column]:.4f}" if column in metrics else "-" for column in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 

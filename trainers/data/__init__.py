@@ -5,6 +5,7 @@ optional `timestamps` / `ratings`) and an `"items"` split (`item_id`, `text`, ra
 `trainers.data.loaders` and `docs/data_format.md`.
 """
 
+from .arguments import DatasetArguments
 from .loaders import (
     BUNDLED_DATASET_NAMES,
     MAX_ITEM_TEXT_CHARS,
@@ -24,6 +25,7 @@ from .splits import leave_one_out_split
 
 __all__ = [
     "BUNDLED_DATASET_NAMES",
+    "DatasetArguments",
     "MAX_ITEM_TEXT_CHARS",
     "build_session_samples",
     "build_time_sessions",

@@ -1,0 +1,52 @@
+"""The dataset flags the example scripts share (``--dataset``, ``--data_path``, ``--item_path``) and their loading.
+
+A script's own argument dataclass subclasses :class:`DatasetArguments` (so that the three flags come first in
+``--help``) and loads with ``args.load()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from datasets import DatasetDict
+
+from .loaders import BUNDLED_DATASET_NAMES, NAMED_DATASETS, load_named_dataset, load_s3rec
+
+
+# The names of `load_named_dataset` that read `data_path` (the other names are bundled datasets).
+FILE_FORMATS: tuple[str, ...] = tuple(name for name in NAMED_DATASETS if name not in BUNDLED_DATASET_NAMES)
+
+
+@dataclass
+class DatasetArguments:
+    """Which dataset a script reads.
+
+    * ``dataset`` a bundled name (``beauty``, ``scientific``) and no ``data_path``: the bundled dataset;
+    * ``dataset`` a file format (``ml-100k`` / ``recbole``, ``s3rec``, ``inter-json``): ``data_path`` in that
+      format, with ``item_path`` as optional item metadata (``s3rec``, ``inter-json``);
+    * any other ``dataset`` (a bundled name included) with a ``data_path``: an S3-Rec line file
+      (``user item item ...``, time order), ``dataset`` being only its label.
+    """
+
+    dataset: str = field(default="beauty", metadata={
+        "help": f"Bundled {' or '.join(repr(name) for name in BUNDLED_DATASET_NAMES)}; or a format read from "
+                "--data_path: 'ml-100k' / 'recbole' (RecBole atomic files), 's3rec' ('user item item ...' lines), "
+                "'inter-json' ({user: [items]} JSON); with --data_path any other name is only a label for an S3-Rec "
+                "line file."})
+    data_path: Optional[str] = field(default=None, metadata={
+        "help": "Data file or folder in the --dataset format; with a bundled or label --dataset, an S3-Rec line file "
+                "('user item item ...', time order) instead of the bundled dataset."})
+    item_path: Optional[str] = field(default=None, metadata={
+        "help": "Optional item-metadata file (s3rec, inter-json)."})
+
+    def load(self) -> DatasetDict:
+        """The dataset as the loaders return it (``"sequences"`` and ``"items"`` splits).
+
+        Raises:
+            ValueError: ``dataset`` is neither bundled nor a file format and there is no ``data_path``, or a file
+                format has no ``data_path``.
+        """
+        if self.data_path is not None and self.dataset not in FILE_FORMATS:
+            return load_s3rec(self.data_path, self.item_path)
+        return load_named_dataset(self.dataset, self.data_path, self.item_path)
