@@ -69,7 +69,8 @@ class OneRecConfig(T5Config):
         level_restricted_loss (`bool`, defaults to True): With ``codebook_sizes``, the NTP loss scores only code
             tokens, each with a softmax over its own level's codes (BOS/EOS are structure that constrained decoding
             forces). False: plain cross-entropy over the whole vocabulary at every labelled position. On Amazon
-            Beauty the level-restricted loss learned the first-level code ~40x faster in the first 150 steps.
+            Beauty (``small`` preset, 150 steps of 64 samples) the first-level code's loss reached 4.11 nats with
+            the level-restricted loss against 5.24 with the full-vocabulary one.
         session_length (`int`, defaults to 5): Items per generated session ``m`` (1 = point-wise, as TIGER).
         max_history_items (`int`, defaults to 256): History items ``n`` the encoder reads (the newest are kept).
     """
