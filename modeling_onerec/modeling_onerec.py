@@ -495,7 +495,8 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
             output_router_logits: Also return each sparse layer's ``[N, num_experts]`` router logits.
         """
         _check_token_ids("input_ids", input_ids, self.config.vocab_size)
-        _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
+        if cache is None:  # incremental decoding feeds back the model's own tokens: no per-step host sync for them
+            _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
         _check_token_ids("labels", labels, self.config.vocab_size, ignore_index=-100)
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self._shift_right(labels)

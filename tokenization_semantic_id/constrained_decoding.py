@@ -44,6 +44,15 @@ def pad_item_lists(item_lists: Optional[Sequence[Sequence[int]]], device=None) -
     return out.to(device) if device is not None else out
 
 
+def _drop_duplicates(excluded: torch.Tensor) -> torch.Tensor:
+    """``[B, E]`` item indices with every repeat within a row replaced by ``-1`` (order not kept). An item counted
+    twice would make a subtree look exhausted while one of its items is still allowed."""
+    excluded = excluded.sort(dim=1).values
+    duplicate = torch.zeros_like(excluded, dtype=torch.bool)
+    duplicate[:, 1:] = excluded[:, 1:] == excluded[:, :-1]
+    return excluded.masked_fill(duplicate, -1)
+
+
 class _SessionLayout:
     """Where a decoding step sits in the session: shared by both decoding paths."""
 
@@ -110,6 +119,8 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
         self.forbid_repeats = forbid_repeats
         if excluded_items is not None and not isinstance(excluded_items, torch.Tensor):
             excluded_items = pad_item_lists(excluded_items)
+        elif excluded_items is not None:
+            excluded_items = _drop_duplicates(excluded_items.long())
         self.excluded_items = excluded_items.to(trie.device) if excluded_items is not None else None
         self._forced_rows: Dict[int, torch.Tensor] = {}
 
@@ -142,10 +153,9 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
             return None
         # An item counted twice (a history item the beam also generated earlier) would make a subtree
         # look exhausted too soon: keep each item once per row.
-        excluded = torch.cat(parts, dim=1).sort(dim=1).values
-        duplicate = torch.zeros_like(excluded, dtype=torch.bool)
-        duplicate[:, 1:] = excluded[:, 1:] == excluded[:, :-1]
-        return excluded.masked_fill(duplicate, -1)
+        # Each part is duplicate-free on its own (the history since construction, the session by forbid_repeats):
+        # only their union needs it.
+        return _drop_duplicates(torch.cat(parts, dim=1)) if len(parts) > 1 else parts[0]
 
     def allowed_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Additive mask ``[B, V]``: 0 where a token is allowed next, ``-inf`` elsewhere."""

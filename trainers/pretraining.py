@@ -91,7 +91,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
         self.ranking_exclude_history = ranking_exclude_history
         # Our forward returns the mean token loss itself: let the Trainer scale for gradient accumulation.
         self.model_accepts_loss_kwargs = False
-        self._term_sums: Dict[str, float] = {}
+        self._term_sums: Dict[str, torch.Tensor] = {}
         self._term_steps = 0
         self._load_sum: Optional[torch.Tensor] = None
         self.expert_load_total: Optional[torch.Tensor] = None  # [sparse layers, E] summed over all training steps
@@ -103,7 +103,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
 
             plot_training_curves(self.state.log_history, f"{self.args.output_dir}/training_curves.png")
             if self.expert_load_total is not None:
-                plot_expert_load(self.expert_load_total, f"{self.args.output_dir}/expert_load.png")
+                plot_expert_load(self.expert_load_total.cpu(), f"{self.args.output_dir}/expert_load.png")
         return result
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **kwargs):
@@ -125,14 +125,17 @@ class OneRecPretrainer(Seq2SeqTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         if model.training:
+            # Sums stay on the model's device: a float()/.cpu() per step would stall the GPU at every step;
+            # they are read once per logging interval.
             for name in ("ntp_loss", "aux_loss", "z_loss"):
                 value = getattr(outputs, name, None)
                 if value is not None:
-                    self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach())
+                    value = value.detach().float()
+                    self._term_sums[name] = value if name not in self._term_sums else self._term_sums[name] + value
             self._term_steps += 1
             load = getattr(outputs, "expert_load", None)
             if load is not None:
-                load = load.detach().float().cpu()
+                load = load.detach().float()
                 self._load_sum = load if self._load_sum is None else self._load_sum + load
                 self.expert_load_total = load if self.expert_load_total is None else self.expert_load_total + load
         return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -140,9 +143,9 @@ class OneRecPretrainer(Seq2SeqTrainer):
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         if "loss" in logs and self._term_steps:
             for name, total in self._term_sums.items():
-                logs[name] = round(total / self._term_steps, 4)
+                logs[name] = round(float(total) / self._term_steps, 4)
             if self._load_sum is not None:
-                share = self._load_sum / self._load_sum.sum(dim=1, keepdim=True)
+                share = (self._load_sum / self._load_sum.sum(dim=1, keepdim=True)).cpu()
                 logs["expert_load_max"] = round(float((share.max(dim=1).values * share.shape[1]).max()), 3)
                 logs["expert_load_min"] = round(float((share.min(dim=1).values * share.shape[1]).min()), 3)
             self._term_sums, self._term_steps, self._load_sum = {}, 0, None
