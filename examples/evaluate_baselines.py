@@ -28,12 +28,10 @@ from transformers import HfArgumentParser
 
 from trainers.baselines import DEFAULT_SUCCESSOR_GRID, MostPopularRecommender, SuccessorRecommender, tune_successor
 from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
-from trainers.evaluation import evaluate_recommender, metrics_table, write_topk_json
+from trainers.evaluation import PUBLISHED_BEAUTY, evaluate_recommender, metrics_table, write_topk_json
 
 
 logger = logging.getLogger("evaluate_baselines")
-PUBLISHED_BEAUTY = {"TIGER (published)": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648,
-                                          "ndcg@10": 0.0384}}
 
 
 @dataclass

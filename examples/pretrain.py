@@ -28,8 +28,8 @@ from transformers import HfArgumentParser, set_seed
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
-from trainers.evaluation import ranking_metrics, write_topk_json
-from trainers.generative_recommender import GenerativeRecommender
+from trainers.evaluation import held_out_sessions, sample_users, write_topk_json
+from trainers.generative_recommender import evaluate_generative_model
 from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator
 
 logger = logging.getLogger("pretrain")
@@ -55,7 +55,12 @@ class DataArguments(DatasetArguments):
         "help": "Validation samples for the evaluation loss (a random subset; None = all)."})
     ranking_eval_users: int = field(default=512, metadata={
         "help": "Validation users scored by beam search at each evaluation (0 = loss only)."})
-    test_users: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N test users."})
+    test_users: Optional[int] = field(default=None, metadata={
+        "help": "Evaluate a seeded random subset of N test users (None = all, 0 = skip the test evaluation). The same "
+                "N and --users_seed give the same users in examples/evaluate.py."})
+    users_seed: int = field(default=0, metadata={"help": "Seed of the test-user subset."})
+    session_eval_length: int = field(default=5, metadata={
+        "help": "m of the generated sessions scored by the session metrics (0 = no session metrics)."})
     num_beams: Optional[int] = field(default=None, metadata={
         "help": "Beam width of the ranking beam search (default: the first level's codebook size)."})
     topk_json: bool = field(default=True, metadata={"help": "Write each test user's top-10 item ids as JSON."})
@@ -109,37 +114,52 @@ def main(argv=None) -> dict:
     trainer.save_model(str(output_dir / "final"))
     tokenizer.save_pretrained(str(output_dir / "final"))
 
-    test = samples["test"]
-    if data_args.test_users is not None:
-        test = test.select(range(min(data_args.test_users, len(test))))
-    recommender = GenerativeRecommender(trainer.model, tokenizer, num_beams=data_args.num_beams)
-    targets = [target[0] for target in test["target"]]
-    results = {}
-    for exclude in (False, True):
-        start = time.perf_counter()
-        ranked = recommender.rank(list(test["history"]), 10, exclude_history=exclude)
-        name = "exclude_history" if exclude else "all_items"
-        results[name] = ranking_metrics(ranked, targets) | {"seconds": round(time.perf_counter() - start, 1)}
-        if data_args.topk_json:
-            write_topk_json(output_dir / f"topk_test_{name}.json", list(test["user_id"]), ranked, k=10)
     report = {
         "dataset": data_args.dataset, "preset": model_args.preset, "session_length": model_args.session_length,
-        "parameters": counts, "train_samples": len(train), "test_users": len(test),
-        "steps": train_result.global_step, "epochs": training_args.num_train_epochs,
-        "train_seconds": round(train_seconds, 1), "device": str(trainer.model.device),
-        "torch_threads": torch.get_num_threads(), "seed": training_args.seed, "num_beams": recommender.num_beams,
-        "test": results,
+        "parameters": counts, "train_samples": len(train), "steps": train_result.global_step,
+        "epochs": training_args.num_train_epochs, "learning_rate": training_args.learning_rate,
+        "batch_size": training_args.per_device_train_batch_size, "train_seconds": round(train_seconds, 1),
+        "device": str(trainer.model.device), "torch_threads": torch.get_num_threads(), "seed": training_args.seed,
     }
+    if data_args.test_users != 0:
+        chosen = sample_users(samples["test"], data_args.test_users, seed=data_args.users_seed)
+        session_rows = None
+        if data_args.session_eval_length > 0:
+            session_rows = held_out_sessions(sample_users(samples["validation"], data_args.test_users,
+                                                          seed=data_args.users_seed), chosen)
+        results, ranked = evaluate_generative_model(
+            trainer.model, tokenizer, chosen, num_beams=data_args.num_beams, session_rows=session_rows,
+            session_length=data_args.session_eval_length or None)
+        if data_args.topk_json:
+            for name, lists in ranked.items():
+                write_topk_json(output_dir / f"topk_test_{name}.json", list(chosen["user_id"]), lists, k=10)
+        report |= {"test_users": len(chosen), "users_seed": data_args.users_seed, "test": results}
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     print(f"\nOneRec ({model_args.preset}, m={model_args.session_length}) on {data_args.dataset}: "
           f"{train_result.global_step} steps in {train_seconds / 60:.1f} min on {report['device']}, "
-          f"seed {training_args.seed}; test users {len(test)}, beam {recommender.num_beams}")
-    print("| history items | Recall@5 | NDCG@5 | Recall@10 | NDCG@10 |\n|---|---:|---:|---:|---:|")
-    for name, values in results.items():
-        print(f"| {'excluded' if name == 'exclude_history' else 'allowed'} | {values['recall@5']:.4f} | "
-              f"{values['ndcg@5']:.4f} | {values['recall@10']:.4f} | {values['ndcg@10']:.4f} |")
+          f"seed {training_args.seed}")
+    if "test" in report:
+        print(format_results(report["test"], report["test_users"]))
     print(f"metrics -> {output_dir / 'metrics.json'}")
     return report
+
+
+def format_results(results: dict, num_users: int) -> str:
+    """Markdown lines for the ranking (both history settings) and, when present, the session metrics."""
+    ranking = results["exclude_history"]
+    lines = [f"test: {num_users} random users, full ranking, beam {ranking['num_beams']}",
+             "| history items | Recall@5 | NDCG@5 | Recall@10 | NDCG@10 |", "|---|---:|---:|---:|---:|"]
+    for name, label in (("exclude_history", "excluded"), ("all_items", "allowed")):
+        values = results[name]
+        lines.append(f"| {label} | {values['recall@5']:.4f} | {values['ndcg@5']:.4f} | {values['recall@10']:.4f} | "
+                     f"{values['ndcg@10']:.4f} |")
+    if "session" in results:
+        session = results["session"]
+        lines.append(f"sessions (m={session['session_length']}, {session['session_mode']}) vs the 2 held-out items: "
+                     f"hit rate {session['session_hit_rate']:.4f}, consumed items {session['session_consumed_items']:.4f}, "
+                     f"coverage {session['coverage']:.4f}, intra-session diversity "
+                     f"{session['intra_session_diversity']:.3f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -43,15 +43,11 @@ import torch
 from transformers import HfArgumentParser
 
 from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
-from trainers.evaluation import evaluate_recommender, metrics_table, write_topk_json
+from trainers.evaluation import PUBLISHED_BEAUTY, evaluate_recommender, metrics_table, write_topk_json
 from trainers.sasrec import SASRecConfig, SASRecRecommender
 
 
 logger = logging.getLogger("train_sasrec")
-PUBLISHED_BEAUTY = {  # TIGER paper, Table 1 (full ranking, leave-one-out)
-    "SASRec (published)": {"recall@5": 0.0387, "ndcg@5": 0.0249, "recall@10": 0.0605, "ndcg@10": 0.0318},
-    "TIGER (published)": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384},
-}
 
 
 @dataclass

@@ -9,7 +9,9 @@ user, full ranking over the catalogue, Recall@k and NDCG@k averaged over users.
   with a `rank(histories, k, exclude_history)` method and scores the result with `ranking_metrics`;
 - `session_metrics`: hit rate, consumed items, coverage and intra-session diversity of generated sessions;
 - `write_topk_json` / `read_topk_json`: the per-user top-k lists as `{user_id: [item_id, ...]}`;
-- `metrics_table`: Recall@k / NDCG@k rows (and published reference numbers) as a markdown table.
+- `metrics_table`: Recall@k / NDCG@k rows (and published reference numbers) as a markdown table;
+- `sample_users`: a seeded random subset of users for evaluations too slow to run on every user;
+- `held_out_sessions`: per user, the training history and the two held-out items, for session metrics.
 
 About `exclude_history`: with `exclude_history=True` no item of the user's history (the `history` the model is
 given) is ever recommended. The Amazon leave-one-out targets can be re-purchases of a history item, so excluding
@@ -31,15 +33,25 @@ import numpy as np
 
 
 __all__ = [
+    "PUBLISHED_BEAUTY",
     "RECALL_NDCG_METRIC_PATH",
     "Recommender",
     "evaluate_recommender",
+    "held_out_sessions",
     "metrics_table",
     "ranking_metrics",
     "read_topk_json",
+    "sample_users",
     "session_metrics",
     "write_topk_json",
 ]
+
+#: Published full-ranking leave-one-out numbers on Amazon Beauty (TIGER paper, Table 1; `../shared/data/README.md`),
+#: printed as reference rows next to our own on that dataset.
+PUBLISHED_BEAUTY: dict[str, dict[str, float]] = {
+    "SASRec (published)": {"recall@5": 0.0387, "ndcg@5": 0.0249, "recall@10": 0.0605, "ndcg@10": 0.0318},
+    "TIGER (published)": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384},
+}
 
 #: Directory of the offline `evaluate` metric: `evaluate.load(str(RECALL_NDCG_METRIC_PATH))`.
 RECALL_NDCG_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "recall_ndcg"
@@ -406,3 +418,53 @@ def metrics_table(
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
+
+
+def sample_users(samples: Any, num_users: int | None, seed: int = 0) -> Any:
+    """A seeded random subset of `num_users` rows of `samples` (a `datasets.Dataset`), kept in their original order.
+
+    Use it whenever only part of a split is scored (beam search over every test user is slow on a CPU). Never take
+    the *first* rows instead: the public files list users by id, and the first users are not representative (on
+    Scientific the first 300 test users give a trained OneRec Recall@10 0.020, 300 random ones 0.093).
+
+    Args:
+        samples (`datasets.Dataset`): Rows, one per user (e.g. `build_session_samples(splits)["test"]`).
+        num_users (`int` or `None`): Rows to keep; `None` or at least `len(samples)` keeps every row.
+        seed (`int`, defaults to 0): Seed of the draw; the same seed gives the same users for every model.
+
+    Returns:
+        `datasets.Dataset`: the chosen rows.
+    """
+    if num_users is None or num_users >= len(samples):
+        return samples
+    if isinstance(num_users, bool) or not isinstance(num_users, int) or num_users < 1:
+        raise ValueError(f"num_users={num_users!r} is invalid; pass an integer >= 1, or None for every user.")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(samples), size=num_users, replace=False))
+    return samples.select(chosen.tolist())
+
+
+def held_out_sessions(validation: Any, test: Any) -> list[dict[str, Any]]:
+    """Per user, the history the model trained on and the items the user consumed after it.
+
+    Leave-one-out holds out two items per user (the validation and the test target), both unseen in training.
+    Generating a session from the training history and counting how many of these two items it contains is the
+    honest version of "how many of the session's items did the user really consume next" (`session_metrics`).
+
+    Args:
+        validation (`datasets.Dataset`): `build_session_samples(splits)["validation"]` (history = training part).
+        test (`datasets.Dataset`): `build_session_samples(splits)["test"]` for the same users, in the same order.
+
+    Returns:
+        `list[dict]`: rows `{"user_id", "history", "target": [validation item, test item]}`.
+    """
+    if len(validation) != len(test):
+        raise ValueError(f"validation has {len(validation)} users and test {len(test)}; pass the two splits of one "
+                         "build_session_samples(...) call.")
+    rows = []
+    for val, tst in zip(validation, test):
+        if str(val["user_id"]) != str(tst["user_id"]):
+            raise ValueError(f"User order differs between validation ({val['user_id']!r}) and test "
+                             f"({tst['user_id']!r}); pass the two splits of one build_session_samples(...) call.")
+        rows.append({"user_id": val["user_id"], "history": list(val["history"]),
+                     "target": list(val["target"]) + list(tst["target"])})
+    return rows

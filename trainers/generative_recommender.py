@@ -7,11 +7,14 @@ code can stay in the beam. The beams, best first, are the ranked list.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from modeling_onerec.generation_onerec import session_beam_search
+
+from .evaluation import evaluate_recommender, session_metrics
 
 
 class GenerativeRecommender:
@@ -62,3 +65,66 @@ class GenerativeRecommender:
         finally:
             model.train(was_training)
         return ranked
+
+
+def evaluate_generative_model(
+    model,
+    tokenizer,
+    test_samples: Any,
+    *,
+    ks: Sequence[int] = (5, 10),
+    num_beams: Optional[int] = None,
+    session_rows: Optional[Sequence[Dict[str, Any]]] = None,
+    session_length: Optional[int] = None,
+    session_beams: int = 16,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, List[List[str]]]]:
+    """The test evaluation every OneRec / TIGER-style run reports (used by ``examples/pretrain.py`` and
+    ``examples/evaluate.py``).
+
+    * Ranking: full-catalogue Recall/NDCG@k through ``evaluate_recommender`` (the path the baselines use), once with
+      the user's history excluded and once with it allowed.
+    * Sessions (with ``session_rows``, see ``trainers.evaluation.held_out_sessions``): the best session of
+      ``session_length`` items generated from each user's training history (history excluded, no repeats, beam
+      ``session_beams``), scored by ``session_metrics`` against the two held-out items: hit rate, consumed items,
+      catalogue coverage, intra-session diversity (distinct first-level codes per item).
+
+    Returns:
+        ``(report, ranked)``: ``report`` maps ``"exclude_history"``, ``"all_items"`` (and ``"session"``) to metrics
+        plus ``seconds``; ``ranked`` maps the two ranking settings to the top-``max(ks)`` lists, in sample order.
+    """
+    recommender = GenerativeRecommender(model, tokenizer, num_beams=num_beams, batch_size=batch_size)
+    report: Dict[str, Dict[str, Any]] = {}
+    ranked: Dict[str, List[List[str]]] = {}
+    for exclude in (True, False):
+        name = "exclude_history" if exclude else "all_items"
+        start = time.perf_counter()
+        metrics, ranked[name] = evaluate_recommender(recommender, test_samples, ks, exclude_history=exclude,
+                                                     batch_size=batch_size * 4, progress=progress)
+        report[name] = metrics | {"num_beams": max(max(ks), recommender.num_beams),
+                                  "seconds": round(time.perf_counter() - start, 1)}
+    if session_rows:
+        length = session_length or model.config.session_length
+        histories = [row["history"] for row in session_rows]
+        start = time.perf_counter()
+        if model.config.session_length == 1 and length > 1:
+            # A point-wise (TIGER-style) model was never trained to continue after its first item: its session is
+            # its top-m ranked list, as for any point-wise recommender.
+            mode = "top-m of the ranking (point-wise model)"
+            sessions = recommender.rank(histories, length, exclude_history=True)
+        else:
+            mode = "generated (session beam search)"
+            was_training = model.training
+            model.eval()
+            try:
+                found = model.recommend(tokenizer, histories, num_sessions=1, num_beams=session_beams,
+                                        session_length=length, exclude_history=True)
+            finally:
+                model.train(was_training)
+            sessions = [user[0].items if user else [] for user in found]
+        report["session"] = session_metrics(sessions, [row["target"] for row in session_rows],
+                                            item_categories=tokenizer) | {
+            "session_length": length, "session_mode": mode, "num_beams": session_beams,
+            "seconds": round(time.perf_counter() - start, 1)}
+    return report, ranked

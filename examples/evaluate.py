@@ -1,0 +1,177 @@
+"""Stage 3 of the OneRec pipeline: score trained models and baselines on the *same* test users, in one table.
+
+Leave-one-out test split, full ranking over the whole catalogue, Recall@5/10 and NDCG@5/10, every model through
+`trainers.evaluation.evaluate_recommender`; history items excluded and allowed, both reported. Beam search is slow
+on a CPU, so `--test_users N` scores a seeded random subset (the same users for every row; never the first N,
+which are not representative). For generative models it also scores sessions generated from each user's training
+history against the user's two held-out items (hit rate, consumed items, coverage, intra-session diversity).
+
+    # a OneRec and a TIGER-style checkpoint (examples/pretrain.py writes <output_dir>/final), the baselines, and
+    # SASRec's top-10 file, on 1,000 random test users:
+    python examples/evaluate.py --dataset scientific --test_users 1000 --output_dir outputs/scientific/evaluation \\
+        --model_dirs OneRec=outputs/scientific/onerec/final TIGER-style=outputs/scientific/tiger/final \\
+        --topk_files "SASRec=outputs/sasrec/scientific/topk_test.json"
+
+Writes `metrics.json` and per model and setting `topk_<model>_<setting>.json` (`{user_id: [item_id, ...]}`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from transformers import HfArgumentParser
+
+from modeling_onerec import OneRecForConditionalGeneration
+from tokenization_semantic_id import SemanticIDTokenizer
+from trainers.baselines import MostPopularRecommender, SuccessorRecommender, tune_successor
+from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
+from trainers.evaluation import (
+    PUBLISHED_BEAUTY,
+    evaluate_recommender,
+    held_out_sessions,
+    metrics_table,
+    ranking_metrics,
+    read_topk_json,
+    sample_users,
+    write_topk_json,
+)
+from trainers.generative_recommender import evaluate_generative_model
+
+
+logger = logging.getLogger("evaluate")
+_SETTINGS = (("exclude_history", True, "excluded"), ("all_items", False, "allowed"))
+
+
+@dataclass
+class EvaluateArguments(DatasetArguments):
+    model_dirs: List[str] = field(default_factory=list, metadata={
+        "help": "NAME=FOLDER of a saved OneRec / TIGER-style model with its tokenizer (examples/pretrain.py writes "
+                "<output_dir>/final); repeatable."})
+    topk_files: List[str] = field(default_factory=list, metadata={
+        "help": "NAME=PATH of a {user_id: [item_id, ...]} JSON (e.g. SASRec's topk_test.json), rescored on the same "
+                "users; its history setting is whatever produced it. Repeatable."})
+    baselines: bool = field(default=True, metadata={
+        "help": "Also score most-popular and the item-to-item successor (tuned on validation) on the same users."})
+    test_users: Optional[int] = field(default=None, metadata={
+        "help": "Score a seeded random subset of N test users (None = all)."})
+    users_seed: int = field(default=0, metadata={"help": "Seed of that subset (same as examples/pretrain.py)."})
+    num_beams: Optional[int] = field(default=None, metadata={
+        "help": "Beam of the ranking search (default: the first level's codebook size)."})
+    session_eval_length: int = field(default=5, metadata={"help": "m of scored sessions (0 = no session metrics)."})
+    max_history: int = field(default=50, metadata={"help": "Newest history items every model is given."})
+    output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where metrics and top-k files go."})
+
+
+def _named_paths(values: List[str], option: str) -> List[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{option} expects NAME=PATH, got {value!r}; e.g. {option} OneRec=outputs/run/final")
+        pairs.append((name, path))
+    return pairs
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+
+
+def main(argv=None) -> dict:
+    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    models = _named_paths(args.model_dirs, "--model_dirs")
+    files = _named_paths(args.topk_files, "--topk_files")
+    if not models and not files and not args.baselines:
+        raise ValueError("Nothing to evaluate: pass --model_dirs, --topk_files or --baselines true.")
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    label = Path(args.data_path).stem if args.data_path and args.dataset not in ("ml-100k", "recbole") else args.dataset
+
+    data = args.load()
+    splits = leave_one_out_split(data["sequences"])
+    samples = build_session_samples(splits, max_history=args.max_history, session_length=1)
+    test = sample_users(samples["test"], args.test_users, seed=args.users_seed)
+    user_ids = [str(user) for user in test["user_id"]]
+    targets = [target[0] for target in test["target"]]
+    session_rows = None
+    if args.session_eval_length > 0:
+        session_rows = held_out_sessions(sample_users(samples["validation"], args.test_users, seed=args.users_seed),
+                                         test)
+    rows, sessions = [], []
+
+    def add_rows(name: str, results: dict, ranked: dict, detail: str) -> None:
+        for key, _, setting in _SETTINGS:
+            if key in results:
+                rows.append({"model": name, "history": setting, "detail": detail, "test": results[key]})
+                write_topk_json(output_dir / f"topk_{_slug(name)}_{key}.json", user_ids, ranked[key], k=10)
+
+    for name, folder in models:
+        model = OneRecForConditionalGeneration.from_pretrained(folder)
+        tokenizer = SemanticIDTokenizer.from_pretrained(folder)
+        results, ranked = evaluate_generative_model(model, tokenizer, test, num_beams=args.num_beams,
+                                                    session_rows=session_rows,
+                                                    session_length=args.session_eval_length or None)
+        add_rows(name, results, ranked, f"m={model.config.session_length}, "
+                                        f"beam {results['exclude_history']['num_beams']}")
+        if "session" in results:
+            sessions.append({"model": name, **results["session"]})
+
+    if args.baselines:
+        catalogue = data["items"].with_format("arrow")[:].column("item_id").to_pylist()
+        popularity = MostPopularRecommender(splits["train"], catalogue=catalogue)
+        results, ranked = {}, {}
+        for key, exclude, _ in _SETTINGS:
+            results[key], ranked[key] = evaluate_recommender(popularity, test, exclude_history=exclude,
+                                                             progress=False)
+        add_rows("most-popular", results, ranked, "-")
+        for key, exclude, _ in _SETTINGS:
+            start = time.perf_counter()
+            best, _ = tune_successor(splits["train"], samples["validation"], exclude_history=exclude,
+                                     catalogue=catalogue)
+            successor = SuccessorRecommender(splits["train"], catalogue=catalogue, **best)
+            metrics, lists = evaluate_recommender(successor, test, exclude_history=exclude, progress=False)
+            metrics["seconds"] = round(time.perf_counter() - start, 1)
+            add_rows("successor", {key: metrics}, {key: lists},
+                     f"window={best['window']}, decay={best['decay']:g}, max_gap={best['max_gap']} (validation)")
+
+    for name, path in files:
+        topk = read_topk_json(path)
+        missing = [user for user in user_ids if user not in topk]
+        if missing:
+            raise ValueError(f"{path} has no list for {len(missing)} of the {len(user_ids)} chosen test users (e.g. "
+                             f"{missing[:3]}); write it for every test user, or evaluate the same --test_users and "
+                             "--users_seed.")
+        rows.append({"model": name, "history": "from file", "detail": Path(path).name,
+                     "test": ranking_metrics([topk[user] for user in user_ids], targets)})
+
+    report = {"dataset": label, "test_users": len(test), "users_seed": args.users_seed,
+              "protocol": "leave-one-out, full ranking over the catalogue", "rows": rows, "sessions": sessions}
+    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"\n{label}: {len(test)} test users ({'all' if args.test_users is None else f'random, seed {args.users_seed}'}),"
+          " full ranking")
+    references = PUBLISHED_BEAUTY if label == "beauty" and args.data_path is None else None
+    print(metrics_table([((row["model"], row["history"], row["detail"]), row["test"]) for row in rows], (5, 10),
+                        ("model", "history items", "setting"), references=references))
+    if references:
+        print("(published rows: the TIGER paper's Table 1 on all 22,363 test users)")
+    if sessions:
+        print("\nSessions generated from the training history vs the two held-out items (history excluded):")
+        print("| model | m | how | hit rate | consumed items | coverage | intra-session diversity |\n"
+              "|---|---:|---|---:|---:|---:|---:|")
+        for row in sessions:
+            print(f"| {row['model']} | {row['session_length']} | {row['session_mode']} | {row['session_hit_rate']:.4f} "
+                  f"| {row['session_consumed_items']:.4f} | {row['coverage']:.4f} | "
+                  f"{row['intra_session_diversity']:.3f} |")
+    print(f"metrics -> {output_dir / 'metrics.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,120 @@
+"""The example scripts chained as the main job chains them: semantic IDs -> pretrain -> evaluate -> recommend,
+on the bundled Scientific data with tiny settings; plus the user sampling and held-out sessions they rely on."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+from trainers.evaluation import held_out_sessions, read_topk_json, sample_users
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sample_users_is_seeded_ordered_and_checked():
+    rows = Dataset.from_dict({"user_id": [str(i) for i in range(100)]})
+    first = sample_users(rows, 10, seed=3)
+    assert first["user_id"] == sample_users(rows, 10, seed=3)["user_id"]
+    assert first["user_id"] != sample_users(rows, 10, seed=4)["user_id"]
+    assert len(set(first["user_id"])) == 10
+    assert [int(u) for u in first["user_id"]] == sorted(int(u) for u in first["user_id"])  # original order
+    assert first["user_id"] != [str(i) for i in range(10)]  # not the first rows
+    assert len(sample_users(rows, None)) == 100 and len(sample_users(rows, 500)) == 100
+    with pytest.raises(ValueError, match="num_users"):
+        sample_users(rows, 0)
+
+
+def test_held_out_sessions_joins_validation_and_test():
+    validation = Dataset.from_dict({"user_id": ["a", "b"], "history": [["1", "2"], ["3"]], "target": [["4"], ["5"]]})
+    test = Dataset.from_dict({"user_id": ["a", "b"], "history": [["1", "2", "4"], ["3", "5"]],
+                              "target": [["6"], ["7"]]})
+    rows = held_out_sessions(validation, test)
+    assert rows == [{"user_id": "a", "history": ["1", "2"], "target": ["4", "6"]},
+                    {"user_id": "b", "history": ["3"], "target": ["5", "7"]}]
+    with pytest.raises(ValueError, match="User order"):
+        held_out_sessions(validation, test.select([1, 0]))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    load_example("build_semantic_ids").main([
+        "--dataset", "scientific", "--embedding_source", "collaborative", "--codebook_size", "16",
+        "--max_iterations", "5", "--output_dir", str(root / "sid")])
+    report = load_example("pretrain").main([
+        "--dataset", "scientific", "--tokenizer_dir", str(root / "sid" / "tokenizer"), "--output_dir",
+        str(root / "run"), "--preset", "tiny", "--max_steps", "3", "--per_device_train_batch_size", "8",
+        "--ranking_eval_users", "0", "--test_users", "12", "--num_beams", "16", "--eval_strategy", "no",
+        "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true"])
+    return root, report
+
+
+def test_pretrain_reports_ranking_and_sessions(trained_run):
+    root, report = trained_run
+    assert report["steps"] == 3 and report["test_users"] == 12
+    for setting in ("exclude_history", "all_items"):
+        assert set(report["test"][setting]) >= {"recall@5", "ndcg@5", "recall@10", "ndcg@10", "num_beams"}
+        assert len(read_topk_json(root / "run" / f"topk_test_{setting}.json")) == 12
+    session = report["test"]["session"]
+    assert session["num_users"] == 12 and session["mean_session_length"] == 5
+    assert session["session_mode"].startswith("generated")
+
+
+def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
+    root, report = trained_run
+    result = load_example("evaluate").main([
+        "--dataset", "scientific", "--test_users", "12", "--num_beams", "16", "--output_dir", str(tmp_path),
+        "--model_dirs", f"OneRec={root / 'run' / 'final'}", "--session_eval_length", "0",
+        "--topk_files", f"again={root / 'run' / 'topk_test_exclude_history.json'}"])
+    rows = {(row["model"], row["history"]): row["test"] for row in result["rows"]}
+    assert set(rows) == {("OneRec", "excluded"), ("OneRec", "allowed"), ("most-popular", "excluded"),
+                         ("most-popular", "allowed"), ("successor", "excluded"), ("successor", "allowed"),
+                         ("again", "from file")}
+    # Same users, same model: evaluate.py, pretrain.py and the rescored JSON agree exactly.
+    for metric in ("recall@10", "ndcg@10"):
+        assert rows[("OneRec", "excluded")][metric] == report["test"]["exclude_history"][metric]
+        assert rows[("again", "from file")][metric] == rows[("OneRec", "excluded")][metric]
+    assert rows[("successor", "excluded")]["num_users"] == 12
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test_users"] == 12 and len(saved["rows"]) == 7
+
+
+def test_evaluate_rejects_a_file_missing_the_chosen_users(trained_run, tmp_path):
+    root, _ = trained_run
+    with pytest.raises(ValueError, match="no list for"):
+        load_example("evaluate").main([
+            "--dataset", "scientific", "--test_users", "30", "--output_dir", str(tmp_path), "--baselines", "false",
+            "--topk_files", f"run={root / 'run' / 'topk_test_exclude_history.json'}"])
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        load_example("evaluate").main(["--dataset", "scientific", "--topk_files", "no-name.json"])
+
+
+def test_recommend_returns_sessions_without_history_items(trained_run, tmp_path):
+    root, _ = trained_run
+    result = load_example("recommend").main([
+        "--model_dir", str(root / "run" / "final"), "--dataset", "scientific", "--user_ids", "1", "2",
+        "--num_sessions", "3", "--output_json", str(tmp_path / "sessions.json")])
+    sequences = load_example("recommend").DatasetArguments(dataset="scientific").load()["sequences"]
+    history = dict(zip(sequences["user_id"], sequences["item_ids"]))
+    for user in ("1", "2"):
+        sessions = result[user]
+        assert len(sessions) == 3
+        assert [s["score"] for s in sessions] == sorted((s["score"] for s in sessions), reverse=True)
+        for session in sessions:
+            assert len(session["items"]) == 5 and len(set(session["items"])) == 5
+            assert not set(session["items"]) & set(history[user])
+    assert json.loads((tmp_path / "sessions.json").read_text()) == result
+    with pytest.raises(KeyError, match="not in scientific"):
+        load_example("recommend").main(["--model_dir", str(root / "run" / "final"), "--dataset", "scientific",
+                                        "--user_ids", "no-such-user"])
