@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from .configuration_onerec import PRESETS, OneRecConfig
+from .configuration_reward import DEFAULT_REWARD_NAMES, REWARD_PAD_INDEX, OneRecRewardConfig
 from .conversion import upcycle_dense_t5
 from .modeling_onerec import (
     OneRecDecoderStack,
@@ -22,6 +23,15 @@ from .modeling_onerec import (
     route_tokens,
     router_z_loss,
 )
+from .modeling_reward import (
+    OneRecRewardModel,
+    OneRecRewardOutput,
+    RewardTower,
+    TargetAwareItemEncoder,
+    masked_sum_pool,
+    register_reward_auto_classes,
+    reward_bce_loss,
+)
 
 
 def register_auto_classes() -> None:
@@ -33,6 +43,7 @@ def register_auto_classes() -> None:
     OneRecConfig.register_for_auto_class()
     OneRecModel.register_for_auto_class("AutoModel")
     OneRecForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+    register_reward_auto_classes()
 
 
 register_auto_classes()
@@ -44,4 +55,6 @@ __all__ = [
     "load_balancing_loss",
     "register_auto_classes", "upcycle_dense_t5",
     "route_tokens", "router_z_loss",
+    "DEFAULT_REWARD_NAMES", "REWARD_PAD_INDEX", "OneRecRewardConfig", "OneRecRewardModel", "OneRecRewardOutput",
+    "RewardTower", "TargetAwareItemEncoder", "masked_sum_pool", "register_reward_auto_classes", "reward_bce_loss",
 ]
