@@ -388,3 +388,27 @@ def test_ml100k_reward_samples_are_consistent_with_ratings():
         assert 1 <= len(scores) <= 5
         assert row["labels"] == pytest.approx([float((scores >= 4).mean() > 0.5), float((scores == 5).mean() > 0.5),
                                                (scores.mean() - 1) / 4, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------------- scorer
+
+
+def test_session_reward_scorer_matches_the_model_and_weights_towers():
+    from trainers.reward_model import SessionRewardScorer
+
+    model = tiny_model()
+    vocabulary = RewardItemVocabulary([str(i) for i in range(1, 30)])  # item "k" -> index k
+    histories = [["1", "2", "3"], ["5"]]
+    sessions = [[["10", "11"], ["12"], ["13", "14", "15"]], [["16", "17"]]]
+    towers = SessionRewardScorer(model, vocabulary).tower_rewards(histories, sessions)
+    assert [t.shape for t in towers] == [(3, 2), (1, 2)]
+    direct = model.score_sessions(torch.tensor([[1, 2, 3]]), torch.tensor([[13, 14, 15]]))
+    assert torch.allclose(torch.from_numpy(towers[0][2]), direct[0], atol=1e-6)
+    mean = SessionRewardScorer(model, vocabulary)(histories, sessions)
+    assert mean[0] == pytest.approx(towers[0].mean(axis=1).tolist(), abs=1e-6)
+    only_liked = SessionRewardScorer(model, vocabulary, weights={"liked": 2.0})(histories, sessions)
+    assert only_liked[1] == pytest.approx([float(towers[1][0, 0])], abs=1e-6)
+    with pytest.raises(ValueError, match="does not have"):
+        SessionRewardScorer(model, vocabulary, weights={"watch_time": 1.0})
+    with pytest.raises(KeyError, match="not in the reward model's vocabulary"):
+        SessionRewardScorer(model, vocabulary)([["1"]], [[["999"]]])

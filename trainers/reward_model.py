@@ -16,6 +16,8 @@
 * :class:`RewardDataCollator`, :class:`RewardModelTrainingConfig`, :class:`RewardModelTrainer` -- the
   transformers ``Trainer`` setup; evaluation reports per-tower ROC AUC (:class:`RewardMetrics`).
 * :func:`roc_auc`, :func:`reward_metrics`, :func:`format_auc_table` -- held-out metrics.
+* :class:`SessionRewardScorer` -- a trained reward model as the ``reward_fn`` of preference mining (IPA): per-tower
+  rewards of many candidate sessions per user, and one scalar per session (a weighted mean of the towers).
 """
 
 from __future__ import annotations
@@ -475,6 +477,72 @@ def format_auc_table(metrics: Mapping[str, float], reward_names: Sequence[str], 
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_POSITIVE_THRESHOLDS", "KNOWN_REWARDS", "RewardDataCollator", "RewardItemVocabulary",
+__all__ = ["DEFAULT_POSITIVE_THRESHOLDS", "KNOWN_REWARDS", "RewardDataCollator", "RewardItemVocabulary", "SessionRewardScorer",
            "RewardMetrics", "RewardModelTrainer", "RewardModelTrainingConfig", "build_reward_samples",
            "default_reward_names", "format_auc_table", "reward_metrics", "roc_auc"]
+
+
+class SessionRewardScorer:
+    """A trained :class:`~modeling_onerec.OneRecRewardModel` as the reward of preference mining (paper Eq. 9).
+
+    Args:
+        model: The reward model (its device is used).
+        vocabulary (`RewardItemVocabulary`): The vocabulary it was trained with.
+        weights (`Mapping[str, float]`, *optional*): Weight of each tower in the scalar reward; the default is the
+            plain mean of all towers. Towers left out get weight 0.
+        batch_size (`int`, defaults to 4096): Sessions per forward pass.
+
+    ``scorer(histories, sessions)`` returns, per user, one scalar per candidate session; ``tower_rewards`` returns
+    every tower (for Table-1 style reports: mean and max of each reward over the generated sessions).
+    """
+
+    def __init__(self, model, vocabulary: RewardItemVocabulary, weights: Optional[Mapping[str, float]] = None,
+                 batch_size: int = 4096):
+        names = list(model.config.reward_names)
+        weights = dict(weights) if weights is not None else {name: 1.0 for name in names}
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"weights name tower(s) {unknown} the reward model does not have; it has {names}.")
+        total = sum(weights.values())
+        if total <= 0:
+            raise ValueError(f"weights must sum to a positive number, got {weights}.")
+        self.model, self.vocabulary, self.batch_size = model, vocabulary, batch_size
+        self.reward_names = names
+        self.weights = torch.tensor([weights.get(name, 0.0) / total for name in names], dtype=torch.float32)
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, os.PathLike], **kwargs) -> "SessionRewardScorer":
+        """Load a folder written by ``examples/train_reward_model.py`` (model + ``reward_item_vocab.json``)."""
+        from modeling_onerec import OneRecRewardModel
+
+        return cls(OneRecRewardModel.from_pretrained(directory), RewardItemVocabulary.from_pretrained(directory),
+                   **kwargs)
+
+    @torch.no_grad()
+    def tower_rewards(self, histories: Sequence[Sequence[str]],
+                      sessions: Sequence[Sequence[Sequence[str]]]) -> List[np.ndarray]:
+        """Per user ``u``, an array ``(len(sessions[u]), T)`` of every tower's reward for each candidate session."""
+        if len(histories) != len(sessions):
+            raise ValueError(f"Got {len(histories)} histories and candidate sessions for {len(sessions)} users.")
+        config = self.model.config
+        rows_history, rows_session, owners = [], [], []
+        for user, (history, candidates) in enumerate(zip(histories, sessions)):
+            encoded_history = self.vocabulary.encode(list(history)[-config.max_history_items:])
+            for session in candidates:
+                if len(session) == 0:
+                    raise ValueError(f"User {user} has an empty candidate session; score only real sessions.")
+                rows_history.append(encoded_history)
+                rows_session.append(self.vocabulary.encode(list(session)[: config.max_session_items]))
+                owners.append(user)
+        rewards = torch.empty(len(rows_session), len(self.reward_names))
+        for start in range(0, len(rows_session), self.batch_size):
+            stop = start + self.batch_size
+            rewards[start:stop] = self.model.score_sessions(_pad(rows_history[start:stop]),
+                                                            _pad(rows_session[start:stop])).float().cpu()
+        owners = np.asarray(owners, dtype=np.int64)
+        return [rewards[owners == user].numpy() for user in range(len(histories))]
+
+    def __call__(self, histories: Sequence[Sequence[str]],
+                 sessions: Sequence[Sequence[Sequence[str]]]) -> List[List[float]]:
+        return [(torch.from_numpy(towers) @ self.weights).tolist() if len(towers) else []
+                for towers in self.tower_rewards(histories, sessions)]
