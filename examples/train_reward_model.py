@@ -28,7 +28,9 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_onerec.configuration_reward import OneRecRewardConfig
 from modeling_onerec.modeling_reward import OneRecRewardModel, register_reward_auto_classes
-from trainers.data import DatasetArguments
+from datasets import DatasetDict
+
+from trainers.data import DatasetArguments, leave_one_out_split
 from trainers.reward_model import (
     RewardItemVocabulary,
     RewardModelTrainer,
@@ -50,6 +52,9 @@ class RewardDataArguments(DatasetArguments):
     negatives_per_session: int = field(default=1, metadata={"help": "Sampled sessions per real one (engaged = 0)."})
     test_user_fraction: float = field(default=0.2, metadata={"help": "Share of users held out for AUC."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training samples (smoke runs)."})
+    training_part_only: bool = field(default=True, metadata={
+        "help": "Build samples from the leave-one-out training part of every sequence only (all but the last two "
+                "items), so that a reward model used to align OneRec never saw the validation/test targets."})
 
 
 @dataclass
@@ -70,6 +75,9 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
 
     data = data_args.load()
+    if data_args.training_part_only:
+        # The reward picks DPO pairs for OneRec; had it seen the held-out targets, alignment would leak them.
+        data = DatasetDict({**data, "sequences": leave_one_out_split(data["sequences"])["train"]})
     reward_names = default_reward_names(data["sequences"])
     samples = build_reward_samples(data, session_length=data_args.session_length, max_history=data_args.max_history,
                                    max_gap_seconds=data_args.max_gap_seconds,
