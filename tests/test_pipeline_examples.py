@@ -3,6 +3,7 @@ on the bundled Scientific data with tiny settings; plus the user sampling and he
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -118,3 +119,77 @@ def test_recommend_returns_sessions_without_history_items(trained_run, tmp_path)
     with pytest.raises(KeyError, match="not in scientific"):
         load_example("recommend").main(["--model_dir", str(root / "run" / "final"), "--dataset", "scientific",
                                         "--user_ids", "no-such-user"])
+
+
+# ---------------------------------------------------------------------------------------------------- alignment
+
+
+class _FixedRanker:
+    def rank(self, histories, k, exclude_history=True):
+        return [[str(i) for i in range(100, 100 + k)] for _ in histories]
+
+
+class _ItemSumScorer:
+    """Fake SessionRewardScorer: tower 'a' = mean item id / 1000, tower 'b' = 1 - that."""
+
+    reward_names = ["a", "b"]
+
+    def tower_rewards(self, histories, sessions):
+        import numpy as np
+
+        return [np.array([[sum(map(int, s)) / len(s) / 1000, 1 - sum(map(int, s)) / len(s) / 1000] for s in user])
+                for user in sessions]
+
+
+def test_sessions_rewards_and_ground_truth_summaries():
+    from trainers.alignment_evaluation import ground_truth_summary, reward_summary, sessions_from_ranking
+
+    sessions = sessions_from_ranking(_FixedRanker(), [["1"], ["2"]], num_sessions=3, session_length=2)
+    assert sessions[0] == [["100", "101"], ["102", "103"], ["104", "105"]] and sessions[1] == sessions[0]
+    summary = reward_summary(_ItemSumScorer(), [["1"], ["2"], ["3"]], [sessions[0], [["200", "202"]], []])
+    # user 1: session means 100.5, 102.5, 104.5 -> mean 102.5, max 104.5; user 2: 201; the empty user is skipped
+    assert summary["a_mean"] == pytest.approx((0.1025 + 0.201) / 2)
+    assert summary["a_max"] == pytest.approx((0.1045 + 0.201) / 2)
+    assert summary["b_max"] == pytest.approx((1 - 0.1005 + 1 - 0.201) / 2)
+    assert summary["users_without_sessions"] == 1
+    truth = ground_truth_summary([["7", "8"], ["9"]], [[["8", "1"]], [["2", "3"]]], ["8", "9"])
+    assert truth["recall@10"] == 1.0 and truth["session_hit_rate"] == 0.5
+    assert truth["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1) / 2)
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reward")
+    load_example("train_reward_model").main([
+        "--dataset", "scientific", "--output_dir", str(folder), "--num_train_epochs", "1", "--max_train_samples",
+        "300", "--hidden_size", "16", "--tower_hidden_size", "16", "--use_cpu", "true", "--report_to", "none",
+        "--disable_tqdm", "true"])
+    return folder
+
+
+def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
+    root, _ = trained_run
+    report = load_example("align_ipa").main([
+        "--dataset", "scientific", "--model_dir", str(root / "run" / "final"), "--reward_model_dir",
+        str(reward_model_dir), "--output_dir", str(tmp_path / "ipa"), "--dpo_sample_ratio", "0.0003",
+        "--num_candidates", "4", "--num_iterations", "2", "--per_device_train_batch_size", "4", "--use_cpu", "true",
+        "--report_to", "none", "--disable_tqdm", "true"])
+    assert [state["iteration"] for state in report["iterations"]] == [1, 2]
+    for state in report["iterations"]:
+        assert state["pairs_mined"] > 0
+        assert state["mean_chosen_reward"] > state["mean_rejected_reward"]
+    pairs = json.loads((tmp_path / "ipa" / "iteration-1" / "pairs.json").read_text())["pairs"]
+    assert all(row["chosen_reward"] > row["rejected_reward"] and len(row["chosen"]) == 5 for row in pairs)
+
+    table = load_example("evaluate_alignment").main([
+        "--dataset", "scientific", "--reward_model_dir", str(reward_model_dir), "--test_users", "8",
+        "--num_sessions", "2", "--session_beams", "4", "--output_dir", str(tmp_path / "table"),
+        "--models", f"OneRec={root / 'run' / 'final'}", f"OneRec+IPA={tmp_path / 'ipa' / 'iteration-2'}"])
+    rows = {row["model"]: row for row in table["rows"]}
+    assert list(rows) == ["OneRec", "OneRec+IPA", "successor"]
+    for row in rows.values():
+        assert 0.0 <= row["engaged_mean"] <= row["engaged_max"] <= 1.0
+        assert 0.0 <= row["recall@10"] <= 1.0
+    assert rows["OneRec"]["sessions_from"] == "generated" and rows["successor"]["sessions_from"] == "ranking"
+    with pytest.raises(ValueError, match="NAME=WEIGHT"):
+        load_example("align_ipa").parse_weights(["liked"])

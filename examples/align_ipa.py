@@ -1,0 +1,117 @@
+"""Stage 5 of the OneRec pipeline: preference alignment (paper §3.3.2, Algorithm 2) with the session reward model.
+
+From a pretrained OneRec ``M_0`` (``examples/pretrain.py``) and a reward model (``examples/train_reward_model.py``):
+each iteration ``t`` samples ``r_DPO`` of the training samples, generates ``N`` sessions per sampled user with
+``M_t`` (trie-constrained beam search), scores them with the reward model, takes the best as *chosen* and the
+worst as *rejected*, and trains ``M_{t+1}`` from ``M_t`` on ``L_NTP + λ L_DPO`` with ``M_t`` as the frozen
+reference, through TRL's ``DPOTrainer`` (``trainers/preference.py``; every TRL ``--loss_type``, plus ``cdpo``).
+``--num_iterations 1`` is plain (single-round) DPO with self-mined pairs; more iterations are IPA.
+
+    python examples/align_ipa.py --dataset ml-100k --data_path ../shared/data/ml-100k \\
+        --model_dir outputs/ml-100k/onerec/final --reward_model_dir outputs/reward/ml-100k \\
+        --output_dir outputs/ml-100k/ipa --dpo_sample_ratio 0.01 --num_candidates 32 --num_iterations 2 \\
+        --loss_type sigmoid --beta 0.1 --use_cpu
+
+A killed run continues where it stopped when started again with the same ``--output_dir`` (finished iterations
+are skipped, mined pairs are reused, the Trainer resumes from its last checkpoint). Writes ``iteration-<t>/``
+snapshots (model + tokenizer + ``pairs.json`` + ``ipa_state.json``) and ``alignment.json``; score the snapshots
+with ``examples/evaluate_alignment.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List
+
+from transformers import HfArgumentParser, set_seed
+
+from modeling_onerec import OneRecForConditionalGeneration
+from tokenization_semantic_id import SemanticIDTokenizer
+from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
+from trainers.ipa import IPAConfig, run_ipa
+from trainers.preference import OneRecDPOConfig
+from trainers.reward_model import SessionRewardScorer
+
+
+logger = logging.getLogger("align_ipa")
+
+
+@dataclass
+class AlignmentArguments(DatasetArguments):
+    model_dir: str = field(default="outputs/ml-100k/onerec/final", metadata={
+        "help": "Pretrained OneRec M_0 with its tokenizer (examples/pretrain.py writes <output_dir>/final)."})
+    reward_model_dir: str = field(default="outputs/reward/ml-100k", metadata={
+        "help": "Session reward model + reward_item_vocab.json (examples/train_reward_model.py)."})
+    reward_weights: List[str] = field(default_factory=list, metadata={
+        "help": "NAME=WEIGHT per reward tower in the scalar that ranks candidates (default: mean of all towers)."})
+    dpo_sample_ratio: float = field(default=0.01, metadata={"help": "r_DPO: share of training samples mined."})
+    num_candidates: int = field(default=128, metadata={"help": "N: sessions generated per sampled user."})
+    num_iterations: int = field(default=1, metadata={"help": "T: snapshots (1 = single-round DPO)."})
+    mining_batch_size: int = field(default=8, metadata={"help": "Users per beam search."})
+
+
+def parse_weights(values: List[str]) -> dict | None:
+    if not values:
+        return None
+    weights = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        try:
+            weights[name] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ValueError(f"--reward_weights expects NAME=WEIGHT, got {value!r}; e.g. --reward_weights liked=1 engaged=1")
+    return weights
+
+
+def main(argv=None) -> dict:
+    parser = HfArgumentParser((AlignmentArguments, OneRecDPOConfig))
+    args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    set_seed(training_args.seed)
+    started = time.perf_counter()
+
+    model = OneRecForConditionalGeneration.from_pretrained(args.model_dir)
+    tokenizer = SemanticIDTokenizer.from_pretrained(args.model_dir)
+    scorer = SessionRewardScorer.from_pretrained(args.reward_model_dir, weights=parse_weights(args.reward_weights))
+    data = args.load()
+    splits = leave_one_out_split(data["sequences"])
+    train = build_session_samples(splits, max_history=model.config.max_history_items,
+                                  session_length=model.config.session_length)["train"]
+    config = IPAConfig(dpo_sample_ratio=args.dpo_sample_ratio, num_candidates=args.num_candidates,
+                       num_iterations=args.num_iterations, seed=training_args.seed,
+                       mining_batch_size=args.mining_batch_size, training_args=training_args)
+    output_dir = Path(training_args.output_dir)
+    result = run_ipa(model, tokenizer, train, scorer, config, output_dir=output_dir)
+
+    report = {"dataset": args.dataset, "model_dir": args.model_dir, "reward_model_dir": args.reward_model_dir,
+              "reward_names": scorer.reward_names, "reward_weights": scorer.weights.tolist(),
+              "loss_type": training_args.loss_type, "beta": training_args.beta,
+              "dpo_weight": training_args.dpo_weight, "ntp_weight": training_args.ntp_weight,
+              "learning_rate": training_args.learning_rate, "dpo_sample_ratio": args.dpo_sample_ratio,
+              "num_candidates": args.num_candidates, "train_samples": len(train), "iterations": result.iterations,
+              "wall_seconds": round(time.perf_counter() - started, 1)}
+    (output_dir / "alignment.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nAlignment of {args.model_dir} on {args.dataset}: loss {training_args.loss_type}, beta "
+          f"{training_args.beta}, r_DPO {args.dpo_sample_ratio}, N {args.num_candidates}, "
+          f"{report['wall_seconds'] / 60:.1f} min in all")
+    print("| iteration | pairs | skipped / tied users | chosen reward | rejected reward | final margin | mining s | "
+          "training s |\n|---:|---:|---|---:|---:|---:|---:|---:|")
+    for state in result.iterations:
+        margin = state.get("last_train_log", {}).get("rewards/margins")
+        print(f"| {state['iteration']} | {state['pairs_mined']} | {state['skipped_users']} / {state['tied_users']} | "
+              f"{state['mean_chosen_reward'] or float('nan'):.4f} | {state['mean_rejected_reward'] or float('nan'):.4f} | "
+              f"{'-' if margin is None else f'{margin:.3f}'} | {state['timings']['mining_seconds']:.0f} | "
+              f"{state['timings']['training_seconds']:.0f} |")
+    print(f"final model -> {output_dir / f'iteration-{args.num_iterations}'}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

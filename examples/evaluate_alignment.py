@@ -1,0 +1,136 @@
+"""Table 1 of the paper, in form: reward-model scores of every model's sessions, with ground truth beside them.
+
+Rows are models (OneRec / TIGER-style checkpoints, aligned snapshots from ``examples/align_ipa.py``, a SASRec folder
+from ``examples/train_sasrec.py``, and the successor baseline); columns are each reward tower's mean and max over
+the ``S`` sessions a model proposes per user (``trainers/alignment_evaluation.py`` says exactly how), then
+Recall@10 / NDCG@10 of the held-out test item and the best session's hit rate on the same users, so that a model
+that games the reward model without recommending better would show.
+
+    python examples/evaluate_alignment.py --dataset ml-100k --data_path ../shared/data/ml-100k \\
+        --reward_model_dir outputs/reward/ml-100k --test_users 300 --output_dir outputs/ml-100k/table1 \\
+        --models SASRec=outputs/sasrec/ml-100k TIGER-style=outputs/ml-100k/tiger/final \\
+                 OneRec=outputs/ml-100k/onerec/final OneRec+IPA=outputs/ml-100k/ipa/iteration-2
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from transformers import HfArgumentParser
+
+from modeling_onerec import OneRecForConditionalGeneration
+from tokenization_semantic_id import SemanticIDTokenizer
+from trainers.alignment_evaluation import (
+    generated_sessions,
+    ground_truth_summary,
+    reward_summary,
+    sessions_from_ranking,
+)
+from trainers.baselines import SuccessorRecommender, tune_successor
+from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
+from trainers.evaluation import sample_users
+from trainers.generative_recommender import GenerativeRecommender
+from trainers.reward_model import SessionRewardScorer
+from trainers.sasrec import SASRecRecommender
+
+
+logger = logging.getLogger("evaluate_alignment")
+
+
+@dataclass
+class AlignmentEvaluationArguments(DatasetArguments):
+    models: List[str] = field(default_factory=list, metadata={
+        "help": "NAME=FOLDER: a OneRec checkpoint (config.json + tokenizer) or a SASRec folder (sasrec_config.json)."})
+    successor: bool = field(default=True, metadata={"help": "Add the successor baseline (tuned on validation)."})
+    reward_model_dir: str = field(default="outputs/reward/ml-100k", metadata={"help": "The session reward model."})
+    test_users: Optional[int] = field(default=300, metadata={"help": "Seeded random test users (None = all)."})
+    users_seed: int = field(default=0, metadata={"help": "Seed of the user subset."})
+    num_sessions: int = field(default=8, metadata={"help": "S: sessions per user scored by the reward model."})
+    session_length: int = field(default=5, metadata={"help": "m: items per session."})
+    session_beams: int = field(default=16, metadata={"help": "Beam of OneRec's session search (>= S)."})
+    max_history: int = field(default=50, metadata={"help": "Newest history items every model is given."})
+    output_dir: str = field(default="outputs/table1", metadata={"help": "Where metrics.json goes."})
+
+
+def main(argv=None) -> dict:
+    (args,) = HfArgumentParser(AlignmentEvaluationArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    models = []
+    for value in args.models:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--models expects NAME=FOLDER, got {value!r}.")
+        models.append((name, Path(folder)))
+    scorer = SessionRewardScorer.from_pretrained(args.reward_model_dir)
+    data = args.load()
+    splits = leave_one_out_split(data["sequences"])
+    samples = build_session_samples(splits, max_history=args.max_history, session_length=1)
+    test = sample_users(samples["test"], args.test_users, seed=args.users_seed)
+    histories = [list(h) for h in test["history"]]
+    targets = [t[0] for t in test["target"]]
+
+    rows = []
+
+    def add(name: str, kind: str, ranked, sessions, seconds: float) -> None:
+        row = {"model": name, "sessions_from": kind, **reward_summary(scorer, histories, sessions),
+               **ground_truth_summary(ranked, sessions, targets), "seconds": round(seconds, 1)}
+        rows.append(row)
+        logger.info("%s: %s", name, row)
+
+    for name, folder in models:
+        start = time.perf_counter()
+        if (folder / "sasrec_config.json").is_file():
+            recommender = SASRecRecommender.from_pretrained(folder)
+            ranked = recommender.rank(histories, 10, exclude_history=True)
+            add(name, "ranking", ranked, sessions_from_ranking(recommender, histories, args.num_sessions,
+                                                              args.session_length), time.perf_counter() - start)
+            continue
+        model = OneRecForConditionalGeneration.from_pretrained(folder).eval()
+        tokenizer = SemanticIDTokenizer.from_pretrained(folder)
+        recommender = GenerativeRecommender(model, tokenizer)
+        ranked = recommender.rank(histories, 10, exclude_history=True)
+        if model.config.session_length == 1:
+            sessions, kind = sessions_from_ranking(recommender, histories, args.num_sessions, args.session_length), \
+                "ranking"
+        else:
+            sessions, kind = generated_sessions(model, tokenizer, histories, args.num_sessions, args.session_length,
+                                                args.session_beams), "generated"
+        add(name, kind, ranked, sessions, time.perf_counter() - start)
+
+    if args.successor:
+        start = time.perf_counter()
+        catalogue = data["items"].with_format("arrow")[:].column("item_id").to_pylist()
+        best, _ = tune_successor(splits["train"], samples["validation"], exclude_history=True, catalogue=catalogue)
+        successor = SuccessorRecommender(splits["train"], catalogue=catalogue, **best)
+        add("successor", "ranking", successor.rank(histories, 10, exclude_history=True),
+            sessions_from_ranking(successor, histories, args.num_sessions, args.session_length),
+            time.perf_counter() - start)
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = {"dataset": args.dataset, "reward_model_dir": args.reward_model_dir, "test_users": len(test),
+              "users_seed": args.users_seed, "num_sessions": args.num_sessions,
+              "session_length": args.session_length, "rows": rows}
+    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    names = scorer.reward_names
+    header = ["model", "sessions"] + [f"{n} {s}" for n in names for s in ("mean", "max")] + \
+        ["Recall@10", "NDCG@10", "session hit"]
+    print(f"\n{args.dataset}: {len(test)} random test users (seed {args.users_seed}), S={args.num_sessions} sessions "
+          f"of m={args.session_length} per user, history excluded; rewards from {args.reward_model_dir}")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        cells = [row["model"], row["sessions_from"]] + [f"{row[f'{n}_{s}']:.4f}" for n in names for s in ("mean", "max")]
+        cells += [f"{row['recall@10']:.4f}", f"{row['ndcg@10']:.4f}", f"{row['session_hit_rate']:.4f}"]
+        print("| " + " | ".join(cells) + " |")
+    print(f"metrics -> {output_dir / 'metrics.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
