@@ -3,8 +3,8 @@
 :data:`MODEL_CARD_TEMPLATE` is the canonical template text. It lives in this module (not in a data file) so that it
 is there wherever the model code is: in a non-editable install, and next to the weights, where ``save_pretrained``
 copies this file with ``modeling_onerec.py`` for ``trust_remote_code`` loading. The repository's top-level
-``model_card.md`` is a byte-for-byte mirror for people browsing the repository; ``tests/test_model_card.py`` fails if
-the two differ, and ``python -m modeling_onerec.model_card > model_card.md`` regenerates it.
+``model_card.md`` is the card of the project's reference runs, written with the same sections in the same order
+(``tests/test_model_card.py`` checks that); ``python -m modeling_onerec.model_card`` prints the bare template.
 
 Only depends on the standard library and ``huggingface_hub``: this file travels with the remote code.
 """
@@ -23,7 +23,7 @@ MODEL_CARD_TEMPLATE = """\
 
 # OneRec ({{ model_name }})
 
-<!-- template-only: the canonical text of this template is MODEL_CARD_TEMPLATE in modeling_onerec/model_card.py; the top-level model_card.md mirrors it (tests/test_model_card.py checks they are identical; regenerate with `python -m modeling_onerec.model_card > model_card.md`). render_model_card() fills the {{ }} fields from the model config and drops these template-only lines. -->
+<!-- template-only: the canonical text of this template is MODEL_CARD_TEMPLATE in modeling_onerec/model_card.py; the top-level model_card.md is the card of the project's reference runs with the same sections (tests/test_model_card.py checks them). render_model_card() fills the {{ }} fields from the model config and drops these template-only lines. -->
 
 A generative recommender in the style of OneRec (arXiv 2502.18965): an encoder reads a user's history as
 semantic-ID tokens, a sparse-MoE decoder generates the next session of items under a trie constraint.
