@@ -75,6 +75,8 @@ def _named_paths(values: List[str], option: str) -> List[tuple[str, str]]:
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"{option} expects NAME=PATH, got {value!r}; e.g. {option} OneRec=outputs/run/final")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{option} {value!r}: {path} does not exist (NAME may not contain '=').")
         pairs.append((name, path))
     return pairs
 

@@ -65,7 +65,9 @@ def main(argv=None) -> dict:
     for value in args.models:
         name, sep, folder = value.partition("=")
         if not sep or not name or not folder:
-            raise ValueError(f"--models expects NAME=FOLDER, got {value!r}.")
+            raise ValueError(f"--models expects NAME=FOLDER (no '=' in NAME), got {value!r}.")
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--models {value!r}: {folder} is not a folder (NAME may not contain '=').")
         models.append((name, Path(folder)))
     scorer = SessionRewardScorer.from_pretrained(args.reward_model_dir)
     data = args.load()

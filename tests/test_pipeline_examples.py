@@ -99,6 +99,8 @@ def test_evaluate_rejects_a_file_missing_the_chosen_users(trained_run, tmp_path)
             "--topk_files", f"run={root / 'run' / 'topk_test_exclude_history.json'}"])
     with pytest.raises(ValueError, match="NAME=PATH"):
         load_example("evaluate").main(["--dataset", "scientific", "--topk_files", "no-name.json"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_example("evaluate").main(["--dataset", "scientific", "--model_dirs", "A (T=2)=x"])
 
 
 def test_recommend_returns_sessions_without_history_items(trained_run, tmp_path):
@@ -191,5 +193,8 @@ def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
         assert 0.0 <= row["engaged_mean"] <= row["engaged_max"] <= 1.0
         assert 0.0 <= row["recall@10"] <= 1.0
     assert rows["OneRec"]["sessions_from"] == "generated" and rows["successor"]["sessions_from"] == "ranking"
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        load_example("evaluate_alignment").main(["--dataset", "scientific", "--reward_model_dir",
+                                                 str(reward_model_dir), "--models", "IPA (T=2)=somewhere"])
     with pytest.raises(ValueError, match="NAME=WEIGHT"):
         load_example("align_ipa").parse_weights(["liked"])
