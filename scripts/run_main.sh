@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=outputs/beauty
 MAX_STEPS=${MAX_STEPS:-400}       # 400 x 64 samples: about 4 minutes on 2 CPU cores
-TEST_USERS=${TEST_USERS:-500}     # a seeded random subset of the 22,363 test users (beam search is slow on a CPU)
+TEST_USERS=${TEST_USERS:-300}     # a seeded random subset of the 22,363 test users (beam search is slow on a CPU)
 IPA_RATIO=${IPA_RATIO:-0.003}     # r_DPO: share of the ~131k training samples mined for preference pairs
 
 echo "== 1/6 semantic IDs"
