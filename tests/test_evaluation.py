@@ -4,13 +4,13 @@ import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from datasets import Dataset
 
+from test_examples import load_example  # tests/ is on sys.path under pytest
 from trainers.baselines import MostPopularRecommender, SuccessorRecommender, tune_successor
 from trainers.data import build_session_samples, leave_one_out_split
 from trainers.evaluation import (
@@ -242,19 +242,10 @@ def test_topk_json_round_trip(tmp_path):
         write_topk_json(tmp_path / "dup.json", ["1", "1"], [["a"], ["b"]])
 
 
-def _load_example(name):
-    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluate_baselines_example_on_an_s3rec_file(tmp_path):
     data = tmp_path / "tiny.txt"
     data.write_text("\n".join(f"{i + 1} " + " ".join(row) for i, row in enumerate(SEQUENCES)) + "\n")
-    report = _load_example("evaluate_baselines").main([
+    report = load_example("evaluate_baselines").main([
         "--data_path", str(data), "--output_dir", str(tmp_path / "out"), "--windows", "1", "2",
         "--decays", "0.5", "--max_gaps", "1", "--ks", "1", "3", "--tune_metric", "ndcg@3"])
     assert [(row["model"], row["exclude_history"]) for row in report["results"]] == [

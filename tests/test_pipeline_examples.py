@@ -1,26 +1,14 @@
 """The example scripts chained as the main job chains them: semantic IDs -> pretrain -> evaluate -> recommend,
 on the bundled Scientific data with tiny settings; plus the user sampling and held-out sessions they rely on."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 from datasets import Dataset
 
+from test_examples import load_example  # tests/ is on sys.path under pytest
 from trainers.evaluation import held_out_sessions, read_topk_json, sample_users
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_sample_users_is_seeded_ordered_and_checked():
