@@ -31,7 +31,7 @@ from transformers import HfArgumentParser
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.baselines import MostPopularRecommender, SuccessorRecommender, tune_successor
-from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
+from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split, named_paths
 from trainers.evaluation import (
     PUBLISHED_BEAUTY,
     evaluate_recommender,
@@ -69,18 +69,6 @@ class EvaluateArguments(DatasetArguments):
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where metrics and top-k files go."})
 
 
-def _named_paths(values: List[str], option: str) -> List[tuple[str, str]]:
-    pairs = []
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"{option} expects NAME=PATH, got {value!r}; e.g. {option} OneRec=outputs/run/final")
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{option} {value!r}: {path} does not exist (NAME may not contain '=').")
-        pairs.append((name, path))
-    return pairs
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
@@ -88,8 +76,8 @@ def _slug(name: str) -> str:
 def main(argv=None) -> dict:
     (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    models = _named_paths(args.model_dirs, "--model_dirs")
-    files = _named_paths(args.topk_files, "--topk_files")
+    models = named_paths(args.model_dirs, "--model_dirs")
+    files = named_paths(args.topk_files, "--topk_files")
     if not models and not files and not args.baselines:
         raise ValueError("Nothing to evaluate: pass --model_dirs, --topk_files or --baselines true.")
     output_dir = Path(args.output_dir)

@@ -33,7 +33,7 @@ from trainers.alignment_evaluation import (
     sessions_from_ranking,
 )
 from trainers.baselines import SuccessorRecommender, tune_successor
-from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
+from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split, named_paths
 from trainers.evaluation import sample_users
 from trainers.generative_recommender import GenerativeRecommender
 from trainers.reward_model import SessionRewardScorer
@@ -61,14 +61,7 @@ class AlignmentEvaluationArguments(DatasetArguments):
 def main(argv=None) -> dict:
     (args,) = HfArgumentParser(AlignmentEvaluationArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    models = []
-    for value in args.models:
-        name, sep, folder = value.partition("=")
-        if not sep or not name or not folder:
-            raise ValueError(f"--models expects NAME=FOLDER (no '=' in NAME), got {value!r}.")
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(f"--models {value!r}: {folder} is not a folder (NAME may not contain '=').")
-        models.append((name, Path(folder)))
+    models = named_paths(args.models, "--models")
     scorer = SessionRewardScorer.from_pretrained(args.reward_model_dir)
     data = args.load()
     splits = leave_one_out_split(data["sequences"])
@@ -85,34 +78,35 @@ def main(argv=None) -> dict:
         rows.append(row)
         logger.info("%s: %s", name, row)
 
+    # A point-wise model ranks once, deep enough for both its top 10 and its S sessions of m items.
+    depth = max(10, args.num_sessions * args.session_length)
+
+    def add_pointwise(name: str, recommender, seconds_from: float) -> None:
+        ranked = recommender.rank(histories, depth, exclude_history=True)
+        add(name, "ranking", [items[:10] for items in ranked],
+            sessions_from_ranking(ranked, args.num_sessions, args.session_length), time.perf_counter() - seconds_from)
+
     for name, folder in models:
         start = time.perf_counter()
         if (folder / "sasrec_config.json").is_file():
-            recommender = SASRecRecommender.from_pretrained(folder)
-            ranked = recommender.rank(histories, 10, exclude_history=True)
-            add(name, "ranking", ranked, sessions_from_ranking(recommender, histories, args.num_sessions,
-                                                              args.session_length), time.perf_counter() - start)
+            add_pointwise(name, SASRecRecommender.from_pretrained(folder), start)
             continue
         model = OneRecForConditionalGeneration.from_pretrained(folder).eval()
         tokenizer = SemanticIDTokenizer.from_pretrained(folder)
         recommender = GenerativeRecommender(model, tokenizer)
-        ranked = recommender.rank(histories, 10, exclude_history=True)
         if model.config.session_length == 1:
-            sessions, kind = sessions_from_ranking(recommender, histories, args.num_sessions, args.session_length), \
-                "ranking"
-        else:
-            sessions, kind = generated_sessions(model, tokenizer, histories, args.num_sessions, args.session_length,
-                                                args.session_beams), "generated"
-        add(name, kind, ranked, sessions, time.perf_counter() - start)
+            add_pointwise(name, recommender, start)
+            continue
+        ranked = recommender.rank(histories, 10, exclude_history=True)
+        sessions = generated_sessions(model, tokenizer, histories, args.num_sessions, args.session_length,
+                                      args.session_beams)
+        add(name, "generated", ranked, sessions, time.perf_counter() - start)
 
     if args.successor:
         start = time.perf_counter()
         catalogue = data["items"].with_format("arrow")[:].column("item_id").to_pylist()
         best, _ = tune_successor(splits["train"], samples["validation"], exclude_history=True, catalogue=catalogue)
-        successor = SuccessorRecommender(splits["train"], catalogue=catalogue, **best)
-        add("successor", "ranking", successor.rank(histories, 10, exclude_history=True),
-            sessions_from_ranking(successor, histories, args.num_sessions, args.session_length),
-            time.perf_counter() - start)
+        add_pointwise("successor", SuccessorRecommender(splits["train"], catalogue=catalogue, **best), start)
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,11 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    # A prefixed module name: examples/evaluate.py must not shadow the `evaluate` library in sys.modules.
+    module_name = f"onerec_example_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
+    sys.modules[module_name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

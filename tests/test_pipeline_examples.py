@@ -134,7 +134,8 @@ class _ItemSumScorer:
 def test_sessions_rewards_and_ground_truth_summaries():
     from trainers.alignment_evaluation import ground_truth_summary, reward_summary, sessions_from_ranking
 
-    sessions = sessions_from_ranking(_FixedRanker(), [["1"], ["2"]], num_sessions=3, session_length=2)
+    ranked = _FixedRanker().rank([["1"], ["2"]], 7)  # 7 items: three full sessions of 2, the 7th dropped
+    sessions = sessions_from_ranking(ranked, num_sessions=3, session_length=2)
     assert sessions[0] == [["100", "101"], ["102", "103"], ["104", "105"]] and sessions[1] == sessions[0]
     summary = reward_summary(_ItemSumScorer(), [["1"], ["2"], ["3"]], [sessions[0], [["200", "202"]], []])
     # user 1: session means 100.5, 102.5, 104.5 -> mean 102.5, max 104.5; user 2: 201; the empty user is skipped
@@ -181,7 +182,7 @@ def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
         assert 0.0 <= row["engaged_mean"] <= row["engaged_max"] <= 1.0
         assert 0.0 <= row["recall@10"] <= 1.0
     assert rows["OneRec"]["sessions_from"] == "generated" and rows["successor"]["sessions_from"] == "ranking"
-    with pytest.raises(FileNotFoundError, match="not a folder"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         load_example("evaluate_alignment").main(["--dataset", "scientific", "--reward_model_dir",
                                                  str(reward_model_dir), "--models", "IPA (T=2)=somewhere"])
     with pytest.raises(ValueError, match="NAME=WEIGHT"):

@@ -23,11 +23,11 @@ import numpy as np
 from .evaluation import ranking_metrics
 
 
-def sessions_from_ranking(recommender, histories: Sequence[Sequence[str]], num_sessions: int,
+def sessions_from_ranking(ranked: Sequence[Sequence[str]], num_sessions: int,
                           session_length: int) -> List[List[List[str]]]:
-    """``S`` sessions per user from a point-wise ranking: items ``[s*m, (s+1)*m)`` of its top ``S*m`` make session
-    ``s``. Shape: ``(users, <= S, m)`` (fewer sessions only when the ranking runs out)."""
-    ranked = recommender.rank([list(h) for h in histories], num_sessions * session_length, exclude_history=True)
+    """``S`` sessions per user from a point-wise ranking: items ``[s*m, (s+1)*m)`` of the ranked list make session
+    ``s``. ``ranked``: per user, at least ``S*m`` items best first (fewer give fewer sessions). Shape of the result:
+    ``(users, <= S, m)``."""
     return [[items[start:start + session_length] for start in range(0, len(items), session_length)
              if len(items[start:start + session_length]) == session_length][:num_sessions] for items in ranked]
 

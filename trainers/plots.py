@@ -8,13 +8,29 @@ from typing import Dict, List, Sequence, Union
 import torch
 
 
-def plot_training_curves(log_history: Sequence[Dict[str, float]], path: Union[str, Path]) -> Path:
-    """Loss terms against the training step from a ``Trainer``'s ``state.log_history``: total loss and NTP loss
-    (left), the load-balancing and z-losses (middle), any evaluation metric logged as ``eval_*`` (right)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on training machines), imported on use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Union[str, Path]) -> Path:
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    _pyplot().close(figure)
+    return path
+
+
+def plot_training_curves(log_history: Sequence[Dict[str, float]], path: Union[str, Path]) -> Path:
+    """Loss terms against the training step from a ``Trainer``'s ``state.log_history``: total loss and NTP loss
+    (left), the load-balancing and z-losses (middle), any evaluation metric logged as ``eval_*`` (right)."""
+    plt = _pyplot()
 
     def series(key: str):
         points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
@@ -38,22 +54,14 @@ def plot_training_curves(log_history: Sequence[Dict[str, float]], path: Union[st
         axis.set_xlabel("step")
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_expert_load(expert_load: Union[torch.Tensor, List[List[float]]], path: Union[str, Path],
                      title: str = "expert load") -> Path:
     """Heat map of ``[sparse layers, experts]`` assignment counts or shares, normalised per layer to
     ``share * num_experts`` (1.0 = perfectly balanced; 0 = a dead expert)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     load = torch.as_tensor(expert_load, dtype=torch.float32)
     relative = load / load.sum(dim=1, keepdim=True).clamp(min=1e-12) * load.shape[1]
@@ -65,9 +73,4 @@ def plot_expert_load(expert_load: Union[torch.Tensor, List[List[float]]], path: 
     axis.set_title(f"{title}: share x experts (1.0 = balanced)\nmin {relative.min():.2f}, max {relative.max():.2f}",
                    fontsize=9)
     figure.colorbar(image, ax=axis)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)

@@ -62,6 +62,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
+from .pretraining import pad_labels
+
 logger = logging.getLogger(__name__)
 
 TESTED_TRL = "1.16"
@@ -255,13 +257,6 @@ class SessionScorer:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _pad(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
-    padded = torch.full((len(rows), width), -100, dtype=torch.long)
-    for index, row in enumerate(rows):
-        padded[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return padded
-
-
 def check_item_list(value, where: str, tokenizer=None, allow_empty: bool = False) -> List[str]:
     """``value`` as a list of item-id strings, or an error that starts with ``where`` (e.g. ``"Row 3, column
     'chosen'"``) for a non-list, an empty list (unless ``allow_empty``) or, given a tokenizer, an unknown item id."""
@@ -314,9 +309,14 @@ class PreferenceDataCollator:
         if missing:
             raise KeyError(f"Preference rows need {list(PAIR_COLUMNS)} item-id lists; missing {missing}.")
         tokenizer = self.tokenizer
-        histories = [check_item_list(f["history"], f"Row {row}, column 'history'", tokenizer)
-                     for row, f in enumerate(features)]
-        encoded = tokenizer.batch_encode_histories(histories, max_items=self.max_history_items)
+        histories = [check_item_list(f["history"], f"Row {row}, column 'history'") for row, f in enumerate(features)]
+        try:
+            encoded = tokenizer.batch_encode_histories(histories, max_items=self.max_history_items)
+        except KeyError:
+            # Unknown item: look the ids up again only now, to name the row (not on every batch).
+            for row, history in enumerate(histories):
+                check_item_list(history, f"Row {row}, column 'history'", tokenizer)
+            raise
 
         def encode(row: int, column: str, items) -> List[int]:
             try:
@@ -328,7 +328,7 @@ class PreferenceDataCollator:
         rejected = [encode(row, "rejected", f["rejected"]) for row, f in enumerate(features)]
         width = max(len(s) for s in chosen + rejected)
         batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                 "chosen_labels": _pad(chosen, width), "rejected_labels": _pad(rejected, width)}
+                 "chosen_labels": pad_labels(chosen, width), "rejected_labels": pad_labels(rejected, width)}
 
         if any(f.get("target") for f in features):
             targets = []
@@ -337,7 +337,7 @@ class PreferenceDataCollator:
                 items = check_item_list(items, f"Row {row}, column 'target'", allow_empty=True)
                 items = items[: self.session_length]
                 targets.append(encode(row, "target", items) if items else [])
-            batch["target_labels"] = _pad(targets, max(len(t) for t in targets))
+            batch["target_labels"] = pad_labels(targets)
         for key in REF_COLUMNS:
             if key in features[0]:
                 batch[key] = torch.tensor([float(f[key]) for f in features], dtype=torch.float32)

@@ -47,11 +47,18 @@ class SessionDataCollator:
         encoded = self.tokenizer.batch_encode_histories([f["history"] for f in features],
                                                         max_items=self.max_history_items)
         sessions = [self.tokenizer.encode_session(list(f["target"])[: self.session_length]) for f in features]
-        width = max(len(s) for s in sessions)
-        labels = torch.full((len(sessions), width), -100, dtype=torch.long)
-        for row, session in enumerate(sessions):
-            labels[row, : len(session)] = torch.tensor(session, dtype=torch.long)
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                "labels": pad_labels(sessions)}
+
+
+def pad_labels(rows: Sequence[Sequence[int]], width: Optional[int] = None) -> torch.Tensor:
+    """Decoder label rows (token ids) right-padded with -100 (ignored by the loss) to ``width`` (default: the
+    longest row): ``[len(rows), width]`` long."""
+    width = max(len(row) for row in rows) if width is None else width
+    padded = torch.full((len(rows), width), -100, dtype=torch.long)
+    for index, row in enumerate(rows):
+        padded[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return padded
 
 
 @dataclass
@@ -152,4 +159,4 @@ class OneRecPretrainer(Seq2SeqTrainer):
         super().log(logs, start_time)
 
 
-__all__ = ["OneRecPretrainer", "OneRecPretrainingConfig", "SessionDataCollator"]
+__all__ = ["OneRecPretrainer", "OneRecPretrainingConfig", "SessionDataCollator", "pad_labels"]

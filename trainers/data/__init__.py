@@ -5,7 +5,7 @@ optional `timestamps` / `ratings`) and an `"items"` split (`item_id`, `text`, ra
 `trainers.data.loaders` and `docs/data_format.md`.
 """
 
-from .arguments import DatasetArguments
+from .arguments import DatasetArguments, named_paths
 from .loaders import (
     BUNDLED_DATASET_NAMES,
     MAX_ITEM_TEXT_CHARS,
@@ -38,6 +38,7 @@ __all__ = [
     "load_interactions",
     "load_recbole",
     "load_s3rec",
+    "named_paths",
     "natural_order",
     "split_sessions_by_gap",
 ]

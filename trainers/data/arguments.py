@@ -1,13 +1,15 @@
 """The dataset flags the example scripts share (``--dataset``, ``--data_path``, ``--item_path``) and their loading.
 
 A script's own argument dataclass subclasses :class:`DatasetArguments` (so that the three flags come first in
-``--help``) and loads with ``args.load()``.
+``--help``) and loads with ``args.load()``. :func:`named_paths` parses the ``NAME=PATH`` lists of the evaluation
+scripts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 from datasets import DatasetDict
 
@@ -50,3 +52,21 @@ class DatasetArguments:
         if self.data_path is not None and self.dataset not in FILE_FORMATS:
             return load_s3rec(self.data_path, self.item_path)
         return load_named_dataset(self.dataset, self.data_path, self.item_path)
+
+
+def named_paths(values: Sequence[str], option: str) -> List[Tuple[str, Path]]:
+    """``["OneRec=outputs/run/final", ...]`` -> ``[("OneRec", Path("outputs/run/final")), ...]``.
+
+    Raises:
+        ValueError: a value is not ``NAME=PATH``.
+        FileNotFoundError: a path does not exist (also what a ``=`` inside NAME looks like); names ``option``.
+    """
+    pairs = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{option} expects NAME=PATH, got {value!r}; e.g. {option} OneRec=outputs/run/final")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{option} {value!r}: {path} does not exist (NAME may not contain '=').")
+        pairs.append((name, Path(path)))
+    return pairs
