@@ -9,7 +9,7 @@ from datasets import Dataset
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tests.conftest import clustered_embeddings
 from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
-from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator
+from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator, history_lengths
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,33 @@ def test_pretrainer_learns_a_deterministic_successor_and_logs_moe_terms(tokenize
     # The trained model recommends through the same code path as serving (only real, new items).
     recommendations = model.eval().recommend(tokenizer, [rows[5]["history"]], num_sessions=2, num_beams=4)
     assert all(len(s.items) == 2 and not set(s.items) & set(rows[5]["history"]) for s in recommendations[0])
+
+
+def test_history_lengths_follow_the_dataset_order():
+    dataset = Dataset.from_list([{"history": ["i0"] * n, "target": ["i1"]} for n in (1, 2, 3, 4, 5)])
+    shuffled = dataset.shuffle(seed=3).select([4, 0, 2])
+    assert history_lengths(shuffled) == [len(h) for h in shuffled["history"]]
+
+
+def test_default_sampler_groups_histories_of_similar_length(tokenizer, tmp_path):
+    # Short-tailed history lengths as in real logs: length-grouped batches (the default) must see every sample once
+    # and pad far less than random batches.
+    lengths = [1 + min((7 * index) % 97, (11 * index) % 89) // 3 for index in range(800)]
+    dataset = Dataset.from_list([{"history": [f"i{j % 40}" for j in range(n)], "target": ["i1"]} for n in lengths])
+    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
+    tokens_per_item = len(tokenizer.encode_history(["i1", "i2"])) - len(tokenizer.encode_history(["i1"]))
+
+    def padding_and_tokens(strategy):
+        args = OneRecPretrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[],
+                                       use_cpu=True, seed=0, train_sampling_strategy=strategy)
+        trainer = OneRecPretrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                   data_collator=SessionDataCollator(tokenizer, 40, 1))
+        masks = [batch["attention_mask"] for batch in trainer.get_train_dataloader()]
+        return sum(int((m == 0).sum()) for m in masks), sum(int(m.sum()) for m in masks), sum(len(m) for m in masks)
+
+    assert OneRecPretrainingConfig(output_dir=str(tmp_path)).train_sampling_strategy == "group_by_length"
+    grouped_padding, grouped_tokens, grouped_rows = padding_and_tokens("group_by_length")
+    random_padding, random_tokens, random_rows = padding_and_tokens("random")
+    assert grouped_rows == random_rows == 800 and grouped_tokens == random_tokens
+    assert grouped_tokens - len(tokenizer.encode_history(["i1"])) * 800 == tokens_per_item * (sum(lengths) - 800)
+    assert grouped_padding < random_padding / 4

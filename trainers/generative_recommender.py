@@ -46,10 +46,14 @@ class GenerativeRecommender:
         if trie.device != model.device:
             trie.to(model.device)
         beams = max(k, self.num_beams)
-        ranked: List[List[str]] = []
+        # Users go through the beam search shortest history first, so that a batch pads to similar lengths
+        # (histories are short-tailed); results go back to the callers' order.
+        order = sorted(range(len(histories)), key=lambda index: len(histories[index]))
+        ranked: List[Optional[List[str]]] = [None] * len(histories)
         try:
-            for start in range(0, len(histories), self.batch_size):
-                batch = [list(h) for h in histories[start:start + self.batch_size]]
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                batch = [list(histories[index]) for index in rows]
                 encoded = tokenizer.batch_encode_histories(batch, max_items=model.config.max_history_items)
                 excluded = [[tokenizer.item_index(i) for i in h] for h in batch] if exclude_history else None
                 out = session_beam_search(
@@ -59,9 +63,9 @@ class GenerativeRecommender:
                     forbid_repeats=False, excluded_items=excluded, level_offsets=tokenizer.level_offsets)
                 indices = out.item_indices[:, :, 0].cpu()
                 valid = out.valid.cpu()
-                for row in range(len(batch)):
+                for row, index in enumerate(rows):
                     items = [tokenizer.item_ids[i] for i, ok in zip(indices[row].tolist(), valid[row].tolist()) if ok]
-                    ranked.append(items[:k])
+                    ranked[index] = items[:k]
         finally:
             model.train(was_training)
         return ranked

@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
+import pyarrow.compute as pc
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 
 class SessionDataCollator:
@@ -61,12 +63,31 @@ def pad_labels(rows: Sequence[Sequence[int]], width: Optional[int] = None) -> to
     return padded
 
 
+def history_lengths(dataset) -> list:
+    """Number of history items of every sample of a ``datasets.Dataset`` with a ``history`` list column (the
+    sort key of length-grouped batching), in the dataset's current order (shuffles and selections respected),
+    read from Arrow without materialising the lists."""
+    return pc.list_value_length(dataset.with_format("arrow")["history"]).to_pylist()
+
+
+def _needs_history_lengths(dataset, args) -> bool:
+    """True when length-grouped sampling must take its lengths from ``history`` (no precomputed length column)."""
+    columns = getattr(dataset, "column_names", None)
+    return columns is not None and "history" in columns and args.length_column_name not in columns
+
+
 @dataclass
 class OneRecPretrainingConfig(Seq2SeqTrainingArguments):
     """``Seq2SeqTrainingArguments`` for session-wise pretraining. Defaults follow the paper where it says
     (Adam-style optimiser at 2e-4) and keep dataset columns the collator needs."""
 
     learning_rate: float = field(default=2e-4, metadata={"help": "Paper §5.1: 2e-4."})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "help": "Batches of similar history lengths (the length is the number of history items; no 'length' column "
+                "needed). Histories are short-tailed (Beauty: median 4 items, 3% at the 50-item cap), so random "
+                "batches pad nearly every row to the cap: grouping trained 3.9x faster on Beauty (benchmarks/"
+                "RESULTS.md). 'random' restores plain shuffling.",
+        "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]})
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator reads history/target."})
     expert_load_plot: bool = field(default=True, metadata={"help": "Save expert_load.png and training_curves.png "
                                                                    "in output_dir at the end of training."})
@@ -102,6 +123,21 @@ class OneRecPretrainer(Seq2SeqTrainer):
         self._term_steps = 0
         self._load_sum: Optional[torch.Tensor] = None
         self.expert_load_total: Optional[torch.Tensor] = None  # [sparse layers, E] summed over all training steps
+
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and _needs_history_lengths(train_dataset,
+                                                                                            self.args):
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=history_lengths(train_dataset))
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        if self.args.train_sampling_strategy == "group_by_length" and _needs_history_lengths(eval_dataset, self.args):
+            # Evaluation order does not matter for a mean loss; sorted batches just pad less.
+            return LengthGroupedSampler(self.args.eval_batch_size, lengths=history_lengths(eval_dataset),
+                                        generator=torch.Generator().manual_seed(self.args.seed))
+        return super()._get_eval_sampler(eval_dataset)
 
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)
@@ -159,4 +195,4 @@ class OneRecPretrainer(Seq2SeqTrainer):
         super().log(logs, start_time)
 
 
-__all__ = ["OneRecPretrainer", "OneRecPretrainingConfig", "SessionDataCollator", "pad_labels"]
+__all__ = ["OneRecPretrainer", "OneRecPretrainingConfig", "SessionDataCollator", "history_lengths", "pad_labels"]
