@@ -35,7 +35,7 @@ import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.utils import ModelOutput
 
-__all__ = ["SessionSearchOutput", "session_beam_search"]
+__all__ = ["SessionSearchOutput", "length_sorted_batches", "session_beam_search"]
 
 
 @dataclass
@@ -99,6 +99,25 @@ class _Trie:
         ranges[:, 1] = torch.full((self.num_levels,), -1, device=index.device).scatter_reduce(
             0, index, self.edge_token, reduce="amax")
         return ranges
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list:
+    """Index batches of at most ``batch_size`` users, shortest history first (stable among equal lengths).
+
+    Histories are short-tailed, so batches in the callers' order pad most rows to the longest history of the
+    batch; batching users of similar length lets every beam search encode and cross-attend over little padding.
+    Callers put results back at the returned indices, so the output order never changes.
+
+    Args:
+        lengths (`Sequence[int]` of shape `(num_users,)`): tokens (or items) each user's history is encoded to.
+        batch_size (`int`): users per batch, `>= 1`.
+    Returns:
+        `list[list[int]]`: the batches of user indices; together a permutation of `range(num_users)`.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def _excluded_tensor(excluded_items, batch_size: int, num_catalogue: int, device) -> Optional[torch.Tensor]:

@@ -579,11 +579,12 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
             session_length: Items per session ``m``; defaults to ``config.session_length``.
             exclude_history: Never recommend an item of the user's own history.
             forbid_repeats: No item twice within a session.
-            batch_size: Users per beam search call.
+            batch_size: Users per beam search call (users are batched by history length; the output keeps the
+                input order).
         Returns:
             Per user, a list of :class:`SessionRecommendation` sorted by score.
         """
-        from .generation_onerec import session_beam_search
+        from .generation_onerec import length_sorted_batches, session_beam_search
 
         self.config.check_tokenizer(tokenizer)
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
@@ -607,19 +608,20 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
         if trie.device != self.device:
             trie.to(self.device)
 
-        results: List[List[SessionRecommendation]] = []
-        for start in range(0, len(histories), batch_size):
-            batch = list(histories[start:start + batch_size])
+        results: List[Optional[List[SessionRecommendation]]] = [None] * len(histories)
+        lengths = [min(len(history), self.config.max_history_items) for history in histories]
+        for users in length_sorted_batches(lengths, batch_size):
+            batch = [list(histories[user]) for user in users]
             encoded = tokenizer.batch_encode_histories(batch, max_items=self.config.max_history_items).to(self.device)
             search = session_beam_search(
                 self, encoded["input_ids"], encoded["attention_mask"], trie, num_beams=num_beams,
                 num_items=session_length, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id, forbid_repeats=forbid_repeats,
-                excluded_items=excluded[start:start + batch_size] if exclude_history else None,
+                excluded_items=[excluded[user] for user in users] if exclude_history else None,
                 level_offsets=tokenizer.level_offsets,
             )
             item_ids = tokenizer.item_ids
-            for row in range(len(batch)):
+            for row, user in enumerate(users):
                 sessions = []
                 for beam in range(num_beams):
                     if len(sessions) == num_sessions or not bool(search.valid[row, beam]):
@@ -628,7 +630,7 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
                         items=[item_ids[index] for index in search.item_indices[row, beam].tolist()],
                         score=float(search.scores[row, beam]),
                         item_scores=search.item_scores[row, beam].tolist()))
-                results.append(sessions)
+                results[user] = sessions
         return results
 
     def generate(self, *args, **kwargs):

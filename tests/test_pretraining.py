@@ -1,6 +1,5 @@
 """Session collator and the OneRec pretrainer on a tiny synthetic catalogue."""
 
-import json
 
 import pytest
 import torch

@@ -114,3 +114,28 @@ def test_out_of_vocabulary_token_ids_are_a_clear_error(catalogue):
         model(input_ids=torch.tensor([[3, 999]]), labels=torch.tensor([[3]]))
     with pytest.raises(ValueError, match="labels holds token ids"):
         model(input_ids=torch.tensor([[3]]), labels=torch.tensor([[-5]]))
+
+
+def test_recommend_keeps_the_callers_user_order_when_batching_by_length(catalogue):
+    # Users are batched by history length; with distinct lengths both input orders give the same batches, so each
+    # user's sessions must match exactly, and the one-user call agrees with the batched one.
+    tokenizer, model = catalogue
+    histories = [[f"sku{(5 * user + j) % 80}" for j in range(length)] for user, length in enumerate((6, 1, 4, 2, 8))]
+    forward = model.recommend(tokenizer, histories, num_sessions=2, num_beams=4, batch_size=2)
+    backward = model.recommend(tokenizer, histories[::-1], num_sessions=2, num_beams=4, batch_size=2)[::-1]
+    assert [[s.items for s in user] for user in forward] == [[s.items for s in user] for user in backward]
+    assert all(not set(s.items) & set(h) for user, h in zip(forward, histories) for s in user)
+    alone = model.recommend(tokenizer, histories[1:2], num_sessions=2, num_beams=4)
+    assert [s.items for s in alone[0]] == [s.items for s in forward[1]]
+
+
+def test_length_sorted_batches_is_a_shortest_first_partition():
+    from modeling_onerec.generation_onerec import length_sorted_batches
+
+    lengths = [5, 1, 3, 1, 9, 2, 3]
+    batches = length_sorted_batches(lengths, 3)
+    flat = [index for batch in batches for index in batch]
+    assert sorted(flat) == list(range(7)) and [len(b) for b in batches] == [3, 3, 1]
+    assert [lengths[i] for i in flat] == sorted(lengths) and flat[:2] == [1, 3]  # stable among equal lengths
+    with pytest.raises(ValueError, match="batch_size"):
+        length_sorted_batches(lengths, 0)

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from modeling_onerec.generation_onerec import session_beam_search
+from modeling_onerec.generation_onerec import length_sorted_batches, session_beam_search
 
 from .evaluation import evaluate_recommender, session_metrics
 
@@ -46,13 +46,10 @@ class GenerativeRecommender:
         if trie.device != model.device:
             trie.to(model.device)
         beams = max(k, self.num_beams)
-        # Users go through the beam search shortest history first, so that a batch pads to similar lengths
-        # (histories are short-tailed); results go back to the callers' order.
-        order = sorted(range(len(histories)), key=lambda index: len(histories[index]))
         ranked: List[Optional[List[str]]] = [None] * len(histories)
+        lengths = [min(len(history), model.config.max_history_items) for history in histories]
         try:
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
+            for rows in length_sorted_batches(lengths, self.batch_size):
                 batch = [list(histories[index]) for index in rows]
                 encoded = tokenizer.batch_encode_histories(batch, max_items=model.config.max_history_items)
                 excluded = [[tokenizer.item_index(i) for i in h] for h in batch] if exclude_history else None

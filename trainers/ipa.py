@@ -38,6 +38,8 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers.trainer_utils import get_last_checkpoint
 
+from modeling_onerec.generation_onerec import length_sorted_batches
+
 from .preference import OneRecDPOConfig, OneRecDPOTrainer, check_item_list
 
 logger = logging.getLogger(__name__)
@@ -79,20 +81,20 @@ class PreferencePairs(list):
                                                                             seconds)
 
 
-def _check_rewards(rewards, sessions: List[List[List[str]]], first_user: int) -> List[List[float]]:
+def _check_rewards(rewards, sessions: List[List[List[str]]], user_indices: List[int]) -> List[List[float]]:
     if not isinstance(rewards, Sequence) and not hasattr(rewards, "__len__"):
         raise TypeError(f"reward_fn must return one list of scores per user, got {type(rewards).__name__}.")
     if len(rewards) != len(sessions):
         raise ValueError(f"reward_fn returned {len(rewards)} score lists for {len(sessions)} users (histories "
-                         f"{first_user}..{first_user + len(sessions) - 1}): return one list per user.")
+                         f"{user_indices}): return one list per user.")
     checked = []
     for user, (scores, candidates) in enumerate(zip(rewards, sessions)):
         scores = [float(score) for score in scores]
         if len(scores) != len(candidates):
             raise ValueError(f"reward_fn returned {len(scores)} scores for the {len(candidates)} candidate sessions "
-                             f"of user {first_user + user}: return one score per session.")
+                             f"of user {user_indices[user]}: return one score per session.")
         if not all(math.isfinite(score) for score in scores):
-            raise ValueError(f"reward_fn returned a non-finite score for user {first_user + user}: {scores[:8]}.")
+            raise ValueError(f"reward_fn returned a non-finite score for user {user_indices[user]}: {scores[:8]}.")
         checked.append(scores)
     return checked
 
@@ -138,9 +140,10 @@ def mine_preference_pairs(model, tokenizer, histories: Sequence[Sequence], rewar
     was_training = model.training
     model.eval()
     try:
-        starts = range(0, len(histories), batch_size)
-        for start in tqdm(starts, desc="Mining preference pairs", unit="batch", disable=not progress):
-            batch = histories[start:start + batch_size]
+        lengths = [min(len(history), model.config.max_history_items) for history in histories]
+        batches = length_sorted_batches(lengths, batch_size)  # similar lengths pad little; rows re-sorted below
+        for indices in tqdm(batches, desc="Mining preference pairs", unit="batch", disable=not progress):
+            batch = [histories[index] for index in indices]
             recommendations = model.recommend(tokenizer, batch, num_sessions=num_candidates,
                                               num_beams=num_candidates, session_length=session_length,
                                               exclude_history=exclude_history, batch_size=len(batch))
@@ -149,18 +152,20 @@ def mine_preference_pairs(model, tokenizer, histories: Sequence[Sequence], rewar
             if not users:
                 continue
             sessions = [[list(s.items) for s in recommendations[u]] for u in users]
-            rewards = _check_rewards(reward_fn([list(batch[u]) for u in users], sessions), sessions, start)
+            rewards = _check_rewards(reward_fn([list(batch[u]) for u in users], sessions), sessions,
+                                     [indices[u] for u in users])
             for u, candidates, scores in zip(users, sessions, rewards):
                 best = max(range(len(scores)), key=scores.__getitem__)  # first of equals: the higher-ranked beam
                 worst = min(range(len(scores)), key=scores.__getitem__)
                 if scores[best] - scores[worst] <= min_reward_gap:
                     tied += 1
                     continue
-                rows.append({"index": start + u, "history": list(batch[u]), "chosen": candidates[best],
+                rows.append({"index": indices[u], "history": list(batch[u]), "chosen": candidates[best],
                              "rejected": candidates[worst], "chosen_reward": scores[best],
                              "rejected_reward": scores[worst]})
     finally:
         model.train(was_training)
+    rows.sort(key=lambda row: row["index"])
     return PreferencePairs(rows, num_users=len(histories), skipped_users=skipped, tied_users=tied,
                            seconds=time.perf_counter() - started)
 
