@@ -101,7 +101,7 @@ class _Trie:
         return ranges
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list:
+def length_sorted_batches(histories: Sequence[Sequence], batch_size: int, max_items: Optional[int] = None) -> list:
     """Index batches of at most ``batch_size`` users, shortest history first (stable among equal lengths).
 
     Histories are short-tailed, so batches in the callers' order pad most rows to the longest history of the
@@ -109,13 +109,15 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list:
     Callers put results back at the returned indices, so the output order never changes.
 
     Args:
-        lengths (`Sequence[int]` of shape `(num_users,)`): tokens (or items) each user's history is encoded to.
+        histories (`Sequence[Sequence]` of length `num_users`): each user's history (item ids or token ids).
         batch_size (`int`): users per batch, `>= 1`.
+        max_items (`int`, *optional*): histories are read up to this many items (longer ones sort as equal).
     Returns:
         `list[list[int]]`: the batches of user indices; together a permutation of `range(num_users)`.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    lengths = [len(history) if max_items is None else min(len(history), max_items) for history in histories]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 

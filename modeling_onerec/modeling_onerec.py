@@ -609,8 +609,7 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
             trie.to(self.device)
 
         results: List[Optional[List[SessionRecommendation]]] = [None] * len(histories)
-        lengths = [min(len(history), self.config.max_history_items) for history in histories]
-        for users in length_sorted_batches(lengths, batch_size):
+        for users in length_sorted_batches(histories, batch_size, self.config.max_history_items):
             batch = [list(histories[user]) for user in users]
             encoded = tokenizer.batch_encode_histories(batch, max_items=self.config.max_history_items).to(self.device)
             search = session_beam_search(

@@ -133,9 +133,12 @@ def test_length_sorted_batches_is_a_shortest_first_partition():
     from modeling_onerec.generation_onerec import length_sorted_batches
 
     lengths = [5, 1, 3, 1, 9, 2, 3]
-    batches = length_sorted_batches(lengths, 3)
+    histories = [["x"] * n for n in lengths]
+    batches = length_sorted_batches(histories, 3)
     flat = [index for batch in batches for index in batch]
     assert sorted(flat) == list(range(7)) and [len(b) for b in batches] == [3, 3, 1]
     assert [lengths[i] for i in flat] == sorted(lengths) and flat[:2] == [1, 3]  # stable among equal lengths
+    # Read up to 3 items: 5, 9 and both 3s tie at the cap and keep their input order (0, 2, 4, 6).
+    assert [i for batch in length_sorted_batches(histories, 3, max_items=3) for i in batch] == [1, 3, 5, 0, 2, 4, 6]
     with pytest.raises(ValueError, match="batch_size"):
-        length_sorted_batches(lengths, 0)
+        length_sorted_batches(histories, 0)

@@ -47,9 +47,8 @@ class GenerativeRecommender:
             trie.to(model.device)
         beams = max(k, self.num_beams)
         ranked: List[Optional[List[str]]] = [None] * len(histories)
-        lengths = [min(len(history), model.config.max_history_items) for history in histories]
         try:
-            for rows in length_sorted_batches(lengths, self.batch_size):
+            for rows in length_sorted_batches(histories, self.batch_size, model.config.max_history_items):
                 batch = [list(histories[index]) for index in rows]
                 encoded = tokenizer.batch_encode_histories(batch, max_items=model.config.max_history_items)
                 excluded = [[tokenizer.item_index(i) for i in h] for h in batch] if exclude_history else None

@@ -140,8 +140,8 @@ def mine_preference_pairs(model, tokenizer, histories: Sequence[Sequence], rewar
     was_training = model.training
     model.eval()
     try:
-        lengths = [min(len(history), model.config.max_history_items) for history in histories]
-        batches = length_sorted_batches(lengths, batch_size)  # similar lengths pad little; rows re-sorted below
+        # Similar lengths pad little; rows are put back in user order below.
+        batches = length_sorted_batches(histories, batch_size, model.config.max_history_items)
         for indices in tqdm(batches, desc="Mining preference pairs", unit="batch", disable=not progress):
             batch = [histories[index] for index in indices]
             recommendations = model.recommend(tokenizer, batch, num_sessions=num_candidates,
