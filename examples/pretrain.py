@@ -27,10 +27,17 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
-from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
+from trainers.data import (
+    TOKENIZED_COLUMNS,
+    DatasetArguments,
+    TokenizedSessionCollator,
+    build_session_samples,
+    leave_one_out_split,
+    tokenize_session_samples,
+)
 from trainers.evaluation import held_out_sessions, sample_users, write_topk_json
 from trainers.generative_recommender import evaluate_generative_model
-from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator
+from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig
 
 logger = logging.getLogger("pretrain")
 
@@ -103,9 +110,14 @@ def main(argv=None) -> dict:
     logger.info("model %s: %.2fM parameters, %.2fM activated; %d training samples, %d validation users",
                 model_args.preset, counts["total"] / 1e6, counts["activated"] / 1e6, len(train), len(validation))
 
+    # Tokenised once (vectorised, cached by datasets); batches then only pad integer rows.
+    train, eval_loss_samples = (
+        tokenize_session_samples(split, tokenizer, max_history_items=model.config.max_history_items,
+                                 session_length=model.config.session_length).select_columns(list(TOKENIZED_COLUMNS))
+        for split in (train, eval_loss_samples))
     trainer = OneRecPretrainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=eval_loss_samples,
-        data_collator=SessionDataCollator(tokenizer, model_args.max_history_items, model_args.session_length),
+        data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer, ranking_eval_samples=ranking_eval, ranking_num_beams=data_args.num_beams,
     )
     start = time.perf_counter()

@@ -61,6 +61,13 @@ class OneRecConfig(T5Config):
         expert_capacity_factor (`float`, *optional*): If set, each expert takes at most
             ``ceil(capacity_factor * tokens * k / num_experts)`` token assignments per forward; overflow
             assignments are dropped (the token keeps its residual). ``None`` (default): no capacity limit.
+        expert_dispatch (`str`, defaults to ``"grouped"``): How tokens reach their experts. ``"grouped"``: tokens
+            sorted by expert, one matmul per expert over its own tokens (only the chosen experts' FLOPs; group
+            sizes are data-dependent, so one host synchronisation per sparse layer and a graph break under
+            ``torch.compile``). ``"dense"``: every expert runs on every token (one batched matmul) and the outputs
+            are weighted by the gates, zero for unchosen experts: the same result, ``num_experts /
+            num_experts_per_token`` times the expert FLOPs, fixed shapes and no host synchronisation (the fast
+            choice for small models on a GPU and under ``torch.compile``). Needs ``expert_capacity_factor=None``.
 
     Semantic-ID layout (read from the tokenizer with :meth:`from_tokenizer` / :meth:`check_tokenizer`):
         codebook_sizes (`list[int]`, *optional*): Codes per level, in vocabulary order (e.g. ``[256, 256, 256]``,
@@ -88,6 +95,7 @@ class OneRecConfig(T5Config):
     router_z_loss_coef: Union[float, int] = 0.001
     router_jitter_noise: Union[float, int] = 0.0
     expert_capacity_factor: Optional[Union[float, int]] = None
+    expert_dispatch: str = "grouped"
     codebook_sizes: Optional[List[int]] = None
     level_restricted_loss: bool = True
     session_length: int = 5
@@ -128,6 +136,11 @@ class OneRecConfig(T5Config):
             problems.append(f"router_jitter_noise must be < 1, got {self.router_jitter_noise}")
         if self.expert_capacity_factor is not None and self.expert_capacity_factor <= 0:
             problems.append(f"expert_capacity_factor must be > 0 or None, got {self.expert_capacity_factor}")
+        if self.expert_dispatch not in ("grouped", "dense"):
+            problems.append(f"expert_dispatch must be 'grouped' or 'dense', got {self.expert_dispatch!r}")
+        elif self.expert_dispatch == "dense" and self.expert_capacity_factor is not None:
+            problems.append("expert_dispatch='dense' runs every expert on every token and has no capacity to enforce: "
+                            "set expert_capacity_factor=None or use expert_dispatch='grouped'")
         if self.session_length < 1:
             problems.append(f"session_length must be >= 1, got {self.session_length}")
         if self.max_history_items < 1:

@@ -125,20 +125,24 @@ def level_restricted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, l
         vocab_size: ``V``; the last level ends there.
     Returns:
         Mean loss per code token (a zero that keeps the graph when no position holds a code).
+
+    ``tests/test_modeling_onerec.py`` checks it against a per-level reference with boolean indexing.
     """
     bounds = list(level_offsets) + [vocab_size]
     flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device)
-    total, count = flat_logits.new_zeros((), dtype=torch.float32), 0
+    # Every level's log-softmax on every position, then each position keeps its own level's term: fixed shapes, no
+    # boolean indexing, no host synchronisation (the loss is on every training step's path).
+    token_loss = flat_logits.new_zeros(flat_labels.shape, dtype=torch.float32)
+    is_code = torch.zeros_like(flat_labels, dtype=torch.bool)
     for start, end in zip(bounds[:-1], bounds[1:]):
         at_level = (flat_labels >= start) & (flat_labels < end)
-        num = int(at_level.sum())
-        if num:
-            total = total + F.cross_entropy(flat_logits[at_level, start:end].float(), flat_labels[at_level] - start,
-                                            reduction="sum")
-            count += num
-    if count == 0:
-        return flat_logits.sum().float() * 0.0
-    return total / count
+        level_logits = flat_logits[:, start:end].float()
+        target = (flat_labels - start).clamp(0, end - start - 1)
+        nll = torch.logsumexp(level_logits, dim=-1) - level_logits.gather(1, target[:, None]).squeeze(1)
+        token_loss = torch.where(at_level, nll, token_loss)
+        is_code = is_code | at_level
+    # No code position at all: a zero that keeps the graph (token_loss is all zeros then).
+    return token_loss.sum() / is_code.sum().clamp(min=1)
 
 
 def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: Optional[float]) -> Optional[int]:
@@ -191,6 +195,7 @@ class OneRecExperts(nn.Module):
     def __init__(self, config: OneRecConfig):
         super().__init__()
         self.num_experts = config.num_experts
+        self.dispatch = config.expert_dispatch
         self.is_gated = config.is_gated_act
         hidden = config.expert_hidden_size
         self.input_proj = nn.Parameter(torch.empty(config.num_experts, config.d_model, hidden * (2 if self.is_gated else 1)))
@@ -225,6 +230,10 @@ class OneRecExperts(nn.Module):
         Returns:
             ``[N, d]`` (zero for a token whose every assignment was dropped).
         """
+        if self.dispatch == "dense":
+            if capacity is not None:
+                raise ValueError("expert_dispatch='dense' has no capacity limit; use expert_dispatch='grouped'.")
+            return self.dense_forward(hidden_states, expert_index, gates)
         num_tokens, top_k = expert_index.shape
         flat_expert = expert_index.reshape(-1)
         # Sort assignments by expert (stable: within an expert, token order decides who is dropped at capacity).
@@ -248,6 +257,18 @@ class OneRecExperts(nn.Module):
         expert_outputs = torch.cat(grouped_outputs) if grouped_outputs else hidden_states.new_zeros((0, hidden_states.shape[-1]))
         weighted = expert_outputs * sorted_gate.to(expert_outputs.dtype)[:, None]
         return torch.zeros_like(hidden_states).index_add_(0, sorted_token, weighted.to(hidden_states.dtype))
+
+
+    def dense_forward(self, hidden_states: torch.Tensor, expert_index: torch.Tensor,
+                      gates: torch.Tensor) -> torch.Tensor:
+        """``expert_dispatch="dense"``: every expert on every token (``[E, N, d]`` batched matmuls), outputs weighted
+        by a ``[N, E]`` gate matrix that is zero outside each token's top-k. Same arguments and result as the grouped
+        path (a test checks it), fixed shapes, no host synchronisation."""
+        weights = torch.zeros(hidden_states.shape[0], self.num_experts, dtype=gates.dtype, device=gates.device)
+        weights = weights.scatter(1, expert_index, gates)  # [N, E]
+        expert_outputs = self.expert_ffn(hidden_states.unsqueeze(0), self.input_proj, self.output_proj)  # [E, N, d]
+        combined = torch.einsum("end,ne->nd", expert_outputs, weights.to(expert_outputs.dtype))
+        return combined.to(hidden_states.dtype)
 
 
 class OneRecSparseMLP(nn.Module):
@@ -494,10 +515,11 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
         Args:
             output_router_logits: Also return each sparse layer's ``[N, num_experts]`` router logits.
         """
-        _check_token_ids("input_ids", input_ids, self.config.vocab_size)
-        if cache is None:  # incremental decoding feeds back the model's own tokens: no per-step host sync for them
-            _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
-        _check_token_ids("labels", labels, self.config.vocab_size, ignore_index=-100)
+        if self._checks_token_ids(input_ids if input_ids is not None else labels):
+            _check_token_ids("input_ids", input_ids, self.config.vocab_size)
+            if cache is None:  # incremental decoding feeds back the model's own tokens: no per-step sync for them
+                _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
+            _check_token_ids("labels", labels, self.config.vocab_size, ignore_index=-100)
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self._shift_right(labels)
         self.clear_routing()
@@ -544,6 +566,16 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
             expert_load=expert_load,
             router_logits=tuple(record.router_logits for record in routing) if output_router_logits else None,
         )
+
+    def _checks_token_ids(self, token_ids: Optional[torch.Tensor]) -> bool:
+        """Whether ``forward`` checks its token ids against the vocabulary. The check reads a device tensor on the
+        host, so it is skipped where that would stall the training step: under ``torch.compile``, and while
+        training on an accelerator. Training data is checked once where it is made instead
+        (``trainers.data.tokenize_session_samples`` takes every id from the tokenizer's code table). On the CPU and
+        in inference it always runs: there a bad id gets a clear error naming it."""
+        if torch.compiler.is_compiling():
+            return False
+        return token_ids is None or token_ids.device.type == "cpu" or not self.training
 
     @classmethod
     def from_dense_t5(cls, t5, config_overrides: Optional[dict] = None, noise_std: float = 0.0):

@@ -106,7 +106,9 @@ def reference_moe(x, router_weight, input_proj, output_proj, config):
     {"expert_capacity_factor": 0.5},
     {"expert_capacity_factor": 0.75, "feed_forward_proj": "gated-gelu", "normalize_expert_weights": True,
      "num_experts_per_token": 3, "expert_d_ff": 24},
-], ids=["relu-top2", "gated", "normalized", "capacity", "all"])
+    {"expert_dispatch": "dense"},
+    {"expert_dispatch": "dense", "feed_forward_proj": "gated-gelu", "num_experts_per_token": 3},
+], ids=["relu-top2", "gated", "normalized", "capacity", "all", "dense-dispatch", "dense-dispatch-gated"])
 def test_sparse_mlp_matches_naive_reference_forward_and_backward(overrides):
     config = tiny_config(**overrides)
     torch.manual_seed(0)
@@ -238,6 +240,37 @@ def test_loss_is_ntp_plus_weighted_aux_and_z_and_padding_is_excluded():
     torch.testing.assert_close(out.expert_load.sum(-1), torch.ones(2))
 
 
+def reference_level_restricted_cross_entropy(logits, labels, level_offsets, vocab_size):
+    """Plain per-level loop with boolean indexing: each code position's cross-entropy over its own level."""
+    bounds = list(level_offsets) + [vocab_size]
+    flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    losses = []
+    for position, label in enumerate(flat_labels.tolist()):
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            if start <= label < end:
+                losses.append(F.cross_entropy(flat_logits[position, start:end][None].float(),
+                                              torch.tensor([label - start])))
+    return torch.stack(losses).mean() if losses else torch.tensor(0.0)
+
+
+def test_level_restricted_cross_entropy_matches_reference_and_is_sync_free_shaped():
+    torch.manual_seed(0)
+    offsets, vocab = [3, 7, 11], 15  # 3 special tokens, three levels of 4 codes
+    logits = torch.randn(2, 9, vocab, requires_grad=True)
+    labels = torch.tensor([[2, 3, 8, 14, 2, 6, 7, 12, 1], [2, 4, 9, 11, 1, -100, -100, -100, -100]])
+    loss = level_restricted_cross_entropy(logits, labels, offsets, vocab)
+    reference_logits = logits.detach().clone().requires_grad_(True)
+    expected = reference_level_restricted_cross_entropy(reference_logits, labels, offsets, vocab)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(logits.grad, reference_logits.grad)
+    # BOS/EOS/PAD and ignored positions get no gradient; no code position at all gives a zero that keeps the graph.
+    assert logits.grad[1, 5:].abs().sum() == 0 and logits.grad[0, 0].abs().sum() == 0
+    empty = level_restricted_cross_entropy(logits, torch.full((2, 9), -100), offsets, vocab)
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
 def test_gradients_reach_router_and_experts():
     model = tiny_model().train()
     input_ids, labels = batch()
@@ -268,6 +301,8 @@ def test_dense_path_has_no_router_losses():
     ({"codebook_sizes": [4, 0, 4], "vocab_size": 11}, "codebook_sizes"),
     ({"expert_capacity_factor": 0.0}, "expert_capacity_factor"),
     ({"router_jitter_noise": 1.5}, "router_jitter_noise"),
+    ({"expert_dispatch": "sparse"}, "expert_dispatch"),
+    ({"expert_dispatch": "dense", "expert_capacity_factor": 1.0}, "expert_dispatch='dense'"),
     ({"num_experts": "4"}, "num_experts"),
     ({"sparse_decoder_layers": "0"}, "sparse_decoder_layers"),
     ({"normalize_expert_weights": "yes"}, "normalize_expert_weights"),

@@ -1,7 +1,9 @@
 """Session-wise pretraining of OneRec (paper §3.2, Eq. 4) on the transformers ``Seq2SeqTrainer``.
 
 * :class:`SessionDataCollator` -- ``{"history": [item ids], "target": [item ids]}`` samples to encoder inputs
-  (the history's codes) and decoder labels (``BOS c1..cL`` per target item, then EOS; paper Eq. 3).
+  (the history's codes) and decoder labels (``BOS c1..cL`` per target item, then EOS; paper Eq. 3), tokenising
+  every sample as it is batched: the plain reference of the fast path, which tokenises once
+  (``trainers.data.tokenize_session_samples``) and then only pads (``trainers.data.TokenizedSessionCollator``).
 * :class:`OneRecPretrainingConfig` -- ``Seq2SeqTrainingArguments`` plus the few OneRec-specific knobs.
 * :class:`OneRecPretrainer` -- ``Seq2SeqTrainer`` whose logs carry the NTP loss, the MoE auxiliary losses and the
   expert load next to the total loss; the loss itself is the model's (``NTP + aux + z``).
@@ -16,6 +18,8 @@ import pyarrow.compute as pc
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from .data.tokenized import pad_rows
 
 
 class SessionDataCollator:
@@ -56,24 +60,24 @@ class SessionDataCollator:
 def pad_labels(rows: Sequence[Sequence[int]], width: Optional[int] = None) -> torch.Tensor:
     """Decoder label rows (token ids) right-padded with -100 (ignored by the loss) to ``width`` (default: the
     longest row): ``[len(rows), width]`` long."""
-    width = max(len(row) for row in rows) if width is None else width
-    padded = torch.full((len(rows), width), -100, dtype=torch.long)
-    for index, row in enumerate(rows):
-        padded[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return padded
+    return pad_rows(rows, -100, width)[0]
 
 
 def history_lengths(dataset) -> list:
-    """Number of history items of every sample of a ``datasets.Dataset`` with a ``history`` list column (the
-    sort key of length-grouped batching), in the dataset's current order (shuffles and selections respected),
-    read from Arrow without materialising the lists."""
+    """Number of history items of every sample of a ``datasets.Dataset`` (the sort key of length-grouped batching),
+    in the dataset's current order (shuffles and selections respected): its ``num_history_items`` column when it
+    was tokenised (``tokenize_session_samples``), otherwise read from the ``history`` lists in Arrow without
+    materialising them."""
+    if "num_history_items" in dataset.column_names:
+        return dataset.with_format("arrow")["num_history_items"].to_pylist()
     return pc.list_value_length(dataset.with_format("arrow")["history"]).to_pylist()
 
 
 def _needs_history_lengths(dataset, args) -> bool:
-    """True when length-grouped sampling must take its lengths from ``history`` (no precomputed length column)."""
+    """True when length-grouped sampling must take its lengths from the samples (no precomputed length column)."""
     columns = getattr(dataset, "column_names", None)
-    return columns is not None and "history" in columns and args.length_column_name not in columns
+    return (columns is not None and ("history" in columns or "num_history_items" in columns)
+            and args.length_column_name not in columns)
 
 
 @dataclass

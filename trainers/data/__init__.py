@@ -21,10 +21,12 @@ from .loaders import (
 )
 from .sessions import build_session_samples, build_time_sessions, split_sessions_by_gap
 from .splits import leave_one_out_split
+from .tokenized import TOKENIZED_COLUMNS, TokenizedSessionCollator, pad_rows, tokenize_session_samples
 
 
 __all__ = [
     "BUNDLED_DATASET_NAMES",
+    "TOKENIZED_COLUMNS",
     "DatasetArguments",
     "MAX_ITEM_TEXT_CHARS",
     "build_session_samples",
@@ -35,10 +37,13 @@ __all__ = [
     "load_inter_json",
     "load_named_dataset",
     "NAMED_DATASETS",
+    "TokenizedSessionCollator",
     "load_interactions",
     "load_recbole",
     "load_s3rec",
     "named_paths",
+    "pad_rows",
     "natural_order",
     "split_sessions_by_gap",
+    "tokenize_session_samples",
 ]

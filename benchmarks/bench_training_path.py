@@ -1,0 +1,194 @@
+"""The pretraining data path and training step, before and after tokenising once, side by side in one run.
+
+Two measurements on a real dataset (default: Amazon Beauty), the same length-grouped batches everywhere:
+
+1. **Collation** (windows/s on the calling thread): the per-sample collator that tokenises every sample as it is
+   batched (``SessionDataCollator`` on item-id samples) against padding pre-tokenised integer rows
+   (``tokenize_session_samples`` once, then ``TokenizedSessionCollator``), each including the ``datasets`` row fetch
+   the Trainer's dataloader does. The two must give identical batches (checked on every timed batch).
+2. **Training step** (windows/s of forward + backward + AdamW step): for each ``--batch_sizes``, the variants in
+   ``--variants``:
+
+   * ``before``: per-sample collator, ``expert_dispatch="grouped"``, ``dropout_rate=0.1``, eager;
+   * ``after``: pre-tokenised rows, otherwise as ``before`` (equal learning per window);
+   * ``after-dropout0``: as ``after`` with ``dropout_rate=0`` (what dropout's random numbers cost);
+   * ``after-dense``: as ``after`` with ``expert_dispatch="dense"`` (fixed shapes, no host sync);
+   * ``after-compiled``: as ``after`` with ``torch.compile(model, dynamic=True)`` (compile time reported apart);
+   * ``after-dense-compiled``: both.
+
+Run from the repository root::
+
+    PYTHONPATH=. python benchmarks/bench_training_path.py --threads 2
+    PYTHONPATH=. python benchmarks/bench_training_path.py --device cuda --batch_sizes 256 1024 --variants after after-dense-compiled
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from benchmarks.common import add_device_argument, add_run_arguments, environment, json_arguments, output_path, \
+    setup_device, synchronize, write_json
+from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
+from tokenization_semantic_id import SemanticIDTokenizer
+from trainers.data import (
+    TOKENIZED_COLUMNS,
+    TokenizedSessionCollator,
+    build_session_samples,
+    leave_one_out_split,
+    load_named_dataset,
+    tokenize_session_samples,
+)
+from trainers.pretraining import SessionDataCollator, history_lengths
+
+VARIANTS = ("before", "after", "after-dropout0", "after-dense", "after-compiled", "after-dense-compiled")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="beauty", help="A bundled dataset name (beauty, scientific, ml-100k).")
+    parser.add_argument("--tokenizer_dir", default="outputs/beauty/tokenizer",
+                        help="A SemanticIDTokenizer of that dataset (examples/build_semantic_ids.py writes one).")
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--max_history_items", type=int, default=50)
+    parser.add_argument("--session_length", type=int, default=5)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--collate_batches", type=int, default=200, help="Batches of 64 timed for collation.")
+    parser.add_argument("--step_windows", type=int, default=6144,
+                        help="Windows per timed training measurement (rounded up to whole batches, at least 3).")
+    add_device_argument(parser)
+    add_run_arguments(parser, output_help="JSON output (default outputs/benchmarks/training_path_<device>.json).")
+    args = parser.parse_args(argv)
+    if min(args.batch_sizes) < 1 or args.collate_batches < 1 or args.step_windows < 1:
+        parser.error("--batch_sizes, --collate_batches and --step_windows must be >= 1")
+    return args
+
+
+def grouped_batches(lengths: List[int], batch_size: int, seed: int) -> List[List[int]]:
+    """The pretrainer's batches: ``LengthGroupedSampler`` order cut into ``batch_size`` chunks."""
+    order = list(LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed)))
+    return [order[start:start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+
+
+def time_collation(raw, tokenized, tokenizer, args) -> Dict[str, Any]:
+    """Windows/s of both collators on the same batches (row fetch included); asserts identical outputs."""
+    batches = grouped_batches(history_lengths(raw), 64, args.seed)[: args.collate_batches]
+    reference = SessionDataCollator(tokenizer, args.max_history_items, args.session_length)
+    fast = TokenizedSessionCollator(tokenizer.pad_token_id)
+    results = {}
+    outputs = {}
+    for name, dataset, collator in (("per_sample_tokenising", raw, reference), ("pre_tokenized", tokenized, fast)):
+        start = time.perf_counter()
+        outputs[name] = [collator(dataset.__getitems__(batch)) for batch in batches]
+        seconds = time.perf_counter() - start
+        results[name] = {"windows_per_s": round(64 * len(batches) / seconds, 1)}
+    for before, after in zip(outputs["per_sample_tokenising"], outputs["pre_tokenized"]):
+        for key in before:
+            if not torch.equal(before[key], after[key]):
+                raise AssertionError(f"The two collators disagree on {key!r}.")
+    results["speedup"] = round(results["pre_tokenized"]["windows_per_s"]
+                               / results["per_sample_tokenising"]["windows_per_s"], 2)
+    results["identical_batches"] = len(batches)
+    return results
+
+
+def time_training(variant: str, batch_size: int, raw, tokenized, tokenizer, args, device) -> Dict[str, Any]:
+    """Windows/s of forward + backward + AdamW over consecutive length-grouped batches (collation included)."""
+    torch.manual_seed(args.seed)
+    overrides = {"session_length": args.session_length, "max_history_items": args.max_history_items,
+                 "dropout_rate": 0.0 if "dropout0" in variant else 0.1,
+                 "expert_dispatch": "dense" if "dense" in variant else "grouped"}
+    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset=args.preset, **overrides))
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    forward = torch.compile(model, dynamic=True) if "compiled" in variant else model
+    if variant == "before":
+        dataset, collator = raw, SessionDataCollator(tokenizer, args.max_history_items, args.session_length)
+    else:
+        dataset, collator = tokenized, TokenizedSessionCollator(tokenizer.pad_token_id)
+    batches = grouped_batches(history_lengths(raw), batch_size, args.seed)
+    num_steps = max(3, -(-args.step_windows // batch_size))
+    warmup = 3 if "compiled" in variant else 1
+    # Every step a different batch, spread over the epoch (the sampler's order mixes lengths batch to batch).
+    stride = max(1, len(batches) // (num_steps + warmup))
+    chosen = batches[::stride][: num_steps + warmup]
+
+    def step(indices):
+        batch = {key: value.to(device) for key, value in collator(dataset.__getitems__(indices)).items()}
+        loss = forward(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    start = time.perf_counter()
+    for indices in chosen[:warmup]:
+        step(indices)
+    synchronize(device)
+    warmup_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for indices in chosen[warmup:]:
+        loss = step(indices)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    windows = sum(len(indices) for indices in chosen[warmup:])
+    return {"variant": variant, "batch_size": batch_size, "steps": len(chosen) - warmup,
+            "windows_per_s": round(windows / seconds, 1), "warmup_s": round(warmup_seconds, 1),
+            "final_loss": round(float(loss), 4)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    device = setup_device(args.device, args.threads)
+    data = load_named_dataset(args.dataset)
+    raw = build_session_samples(leave_one_out_split(data["sequences"]), max_history=args.max_history_items,
+                                session_length=args.session_length)["train"]
+    tokenizer = SemanticIDTokenizer.from_pretrained(args.tokenizer_dir)
+    start = time.perf_counter()
+    tokenized = tokenize_session_samples(raw, tokenizer, max_history_items=args.max_history_items,
+                                         session_length=args.session_length, load_from_cache_file=False)
+    tokenize_seconds = time.perf_counter() - start
+    tokenized = tokenized.select_columns(list(TOKENIZED_COLUMNS))
+    raw = raw.select_columns(["history", "target"])
+    collation = time_collation(raw, tokenized, tokenizer, args)
+    collation["tokenize_once_s"] = round(tokenize_seconds, 2)
+    print(f"collation ({len(raw)} windows; tokenising once took {tokenize_seconds:.1f} s): per-sample "
+          f"{collation['per_sample_tokenising']['windows_per_s']:.0f} windows/s, pre-tokenised "
+          f"{collation['pre_tokenized']['windows_per_s']:.0f} windows/s ({collation['speedup']}x), "
+          f"{collation['identical_batches']} batches identical", flush=True)
+    training = []
+    for batch_size in args.batch_sizes:
+        for variant in args.variants:
+            try:
+                row = time_training(variant, batch_size, raw, tokenized, tokenizer, args, device)
+            except Exception as error:  # a variant that cannot run here (e.g. no compiler) is reported, not fatal
+                row = {"variant": variant, "batch_size": batch_size, "error": f"{type(error).__name__}: {error}"[:300]}
+            training.append(row)
+            print(row, flush=True)
+    base = {row["batch_size"]: row["windows_per_s"] for row in training if row["variant"] == "before" and "error" not in row}
+    print("\n| batch | " + " | ".join(args.variants) + " |\n|---:|" + "---:|" * len(args.variants))
+    for batch_size in args.batch_sizes:
+        cells = []
+        for variant in args.variants:
+            row = next(r for r in training if r["variant"] == variant and r["batch_size"] == batch_size)
+            if "error" in row:
+                cells.append("failed")
+            else:
+                ratio = f" ({row['windows_per_s'] / base[batch_size]:.2f}x)" if batch_size in base else ""
+                cells.append(f"{row['windows_per_s']:.0f}{ratio}")
+        print(f"| {batch_size} | " + " | ".join(cells) + " |")
+    path = output_path(args.output, "training_path", device)
+    write_json(path, {"environment": environment(device), "arguments": json_arguments(args),
+                      "collation": collation, "training": training})
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
