@@ -51,6 +51,9 @@ class ModelArguments:
     max_history_items: int = field(default=50, metadata={"help": "n: newest history items the encoder reads."})
     num_experts: Optional[int] = field(default=None, metadata={"help": "Override the preset's experts."})
     dropout_rate: float = field(default=0.1, metadata={"help": "T5 dropout."})
+    expert_dispatch: str = field(default="grouped", metadata={
+        "help": "grouped (chosen experts' FLOPs only; CPU) or dense (fixed shapes, no host sync; GPU, torch.compile).",
+        "choices": ["grouped", "dense"]})
 
 
 @dataclass
@@ -101,7 +104,7 @@ def main(argv=None) -> dict:
         model.config.check_tokenizer(tokenizer)
     else:
         overrides = {"session_length": model_args.session_length, "max_history_items": model_args.max_history_items,
-                     "dropout_rate": model_args.dropout_rate}
+                     "dropout_rate": model_args.dropout_rate, "expert_dispatch": model_args.expert_dispatch}
         if model_args.num_experts is not None:
             overrides["num_experts"] = model_args.num_experts
         model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset=model_args.preset,

@@ -47,6 +47,7 @@ class GenerativeRecommender:
             trie.to(model.device)
         beams = max(k, self.num_beams)
         ranked: List[Optional[List[str]]] = [None] * len(histories)
+        catalogue = tokenizer.item_ids  # the property copies the catalogue: read it once, not per item
         try:
             for rows in length_sorted_batches(histories, self.batch_size, model.config.max_history_items):
                 batch = [list(histories[index]) for index in rows]
@@ -60,7 +61,7 @@ class GenerativeRecommender:
                 indices = out.item_indices[:, :, 0].cpu()
                 valid = out.valid.cpu()
                 for row, index in enumerate(rows):
-                    items = [tokenizer.item_ids[i] for i, ok in zip(indices[row].tolist(), valid[row].tolist()) if ok]
+                    items = [catalogue[i] for i, ok in zip(indices[row].tolist(), valid[row].tolist()) if ok]
                     ranked[index] = items[:k]
         finally:
             model.train(was_training)

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import pyarrow.compute as pc
 import torch
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .data.tokenized import pad_rows
@@ -93,6 +93,10 @@ class OneRecPretrainingConfig(Seq2SeqTrainingArguments):
                 "RESULTS.md). 'random' restores plain shuffling.",
         "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]})
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator reads history/target."})
+    early_stopping_patience: Optional[int] = field(default=None, metadata={
+        "help": "Stop when metric_for_best_model has not improved for this many evaluations (transformers' "
+                "EarlyStoppingCallback; needs load_best_model_at_end, so the best checkpoint is restored). "
+                "None: train for the full budget."})
     expert_load_plot: bool = field(default=True, metadata={"help": "Save expert_load.png and training_curves.png "
                                                                    "in output_dir at the end of training."})
 
@@ -117,6 +121,13 @@ class OneRecPretrainer(Seq2SeqTrainer):
             ranking_exclude_history: Never rank the user's own history items.
         """
         super().__init__(*args, **kwargs)
+        patience = getattr(self.args, "early_stopping_patience", None)
+        if patience is not None:
+            if patience < 1 or not self.args.load_best_model_at_end or self.args.metric_for_best_model is None:
+                raise ValueError(f"early_stopping_patience={patience} needs a value >= 1, --load_best_model_at_end "
+                                 "true and --metric_for_best_model (e.g. recall@10 with --ranking_eval_users > 0, "
+                                 "or loss).")
+            self.add_callback(EarlyStoppingCallback(early_stopping_patience=patience))
         self.ranking_eval_samples = ranking_eval_samples
         self.ranking_ks = tuple(ranking_ks)
         self.ranking_num_beams = ranking_num_beams
