@@ -64,6 +64,9 @@ class EvaluateArguments(DatasetArguments):
     users_seed: int = field(default=0, metadata={"help": "Seed of that subset (same as examples/pretrain.py)."})
     num_beams: Optional[int] = field(default=None, metadata={
         "help": "Beam of the ranking search (default: the first level's codebook size)."})
+    history_settings: List[str] = field(default_factory=lambda: ["exclude_history", "all_items"], metadata={
+        "help": "Which settings to rank: exclude_history (the user's own items never recommended) and/or all_items.",
+        "choices": ["exclude_history", "all_items"]})
     session_eval_length: int = field(default=5, metadata={"help": "m of scored sessions (0 = no session metrics)."})
     max_history: int = field(default=50, metadata={"help": "Newest history items every model is given."})
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where metrics and top-k files go."})
@@ -107,9 +110,10 @@ def main(argv=None) -> dict:
         tokenizer = SemanticIDTokenizer.from_pretrained(folder)
         results, ranked = evaluate_generative_model(model, tokenizer, test, num_beams=args.num_beams,
                                                     session_rows=session_rows,
-                                                    session_length=args.session_eval_length or None)
+                                                    session_length=args.session_eval_length or None,
+                                                    history_settings=args.history_settings)
         add_rows(name, results, ranked, f"m={model.config.session_length}, "
-                                        f"beam {results['exclude_history']['num_beams']}")
+                                        f"beam {results[args.history_settings[0]]['num_beams']}")
         if "session" in results:
             sessions.append({"model": name, **results["session"]})
 
@@ -117,11 +121,12 @@ def main(argv=None) -> dict:
         catalogue = data["items"].with_format("arrow")[:].column("item_id").to_pylist()
         popularity = MostPopularRecommender(splits["train"], catalogue=catalogue)
         results, ranked = {}, {}
-        for key, exclude, _ in _SETTINGS:
+        settings = [setting for setting in _SETTINGS if setting[0] in args.history_settings]
+        for key, exclude, _ in settings:
             results[key], ranked[key] = evaluate_recommender(popularity, test, exclude_history=exclude,
                                                              progress=False)
         add_rows("most-popular", results, ranked, "-")
-        for key, exclude, _ in _SETTINGS:
+        for key, exclude, _ in settings:
             start = time.perf_counter()
             best, _ = tune_successor(splits["train"], samples["validation"], exclude_history=exclude,
                                      catalogue=catalogue)

@@ -600,3 +600,23 @@ def test_initialisation_matches_t5_for_every_shared_weight():
     experts = model.decoder.block[1].layer[-1].mlp.experts
     assert abs(experts.input_proj.std().item() - 64 ** -0.5) < 0.02
     assert abs(experts.output_proj.std().item() - 128 ** -0.5) < 0.02
+
+
+def test_training_forward_traces_as_one_graph_with_dense_dispatch():
+    # The training step must not sync with the host: dynamo traces forward + loss as one graph (fullgraph=True
+    # raises at any graph break), across batch shapes without a data-dependent branch. backend="eager" checks the
+    # tracing only (inductor's code generation takes minutes on a CPU; benchmarks/bench_training_path.py times it).
+    torch._dynamo.reset()
+    config = tiny_config(expert_dispatch="dense", dropout_rate=0.0)
+    model = OneRecForConditionalGeneration(config).train()
+    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=True)
+    for batch_size, length in ((3, 7), (5, 11)):
+        input_ids = torch.randint(3, config.vocab_size, (batch_size, length))
+        labels = torch.randint(3, config.vocab_size, (batch_size, 6))
+        labels[0, -2:] = -100
+        expected = model(input_ids=input_ids, labels=labels)
+        got = compiled(input_ids=input_ids, labels=labels)
+        torch.testing.assert_close(got.loss, expected.loss)
+        got.loss.backward()
+        assert model.decoder.sparse_layers()[0].mlp.experts.input_proj.grad is not None
+    torch._dynamo.reset()

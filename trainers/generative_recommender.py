@@ -80,12 +80,14 @@ def evaluate_generative_model(
     session_beams: int = 16,
     batch_size: int = 16,
     progress: bool = True,
+    history_settings: Sequence[str] = ("exclude_history", "all_items"),
 ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, List[List[str]]]]:
     """The test evaluation every OneRec / TIGER-style run reports (used by ``examples/pretrain.py`` and
     ``examples/evaluate.py``).
 
     * Ranking: full-catalogue Recall/NDCG@k through ``evaluate_recommender`` (the path the baselines use), once with
-      the user's history excluded and once with it allowed.
+      the user's history excluded and once with it allowed (``history_settings`` picks which of
+      ``"exclude_history"`` / ``"all_items"`` run: ranking every user of a large test split twice is slow on a CPU).
     * Sessions (with ``session_rows``, see ``trainers.evaluation.held_out_sessions``): the best session of
       ``session_length`` items generated from each user's training history (history excluded, no repeats, beam
       ``session_beams``), scored by ``session_metrics`` against the two held-out items: hit rate, consumed items,
@@ -95,11 +97,17 @@ def evaluate_generative_model(
         ``(report, ranked)``: ``report`` maps ``"exclude_history"``, ``"all_items"`` (and ``"session"``) to metrics
         plus ``seconds``; ``ranked`` maps the two ranking settings to the top-``max(ks)`` lists, in sample order.
     """
+    unknown = sorted(set(history_settings) - {"exclude_history", "all_items"})
+    if unknown or not history_settings:
+        raise ValueError(f"history_settings={list(history_settings)} is invalid; pick one or both of "
+                         "'exclude_history' and 'all_items'.")
     recommender = GenerativeRecommender(model, tokenizer, num_beams=num_beams, batch_size=batch_size)
     report: Dict[str, Dict[str, Any]] = {}
     ranked: Dict[str, List[List[str]]] = {}
-    for exclude in (True, False):
-        name = "exclude_history" if exclude else "all_items"
+    for name in ("exclude_history", "all_items"):
+        if name not in history_settings:
+            continue
+        exclude = name == "exclude_history"
         start = time.perf_counter()
         metrics, ranked[name] = evaluate_recommender(recommender, test_samples, ks, exclude_history=exclude,
                                                      batch_size=batch_size * 4, progress=progress)
