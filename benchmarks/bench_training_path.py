@@ -38,13 +38,12 @@ from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
     TOKENIZED_COLUMNS,
-    TokenizedSessionCollator,
     build_session_samples,
     leave_one_out_split,
     load_named_dataset,
     tokenize_session_samples,
 )
-from trainers.pretraining import SessionDataCollator, history_lengths
+from trainers.pretraining import SessionDataCollator, TokenizedSessionCollator, history_lengths
 
 VARIANTS = ("before", "after", "after-dropout0", "after-dense", "after-compiled", "after-dense-compiled")
 

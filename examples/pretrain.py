@@ -30,14 +30,13 @@ from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
     TOKENIZED_COLUMNS,
     DatasetArguments,
-    TokenizedSessionCollator,
     build_session_samples,
     leave_one_out_split,
     tokenize_session_samples,
 )
 from trainers.evaluation import held_out_sessions, sample_users, write_topk_json
 from trainers.generative_recommender import evaluate_generative_model
-from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig
+from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, TokenizedSessionCollator
 
 logger = logging.getLogger("pretrain")
 
@@ -132,7 +131,10 @@ def main(argv=None) -> dict:
     report = {
         "dataset": data_args.dataset, "preset": model_args.preset, "session_length": model_args.session_length,
         "parameters": counts, "train_samples": len(train), "steps": train_result.global_step,
-        "epochs": training_args.num_train_epochs, "learning_rate": training_args.learning_rate,
+        "epochs": training_args.num_train_epochs, "epochs_trained": round(trainer.state.epoch or 0.0, 3),
+        "best_checkpoint": trainer.state.best_model_checkpoint, "best_metric": trainer.state.best_metric,
+        "dropout_rate": model.config.dropout_rate, "expert_dispatch": model.config.expert_dispatch,
+        "learning_rate": training_args.learning_rate,
         "batch_size": training_args.per_device_train_batch_size, "train_seconds": round(train_seconds, 1),
         "device": str(trainer.model.device), "torch_threads": torch.get_num_threads(), "seed": training_args.seed,
     }

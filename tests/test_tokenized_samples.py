@@ -12,13 +12,18 @@ from tests.conftest import clustered_embeddings
 from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
 from trainers.data import (
     TOKENIZED_COLUMNS,
-    TokenizedSessionCollator,
     build_session_samples,
     leave_one_out_split,
-    pad_rows,
     tokenize_session_samples,
 )
-from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator, history_lengths
+from trainers.pretraining import (
+    OneRecPretrainer,
+    OneRecPretrainingConfig,
+    SessionDataCollator,
+    TokenizedSessionCollator,
+    history_lengths,
+    pad_rows,
+)
 
 
 @pytest.fixture(scope="module")

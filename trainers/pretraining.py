@@ -3,7 +3,7 @@
 * :class:`SessionDataCollator` -- ``{"history": [item ids], "target": [item ids]}`` samples to encoder inputs
   (the history's codes) and decoder labels (``BOS c1..cL`` per target item, then EOS; paper Eq. 3), tokenising
   every sample as it is batched: the plain reference of the fast path, which tokenises once
-  (``trainers.data.tokenize_session_samples``) and then only pads (``trainers.data.TokenizedSessionCollator``).
+  (``trainers.data.tokenize_session_samples``) and then only pads (:class:`TokenizedSessionCollator`).
 * :class:`OneRecPretrainingConfig` -- ``Seq2SeqTrainingArguments`` plus the few OneRec-specific knobs.
 * :class:`OneRecPretrainer` -- ``Seq2SeqTrainer`` whose logs carry the NTP loss, the MoE auxiliary losses and the
   expert load next to the total loss; the loss itself is the model's (``NTP + aux + z``).
@@ -12,14 +12,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Dict, Optional, Sequence
 
+import numpy as np
 import pyarrow.compute as pc
 import torch
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
-
-from .data.tokenized import pad_rows
 
 
 class SessionDataCollator:
@@ -55,6 +55,51 @@ class SessionDataCollator:
         sessions = [self.tokenizer.encode_session(list(f["target"])[: self.session_length]) for f in features]
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                 "labels": pad_labels(sessions)}
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_value: int, width: Optional[int] = None):
+    """Integer rows right-padded with `pad_value` to `width` (default: the longest row).
+
+    Vectorised: the rows are read once into one flat array, no Python loop per row.
+
+    Returns:
+        `(padded, mask)`: `[len(rows), width]` long tensor and its `[len(rows), width]` long mask (1 = a real token).
+    """
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    longest = int(lengths.max()) if len(lengths) else 0
+    width = longest if width is None else width
+    if width < longest:
+        raise ValueError(f"pad_rows: width={width} is shorter than the longest row ({longest}).")
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    padded = np.full((len(rows), width), pad_value, dtype=np.int64)
+    padded[mask] = flat
+    return torch.from_numpy(padded), torch.from_numpy(mask.astype(np.int64))
+
+
+class TokenizedSessionCollator:
+    """Pads and stacks samples of `tokenize_session_samples`: no tokenizer, no per-sample Python.
+
+    Args:
+        pad_token_id (`int`): The encoder's padding id (`tokenizer.pad_token_id`).
+
+    Returns `input_ids` / `attention_mask` `[B, S]` (right-padded) and `labels` `[B, T]` padded with -100; the model
+    builds `decoder_input_ids` by shifting `labels` right (T5's decoder start token = PAD). Same tensors as
+    `trainers.pretraining.SessionDataCollator` on the item-id samples.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("Empty batch.")
+        if "input_ids" not in features[0] or "labels" not in features[0]:
+            raise KeyError(f"Samples need 'input_ids' and 'labels' token rows; got {sorted(features[0])}. Add them "
+                           "with trainers.data.tokenize_session_samples(samples, tokenizer, ...).")
+        input_ids, attention_mask = pad_rows([f["input_ids"] for f in features], self.pad_token_id)
+        labels, _ = pad_rows([f["labels"] for f in features], -100)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def pad_labels(rows: Sequence[Sequence[int]], width: Optional[int] = None) -> torch.Tensor:
@@ -210,4 +255,5 @@ class OneRecPretrainer(Seq2SeqTrainer):
         super().log(logs, start_time)
 
 
-__all__ = ["OneRecPretrainer", "OneRecPretrainingConfig", "SessionDataCollator", "history_lengths", "pad_labels"]
+__all__ = ["OneRecPretrainer", "OneRecPretrainingConfig", "SessionDataCollator", "TokenizedSessionCollator",
+           "history_lengths", "pad_labels", "pad_rows"]

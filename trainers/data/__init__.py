@@ -21,7 +21,7 @@ from .loaders import (
 )
 from .sessions import build_session_samples, build_time_sessions, split_sessions_by_gap
 from .splits import leave_one_out_split
-from .tokenized import TOKENIZED_COLUMNS, TokenizedSessionCollator, pad_rows, tokenize_session_samples
+from .tokenized import TOKENIZED_COLUMNS, tokenize_session_samples
 
 
 __all__ = [
@@ -37,12 +37,10 @@ __all__ = [
     "load_inter_json",
     "load_named_dataset",
     "NAMED_DATASETS",
-    "TokenizedSessionCollator",
     "load_interactions",
     "load_recbole",
     "load_s3rec",
     "named_paths",
-    "pad_rows",
     "natural_order",
     "split_sessions_by_gap",
     "tokenize_session_samples",

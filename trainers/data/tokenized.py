@@ -8,7 +8,8 @@ a GPU trains faster than that). So the data path is two steps:
   disk like any `datasets` transform): `input_ids` (the history's codes, newest `max_history_items` items, then
   EOS), `labels` (`BOS c1..cL` per target item for the first `session_length` items, then EOS) and
   `num_history_items` (the key of length-grouped batching);
-- `TokenizedSessionCollator` only pads and stacks those rows (no per-sample Python, no tokenizer).
+- `trainers.pretraining.TokenizedSessionCollator` only pads and stacks those rows (no per-sample Python, no
+  tokenizer).
 
 The token ids are the tokenizer's own code table, checked once here against the vocabulary: the training step
 needs no per-step token-id check (a host synchronisation on an accelerator).
@@ -16,13 +17,11 @@ needs no per-step token-id check (a host synchronisation on an accelerator).
 
 from __future__ import annotations
 
-from itertools import chain
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 
@@ -144,48 +143,3 @@ def _rows_with_eos(tokens: np.ndarray, offsets: np.ndarray, eos: int) -> pa.List
     out[is_token] = tokens
     out[eos_positions] = eos
     return pa.ListArray.from_arrays(pa.array(new_offsets.astype(np.int32)), pa.array(out))
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_value: int, width: Optional[int] = None):
-    """Integer rows right-padded with `pad_value` to `width` (default: the longest row).
-
-    Vectorised: the rows are read once into one flat array, no Python loop per row.
-
-    Returns:
-        `(padded, mask)`: `[len(rows), width]` long tensor and its `[len(rows), width]` long mask (1 = a real token).
-    """
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    longest = int(lengths.max()) if len(lengths) else 0
-    width = longest if width is None else width
-    if width < longest:
-        raise ValueError(f"pad_rows: width={width} is shorter than the longest row ({longest}).")
-    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-    mask = np.arange(width)[None, :] < lengths[:, None]
-    padded = np.full((len(rows), width), pad_value, dtype=np.int64)
-    padded[mask] = flat
-    return torch.from_numpy(padded), torch.from_numpy(mask.astype(np.int64))
-
-
-class TokenizedSessionCollator:
-    """Pads and stacks samples of `tokenize_session_samples`: no tokenizer, no per-sample Python.
-
-    Args:
-        pad_token_id (`int`): The encoder's padding id (`tokenizer.pad_token_id`).
-
-    Returns `input_ids` / `attention_mask` `[B, S]` (right-padded) and `labels` `[B, T]` padded with -100; the model
-    builds `decoder_input_ids` by shifting `labels` right (T5's decoder start token = PAD). Same tensors as
-    `trainers.pretraining.SessionDataCollator` on the item-id samples.
-    """
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = int(pad_token_id)
-
-    def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-        if not features:
-            raise ValueError("Empty batch.")
-        if "input_ids" not in features[0] or "labels" not in features[0]:
-            raise KeyError(f"Samples need 'input_ids' and 'labels' token rows; got {sorted(features[0])}. Add them "
-                           "with trainers.data.tokenize_session_samples(samples, tokenizer, ...).")
-        input_ids, attention_mask = pad_rows([f["input_ids"] for f in features], self.pad_token_id)
-        labels, _ = pad_rows([f["labels"] for f in features], -100)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
