@@ -237,6 +237,13 @@ def test_tune_successor_uses_the_grid_on_validation():
 def test_topk_json_round_trip(tmp_path):
     path = write_topk_json(tmp_path / "sub" / "top.json", ["7", 8], [["1", "2", "3"], [4]], k=2)
     assert read_topk_json(path) == {"7": ["1", "2"], "8": ["4"]}
+    packed = write_topk_json(tmp_path / "top.json.gz", ["7", 8], [["1", "2", "3"], [4]], k=2)
+    assert packed.read_bytes()[:2] == b"\x1f\x8b" and read_topk_json(packed) == read_topk_json(path)
+    again = write_topk_json(tmp_path / "again.json.gz", ["7", 8], [["1", "2", "3"], [4]], k=2)
+    assert again.read_bytes() == packed.read_bytes()  # reproducible bytes
+    (tmp_path / "broken.json.gz").write_bytes(packed.read_bytes()[:10])
+    with pytest.raises(ValueError, match="broken.json.gz"):
+        read_topk_json(tmp_path / "broken.json.gz")
     assert json.loads(path.read_text()) == {"7": ["1", "2"], "8": ["4"]}
     with pytest.raises(ValueError, match="twice"):
         write_topk_json(tmp_path / "dup.json", ["1", "1"], [["a"], ["b"]])

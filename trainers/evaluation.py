@@ -24,6 +24,7 @@ The offline `evaluate` metric `trainers/metrics/recall_ndcg` (path in `RECALL_ND
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -357,7 +358,8 @@ def write_topk_json(
     """Write `{user_id: [item_id, ...]}` (the first `k` items per user, original dataset ids) as JSON.
 
     Args:
-        path (`str` or `Path`): Output file (parent directories are created).
+        path (`str` or `Path`): Output file (parent directories are created); gzip-compressed when it ends in
+            `.gz` (e.g. `top10.json.gz`, for committing the predictions of every test user).
         user_ids (`Sequence`): Per ranked list, its user id (e.g. the samples' `user_id` column); unique.
         ranked (`Sequence[Sequence[str]]`): Per user, item ids best first.
         k (`int`, defaults to 10): Items kept per user.
@@ -377,13 +379,21 @@ def write_topk_json(
         topk[user] = [str(item) for item in items[:k]]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(topk), encoding="utf-8")
+    payload = json.dumps(topk).encode("utf-8")
+    # mtime=0: the same predictions give the same bytes (a committed file changes only when the lists do).
+    path.write_bytes(gzip.compress(payload, mtime=0) if path.suffix == ".gz" else payload)
     return path
 
 
 def read_topk_json(path: str | Path) -> dict[str, list[str]]:
-    """Read a file written by `write_topk_json`: `{user_id: [item_id, ...]}`."""
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read a file written by `write_topk_json` (plain or `.gz`): `{user_id: [item_id, ...]}`."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        raw = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a readable top-k file ({type(error).__name__}: {error}); write it with "
+                         "write_topk_json.") from None
     if not isinstance(raw, dict) or not all(isinstance(items, list) for items in raw.values()):
         raise ValueError(f"{path} is not a {{user_id: [item_id, ...]}} JSON object as written by write_topk_json.")
     return {str(user): [str(item) for item in items] for user, items in raw.items()}
