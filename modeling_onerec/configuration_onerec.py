@@ -19,6 +19,10 @@ PRESETS: Dict[str, dict] = {
     # CPU demo / small datasets (Amazon Beauty on 2 cores).
     "small": dict(d_model=128, d_kv=32, num_heads=4, d_ff=256, num_layers=2, num_decoder_layers=2, num_experts=8,
                   num_experts_per_token=2),
+    # TIGER's shape (4 + 4 layers, d_model 128, 6 heads of 64, FFN 1024; Rajput et al. 2023) with our MoE decoder:
+    # 8 experts of width 512, top-2, so a decoder token activates TIGER's 1024 FFN units.
+    "tiger-size": dict(d_model=128, d_kv=64, num_heads=6, d_ff=1024, num_layers=4, num_decoder_layers=4,
+                       num_experts=8, num_experts_per_token=2, expert_d_ff=512),
     # Paper scales, all with 24 experts top-2 and expert FFNs of 4 x d_model; parameter_counts() gives (with
     # 3 x 8192 codes): 0.05b 48M total / 28% activated, 0.1b 103M / 25%, 0.2b 197M / 21%, 0.5b 497M / 17%,
     # 1b 991M / 16% (the paper reports ~13% at 1B; its exact shapes are not published).
@@ -256,9 +260,9 @@ class OneRecConfig(T5Config):
                       vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
                       decoder_start_token_id=tokenizer.pad_token_id)
-        shape = PRESETS[preset] if preset is not None else {}
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        shape = PRESETS[preset] if preset is not None else {}
         config = cls(**{**shape, **layout, **overrides})
         config.check_tokenizer(tokenizer)
         return config

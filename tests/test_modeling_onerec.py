@@ -370,9 +370,11 @@ def test_presets_construct(name):
     assert 0 < counts["activated"] < counts["total"]
 
 
-def test_unknown_preset():
+def test_unknown_preset(small_tokenizer):
     with pytest.raises(ValueError, match="Unknown preset"):
         OneRecConfig.from_preset("onerec-7b")
+    with pytest.raises(ValueError, match="Unknown preset 'unknown'"):  # not a bare KeyError
+        OneRecConfig.from_tokenizer(small_tokenizer, preset="unknown")
 
 
 # ----------------------------------------------------------------------------------------------------
