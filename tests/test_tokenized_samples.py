@@ -109,3 +109,20 @@ def test_pretrainer_groups_tokenized_samples_by_stored_length(tokenizer, samples
     assert grouped_padding < random_padding
     loss = model(**batches[0]).loss
     assert torch.isfinite(loss)
+
+
+def test_early_stopping_needs_a_restorable_best_checkpoint(tokenizer, samples, tmp_path):
+    from transformers import EarlyStoppingCallback
+
+    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=4))
+    validation = tokenize_session_samples(samples["validation"], tokenizer, max_history_items=20, session_length=4)
+    common = dict(output_dir=str(tmp_path), report_to=[], use_cpu=True, early_stopping_patience=2)
+    with pytest.raises(ValueError, match="load_best_model_at_end"):
+        OneRecPretrainer(model=model, args=OneRecPretrainingConfig(**common), processing_class=tokenizer,
+                         data_collator=TokenizedSessionCollator(tokenizer.pad_token_id))
+    args = OneRecPretrainingConfig(**common, load_best_model_at_end=True, metric_for_best_model="loss",
+                                   eval_strategy="epoch", save_strategy="epoch")
+    trainer = OneRecPretrainer(model=model, args=args, processing_class=tokenizer, eval_dataset=validation,
+                               data_collator=TokenizedSessionCollator(tokenizer.pad_token_id))
+    stoppers = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+    assert len(stoppers) == 1 and stoppers[0].early_stopping_patience == 2
