@@ -26,8 +26,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from benchmarks.common import add_device_argument, add_run_arguments, environment, json_arguments, output_path, \
-    setup_device, synchronize, write_json
+from benchmarks.common import add_device_argument, add_pretraining_data_arguments, add_run_arguments, environment, \
+    json_arguments, output_path, setup_device, synchronize, write_json
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import build_session_samples, leave_one_out_split, load_named_dataset
@@ -38,13 +38,8 @@ STRATEGIES = ("random", "group_by_length")
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="beauty", help="A bundled dataset name (beauty, scientific, ml-100k).")
-    parser.add_argument("--tokenizer_dir", default="outputs/beauty/tokenizer",
-                        help="A SemanticIDTokenizer of that dataset (examples/build_semantic_ids.py writes one).")
-    parser.add_argument("--preset", default="small")
+    add_pretraining_data_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--max_history_items", type=int, default=50)
-    parser.add_argument("--session_length", type=int, default=5)
     parser.add_argument("--steps", type=int, default=50, help="Timed optimiser steps per sampler.")
     add_device_argument(parser)
     add_run_arguments(parser, output_help="JSON output (default outputs/benchmarks/pretrain_batching_<device>.json).")

@@ -32,8 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from benchmarks.common import add_device_argument, add_run_arguments, environment, json_arguments, output_path, \
-    setup_device, synchronize, write_json
+from benchmarks.common import add_device_argument, add_pretraining_data_arguments, add_run_arguments, environment, \
+    json_arguments, output_path, setup_device, synchronize, write_json
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
@@ -50,12 +50,7 @@ VARIANTS = ("before", "after", "after-dropout0", "after-dense", "after-compiled"
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="beauty", help="A bundled dataset name (beauty, scientific, ml-100k).")
-    parser.add_argument("--tokenizer_dir", default="outputs/beauty/tokenizer",
-                        help="A SemanticIDTokenizer of that dataset (examples/build_semantic_ids.py writes one).")
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--max_history_items", type=int, default=50)
-    parser.add_argument("--session_length", type=int, default=5)
+    add_pretraining_data_arguments(parser)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--collate_batches", type=int, default=200, help="Batches of 64 timed for collation.")

@@ -49,6 +49,17 @@ def add_threads_argument(parser: argparse.ArgumentParser, help: str = THREADS_HE
     parser.add_argument("--threads", type=int, default=None, help=help)
 
 
+def add_pretraining_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a benchmark that trains on a real dataset: ``--dataset``, ``--tokenizer_dir``, ``--preset``,
+    ``--max_history_items`` (n) and ``--session_length`` (m)."""
+    parser.add_argument("--dataset", default="beauty", help="A bundled dataset name (beauty, scientific, ml-100k).")
+    parser.add_argument("--tokenizer_dir", default="outputs/beauty/tokenizer",
+                        help="A SemanticIDTokenizer of that dataset (examples/build_semantic_ids.py writes one).")
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--max_history_items", type=int, default=50)
+    parser.add_argument("--session_length", type=int, default=5)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, *, output_help: str, seed_help: Optional[str] = None,
                       threads_help: str = THREADS_HELP) -> None:
     """The arguments a timing script's command line ends with: ``--threads`` (see :func:`add_threads_argument`),

@@ -258,7 +258,6 @@ class OneRecExperts(nn.Module):
         weighted = expert_outputs * sorted_gate.to(expert_outputs.dtype)[:, None]
         return torch.zeros_like(hidden_states).index_add_(0, sorted_token, weighted.to(hidden_states.dtype))
 
-
     def dense_forward(self, hidden_states: torch.Tensor, expert_index: torch.Tensor,
                       gates: torch.Tensor) -> torch.Tensor:
         """``expert_dispatch="dense"``: every expert on every token (``[E, N, d]`` batched matmuls), outputs weighted
