@@ -6,7 +6,7 @@
 #
 #   bash scripts/gpu_beauty.sh                                  # on a GPU machine with internet
 #   TOKENIZER_DIR=outputs/beauty/tokenizer bash scripts/gpu_beauty.sh   # reuse semantic IDs built elsewhere
-#   DRY_RUN=1 bash scripts/gpu_beauty.sh                        # CPU, a few steps and users (tests/test_examples.py)
+#   DRY_RUN=1 bash scripts/gpu_beauty.sh                        # CPU, a few steps and users (tests/test_gpu_script.py)
 #
 # Set-up: wheels in .whl/ are installed offline (a machine without internet; see the device notes in README);
 # otherwise a missing stack is installed with pip. Knobs (environment): OUT_DIR, TOKENIZER_DIR, EMBEDDING_SOURCE

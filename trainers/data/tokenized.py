@@ -88,21 +88,19 @@ class _SampleEncoder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         users = batch.column("user_id").to_pylist() if "user_id" in batch.column_names else None
-        history, history_lengths = self._item_rows(batch.column("history"), users, "history", newest=self.max_items)
-        target, _ = self._item_rows(batch.column("target"), users, "target", first=self.session_length)
+        history, history_offsets = self._item_rows(batch.column("history"), users, "history", newest=self.max_items)
+        target, target_offsets = self._item_rows(batch.column("target"), users, "target", first=self.session_length)
         codes_per_item = self.item_tokens.shape[1]
         # History: codes of each kept item, then EOS. Labels: BOS + codes per item, then EOS (paper Eq. 3).
-        input_ids = _rows_with_eos(self.item_tokens[history.values].reshape(-1), history.offsets * codes_per_item,
-                                   self.eos)
-        with_bos = np.concatenate([np.full((len(target.values), 1), self.bos, np.int32),
-                                   self.item_tokens[target.values]], axis=1)
-        labels = _rows_with_eos(with_bos.reshape(-1), target.offsets * (codes_per_item + 1), self.eos)
+        input_ids = _rows_with_eos(self.item_tokens[history].reshape(-1), history_offsets * codes_per_item, self.eos)
+        with_bos = np.concatenate([np.full((len(target), 1), self.bos, np.int32), self.item_tokens[target]], axis=1)
+        labels = _rows_with_eos(with_bos.reshape(-1), target_offsets * (codes_per_item + 1), self.eos)
         return batch.append_column("input_ids", input_ids).append_column("labels", labels).append_column(
-            "num_history_items", pa.array(history_lengths, pa.int32()))
+            "num_history_items", pa.array(np.diff(history_offsets), pa.int32()))
 
     def _item_rows(self, column, users, name: str, newest: Optional[int] = None, first: Optional[int] = None):
-        """Catalogue rows of each sample's items (the newest `newest` or the first `first` of them): a ragged
-        array as flat `values` and `offsets` [rows + 1], plus the kept count per row."""
+        """Catalogue rows of each sample's items (the newest `newest` or the first `first` of them), as a ragged
+        array: flat `values` and `offsets` [rows + 1]."""
         lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
         empty = np.flatnonzero(lengths == 0)
@@ -124,12 +122,7 @@ class _SampleEncoder:
         keep_from = starts + lengths - kept if newest is not None else starts  # newest: the row's tail
         offsets = np.concatenate([[0], np.cumsum(kept)])
         flat = np.arange(offsets[-1]) - np.repeat(offsets[:-1], kept) + np.repeat(keep_from, kept)
-        return _Ragged(values[flat], offsets), kept
-
-
-class _Ragged:
-    def __init__(self, values: np.ndarray, offsets: np.ndarray):
-        self.values, self.offsets = values, offsets
+        return values[flat], offsets
 
 
 def _rows_with_eos(tokens: np.ndarray, offsets: np.ndarray, eos: int) -> pa.ListArray:
