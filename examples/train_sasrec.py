@@ -26,7 +26,8 @@ spinning against each other: it made training steps about 4x faster there.
 Writes to `output_dir`: `metrics.json` (test metrics in both settings, the learning curve, the config and the
 training budget), `topk_test.json` (`{user_id: [top-10 item ids]}`, history excluded, original ids),
 `topk_test_keep_history.json` (the same with history kept) and the model (`sasrec_config.json`,
-`sasrec.safetensors`; reload with `SASRecRecommender.from_pretrained`). Prints a markdown table.
+`sasrec.safetensors`; reload with `SASRecRecommender.from_pretrained`) and `item_embeddings.npy` (the item vectors,
+rows in catalogue order, for `build_semantic_ids.py --embedding_source array`). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List
 
+import numpy as np
 import torch
 from transformers import HfArgumentParser
 
@@ -86,6 +88,9 @@ def main(argv=None) -> dict:
     training = dict(recommender.training_summary, wall_seconds=time.perf_counter() - started,
                     torch_threads=torch.get_num_threads(), seed=config.seed)
     recommender.save_pretrained(output_dir)
+    # The learned item vectors, rows in catalogue order: collaborative semantic IDs from them with
+    # `build_semantic_ids.py --embedding_source array --embedding_array <output_dir>/item_embeddings.npy`.
+    np.save(output_dir / "item_embeddings.npy", recommender.item_embeddings())
 
     results, rows = {}, []
     for exclude in (True, False):

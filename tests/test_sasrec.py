@@ -147,3 +147,15 @@ def test_bad_config():
         SASRecConfig(loss="bpr")
     with pytest.raises(ValueError, match="num_heads"):
         SASRecConfig(hidden_size=64, num_heads=3)
+
+
+def test_item_embeddings_feed_the_array_semantic_id_source(trained):
+    from tokenization_semantic_id import ItemEmbeddingConfig, build_item_embeddings
+
+    vectors = trained.item_embeddings()
+    assert vectors.shape == (NUM_ITEMS, trained.config.hidden_size) and vectors.dtype.name == "float32"
+    # Row j is item_ids[j]'s vector (index j + 1 in the model; 0 is padding).
+    item = trained.item_ids[3]
+    assert torch.equal(torch.from_numpy(vectors[3]), trained.model.item_embedding.weight[trained.index[item]].detach())
+    loaded = build_item_embeddings(ItemEmbeddingConfig(source="array"), trained.item_ids, array=vectors)
+    assert torch.allclose(loaded, torch.from_numpy(vectors))

@@ -88,6 +88,15 @@ def test_save_and_load_with_auto_tokenizer(tmp_path, small_tokenizer):
     assert loaded.encode_history(["item3", "item9"]) == small_tokenizer.encode_history(["item3", "item9"])
 
 
+def test_auto_tokenizer_registered_for_the_onerec_config():
+    # Registered through the public `AutoTokenizer.register`: a OneRec model directory resolves its tokenizer.
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+    from modeling_onerec import OneRecConfig
+
+    assert TOKENIZER_MAPPING[OneRecConfig] is SemanticIDTokenizer
+
+
 def test_remote_code_load_in_a_fresh_process_without_the_package(tmp_path, small_tokenizer):
     small_tokenizer.save_pretrained(tmp_path / "tok")
     script = textwrap.dedent(f"""

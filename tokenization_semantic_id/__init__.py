@@ -1,5 +1,9 @@
 """Semantic-ID tokenizer: item embeddings -> balanced residual k-means codes -> tokens, and back."""
 
+from transformers import AutoTokenizer
+
+from modeling_onerec.configuration_onerec import OneRecConfig
+
 from .collisions import CollisionReport, collision_rate, resolve_collisions
 from .constrained_decoding import SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
 from .embeddings import (
@@ -25,14 +29,13 @@ from .trie import SemanticIDTrie
 
 
 def register_auto_classes() -> None:
-    """Lets ``AutoTokenizer`` resolve ``tokenizer_class: "SemanticIDTokenizer"`` without remote code."""
-    from transformers.models.auto.tokenization_auto import REGISTERED_TOKENIZER_CLASSES
-
-    REGISTERED_TOKENIZER_CLASSES.setdefault("SemanticIDTokenizer", SemanticIDTokenizer)
+    """``AutoTokenizer`` resolves this tokenizer by class name (a tokenizer directory) and by ``OneRecConfig`` (a
+    model directory); ``save_pretrained`` writes ``auto_map`` and the module files for ``trust_remote_code``."""
+    AutoTokenizer.register(OneRecConfig, tokenizer_class=SemanticIDTokenizer, exist_ok=True)
+    SemanticIDTokenizer.register_for_auto_class("AutoTokenizer")
 
 
 register_auto_classes()
-SemanticIDTokenizer.register_for_auto_class("AutoTokenizer")
 
 __all__ = [
     "CollisionReport", "ItemEmbeddingConfig", "KMeansResult", "ResidualKMeansConfig", "ResidualQuantization",

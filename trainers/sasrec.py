@@ -291,6 +291,10 @@ class SASRecRecommender:
     def device(self) -> torch.device:
         return self.model.item_embedding.weight.device
 
+    def item_embeddings(self) -> np.ndarray:
+        """The learned item vectors `[num_items, hidden_size]` (float32), row `j` for `item_ids[j]`."""
+        return self.model.item_embedding.weight[1:].detach().float().cpu().numpy()
+
     # --- encoding -------------------------------------------------------------------------------------------
 
     def encode(self, history: Iterable[str]) -> list[int]:
