@@ -5,6 +5,7 @@ This file only depends on ``transformers``: ``save_pretrained`` copies it next t
 """
 
 import copy
+import warnings
 from typing import Dict, List, Optional, Union
 
 from huggingface_hub.dataclasses import strict
@@ -83,7 +84,9 @@ class OneRecConfig(T5Config):
             Beauty (``small`` preset, 150 steps of 64 samples) the first-level code's loss reached 4.11 nats with
             the level-restricted loss against 5.24 with the full-vocabulary one.
         session_length (`int`, defaults to 5): Items per generated session ``m`` (1 = point-wise, as TIGER).
-        max_history_items (`int`, defaults to 256): History items ``n`` the encoder reads (the newest are kept).
+        max_history_items (`int`, defaults to 50): History items ``n`` the encoder reads (the newest are kept);
+            :meth:`from_tokenizer` copies the tokenizer's, so that ``recommend()`` (which truncates at this value) and
+            ``tokenizer.batch_encode_histories`` (which truncates at the tokenizer's) agree. The paper reads 256.
     """
 
     model_type = "onerec"
@@ -103,7 +106,7 @@ class OneRecConfig(T5Config):
     codebook_sizes: Optional[List[int]] = None
     level_restricted_loss: bool = True
     session_length: int = 5
-    max_history_items: int = 256
+    max_history_items: int = 50
 
     def __post_init__(self, **kwargs):
         kwargs.setdefault("decoder_start_token_id", self.pad_token_id)  # T5 starts decoding from <pad>
@@ -260,15 +263,27 @@ class OneRecConfig(T5Config):
                       vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
                       decoder_start_token_id=tokenizer.pad_token_id)
+        if getattr(tokenizer, "max_history_items", None) is not None:
+            layout["max_history_items"] = int(tokenizer.max_history_items)
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
         shape = PRESETS[preset] if preset is not None else {}
         config = cls(**{**shape, **layout, **overrides})
-        config.check_tokenizer(tokenizer)
+        config._raise_on_layout_mismatch(tokenizer)  # an explicit max_history_items override is not a mismatch
         return config
 
     def check_tokenizer(self, tokenizer) -> None:
-        """Raises ``ValueError`` naming the mismatch if ``tokenizer``'s layout is not this config's."""
+        """Raises ``ValueError`` naming the mismatch if ``tokenizer``'s layout is not this config's; warns if the two
+        keep different numbers of history items."""
+        self._raise_on_layout_mismatch(tokenizer)
+        tokenizer_history = getattr(tokenizer, "max_history_items", None)
+        if tokenizer_history is not None and tokenizer_history != self.max_history_items:
+            warnings.warn(f"The tokenizer keeps {tokenizer_history} history items but the model reads "
+                          f"{self.max_history_items} (config.max_history_items): recommend() truncates histories at "
+                          f"{self.max_history_items}, tokenizer.batch_encode_histories at {tokenizer_history} unless "
+                          "you pass max_items=model.config.max_history_items.", stacklevel=3)
+
+    def _raise_on_layout_mismatch(self, tokenizer) -> None:
         problems = []
         if tokenizer.vocab_size != self.vocab_size:
             problems.append(f"vocab_size: tokenizer {tokenizer.vocab_size}, model {self.vocab_size}")

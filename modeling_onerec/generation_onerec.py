@@ -26,16 +26,30 @@ with the attributes of ``tokenization_semantic_id.SemanticIDTrie``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.utils import ModelOutput
 
-__all__ = ["SessionSearchOutput", "length_sorted_batches", "session_beam_search"]
+__all__ = ["SessionSearchOutput", "eval_mode", "length_sorted_batches", "session_beam_search"]
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Runs the block with ``module`` in eval mode (no dropout, no router jitter) and restores its training mode
+    afterwards, also when the block raises. Every inference entry point (``recommend()``, ranking, mining) uses it,
+    so a model handed over in training mode is never searched with dropout on."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @dataclass

@@ -416,7 +416,6 @@ class _RoutingMixin:
         return torch.stack(loads)
 
 
-_FILLER_SCORE = -1e5  # filler beams score about -1e9 (divided by length ** length_penalty); real sessions are far above
 
 
 def _check_token_ids(name: str, token_ids: Optional[torch.Tensor], vocab_size: int,
@@ -615,7 +614,7 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
         Returns:
             Per user, a list of :class:`SessionRecommendation` sorted by score.
         """
-        from .generation_onerec import length_sorted_batches, session_beam_search
+        from .generation_onerec import eval_mode, length_sorted_batches, session_beam_search
 
         self.config.check_tokenizer(tokenizer)
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
@@ -640,64 +639,28 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
             trie.to(self.device)
 
         results: List[Optional[List[SessionRecommendation]]] = [None] * len(histories)
-        for users in length_sorted_batches(histories, batch_size, self.config.max_history_items):
-            batch = [list(histories[user]) for user in users]
-            encoded = tokenizer.batch_encode_histories(batch, max_items=self.config.max_history_items).to(self.device)
-            search = session_beam_search(
-                self, encoded["input_ids"], encoded["attention_mask"], trie, num_beams=num_beams,
-                num_items=session_length, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, forbid_repeats=forbid_repeats,
-                excluded_items=[excluded[user] for user in users] if exclude_history else None,
-                level_offsets=tokenizer.level_offsets,
-            )
-            item_ids = tokenizer.item_ids
-            for row, user in enumerate(users):
-                sessions = []
-                for beam in range(num_beams):
-                    if len(sessions) == num_sessions or not bool(search.valid[row, beam]):
-                        continue
-                    sessions.append(SessionRecommendation(
-                        items=[item_ids[index] for index in search.item_indices[row, beam].tolist()],
-                        score=float(search.scores[row, beam]),
-                        item_scores=search.item_scores[row, beam].tolist()))
-                results[user] = sessions
+        catalogue = tokenizer.item_ids  # a copy of the catalogue: read once, not per item
+        with eval_mode(self):
+            for users in length_sorted_batches(histories, batch_size, self.config.max_history_items):
+                batch = [list(histories[user]) for user in users]
+                encoded = tokenizer.batch_encode_histories(batch, max_items=self.config.max_history_items)
+                encoded = encoded.to(self.device)
+                search = session_beam_search(
+                    self, encoded["input_ids"], encoded["attention_mask"], trie, num_beams=num_beams,
+                    num_items=session_length, bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                    forbid_repeats=forbid_repeats, level_offsets=tokenizer.level_offsets,
+                    excluded_items=[excluded[user] for user in users] if exclude_history else None,
+                )
+                # One transfer per batch; beams are sorted with the valid ones first.
+                valid, scores = search.valid.tolist(), search.scores.tolist()
+                item_indices, item_scores = search.item_indices.tolist(), search.item_scores.tolist()
+                for row, user in enumerate(users):
+                    results[user] = [
+                        SessionRecommendation(items=[catalogue[index] for index in item_indices[row][beam]],
+                                              score=scores[row][beam], item_scores=item_scores[row][beam])
+                        for beam in range(num_beams) if valid[row][beam]][:num_sessions]
         return results
-
-    def generate(self, *args, **kwargs):
-        """transformers' ``generate()``; for beam search with ``return_dict_in_generate=True, output_scores=True``
-        (the way session generation is run) rows that are not a complete session are marked.
-
-        Beam search always returns ``num_return_sequences`` rows per input. When the constraint leaves fewer
-        valid sessions than that (tiny catalogue, many excluded items), transformers fills the beam with filler
-        rows. Here a row counts as a complete session if, after the decoder start token, it reaches EOS without a
-        PAD and scores above -1e5; any other row gets ``sequences_scores = -inf`` and only PAD tokens after the
-        start token, and each input's rows are re-sorted by score, so filler rows come last and decode to an
-        empty session. Sessions all have the same length, so pass ``length_penalty=0.0`` to get summed
-        log-probabilities (the default 1.0 divides every score by the same length).
-        ``model.recommend(...)`` and :func:`session_beam_search` return only the valid sessions.
-        """
-        output = super().generate(*args, **kwargs)
-        scores = getattr(output, "sequences_scores", None)
-        if scores is None:
-            return output
-        sequences = output.sequences
-        body = sequences[:, 1:]
-        is_eos, is_pad = body == self.config.eos_token_id, body == self.config.pad_token_id
-        has_eos = is_eos.any(dim=1)
-        first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, body.shape[1], dtype=torch.long))
-        positions = torch.arange(body.shape[1], device=body.device)[None, :]
-        complete = has_eos & ~(is_pad & (positions < first_eos[:, None])).any(dim=1)
-        complete &= scores > _FILLER_SCORE  # transformers' filler beams carry scores around -1e9 or -inf
-        if bool(complete.all()):
-            return output
-        scores = torch.where(complete, scores, torch.full_like(scores, -math.inf))
-        sequences = sequences.clone()
-        sequences[~complete, 1:] = self.config.pad_token_id
-        group = int(kwargs.get("num_return_sequences") or getattr(self.generation_config, "num_return_sequences", 1) or 1)
-        order = scores.view(-1, group).argsort(dim=1, descending=True, stable=True)
-        order = (order + torch.arange(0, scores.numel(), group, device=order.device)[:, None]).reshape(-1)
-        output.sequences, output.sequences_scores = sequences[order], scores[order]
-        return output
 
 
 __all__ = [

@@ -23,6 +23,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_reward import REWARD_PAD_INDEX, OneRecRewardConfig
+from .generation_onerec import eval_mode
 
 
 @dataclass
@@ -275,14 +276,10 @@ class OneRecRewardModel(PreTrainedModel):
             history_ids (`torch.Tensor` of shape `(B, H)`): History item indices, 0 = padding.
             session_ids (`torch.Tensor` of shape `(B, M)`): Session item indices, 0 = padding.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             device = self.item_embeddings.weight.device
             return self(history_ids=history_ids.to(device), session_ids=session_ids.to(device),
                         return_dict=True).rewards
-        finally:
-            self.train(was_training)
 
 
 def register_reward_auto_classes() -> None:

@@ -47,16 +47,32 @@ def test_every_generated_item_is_a_real_unexcluded_item(catalogue, seed, num_ite
     assert torch.isfinite(scores).all() and (scores[:, :-1] >= scores[:, 1:] - 1e-6).all()
 
 
-def test_generate_marks_filler_rows_when_beams_exceed_valid_sessions(catalogue):
+def test_generate_is_transformers_own_and_recommend_drops_filler_beams(catalogue):
+    # generate() is not overridden: when the constraint leaves fewer sessions than beams, transformers fills the
+    # beam with rows scored about -1e9; recommend() / session_beam_search report only the real sessions.
     tokenizer, model = catalogue
+    assert "generate" not in type(model).__dict__
     histories = [tokenizer.item_ids[:77]]  # 3 items left -> exactly 3 * 2 = 6 ordered 2-item sessions
     out = _generate(model, tokenizer, histories, num_items=2, beams=10)
     scores = out.sequences_scores
-    assert torch.isfinite(scores[:6]).all() and torch.isinf(scores[6:]).all()
-    sessions = [tokenizer.decode_session(row, prefix_length=1) for row in out.sequences]
-    assert all(len(s) == 2 and set(s) <= set(tokenizer.item_ids[77:]) for s in sessions[:6])
-    assert len({tuple(s) for s in sessions[:6]}) == 6
-    assert all(s == [] for s in sessions[6:])
+    assert torch.isfinite(scores[:6]).all() and (scores[:6] > -1e5).all() and (scores[6:] < -1e5).all()
+    sessions = [tokenizer.decode_session(row, prefix_length=1) for row in out.sequences[:6]]
+    assert all(len(s) == 2 and set(s) <= set(tokenizer.item_ids[77:]) for s in sessions)
+    assert len({tuple(s) for s in sessions}) == 6
+    found = model.recommend(tokenizer, histories, num_sessions=10, session_length=2)[0]
+    assert sorted(tuple(s.items) for s in found) == sorted(tuple(s) for s in sessions)
+    assert [s.score for s in found] == pytest.approx(scores[:6].tolist(), abs=1e-4)
+
+
+def test_generate_honours_a_passed_generation_config(catalogue):
+    from transformers import GenerationConfig
+
+    tokenizer, model = catalogue
+    inputs = tokenizer.batch_encode_histories([tokenizer.item_ids[:4]])
+    config = GenerationConfig(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False,
+                              decoder_start_token_id=model.config.decoder_start_token_id)
+    out = model.generate(**inputs, generation_config=config)
+    assert out.shape == (2, 1 + 3)
 
 
 def test_recommend_returns_ranked_real_sessions(catalogue):
@@ -142,3 +158,36 @@ def test_length_sorted_batches_is_a_shortest_first_partition():
     assert [i for batch in length_sorted_batches(histories, 3, max_items=3) for i in batch] == [1, 3, 5, 0, 2, 4, 6]
     with pytest.raises(ValueError, match="batch_size"):
         length_sorted_batches(histories, 0)
+
+
+def test_recommend_searches_in_eval_mode_and_restores_the_training_mode(catalogue):
+    # A model handed over in training mode (dropout 0.5, router jitter) must give the eval-mode sessions.
+    tokenizer, _ = catalogue
+    torch.manual_seed(1)
+    config = OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=2, dropout_rate=0.5,
+                                         router_jitter_noise=0.5)
+    model = OneRecForConditionalGeneration(config).eval()
+    histories = [tokenizer.item_ids[:5], tokenizer.item_ids[40:47]]
+    expected = model.recommend(tokenizer, histories, num_sessions=4)
+    model.train()
+    for _ in range(2):
+        found = model.recommend(tokenizer, histories, num_sessions=4)
+        assert [[s.items for s in user] for user in found] == [[s.items for s in user] for user in expected]
+        assert [s.score for user in found for s in user] == pytest.approx([s.score for user in expected for s in user])
+    assert model.training and all(module.training for module in model.modules())
+
+
+def test_max_history_items_has_one_source_of_truth(catalogue):
+    from trainers.pretraining import SessionDataCollator
+
+    tokenizer, _ = catalogue
+    config = OneRecConfig.from_tokenizer(tokenizer, preset="tiny")
+    assert config.max_history_items == tokenizer.max_history_items  # copied, not the config's own default
+    assert OneRecConfig.from_tokenizer(tokenizer, preset="tiny", max_history_items=7).max_history_items == 7
+    assert SessionDataCollator(tokenizer).max_history_items == tokenizer.max_history_items
+    # generate() after batch_encode_histories and recommend() read the same newest items.
+    history = [tokenizer.item_ids[i % 80] for i in range(3 * tokenizer.max_history_items)]
+    encoded = tokenizer.batch_encode_histories([history])
+    assert encoded["input_ids"].shape[1] == config.max_history_items * tokenizer.num_levels + 1
+    with pytest.warns(UserWarning, match="tokenizer keeps .* history items but the model reads 7"):
+        OneRecConfig.from_tokenizer(tokenizer, preset="tiny", max_history_items=7).check_tokenizer(tokenizer)

@@ -35,14 +35,9 @@ def sessions_from_ranking(ranked: Sequence[Sequence[str]], num_sessions: int,
 def generated_sessions(model, tokenizer, histories: Sequence[Sequence[str]], num_sessions: int,
                        session_length: int, num_beams: int, batch_size: int = 16) -> List[List[List[str]]]:
     """The ``S`` best sessions per user from OneRec's session beam search (history excluded, no repeats)."""
-    was_training = model.training
-    model.eval()
-    try:
-        found = model.recommend(tokenizer, [list(h) for h in histories], num_sessions=num_sessions,
-                                num_beams=max(num_beams, num_sessions), session_length=session_length,
-                                exclude_history=True, batch_size=batch_size)
-    finally:
-        model.train(was_training)
+    found = model.recommend(tokenizer, [list(h) for h in histories], num_sessions=num_sessions,
+                            num_beams=max(num_beams, num_sessions), session_length=session_length,
+                            exclude_history=True, batch_size=batch_size)
     return [[list(session.items) for session in user] for user in found]
 
 

@@ -10,10 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
-
-from modeling_onerec.generation_onerec import length_sorted_batches, session_beam_search
-
 from .evaluation import evaluate_recommender, session_metrics
 
 
@@ -35,37 +31,15 @@ class GenerativeRecommender:
         self.num_beams = num_beams if num_beams is not None else first_level
         self.batch_size = batch_size
 
-    @torch.inference_mode()
     def rank(self, histories: Sequence[Sequence[str]], k: int, exclude_history: bool) -> List[List[str]]:
         """Top-``k`` item ids per history, best first (``k`` distinct items, fewer only if the catalogue is
-        exhausted). With ``exclude_history`` the user's own history items are never returned."""
-        model, tokenizer = self.model, self.tokenizer
-        was_training = model.training
-        model.eval()
-        trie = tokenizer.trie
-        if trie.device != model.device:
-            trie.to(model.device)
-        beams = max(k, self.num_beams)
-        ranked: List[Optional[List[str]]] = [None] * len(histories)
-        catalogue = tokenizer.item_ids  # the property copies the catalogue: read it once, not per item
-        try:
-            for rows in length_sorted_batches(histories, self.batch_size, model.config.max_history_items):
-                batch = [list(histories[index]) for index in rows]
-                encoded = tokenizer.batch_encode_histories(batch, max_items=model.config.max_history_items)
-                excluded = [[tokenizer.item_index(i) for i in h] for h in batch] if exclude_history else None
-                out = session_beam_search(
-                    model, encoded["input_ids"].to(model.device), encoded["attention_mask"].to(model.device), trie,
-                    num_beams=beams, num_items=1, bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                    forbid_repeats=False, excluded_items=excluded, level_offsets=tokenizer.level_offsets)
-                indices = out.item_indices[:, :, 0].cpu()
-                valid = out.valid.cpu()
-                for row, index in enumerate(rows):
-                    items = [catalogue[i] for i, ok in zip(indices[row].tolist(), valid[row].tolist()) if ok]
-                    ranked[index] = items[:k]
-        finally:
-            model.train(was_training)
-        return ranked
+        exhausted). With ``exclude_history`` the user's own history items are never returned.
+
+        The ranking is ``model.recommend`` with one-item sessions: the beams of the first item, best first."""
+        found = self.model.recommend(self.tokenizer, histories, num_sessions=k, num_beams=max(k, self.num_beams),
+                                     session_length=1, exclude_history=exclude_history, forbid_repeats=False,
+                                     batch_size=self.batch_size)
+        return [[session.items[0] for session in sessions] for sessions in found]
 
 
 def evaluate_generative_model(
@@ -124,13 +98,8 @@ def evaluate_generative_model(
             sessions = recommender.rank(histories, length, exclude_history=True)
         else:
             mode = "generated (session beam search)"
-            was_training = model.training
-            model.eval()
-            try:
-                found = model.recommend(tokenizer, histories, num_sessions=1, num_beams=session_beams,
-                                        session_length=length, exclude_history=True)
-            finally:
-                model.train(was_training)
+            found = model.recommend(tokenizer, histories, num_sessions=1, num_beams=session_beams,
+                                    session_length=length, exclude_history=True)
             sessions = [user[0].items if user else [] for user in found]
         report["session"] = session_metrics(sessions, [row["target"] for row in session_rows],
                                             item_categories=tokenizer) | {

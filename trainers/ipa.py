@@ -137,34 +137,29 @@ def mine_preference_pairs(model, tokenizer, histories: Sequence[Sequence], rewar
 
     started = time.perf_counter()
     rows, skipped, tied = [], 0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        # Similar lengths pad little; rows are put back in user order below.
-        batches = length_sorted_batches(histories, batch_size, model.config.max_history_items)
-        for indices in tqdm(batches, desc="Mining preference pairs", unit="batch", disable=not progress):
-            batch = [histories[index] for index in indices]
-            recommendations = model.recommend(tokenizer, batch, num_sessions=num_candidates,
-                                              num_beams=num_candidates, session_length=session_length,
-                                              exclude_history=exclude_history, batch_size=len(batch))
-            users = [u for u, sessions in enumerate(recommendations) if len(sessions) >= 2]
-            skipped += len(batch) - len(users)
-            if not users:
+    # Similar lengths pad little; rows are put back in user order below.
+    batches = length_sorted_batches(histories, batch_size, model.config.max_history_items)
+    for indices in tqdm(batches, desc="Mining preference pairs", unit="batch", disable=not progress):
+        batch = [histories[index] for index in indices]
+        recommendations = model.recommend(tokenizer, batch, num_sessions=num_candidates,
+                                          num_beams=num_candidates, session_length=session_length,
+                                          exclude_history=exclude_history, batch_size=len(batch))
+        users = [u for u, sessions in enumerate(recommendations) if len(sessions) >= 2]
+        skipped += len(batch) - len(users)
+        if not users:
+            continue
+        sessions = [[list(s.items) for s in recommendations[u]] for u in users]
+        rewards = _check_rewards(reward_fn([list(batch[u]) for u in users], sessions), sessions,
+                                 [indices[u] for u in users])
+        for u, candidates, scores in zip(users, sessions, rewards):
+            best = max(range(len(scores)), key=scores.__getitem__)  # first of equals: the higher-ranked beam
+            worst = min(range(len(scores)), key=scores.__getitem__)
+            if scores[best] - scores[worst] <= min_reward_gap:
+                tied += 1
                 continue
-            sessions = [[list(s.items) for s in recommendations[u]] for u in users]
-            rewards = _check_rewards(reward_fn([list(batch[u]) for u in users], sessions), sessions,
-                                     [indices[u] for u in users])
-            for u, candidates, scores in zip(users, sessions, rewards):
-                best = max(range(len(scores)), key=scores.__getitem__)  # first of equals: the higher-ranked beam
-                worst = min(range(len(scores)), key=scores.__getitem__)
-                if scores[best] - scores[worst] <= min_reward_gap:
-                    tied += 1
-                    continue
-                rows.append({"index": indices[u], "history": list(batch[u]), "chosen": candidates[best],
-                             "rejected": candidates[worst], "chosen_reward": scores[best],
-                             "rejected_reward": scores[worst]})
-    finally:
-        model.train(was_training)
+            rows.append({"index": indices[u], "history": list(batch[u]), "chosen": candidates[best],
+                         "rejected": candidates[worst], "chosen_reward": scores[best],
+                         "rejected_reward": scores[worst]})
     rows.sort(key=lambda row: row["index"])
     return PreferencePairs(rows, num_users=len(histories), skipped_users=skipped, tied_users=tied,
                            seconds=time.perf_counter() - started)

@@ -27,7 +27,7 @@ class SessionDataCollator:
 
     Args:
         tokenizer: The ``SemanticIDTokenizer`` the model was built with.
-        max_history_items: History items the encoder reads (the newest are kept).
+        max_history_items: History items the encoder reads (the newest are kept); default the tokenizer's.
         session_length: Most target items per sample (longer targets are cut; shorter ones are fine, the
             decoder then sees fewer ``BOS c1..cL`` blocks before EOS).
 
@@ -35,7 +35,9 @@ class SessionDataCollator:
     the model builds ``decoder_input_ids`` by shifting ``labels`` right (T5's decoder start token = PAD).
     """
 
-    def __init__(self, tokenizer, max_history_items: int = 50, session_length: int = 5):
+    def __init__(self, tokenizer, max_history_items: Optional[int] = None, session_length: int = 5):
+        if max_history_items is None:
+            max_history_items = tokenizer.max_history_items
         if max_history_items < 1 or session_length < 1:
             raise ValueError(f"max_history_items and session_length must be >= 1, got {max_history_items} and "
                              f"{session_length}.")

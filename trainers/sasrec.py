@@ -48,6 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from modeling_onerec.generation_onerec import eval_mode
+
 from .data import natural_order
 
 
@@ -319,10 +321,8 @@ class SASRecRecommender:
         if k < 1:
             raise ValueError(f"k={k} must be at least 1.")
         k = min(k, self.model.num_items)
-        was_training = self.model.training
-        self.model.eval()
         out = []
-        try:
+        with eval_mode(self.model):
             for start in range(0, len(histories), self.config.eval_batch_size):
                 chunk = histories[start:start + self.config.eval_batch_size]
                 (inputs,) = trim_padding(left_pad(chunk, self.config.max_len))
@@ -337,8 +337,6 @@ class SASRecRecommender:
                 indices = top.indices + 1
                 indices[top.values == -torch.inf] = PAD_ID
                 out.append(indices.cpu())
-        finally:
-            self.model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
 
     def rank(self, histories: list[list[str]], k: int, exclude_history: bool = True) -> list[list[str]]:
