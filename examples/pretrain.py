@@ -154,6 +154,14 @@ def main(argv=None) -> dict:
                 write_topk_json(output_dir / f"topk_test_{name}.json", list(chosen["user_id"]), lists, k=10)
         report |= {"test_users": len(chosen), "users_seed": data_args.users_seed, "test": results}
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    card = trainer.model.model_card(
+        model_name=f"{data_args.dataset}, {model_args.preset}, m = {model_args.session_length}",
+        data_summary=f"`{data_args.dataset}` (leave-one-out split): {len(train):,} training windows.",
+        training_summary=(f"{train_result.global_step:,} steps x batch {training_args.per_device_train_batch_size}, "
+                          f"lr {training_args.learning_rate}, {report['epochs_trained']} epochs, "
+                          f"{train_seconds / 60:.1f} min on {report['device']}, seed {training_args.seed}."),
+        results_table=format_results(report["test"], report["test_users"]) if "test" in report else None)
+    card.save(str(output_dir / "final" / "README.md"))
     print(f"\nOneRec ({model_args.preset}, m={model_args.session_length}) on {data_args.dataset}: "
           f"{train_result.global_step} steps in {train_seconds / 60:.1f} min on {report['device']}, "
           f"seed {training_args.seed}")

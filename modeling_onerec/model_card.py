@@ -13,7 +13,7 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCardData
 
 
 MODEL_CARD_TEMPLATE = """\
@@ -56,9 +56,6 @@ DEFAULT_TAGS = ["recommendation", "generative-recommendation", "semantic-ids", "
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _TEMPLATE_ONLY_LINE = re.compile(r"^<!-- template-only:.*-->\n(\n)?", re.MULTILINE)
-# The sentence transformers (5.x, ``utils.hub.create_and_tag_model_card``) puts in the generic card it writes to
-# README.md when pushing to a Hub repo that has no card yet.
-TRANSFORMERS_PLACEHOLDER_CARD_SENTENCE = "This model card has been automatically generated."
 
 
 def _human(count: int) -> str:
@@ -190,32 +187,8 @@ def write_model_card(save_directory, config, overwrite: bool = False, **fields) 
     return path
 
 
-def is_transformers_placeholder_card(path) -> bool:
-    """Whether ``path`` is the generic card transformers writes when pushing to a Hub repo without one."""
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as handle:
-        return TRANSFORMERS_PLACEHOLDER_CARD_SENTENCE in handle.read()
-
-
-def replace_transformers_placeholder_card(directory, config, **fields) -> bool:
-    """If ``directory/README.md`` is transformers' generic card, replaces it with ours (keeping its tags).
-
-    A card of any other origin (the Hub repo's existing card, which transformers re-uploads) is left alone.
-    Returns whether the card was replaced.
-    """
-    path = os.path.join(directory, "README.md")
-    if not is_transformers_placeholder_card(path):
-        return False
-    placeholder_tags = ModelCard.load(path).data.tags or []
-    tags = list(fields.pop("tags", None) or []) + [tag for tag in placeholder_tags if tag not in DEFAULT_TAGS]
-    write_model_card(directory, config, overwrite=True, tags=tags, **fields)
-    return True
-
-
 __all__ = [
-    "DEFAULT_TAGS", "MODEL_CARD_TEMPLATE", "architecture_summary", "is_transformers_placeholder_card",
-    "render_model_card", "replace_transformers_placeholder_card", "write_model_card",
+    "DEFAULT_TAGS", "MODEL_CARD_TEMPLATE", "architecture_summary", "render_model_card", "write_model_card",
 ]
 
 

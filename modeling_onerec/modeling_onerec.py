@@ -20,13 +20,14 @@ copies them next to the weights for ``trust_remote_code`` loading.
 
 import copy
 import math
-import os
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCard
 from torch import nn
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import Seq2SeqLMOutput
@@ -42,7 +43,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_onerec import OneRecConfig
-from .model_card import replace_transformers_placeholder_card, write_model_card
+from .model_card import render_model_card
 
 
 logger = logging.get_logger(__name__)
@@ -323,14 +324,27 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
     base_model_prefix = "transformer"
     _no_split_modules = ["T5Block"]
 
-    @classmethod
-    def is_custom_code(cls) -> bool:
-        # transformers skips `_init_weights` on parameter-less parent modules of "custom code" (it assumes such code
-        # initialises in place). T5 initialises q/k/v/o and the FFN weights from those parents (T5Attention,
-        # T5DenseActDense), so the skip left them at the generic N(0, initializer_factor=1.0) -- a decoder about 15x
-        # too large that learned far slower than T5. All our init goes through `transformers.initialization`, so
-        # the normal path is safe (regression test: tests/test_modeling_onerec.py, initialisation matches T5).
-        return False
+    @torch.no_grad()
+    @init.guard_torch_init_functions()
+    def initialize_weights(self):
+        """``_init_weights`` on every module not yet initialised, children before parents, each PreTrainedModel
+        sub-stack with its own ``_init_weights`` -- what transformers does for its own models.
+
+        Spelled out because transformers (5.24) skips parameter-less parent modules for code outside its package
+        (``is_custom_code()``), and T5 initialises q/k/v/o and the FFN weights from exactly those parents
+        (``T5Attention``, ``T5DenseActDense``): skipped, they kept the generic N(0, initializer_factor=1.0), a decoder
+        about 15x too large (regression test: ``test_initialisation_matches_t5_for_every_shared_weight``). All our init goes through
+        ``transformers.initialization``, which leaves loaded (flagged) tensors alone, so ``from_pretrained`` is safe.
+        """
+
+        def visit(module: nn.Module, init_fn) -> None:
+            for child in module.children():
+                visit(child, child._init_weights if isinstance(child, PreTrainedModel) else init_fn)
+            if not getattr(module, "_is_hf_initialized", False):
+                init_fn(module)
+                module._is_hf_initialized = True
+
+        visit(self, self._init_weights)
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -341,25 +355,25 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
         elif isinstance(module, OneRecRouter):
             init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model ** -0.5)
 
-    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
-        """As transformers', then writes a ``README.md`` model card (:func:`~.model_card.write_model_card`) unless the
-        folder already has one. Set ``model.model_card_fields`` (a dict of ``render_model_card`` arguments, e.g.
-        ``data_summary``, ``training_summary``, ``results_table``) to fill the card's free-text sections."""
-        # Both heads in auto_map, so AutoModel and AutoModelForSeq2SeqLM load the folder with trust_remote_code.
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers', with both heads in ``auto_map``, so that ``AutoModel`` and ``AutoModelForSeq2SeqLM`` load
+        the folder with ``trust_remote_code`` (``register_for_auto_class`` records one class). The model card is
+        separate: :meth:`model_card`."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
                                 "AutoModel": "modeling_onerec.OneRecModel",
                                 "AutoModelForSeq2SeqLM": "modeling_onerec.OneRecForConditionalGeneration"}
-        super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
-        if self.should_save_on_this_rank(is_main_process) and os.path.isdir(save_directory):
-            write_model_card(save_directory, self.config, **(getattr(self, "model_card_fields", None) or {}))
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-        # Both ways of pushing (push_to_hub, save_pretrained(push_to_hub=True)) write transformers' card to README.md
-        # right before this upload: the Hub repo's own card if it has one (kept), else a generic placeholder, which
-        # is replaced here by ours. (A transformers 5.24 internal: setup.py pins transformers to that minor.)
-        fields = {"model_name": repo_id, **(getattr(self, "model_card_fields", None) or {})}
-        replace_transformers_placeholder_card(working_dir, self.config, **fields)
-        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
+    def model_card(self, **fields) -> ModelCard:
+        """This model's card, a ``huggingface_hub.ModelCard`` rendered from the config
+        (:func:`~.model_card.render_model_card`; ``fields`` fill its free-text sections, e.g. ``model_name``,
+        ``data_summary``, ``training_summary``, ``results_table``, ``tags``).
+
+        ``model.model_card(...).save(f"{folder}/README.md")`` next to ``save_pretrained(folder)``;
+        ``model.model_card(model_name=repo_id).push_to_hub(repo_id)`` after ``push_to_hub(repo_id)``, which uploads
+        transformers' generic card. ``OneRecPretrainer.push_to_hub`` uploads this card by itself.
+        """
+        return ModelCard(render_model_card(self.config, **fields))
 
 
 class OneRecDecoderStack(OneRecPreTrainedModel, T5Stack):

@@ -17,7 +17,6 @@ from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from modeling_onerec.model_card import (
     DEFAULT_TAGS,
     MODEL_CARD_TEMPLATE,
-    TRANSFORMERS_PLACEHOLDER_CARD_SENTENCE,
     render_model_card,
     write_model_card,
 )
@@ -111,21 +110,16 @@ def test_write_model_card_never_overwrites(tmp_path, config):
     assert "new" in (tmp_path / "README.md").read_text()
 
 
-def test_save_pretrained_writes_the_card(tmp_path, model, config):
-    model.model_card_fields = {"data_summary": "DATA FROM FIELDS"}
-    try:
-        model.save_pretrained(tmp_path / "a")
-        model.save_pretrained(tmp_path / "b", is_main_process=False)
-    finally:
-        del model.model_card_fields
+def test_save_pretrained_has_no_side_effect_and_model_card_is_explicit(tmp_path, model, config):
+    model.save_pretrained(tmp_path / "a")
+    assert not (tmp_path / "a" / "README.md").exists()  # transformers' save, nothing more
+    assert {"model_card.py", "modeling_onerec.py", "configuration_onerec.py"} <= set(os.listdir(tmp_path / "a"))
+    card = model.model_card(data_summary="DATA FROM FIELDS", tags=["beauty"])
+    assert isinstance(card, ModelCard)
+    card.save(tmp_path / "a" / "README.md")
     readme = (tmp_path / "a" / "README.md").read_text()
     assert _count_text(config.parameter_counts()["total"]) in readme and "DATA FROM FIELDS" in readme
-    assert {"model_card.py", "modeling_onerec.py", "configuration_onerec.py"} <= set(os.listdir(tmp_path / "a"))
-    assert not (tmp_path / "b" / "README.md").exists()
-
-    (tmp_path / "a" / "README.md").write_text("user card")
-    model.save_pretrained(tmp_path / "a")  # a second save keeps the user's card
-    assert (tmp_path / "a" / "README.md").read_text() == "user card"
+    assert set(DEFAULT_TAGS) | {"beauty"} <= set(ModelCard.load(tmp_path / "a" / "README.md").data.tags)
 
 
 @pytest.fixture
@@ -160,35 +154,30 @@ def fake_hub(monkeypatch, tmp_path):
     return types.SimpleNamespace(uploads=uploads, state=state)
 
 
-@pytest.mark.parametrize("how", ["push_to_hub", "save_pretrained"])
-def test_push_to_hub_uploads_our_card(fake_hub, tmp_path, model, config, how):
-    if how == "push_to_hub":
-        model.push_to_hub("me/onerec-tiny", tags=["beauty"])
-    else:  # save_pretrained(push_to_hub=True) pushes from inside transformers' save_pretrained
-        model.save_pretrained(tmp_path / "onerec-tiny", push_to_hub=True, repo_id="me/onerec-tiny")
-    files = set(fake_hub.uploads)
-    assert {"model.safetensors", "config.json", "generation_config.json", "configuration_onerec.py",
-            "modeling_onerec.py", "model_card.py", "README.md"} <= files, files
+def test_push_to_hub_then_the_card(fake_hub, monkeypatch, model, config):
+    # The public route: transformers pushes the model (with its generic card), then the hub's ModelCard pushes ours.
+    monkeypatch.setattr(ModelCard, "validate", lambda self, *args, **kwargs: None)  # a network call
+    model.push_to_hub("me/onerec-tiny")
+    assert {"model.safetensors", "config.json", "configuration_onerec.py", "modeling_onerec.py",
+            "model_card.py"} <= set(fake_hub.uploads)
+    model.model_card(model_name="me/onerec-tiny").push_to_hub("me/onerec-tiny")
     readme = fake_hub.uploads["README.md"].decode("utf-8")
-    assert TRANSFORMERS_PLACEHOLDER_CARD_SENTENCE not in readme  # transformers' generic card was replaced
     assert "# OneRec (me/onerec-tiny)" in readme
     counts = config.parameter_counts()
     assert _count_text(counts["total"]) in readme and _count_text(counts["activated"]) in readme
-    tags = ModelCard(readme).data.tags
-    assert set(DEFAULT_TAGS) <= set(tags)
-    if how == "push_to_hub":
-        assert "beauty" in tags
-    else:
-        assert (tmp_path / "onerec-tiny" / "README.md").read_text(encoding="utf-8") == readme
     assert json.loads(fake_hub.uploads["config.json"])["model_type"] == "onerec"
 
 
-def test_push_to_hub_keeps_the_repos_own_card(fake_hub, model):
-    fake_hub.state["remote_card"] = "---\nlicense: mit\n---\n\n# A card someone wrote on the Hub\n"
-    model.push_to_hub("me/onerec-tiny")
-    readme = fake_hub.uploads["README.md"].decode("utf-8")
-    assert "# A card someone wrote on the Hub" in readme
-    assert "Parameters (total)" not in readme
+def test_trainer_push_writes_our_card(tmp_path, model, config):
+    # Trainer.push_to_hub calls create_model_card before uploading output_dir: ours replaces the generic draft.
+    from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig
+
+    args = OneRecPretrainingConfig(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[])
+    trainer = OneRecPretrainer(model=model, args=args)
+    trainer.create_model_card(model_name="me/onerec-run", tags="beauty")
+    card = ModelCard.load(tmp_path / "run" / "README.md")
+    assert "# OneRec (me/onerec-run)" in card.text and _count_text(config.parameter_counts()["total"]) in card.text
+    assert "beauty" in card.data.tags and set(DEFAULT_TAGS) <= set(card.data.tags)
 
 
 def test_copied_model_card_module_is_self_contained(tmp_path, model, config):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import chain
+from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -185,6 +186,17 @@ class OneRecPretrainer(Seq2SeqTrainer):
         self._term_steps = 0
         self._load_sum: Optional[torch.Tensor] = None
         self.expert_load_total: Optional[torch.Tensor] = None  # [sparse layers, E] summed over all training steps
+
+    def create_model_card(self, model_name: Optional[str] = None, tags=None, **kwargs) -> None:
+        """Writes the OneRec card (rendered from the model config, ``model.model_card``) to ``output_dir/README.md``
+        in place of the Trainer's generic draft; ``Trainer.push_to_hub`` calls this before uploading the folder.
+        The Trainer's other card arguments (language, license, datasets, ...) are not used."""
+        if not self.is_world_process_zero():
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        card = model.model_card(model_name=model_name or Path(self.args.output_dir).name, tags=tags)
+        card.save(str(Path(self.args.output_dir) / "README.md"))
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
