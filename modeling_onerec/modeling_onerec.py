@@ -21,7 +21,7 @@ copies them next to the weights for ``trust_remote_code`` loading.
 import copy
 import math
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.t5.modeling_t5 import (
     T5ForConditionalGeneration,
     T5LayerNorm,
@@ -41,6 +41,7 @@ from transformers.models.t5.modeling_t5 import (
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_onerec import OneRecConfig
 from .model_card import render_model_card
@@ -151,13 +152,6 @@ def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_fact
     if capacity_factor is None:
         return None
     return max(1, math.ceil(capacity_factor * num_tokens * top_k / num_experts))
-
-
-class RoutingRecord(NamedTuple):
-    """What one sparse layer decided in its last forward."""
-
-    router_logits: torch.Tensor  # [N, E] float32
-    expert_index: torch.Tensor  # [N, k]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,7 +266,8 @@ class OneRecExperts(nn.Module):
 
 
 class OneRecSparseMLP(nn.Module):
-    """Router + experts: ``[..., d] -> ([..., d], RoutingRecord)`` (paper Eq. 2 without the residual)."""
+    """Router + experts: ``[..., d] -> [..., d]`` (paper Eq. 2 without the residual). The router's logits are
+    recorded by transformers' output recording (``output_router_logits=True``), not kept here."""
 
     def __init__(self, config: OneRecConfig):
         super().__init__()
@@ -282,33 +277,26 @@ class OneRecSparseMLP(nn.Module):
         self.router = OneRecRouter(config)
         self.experts = OneRecExperts(config)
 
-    def forward(self, hidden_states: torch.Tensor) -> Tuple[torch.Tensor, RoutingRecord]:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         flat = hidden_states.reshape(-1, shape[-1])
         router_logits = self.router(flat)
         gates, expert_index, _ = route_tokens(router_logits, self.top_k, self.normalize)
         capacity = expert_capacity(flat.shape[0], self.top_k, self.experts.num_experts, self.capacity_factor)
-        output = self.experts(flat, expert_index, gates, capacity)
-        return output.reshape(shape), RoutingRecord(router_logits, expert_index)
+        return self.experts(flat, expert_index, gates, capacity).reshape(shape)
 
 
 class OneRecLayerSparseFF(nn.Module):
-    """Drop-in replacement for ``T5LayerFF``: ``H + dropout(MoE(norm(H)))``.
-
-    ``T5Block`` expects one tensor back, so the routing of the last forward is kept in ``last_routing`` and
-    collected by the model's forward.
-    """
+    """Drop-in replacement for ``T5LayerFF``: ``H + dropout(MoE(norm(H)))`` (``T5Block`` expects one tensor back)."""
 
     def __init__(self, config: OneRecConfig):
         super().__init__()
         self.mlp = OneRecSparseMLP(config)
         self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
-        self.last_routing: Optional[RoutingRecord] = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        output, self.last_routing = self.mlp(self.layer_norm(hidden_states))
-        return hidden_states + self.dropout(output)
+        return hidden_states + self.dropout(self.mlp(self.layer_norm(hidden_states)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -323,6 +311,13 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
     config_class = OneRecConfig
     base_model_prefix = "transformer"
     _no_split_modules = ["T5Block"]
+    # T5's recorded outputs plus each sparse layer's router logits ([N, E], in layer order), captured by the decoder
+    # stack's forward when it is called with output_router_logits=True (as Switch Transformers and Mixtral do).
+    _can_record_outputs = {**T5PreTrainedModel._can_record_outputs, "router_logits": OutputRecorder(OneRecRouter)}
+    # The default grouped expert dispatch sizes its token groups on the host (one sync per sparse layer), so the
+    # model as a whole does not compile to one graph; with expert_dispatch="dense" the training forward does
+    # (tests/test_modeling_onerec.py::test_training_forward_traces_as_one_graph_with_dense_dispatch).
+    _can_compile_fullgraph = False
 
     @torch.no_grad()
     @init.guard_torch_init_functions()
@@ -403,33 +398,24 @@ def _build_stacks(model: nn.Module, config: OneRecConfig) -> None:
     model.decoder = OneRecDecoderStack(decoder_config)
 
 
-class _RoutingMixin:
-    """Collects the routing of the decoder's sparse layers after a forward."""
+def expert_load(router_logits: Sequence[torch.Tensor], top_k: int,
+                token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[num_sparse_layers, E]``: each sparse layer's fraction of token->expert assignments per expert (rows sum to
+    1; ``1/E`` everywhere is perfect balance).
 
-    def clear_routing(self) -> None:
-        for layer in self.decoder.sparse_layers():
-            layer.last_routing = None
-
-    def collect_routing(self) -> List[RoutingRecord]:
-        return [layer.last_routing for layer in self.decoder.sparse_layers() if layer.last_routing is not None]
-
-    def expert_load(self, routing: Optional[List[RoutingRecord]] = None,
-                    token_mask: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """``[num_sparse_layers, E]``: fraction of token->expert assignments each expert received in the last
-        forward (rows sum to 1; ``1/E`` everywhere is perfect balance). ``None`` before any forward."""
-        routing = self.collect_routing() if routing is None else routing
-        if not routing:
-            return None
-        loads = []
-        for record in routing:
-            counts = F.one_hot(record.expert_index, self.config.num_experts).sum(dim=1).float()
-            if token_mask is not None:
-                counts = counts * token_mask.reshape(-1, 1).float()
-            total = counts.sum()
-            loads.append(counts.sum(dim=0) / total.clamp(min=1))
-        return torch.stack(loads)
-
-
+    Args:
+        router_logits: Per sparse layer ``[N, E]`` (``output.router_logits``).
+        top_k: Experts per token.
+        token_mask: Optional ``[N]`` bool, the tokens that count (padding excluded).
+    """
+    loads = []
+    for logits in router_logits:
+        _, expert_index, _ = route_tokens(logits, top_k)  # the experts the layer chose
+        counts = F.one_hot(expert_index, logits.shape[-1]).sum(dim=1).float()
+        if token_mask is not None:
+            counts = counts * token_mask.reshape(-1, 1).float()
+        loads.append(counts.sum(dim=0) / counts.sum().clamp(min=1))
+    return torch.stack(loads)
 
 
 def _check_token_ids(name: str, token_ids: Optional[torch.Tensor], vocab_size: int,
@@ -482,7 +468,7 @@ class SessionRecommendation:
     item_scores: List[float]
 
 
-class OneRecModel(_RoutingMixin, OneRecPreTrainedModel, T5Model):
+class OneRecModel(OneRecPreTrainedModel, T5Model):
     """The bare encoder-decoder (``AutoModel``): T5Model with the MoE decoder, no output head."""
 
     def __init__(self, config: OneRecConfig):
@@ -491,7 +477,7 @@ class OneRecModel(_RoutingMixin, OneRecPreTrainedModel, T5Model):
         self.post_init()
 
 
-class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5ForConditionalGeneration):
+class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGeneration):
     """OneRec: T5 encoder over the history's semantic IDs, sparse-MoE decoder generating the session.
 
     Use with a ``SemanticIDTokenizer`` whose layout the config was built from
@@ -525,58 +511,72 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
         r"""T5's forward; with ``labels`` ``[batch, target_len]`` (``-100`` = ignored) also the NTP and MoE losses.
 
         Args:
-            output_router_logits: Also return each sparse layer's ``[N, num_experts]`` router logits.
+            output_router_logits: Also return each sparse layer's ``[N, num_experts]`` router logits (recorded by
+                transformers' output recording; always recorded when ``labels`` are given, for the router losses).
         """
         if self._checks_token_ids(input_ids if input_ids is not None else labels):
             _check_token_ids("input_ids", input_ids, self.config.vocab_size)
             if cache is None:  # incremental decoding feeds back the model's own tokens: no per-step sync for them
                 _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
             _check_token_ids("labels", labels, self.config.vocab_size, ignore_index=-100)
+        # T5ForConditionalGeneration.forward, spelled out so that the decoder's recorded router logits reach the output.
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                           inputs_embeds=inputs_embeds, **kwargs)
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(
+                last_hidden_state=encoder_outputs[0],
+                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None)
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self._shift_right(labels)
-        self.clear_routing()
-        outputs = T5ForConditionalGeneration.forward(
-            self, input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs, cache=cache,
-            inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, labels=None,
-            use_cache=use_cache, return_dict=True, **kwargs,
-        )
-        routing = self.collect_routing()
-        token_mask = labels.reshape(-1).to(outputs.logits.device) != -100 if labels is not None else None
+        record_routing = labels is not None or output_router_logits
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
+            cache=cache, encoder_hidden_states=encoder_outputs[0], encoder_attention_mask=attention_mask,
+            use_cache=use_cache, output_router_logits=record_routing, **kwargs)
+        sequence_output = decoder_outputs[0]
+        if self.config.scale_decoder_outputs:
+            sequence_output = sequence_output * (self.model_dim ** -0.5)
+        logits = self.lm_head(sequence_output)
 
-        loss = ntp_loss = aux_loss = z_loss = expert_load = None
-        if routing and (labels is not None or output_router_logits):
-            expert_load = self.expert_load(routing, token_mask)
+        router_logits = tuple(decoder_outputs.get("router_logits") or ()) if record_routing else ()
+        token_mask = labels.reshape(-1).to(logits.device) != -100 if labels is not None else None
+        loss = ntp_loss = aux_loss = z_loss = load = None
+        if router_logits:
+            load = expert_load(router_logits, self.config.num_experts_per_token, token_mask)
         if labels is not None:
             if self.config.codebook_sizes is not None and self.config.level_restricted_loss:
-                ntp_loss = level_restricted_cross_entropy(outputs.logits, labels, self.config.level_offsets,
+                ntp_loss = level_restricted_cross_entropy(logits, labels, self.config.level_offsets,
                                                           self.config.vocab_size)
             else:
-                ntp_loss = F.cross_entropy(outputs.logits.reshape(-1, outputs.logits.shape[-1]).float(),
-                                           labels.reshape(-1).to(outputs.logits.device), ignore_index=-100)
+                ntp_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                           labels.reshape(-1).to(logits.device), ignore_index=-100)
             loss = ntp_loss
-            if routing:
-                aux_loss = torch.stack([
-                    load_balancing_loss(torch.softmax(record.router_logits, dim=-1), record.expert_index, token_mask)
-                    for record in routing]).mean()
-                z_loss = torch.stack([router_z_loss(record.router_logits, token_mask) for record in routing]).mean()
+            if router_logits:
+                aux_terms = []
+                for layer_logits in router_logits:
+                    _, expert_index, router_probs = route_tokens(layer_logits, self.config.num_experts_per_token)
+                    aux_terms.append(load_balancing_loss(router_probs, expert_index, token_mask))
+                aux_loss = torch.stack(aux_terms).mean()
+                z_loss = torch.stack([router_z_loss(layer_logits, token_mask) for layer_logits in router_logits]).mean()
                 loss = loss + self.config.router_aux_loss_coef * aux_loss + self.config.router_z_loss_coef * z_loss
 
         return OneRecSeq2SeqLMOutput(
             loss=loss,
-            logits=outputs.logits,
-            cache=outputs.cache,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
+            logits=logits,
+            cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
             ntp_loss=ntp_loss,
             aux_loss=aux_loss,
             z_loss=z_loss,
-            expert_load=expert_load,
-            router_logits=tuple(record.router_logits for record in routing) if output_router_logits else None,
+            expert_load=load,
+            router_logits=router_logits if output_router_logits else None,
         )
 
     def _checks_token_ids(self, token_ids: Optional[torch.Tensor]) -> bool:
@@ -679,6 +679,6 @@ class OneRecForConditionalGeneration(_RoutingMixin, OneRecPreTrainedModel, T5For
 
 __all__ = [
     "OneRecDecoderStack", "OneRecExperts", "OneRecForConditionalGeneration", "OneRecLayerSparseFF", "OneRecModel",
-    "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput", "OneRecSparseMLP", "RoutingRecord",
-    "SessionRecommendation", "expert_capacity", "level_restricted_cross_entropy", "load_balancing_loss", "route_tokens", "router_z_loss",
+    "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput", "OneRecSparseMLP",
+    "SessionRecommendation", "expert_capacity", "expert_load", "level_restricted_cross_entropy", "load_balancing_loss", "route_tokens", "router_z_loss",
 ]

@@ -120,7 +120,7 @@ def test_sparse_mlp_matches_naive_reference_forward_and_backward(overrides):
     x = torch.randn(3, 4, config.d_model)  # 12 tokens
 
     x1 = x.clone().requires_grad_(True)
-    out, routing = mlp(x1)
+    out = mlp(x1)
     upstream = torch.randn_like(out)
     (out * upstream).sum().backward()
 
@@ -132,7 +132,7 @@ def test_sparse_mlp_matches_naive_reference_forward_and_backward(overrides):
 
     if config.expert_capacity_factor is not None:
         assert dropped > 0  # the capacity really binds in this example
-    assert routing.expert_index.shape == (12, config.num_experts_per_token)
+    assert out.shape == x.shape
     torch.testing.assert_close(out, ref_out.reshape(x.shape), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-4)
     for param, ref in zip(params, ref_params):
@@ -151,8 +151,8 @@ def test_capacity_drops_later_tokens_and_fully_dropped_token_gives_zero():
         mlp.experts.output_proj.normal_()
     x = torch.randn(8, config.d_model)
     x[:, 0] = 1.0
-    out, routing = mlp(x)
-    assert (routing.expert_index[:, 0] == 2).all()
+    out = mlp(x)
+    assert (route_tokens(mlp.router(x), 1)[1][:, 0] == 2).all()
     assert expert_capacity(8, 1, 4, 0.25) == 1
     assert out[0].abs().sum() > 0  # the first token keeps its slot
     assert torch.equal(out[1:], torch.zeros_like(out[1:]))  # the rest overflow and are dropped
@@ -238,6 +238,33 @@ def test_loss_is_ntp_plus_weighted_aux_and_z_and_padding_is_excluded():
 
     assert out.expert_load.shape == (2, 4)
     torch.testing.assert_close(out.expert_load.sum(-1), torch.ones(2))
+
+
+def test_router_logits_come_from_transformers_output_recording():
+    # Recorded by the decoder stack's capture_outputs hooks (OneRecPreTrainedModel._can_record_outputs), in layer
+    # order, and equal to what each router computes; no module keeps routing state between calls.
+    model = tiny_model(num_decoder_layers=3, sparse_decoder_layers=[0, 2])
+    input_ids, labels = batch()
+    out = model(input_ids=input_ids, labels=labels, output_router_logits=True)
+    routers = [block.layer[-1].mlp.router for block in model.decoder.block if hasattr(block.layer[-1], "mlp")]
+    seen = []
+    handles = [router.register_forward_hook(lambda module, args, output: seen.append(output)) for router in routers]
+    try:
+        decoder = model.decoder(input_ids=model._shift_right(labels), encoder_hidden_states=out.encoder_last_hidden_state,
+                                output_router_logits=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(decoder.router_logits) == len(seen) == 2
+    for recorded, direct, from_forward in zip(decoder.router_logits, seen, out.router_logits):
+        assert recorded.shape == (labels.numel(), 4)
+        torch.testing.assert_close(recorded, direct, rtol=0, atol=0)
+        torch.testing.assert_close(recorded, from_forward)
+    assert model(input_ids=input_ids, labels=labels).router_logits is None  # recorded for the loss, not returned
+    assert model(input_ids=input_ids, decoder_input_ids=labels).expert_load is None  # nothing recorded: no routing
+    assert not any(hasattr(module, "last_routing") for module in model.modules())
+    # The default grouped dispatch syncs with the host per sparse layer: the class says it cannot compile fullgraph.
+    assert OneRecForConditionalGeneration._can_compile_fullgraph is False
 
 
 def reference_level_restricted_cross_entropy(logits, labels, level_offsets, vocab_size):

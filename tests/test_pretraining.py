@@ -81,3 +81,33 @@ def test_default_sampler_groups_histories_of_similar_length(tokenizer, tmp_path)
     assert grouped_rows == random_rows == 800 and grouped_tokens == random_tokens
     assert grouped_tokens - len(tokenizer.encode_history(["i1"])) * 800 == tokens_per_item * (sum(lengths) - 800)
     assert grouped_padding < random_padding / 4
+
+
+def test_ranking_metrics_reach_callbacks_and_early_stopping_on_recall_stops(tokenizer, tmp_path):
+    # Regression: the ranking metrics were logged after the Trainer had fired on_evaluate, so EarlyStoppingCallback
+    # never saw eval_recall@10 ("early stopping is disabled") and runs went on to the last epoch.
+    from transformers import TrainerCallback
+
+    class Seen(TrainerCallback):
+        keys = []
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.keys.append(set(metrics))
+
+    rows = [{"history": [f"i{(s + j) % 40}" for j in range(3)], "target": [f"i{(s + 3) % 40}"]} for s in range(40)]
+    dataset = Dataset.from_list(rows)
+    torch.manual_seed(0)
+    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
+    args = OneRecPretrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=6,
+                                   learning_rate=0.0, eval_strategy="epoch", save_strategy="epoch",
+                                   load_best_model_at_end=True, metric_for_best_model="recall@10",
+                                   early_stopping_patience=1, report_to=[], use_cpu=True, disable_tqdm=True)
+    seen = Seen()
+    trainer = OneRecPretrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset,
+                               data_collator=SessionDataCollator(tokenizer, 3, 1), processing_class=tokenizer,
+                               ranking_eval_samples=dataset.select(range(8)), callbacks=[seen])
+    trainer.train()
+    assert seen.keys and all({"eval_loss", "eval_recall@10", "eval_ndcg@10"} <= keys for keys in seen.keys)
+    # lr 0: recall never improves, so patience 1 stops after the second evaluation, long before epoch 6.
+    assert len(seen.keys) == 2 and trainer.state.epoch == pytest.approx(2.0)
+    assert trainer.state.best_metric == trainer.state.log_history[0]["eval_recall@10"]

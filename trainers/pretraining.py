@@ -223,10 +223,16 @@ class OneRecPretrainer(Seq2SeqTrainer):
                 plot_expert_load(self.expert_load_total.cpu(), f"{self.args.output_dir}/expert_load.png")
         return result
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **kwargs):
-        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
-                                   **kwargs)
-        if self.ranking_eval_samples is not None:
+    def evaluation_loop(self, dataloader, description: str, prediction_loss_only: Optional[bool] = None,
+                        ignore_keys=None, metric_key_prefix: str = "eval"):
+        """The Trainer's loop (the loss), plus ``recall@k`` / ``ndcg@k`` on ``ranking_eval_samples`` when evaluating.
+
+        Added here, inside the loop's metrics, so that everything that reads evaluation metrics sees them: the log,
+        the best-checkpoint choice (``metric_for_best_model="recall@10"``) and ``EarlyStoppingCallback``.
+        """
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                         ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.ranking_eval_samples is not None and description == "Evaluation":  # not for predict()
             from .evaluation import ranking_metrics
             from .generative_recommender import GenerativeRecommender
 
@@ -234,10 +240,8 @@ class OneRecPretrainer(Seq2SeqTrainer):
             samples = self.ranking_eval_samples
             ranked = recommender.rank(list(samples["history"]), max(self.ranking_ks), self.ranking_exclude_history)
             scores = ranking_metrics(ranked, [target[0] for target in samples["target"]], ks=self.ranking_ks)
-            extra = {f"{metric_key_prefix}_{name}": value for name, value in scores.items()}
-            self.log(extra)
-            metrics.update(extra)
-        return metrics
+            output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in scores.items()})
+        return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
