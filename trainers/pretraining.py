@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 
 class SessionDataCollator:
@@ -121,11 +120,13 @@ def history_lengths(dataset) -> list:
     return pc.list_value_length(dataset.with_format("arrow")["history"]).to_pylist()
 
 
-def _needs_history_lengths(dataset, args) -> bool:
-    """True when length-grouped sampling must take its lengths from the samples (no precomputed length column)."""
-    columns = getattr(dataset, "column_names", None)
-    return (columns is not None and ("history" in columns or "num_history_items" in columns)
-            and args.length_column_name not in columns)
+def with_history_lengths(dataset, column: str = "num_history_items"):
+    """``dataset`` with a ``column`` of history lengths (the sort key the Trainer's length-grouped sampler reads, via
+    ``length_column_name``); returned unchanged if it already has one or is not a ``datasets.Dataset`` of samples."""
+    if getattr(dataset, "column_names", None) is None or column in dataset.column_names \
+            or "history" not in dataset.column_names:
+        return dataset
+    return dataset.add_column(column, history_lengths(dataset))
 
 
 @dataclass
@@ -135,11 +136,14 @@ class OneRecPretrainingConfig(Seq2SeqTrainingArguments):
 
     learning_rate: float = field(default=2e-4, metadata={"help": "Paper §5.1: 2e-4."})
     train_sampling_strategy: str = field(default="group_by_length", metadata={
-        "help": "Batches of similar history lengths (the length is the number of history items; no 'length' column "
-                "needed). Histories are short-tailed (Beauty: median 4 items, 3% at the 50-item cap), so random "
+        "help": "Batches of similar history lengths (the number of history items, column length_column_name). "
+                "Histories are short-tailed (Beauty: median 4 items, 3% at the 50-item cap), so random "
                 "batches pad nearly every row to the cap: grouping trained 3.9x faster on Beauty (benchmarks/"
                 "RESULTS.md). 'random' restores plain shuffling.",
         "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]})
+    length_column_name: str = field(default="num_history_items", metadata={
+        "help": "History items per sample, the sort key of length-grouped batches: a column of tokenised samples "
+                "(tokenize_session_samples); OneRecPretrainer adds it to item-id samples."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator reads history/target."})
     early_stopping_patience: Optional[int] = field(default=None, metadata={
         "help": "Stop when metric_for_best_model has not improved for this many evaluations (transformers' "
@@ -169,6 +173,13 @@ class OneRecPretrainer(Seq2SeqTrainer):
             ranking_exclude_history: Never rank the user's own history items.
         """
         super().__init__(*args, **kwargs)
+        # Length-grouped batching is the Trainer's own: it reads the history lengths from args.length_column_name.
+        column = self.args.length_column_name
+        self.train_dataset = with_history_lengths(self.train_dataset, column)
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {name: with_history_lengths(split, column) for name, split in self.eval_dataset.items()}
+        else:
+            self.eval_dataset = with_history_lengths(self.eval_dataset, column)
         patience = getattr(self.args, "early_stopping_patience", None)
         if patience is not None:
             if patience < 1 or not self.args.load_best_model_at_end or self.args.metric_for_best_model is None:
@@ -197,21 +208,6 @@ class OneRecPretrainer(Seq2SeqTrainer):
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         card = model.model_card(model_name=model_name or Path(self.args.output_dir).name, tags=tags)
         card.save(str(Path(self.args.output_dir) / "README.md"))
-
-    def _get_train_sampler(self, train_dataset=None):
-        train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and _needs_history_lengths(train_dataset,
-                                                                                            self.args):
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=history_lengths(train_dataset))
-        return super()._get_train_sampler(train_dataset)
-
-    def _get_eval_sampler(self, eval_dataset):
-        if self.args.train_sampling_strategy == "group_by_length" and _needs_history_lengths(eval_dataset, self.args):
-            # Evaluation order does not matter for a mean loss; sorted batches just pad less.
-            return LengthGroupedSampler(self.args.eval_batch_size, lengths=history_lengths(eval_dataset),
-                                        generator=torch.Generator().manual_seed(self.args.seed))
-        return super()._get_eval_sampler(eval_dataset)
 
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)
