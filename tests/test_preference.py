@@ -511,3 +511,36 @@ def test_run_ipa_resumes_an_interrupted_training_from_its_checkpoint(tokenizer, 
     save_file(spoiled, checkpoint_file, metadata={"format": "pt"})
     run_ipa(make_model(tokenizer), tokenizer, ipa_samples(), RecordingReward(), config, out)
     assert not torch.allclose(weights(snapshot)["shared.weight"], finished["shared.weight"], atol=1e-3)
+
+
+def test_peft_run_uses_trls_adapter_disabled_reference(tokenizer, tmp_path):
+    # With peft_config and no ref_model no copy is made: the reference is the policy with its LoRA adapter disabled
+    # (TRL's mechanism), i.e. exactly the base model.
+    from peft import LoraConfig
+
+    rows = pair_rows(4)
+    trainer = OneRecDPOTrainer(model=make_model(tokenizer, seed=0), args=dpo_args(tmp_path), train_dataset=rows,
+                               processing_class=tokenizer,
+                               peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q", "v"],
+                                                      task_type="SEQ_2_SEQ_LM"))
+    assert trainer.ref_model is None
+    policy = trainer.model.eval()
+    with torch.no_grad():  # move the adapter away from its zero init, so that policy and reference differ
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    base = make_model(tokenizer, seed=0).eval()  # the same initial weights, no adapter
+    batch = trainer.data_collator(rows)
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+        policy_c, _ = hand_session_logps(policy, batch, batch["chosen_labels"], tokenizer)
+        policy_r, _ = hand_session_logps(policy, batch, batch["rejected_labels"], tokenizer)
+        ref_c, _ = hand_session_logps(base, batch, batch["chosen_labels"], tokenizer)
+        ref_r, _ = hand_session_logps(base, batch, batch["rejected_labels"], tokenizer)
+        target = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        labels=batch["target_labels"])
+    assert (policy_c - ref_c).abs().max() > 1e-3  # the adapter matters
+    expected = dpo_formula("sigmoid", 0.1, 0.0, (policy_c, policy_r), (ref_c, ref_r), None)
+    expected = expected + target.ntp_loss.double() + (target.loss - target.ntp_loss).double()
+    assert abs(float(loss) - float(expected)) < 1e-4
+    assert trainer.ref_model is None  # restored after the call

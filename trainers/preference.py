@@ -39,9 +39,15 @@ Usage::
                                                                  "chosen": [...], "rejected": [...]}, ...]))
     trainer.train()
 
-Tested against trl 1.16 (private internals used: ``DPOTrainer._compute_loss``, ``compute_ref_log_probs``,
-``_prepare_dataset``, ``_set_signature_columns_if_needed``, ``_metrics``, ``aux_loss_enabled``, ``ref_model``, and the
-fused-LM-head output fields; see :class:`SessionScorer`).
+Touch points in TRL 1.16 (no public hook exists for an encoder-decoder policy; setup.py pins trl to that minor and
+``tests/test_preference.py`` checks each against hand-computed losses), each one method of :class:`OneRecDPOTrainer`:
+``_compute_loss`` called with a :class:`SessionScorer` as the model (the loss formulas stay TRL's), ``ref_model``
+presented as a scorer during that call (``_reference_scorer``; under PEFT TRL's adapter-disabled reference),
+``compute_ref_log_probs`` (the same, for ``precompute_ref_log_probs``), ``_prepare_dataset`` (item-id rows are
+validated, not tokenised as text), ``_set_signature_columns_if_needed``, TRL's fused LM head removed again
+(``_remove_fused_lm_head``), ``loss_types`` with ``cdpo`` mapped to ``sigmoid`` plus our term
+(``_take_cdpo_out_of_loss_types``), ``aux_loss_enabled`` off (the router terms are the model's own) and ``_metrics``
+for our extra logs.
 """
 
 from __future__ import annotations
@@ -49,28 +55,27 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 import trl
+from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from packaging.version import Version
 from transformers.modeling_outputs import BaseModelOutput
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.utils import FusedCausalLMOutput
+from trl.trainer.utils import FusedCausalLMOutput, use_adapter
 
 from .pretraining import pad_labels
 
 logger = logging.getLogger(__name__)
 
+# The TRL minor these touch points were written against; setup.py pins trl to it (private internals move between
+# minors), and OneRecDPOTrainer warns when built under another one.
 TESTED_TRL = "1.16"
-if Version(trl.__version__).release[:2] != Version(TESTED_TRL).release[:2]:  # private internals move between minors
-    warnings.warn(f"trainers.preference was written against trl {TESTED_TRL}.x (it reuses DPOTrainer internals); "
-                  f"trl {trl.__version__} is installed. Run tests/test_preference.py before trusting its losses.",
-                  stacklevel=2)
 
 PAIR_COLUMNS = ("history", "chosen", "rejected")
 SMOOTHED_LOSS_TYPES = {"robust", "exo_pair", "aot", "aot_unpaired", "cdpo"}  # those that read label_smoothing
@@ -203,11 +208,14 @@ class SessionScorer:
         router_loss: Pass the scored labels to the model so it computes its MoE router terms over these tokens;
             they are kept in ``self.router_loss`` (``loss - ntp_loss`` of the model's output).
         statistics: Fill entropy/mean_logits/is_top1/log_sum_sq_probs (TRL logs them).
+        context: Optional callable returning a context manager every scoring call runs in (the PEFT reference:
+            the adapter disabled).
     """
 
     def __init__(self, model, layout: Dict[str, Any], encoder_hidden_states: Optional[torch.Tensor] = None,
-                 router_loss: bool = False, statistics: bool = True):
+                 router_loss: bool = False, statistics: bool = True, context=None):
         self.model = model
+        self.context = context
         self.layout = layout
         self.encoder_hidden_states = encoder_hidden_states
         self.compute_router_loss = router_loss
@@ -217,10 +225,14 @@ class SessionScorer:
         self.z_loss: Optional[torch.Tensor] = None
         self.sequence_log_probs: Optional[torch.Tensor] = None  # [R] of the last fused call (cdpo needs them)
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                 labels: Optional[torch.Tensor] = None, fused_lm_head: bool = False,
-                 encoder_input_ids: Optional[torch.Tensor] = None,
-                 encoder_attention_mask: Optional[torch.Tensor] = None, **ignored):
+    def __call__(self, *args, **kwargs):
+        with self.context() if self.context is not None else nullcontext():
+            return self._score(*args, **kwargs)
+
+    def _score(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+               labels: Optional[torch.Tensor] = None, fused_lm_head: bool = False,
+               encoder_input_ids: Optional[torch.Tensor] = None,
+               encoder_attention_mask: Optional[torch.Tensor] = None, **ignored):
         if encoder_input_ids is None or encoder_attention_mask is None:
             raise ValueError("SessionScorer needs encoder_input_ids and encoder_attention_mask in the batch.")
         rows, histories = input_ids.shape[0], encoder_input_ids.shape[0]
@@ -436,7 +448,8 @@ class OneRecDPOTrainer(DPOTrainer):
         model: ``OneRecForConditionalGeneration`` (or a directory it loads from), the snapshot ``M_t`` to train.
         ref_model: Frozen reference ``M_t``. ``None``: a deep copy of ``model`` is made here, unless
             ``args.precompute_ref_log_probs`` (then the reference log-probs are computed once, before training, with
-            ``model`` itself). It is put in eval mode with gradients off.
+            ``model`` itself) or the run uses PEFT (``peft_config``, or a ``PeftModel``): then the reference is TRL's,
+            the policy with its adapter disabled. It is put in eval mode with gradients off.
         args: :class:`OneRecDPOConfig` (a plain ``DPOConfig`` works with ``ntp_weight = dpo_weight = 1``).
         data_collator: Default :class:`PreferenceDataCollator` with the config's / model's history and session sizes.
         train_dataset / eval_dataset: ``datasets.Dataset`` (or a list of dicts) of preference rows (see
@@ -463,8 +476,14 @@ class OneRecDPOTrainer(DPOTrainer):
             train_dataset = Dataset.from_list(train_dataset)
         if isinstance(eval_dataset, list):
             eval_dataset = Dataset.from_list(eval_dataset)
-        if ref_model is None and not args.precompute_ref_log_probs:
-            # TRL would rebuild the reference from a hub path, which this model does not have.
+        if Version(trl.__version__).release[:2] != Version(TESTED_TRL).release[:2]:
+            warnings.warn(f"OneRecDPOTrainer was written against trl {TESTED_TRL}.x (it reuses DPOTrainer internals); "
+                          f"trl {trl.__version__} is installed. Run tests/test_preference.py before trusting its "
+                          "losses.", stacklevel=2)
+        uses_peft = is_peft_model(model) or kwargs.get("peft_config") is not None
+        if ref_model is None and not args.precompute_ref_log_probs and not uses_peft:
+            # TRL would rebuild the reference from a hub path, which this model does not have. (With PEFT, TRL's own
+            # reference is the model with its adapter disabled: no copy.)
             ref_model = copy.deepcopy(model)
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -486,16 +505,28 @@ class OneRecDPOTrainer(DPOTrainer):
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          **kwargs)
 
-        # TRL patches a fused LM head onto the instance (`model.forward = ...`, closing over the old bound forward).
-        # We never use it, and it would make a later deepcopy of the model call the *original* model's forward.
         for module in (model, ref_model):
-            if module is not None and not had_forward[id(module)] and "forward" in vars(module):
-                del module.forward
+            if module is not None and not had_forward[id(module)]:
+                self._remove_fused_lm_head(module)
         # MoE terms are the model's own (router_aux_loss_coef * aux + router_z_loss_coef * z), added in compute_loss.
         self.aux_loss_enabled = False
-        # cdpo = TRL's sigmoid loss + label_smoothing * beta * mean(delta) (see OneRecDPOConfig).
-        self.cdpo_weight = sum(w for t, w in zip(self.loss_types, self.loss_weights) if t == "cdpo")
+        self.cdpo_weight = self._take_cdpo_out_of_loss_types()
+
+    @staticmethod
+    def _remove_fused_lm_head(module) -> None:
+        """TRL (1.16, ``add_fused_lm_head``) patches a fused LM head onto the instance (``module.forward = ...``,
+        closing over the old bound forward). Scoring goes through :class:`SessionScorer`, which never uses it, and
+        the patch would make a later deepcopy of the model call the *original* model's forward: remove it."""
+        if "forward" in vars(module):
+            del module.forward
+
+    def _take_cdpo_out_of_loss_types(self) -> float:
+        """``cdpo`` is TRL's ``sigmoid`` loss plus ``label_smoothing * beta * mean(delta)`` (see
+        :class:`OneRecDPOConfig`), a term TRL 1.16 does not have: TRL computes ``sigmoid`` for that entry and
+        :meth:`compute_loss` adds the rest. Returns the summed weight of the ``cdpo`` entries."""
+        weight = sum(w for t, w in zip(self.loss_types, self.loss_weights) if t == "cdpo")
         self.loss_types = ["sigmoid" if t == "cdpo" else t for t in self.loss_types]
+        return weight
 
     # ------------------------------------------------------------------ data
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -548,12 +579,21 @@ class OneRecDPOTrainer(DPOTrainer):
     # ------------------------------------------------------------------ reference
     @contextmanager
     def _reference_scorer(self):
-        """TRL calls ``self.ref_model(...)`` inside ``_compute_loss``: present it as a scorer for that call only, so
-        ``trainer.ref_model`` stays the plain (frozen) model everywhere else."""
+        """TRL (1.16) calls ``self.ref_model(...)`` inside ``_compute_loss``: present the reference as a
+        :class:`SessionScorer` for that call only, so ``trainer.ref_model`` stays the plain (frozen) model everywhere
+        else. Under PEFT without a ``ref_model`` the reference is TRL's: the policy with its adapter disabled (or
+        its ``"ref"`` adapter), through TRL's ``use_adapter``, exactly as TRL does for causal LMs."""
         reference = self.ref_model
         scorer = None
         if reference is not None:
-            self.ref_model = scorer = SessionScorer(reference, self._layout, statistics=False)
+            scorer = SessionScorer(reference, self._layout, statistics=False)
+        elif is_peft_model(self.model) and not self.precompute_ref_logps:
+            peft_model = self.accelerator.unwrap_model(self.model)
+            scorer = SessionScorer(peft_model, self._layout, statistics=False,
+                                   context=lambda: use_adapter(peft_model, "ref" if "ref" in peft_model.peft_config
+                                                               else None))
+        if scorer is not None:
+            self.ref_model = scorer
         try:
             yield scorer
         finally:
