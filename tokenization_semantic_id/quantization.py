@@ -180,6 +180,29 @@ def _balanced_sweep(points: torch.Tensor, centroids: torch.Tensor, capacities: t
     return assignment
 
 
+def _sweep_until_stable(sweep, max_iterations: int, description: str, progress: bool):
+    """The outer loop both k-means variants share: ``sweep()`` updates the centroids in place and returns the new
+    ``[N]`` assignment; stops when no item moves or after ``max_iterations`` sweeps.
+
+    Returns ``(assignment, iterations, converged, changed_fraction)``.
+    """
+    assignment = None
+    changed_fraction: List[float] = []
+    converged = False
+    iterations = 0
+    for iterations in tqdm(range(1, max_iterations + 1), desc=description, disable=not progress, leave=False):
+        new_assignment = sweep()
+        if assignment is not None:
+            changed = (new_assignment != assignment).float().mean().item()
+            changed_fraction.append(changed)
+            if changed == 0.0:
+                converged = True
+                assignment = new_assignment
+                break
+        assignment = new_assignment
+    return assignment, iterations, converged, changed_fraction
+
+
 def balanced_kmeans(
     points: torch.Tensor,
     num_clusters: int,
@@ -205,21 +228,9 @@ def balanced_kmeans(
     generator = torch.Generator().manual_seed(seed)
     centroids = _random_centroids(points, num_clusters, generator)
     capacities = balanced_capacities(points.shape[0], num_clusters)
-    assignment = None
-    changed_fraction: List[float] = []
-    converged = False
-    iterations = 0
-    for iterations in tqdm(range(1, max_iterations + 1), desc=f"balanced k-means K={num_clusters}",
-                           disable=not progress, leave=False):
-        new_assignment = _balanced_sweep(points, centroids, capacities, block_size)
-        if assignment is not None:
-            changed = (new_assignment != assignment).float().mean().item()
-            changed_fraction.append(changed)
-            if changed == 0.0:
-                converged = True
-                assignment = new_assignment
-                break
-        assignment = new_assignment
+    assignment, iterations, converged, changed_fraction = _sweep_until_stable(
+        lambda: _balanced_sweep(points, centroids, capacities, block_size), max_iterations,
+        f"balanced k-means K={num_clusters}", progress)
     if not converged:
         logger.info(
             "balanced k-means (K=%d) stopped after %d sweeps without full convergence (%.2f%% of items "
@@ -257,25 +268,17 @@ def kmeans(
     _check_clustering_input(points, num_clusters)
     generator = torch.Generator().manual_seed(seed)
     centroids = _random_centroids(points, num_clusters, generator)
-    assignment = None
-    changed_fraction: List[float] = []
-    converged = False
-    iterations = 0
-    for iterations in tqdm(range(1, max_iterations + 1), desc=f"k-means K={num_clusters}",
-                           disable=not progress, leave=False):
+
+    def lloyd_sweep() -> torch.Tensor:
         new_assignment = nearest_centroid(points, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, new_assignment, points)
         counts = torch.bincount(new_assignment, minlength=num_clusters)
         filled = counts > 0
         centroids[filled] = sums[filled] / counts[filled, None].to(points.dtype)
-        if assignment is not None:
-            changed = (new_assignment != assignment).float().mean().item()
-            changed_fraction.append(changed)
-            if changed == 0.0:
-                converged = True
-                assignment = new_assignment
-                break
-        assignment = new_assignment
+        return new_assignment
+
+    _, iterations, converged, changed_fraction = _sweep_until_stable(
+        lloyd_sweep, max_iterations, f"k-means K={num_clusters}", progress)
     # Codes must be the nearest final centroid, the rule used for items added later.
     assignment = nearest_centroid(points, centroids)
     return KMeansResult(centroids, assignment, iterations, converged, changed_fraction)
