@@ -21,12 +21,14 @@ from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 import torch
 import transformers
 
+from modeling_onerec import configuration_onerec
+
 
 T = TypeVar("T")
 
 # The tokenizer's layout: <pad>, </s>, <s>, then the K codes of each level (token = 3 + level * K + code).
 PAD_TOKEN_ID, EOS_TOKEN_ID, BOS_TOKEN_ID = 0, 1, 2
-NUM_SPECIAL_TOKENS = 3
+NUM_SPECIAL_TOKENS = configuration_onerec.NUM_SPECIAL_TOKENS
 
 # Where a script's JSON goes unless --output says otherwise (ignored by git).
 OUTPUT_DIR = Path("outputs/benchmarks")

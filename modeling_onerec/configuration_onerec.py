@@ -42,6 +42,15 @@ PRESETS: Dict[str, dict] = {
 NUM_SPECIAL_TOKENS = 3
 
 
+def level_offsets(codebook_sizes: List[int]) -> List[int]:
+    """Token id of code 0 at each level: the special tokens first, then each level's codes in turn."""
+    offsets, start = [], NUM_SPECIAL_TOKENS
+    for size in codebook_sizes:
+        offsets.append(start)
+        start += size
+    return offsets
+
+
 @strict(accept_kwargs=True)
 class OneRecConfig(T5Config):
     r"""Configuration of :class:`OneRecForConditionalGeneration`.
@@ -194,13 +203,7 @@ class OneRecConfig(T5Config):
     @property
     def level_offsets(self) -> Optional[List[int]]:
         """First token id of each code level (``None`` without a semantic-ID layout)."""
-        if self.codebook_sizes is None:
-            return None
-        offsets, start = [], NUM_SPECIAL_TOKENS
-        for size in self.codebook_sizes:
-            offsets.append(start)
-            start += size
-        return offsets
+        return None if self.codebook_sizes is None else level_offsets(self.codebook_sizes)
 
     @property
     def session_decoder_length(self) -> Optional[int]:

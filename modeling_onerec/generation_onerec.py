@@ -30,7 +30,7 @@ import contextlib
 import math
 import operator
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -136,6 +136,49 @@ def length_sorted_batches(histories: Sequence[Sequence], batch_size: int, max_it
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+# This file travels alone with the weights (trust_remote_code), so the helpers below are copies of the tokenizer
+# package's originals; tests/test_copies.py fails when a copy drifts from its original.
+
+
+# Copied from tokenization_semantic_id.trie.ChildExpansion
+class ChildExpansion(NamedTuple):
+    """Every (row, child) pair of a batch of trie nodes; ``T`` pairs in all, grouped by row."""
+
+    rows: torch.Tensor  # [T] the row of each pair
+    within: torch.Tensor  # [T] the child's position among its row's children
+    starts: torch.Tensor  # [B] indptr of each row's node (its first child is node starts + 1)
+    counts: torch.Tensor  # [B] children per row (0 for rows whose node is -1)
+    first: torch.Tensor  # [B] index of each row's first pair
+
+    @property
+    def children(self) -> torch.Tensor:
+        """``[T]`` node ids of the children."""
+        return self.starts[self.rows] + self.within + 1
+
+
+# Copied from tokenization_semantic_id.trie.expand_children
+def expand_children(indptr: torch.Tensor, nodes: torch.Tensor) -> ChildExpansion:
+    """CSR expansion of ``nodes [B]`` (``-1``: no children) over ``indptr [M + 1]``, without a Python loop."""
+    alive = nodes >= 0
+    safe = nodes.clamp(min=0)
+    starts = indptr[safe]
+    counts = torch.where(alive, indptr[safe + 1] - starts, torch.zeros_like(starts))
+    rows = torch.repeat_interleave(torch.arange(nodes.shape[0], device=nodes.device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    within = torch.arange(rows.numel(), device=nodes.device) - first[rows]
+    return ChildExpansion(rows, within, starts, counts, first)
+
+
+# Copied from tokenization_semantic_id.constrained_decoding.drop_duplicate_items
+def drop_duplicate_items(excluded: torch.Tensor) -> torch.Tensor:
+    """``[B, E]`` item indices with every repeat within a row replaced by ``-1`` (order not kept). An item counted
+    twice would make a subtree look exhausted while one of its items is still allowed."""
+    excluded = excluded.sort(dim=1).values
+    duplicate = torch.zeros_like(excluded, dtype=torch.bool)
+    duplicate[:, 1:] = excluded[:, 1:] == excluded[:, :-1]
+    return excluded.masked_fill(duplicate, -1)
+
+
 def _excluded_tensor(excluded_items, batch_size: int, num_catalogue: int, device) -> Optional[torch.Tensor]:
     """Per-row excluded item indices as a deduplicated ``[batch, E]`` long tensor padded with ``-1``."""
     if excluded_items is None:
@@ -161,11 +204,7 @@ def _excluded_tensor(excluded_items, batch_size: int, num_catalogue: int, device
             f"excluded_items holds indices outside [0, {num_catalogue}) (use -1 only as padding); pass catalogue "
             "row indices (tokenizer.item_index(item_id)), not item ids or token ids."
         )
-    # Deduplicate within each row: an item counted twice would make its subtree look exhausted too soon.
-    table = table.sort(dim=1).values
-    duplicate = torch.zeros_like(table, dtype=torch.bool)
-    duplicate[:, 1:] = table[:, 1:] == table[:, :-1]
-    return table.masked_fill(duplicate, -1)
+    return drop_duplicate_items(table)
 
 
 def _gather_beams(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -350,19 +389,15 @@ def session_beam_search(
             # -------------------------------------------------- CSR expansion of each beam's children
             flat_nodes = nodes.view(-1)
             alive = flat_nodes >= 0
-            safe_nodes = flat_nodes.clamp(min=0)
-            starts = trie_t.indptr[safe_nodes]
-            counts = torch.where(alive, trie_t.indptr[safe_nodes + 1] - starts, torch.zeros_like(starts))
-            total = int(counts.sum())
-            max_children = int(counts.max()) if total else 0
+            expansion = expand_children(trie_t.indptr, flat_nodes)
+            rows, within, starts, first = expansion.rows, expansion.within, expansion.starts, expansion.first
+            total = rows.numel()
+            max_children = int(expansion.counts.max()) if total else 0
             if max_children == 0:  # no beam of any row can continue: nothing valid anywhere
                 beam_scores = torch.full_like(beam_scores, -math.inf)
                 nodes = torch.full_like(nodes, -1)
                 break
-            rows = torch.repeat_interleave(torch.arange(batch * width, device=device), counts, output_size=total)
-            first = torch.cumsum(counts, 0) - counts
-            within = torch.arange(total, device=device) - first[rows]
-            children = starts[rows] + within + 1  # node ids
+            children = expansion.children  # node ids
             child_tokens = trie_t.edge_token[children - 1]
             child_logits = level_logits[rows, child_tokens - lo]
 

@@ -44,7 +44,7 @@ def pad_item_lists(item_lists: Optional[Sequence[Sequence[int]]], device=None) -
     return out.to(device) if device is not None else out
 
 
-def _drop_duplicates(excluded: torch.Tensor) -> torch.Tensor:
+def drop_duplicate_items(excluded: torch.Tensor) -> torch.Tensor:
     """``[B, E]`` item indices with every repeat within a row replaced by ``-1`` (order not kept). An item counted
     twice would make a subtree look exhausted while one of its items is still allowed."""
     excluded = excluded.sort(dim=1).values
@@ -120,7 +120,7 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
         if excluded_items is not None and not isinstance(excluded_items, torch.Tensor):
             excluded_items = pad_item_lists(excluded_items)
         elif excluded_items is not None:
-            excluded_items = _drop_duplicates(excluded_items.long())
+            excluded_items = drop_duplicate_items(excluded_items.long())
         self.excluded_items = excluded_items.to(trie.device) if excluded_items is not None else None
         self._forced_rows: Dict[int, torch.Tensor] = {}
 
@@ -155,7 +155,7 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
         # look exhausted too soon: keep each item once per row.
         # Each part is duplicate-free on its own (the history since construction, the session by forbid_repeats):
         # only their union needs it.
-        return _drop_duplicates(torch.cat(parts, dim=1)) if len(parts) > 1 else parts[0]
+        return drop_duplicate_items(torch.cat(parts, dim=1)) if len(parts) > 1 else parts[0]
 
     def allowed_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Additive mask ``[B, V]``: 0 where a token is allowed next, ``-inf`` elsewhere."""

@@ -39,8 +39,22 @@ logger = logging.getLogger(__name__)
 
 SEMANTIC_IDS_FILE = "semantic_ids.safetensors"
 ITEM_IDS_FILE = "item_ids.json"
-NUM_SPECIAL_TOKENS = 3  # <pad>, </s>, <s>
+# This file travels with a saved tokenizer but without the model package (trust_remote_code): the token layout is copied
+# from the model's config module (tests/test_copies.py fails when a copy drifts).
+# Copied from modeling_onerec.configuration_onerec.NUM_SPECIAL_TOKENS
+NUM_SPECIAL_TOKENS = 3
 LEVEL_NAMES = "abcdefghijklmnopqrstuvwxyz"
+
+
+# Copied from modeling_onerec.configuration_onerec.level_offsets
+def level_offsets(codebook_sizes: List[int]) -> List[int]:
+    """Token id of code 0 at each level: the special tokens first, then each level's codes in turn."""
+    offsets, start = [], NUM_SPECIAL_TOKENS
+    for size in codebook_sizes:
+        offsets.append(start)
+        start += size
+    return offsets
+
 _CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")
 
 
@@ -165,11 +179,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
     @property
     def level_offsets(self) -> List[int]:
         """Token id of code 0 at each level."""
-        offsets, start = [], NUM_SPECIAL_TOKENS
-        for size in self.codebook_sizes:
-            offsets.append(start)
-            start += size
-        return offsets
+        return level_offsets(self.codebook_sizes)
 
     @property
     def vocab_size(self) -> int:

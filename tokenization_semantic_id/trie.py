@@ -18,9 +18,36 @@ All lookups are batched tensor ops (no Python loop over beams) and run on the tr
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
+
+
+class ChildExpansion(NamedTuple):
+    """Every (row, child) pair of a batch of trie nodes; ``T`` pairs in all, grouped by row."""
+
+    rows: torch.Tensor  # [T] the row of each pair
+    within: torch.Tensor  # [T] the child's position among its row's children
+    starts: torch.Tensor  # [B] indptr of each row's node (its first child is node starts + 1)
+    counts: torch.Tensor  # [B] children per row (0 for rows whose node is -1)
+    first: torch.Tensor  # [B] index of each row's first pair
+
+    @property
+    def children(self) -> torch.Tensor:
+        """``[T]`` node ids of the children."""
+        return self.starts[self.rows] + self.within + 1
+
+
+def expand_children(indptr: torch.Tensor, nodes: torch.Tensor) -> ChildExpansion:
+    """CSR expansion of ``nodes [B]`` (``-1``: no children) over ``indptr [M + 1]``, without a Python loop."""
+    alive = nodes >= 0
+    safe = nodes.clamp(min=0)
+    starts = indptr[safe]
+    counts = torch.where(alive, indptr[safe + 1] - starts, torch.zeros_like(starts))
+    rows = torch.repeat_interleave(torch.arange(nodes.shape[0], device=nodes.device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    within = torch.arange(rows.numel(), device=nodes.device) - first[rows]
+    return ChildExpansion(rows, within, starts, counts, first)
 
 
 class SemanticIDTrie:
@@ -118,12 +145,5 @@ class SemanticIDTrie:
         Returns:
             ``(rows [T], children [T])`` with ``T`` the total number of children.
         """
-        valid = nodes >= 0
-        safe = nodes.clamp(min=0)
-        starts = self.indptr[safe]
-        counts = torch.where(valid, self.indptr[safe + 1] - starts, torch.zeros_like(starts))
-        rows = torch.repeat_interleave(torch.arange(nodes.shape[0], device=nodes.device), counts)
-        first_of_row = torch.cumsum(counts, 0) - counts
-        offsets = torch.arange(rows.numel(), device=nodes.device) - first_of_row[rows]
-        children = starts[rows] + offsets + 1
-        return rows, children
+        expansion = expand_children(self.indptr, nodes)
+        return expansion.rows, expansion.children

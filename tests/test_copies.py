@@ -1,0 +1,63 @@
+"""`# Copied from <module>.<name>` marks code that must stay self-contained in a package loaded with
+`trust_remote_code` (the model files travel without the tokenizer package and vice versa): each marked definition must
+equal its original, as transformers' `utils/check_copies.py` enforces for its models."""
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("modeling_onerec", "tokenization_semantic_id", "trainers", "benchmarks")
+MARK = re.compile(r"^# Copied from ([\w.]+)\s*$")
+
+
+def _definitions(path: Path) -> dict:
+    """Top-level name -> (node, source text) of a module: functions, classes and simple assignments."""
+    text = path.read_text(encoding="utf-8")
+    found = {}
+    for node in ast.parse(text).body:
+        names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
+            [target.id for target in getattr(node, "targets", []) if isinstance(target, ast.Name)]
+        for name in names:
+            found[name] = (node, ast.get_source_segment(text, node))
+    return found
+
+
+def marked_copies():
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            definitions = {node.lineno: (name, source) for name, (node, source) in _definitions(path).items()}
+            for number, line in enumerate(lines, start=1):
+                match = MARK.match(line)
+                if match:
+                    name, source = definitions.get(number + 1, (None, None))
+                    yield pytest.param(path, number, match.group(1), name, source,
+                                       id=f"{path.relative_to(ROOT)}:{number}")
+
+
+COPIES = list(marked_copies())
+
+
+def test_the_self_contained_copies_are_marked():
+    # The known copies (CSR child expansion, exclusion dedupe, token layout): removing a mark must fail here too.
+    targets = {param.values[2] for param in COPIES}
+    assert {"tokenization_semantic_id.trie.expand_children", "tokenization_semantic_id.trie.ChildExpansion",
+            "tokenization_semantic_id.constrained_decoding.drop_duplicate_items",
+            "modeling_onerec.configuration_onerec.level_offsets",
+            "modeling_onerec.configuration_onerec.NUM_SPECIAL_TOKENS"} <= targets
+
+
+@pytest.mark.parametrize("path, line, original, name, copy", COPIES)
+def test_copy_matches_its_original(path, line, original, name, copy):
+    assert copy is not None, f"{path}:{line}: '# Copied from' must stand right above a def, class or assignment."
+    module_name, original_name = original.rsplit(".", 1)
+    assert original_name == name, f"{path}:{line}: the copy is named {name!r}, the original {original_name!r}."
+    module = importlib.import_module(module_name)
+    definitions = _definitions(Path(module.__file__))
+    assert original_name in definitions, f"{original} does not exist."
+    expected = definitions[original_name][1]
+    assert copy == expected, f"{path}:{line} has drifted from {original}: make them equal again (edit the original)."
