@@ -397,6 +397,29 @@ def test_presets_construct(name):
     assert 0 < counts["activated"] < counts["total"]
 
 
+def test_readme_preset_table_states_the_real_parameter_counts():
+    # Every row of the README's preset table, recomputed: shape columns from PRESETS, counts from parameter_counts()
+    # (itself checked against the built model in test_parameter_counts_are_exact).
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([\w.-]+)` \| (\d+) \| (\d+) / (\d+) \| (\d+) / top-(\d+) \| (\d+) \| ([\d.]+)M \| "
+                      r"([\d.]+)M \((\d+)%\) \| ([\d.]+)M \|$", readme, flags=re.MULTILINE)
+    assert {row[0] for row in rows} == set(PRESETS)
+    for name, d_model, enc, dec, experts, top_k, expert_d_ff, total_8k, active_8k, share, total_256 in rows:
+        config = OneRecConfig.from_preset(name, codebook_sizes=[8192] * 3)
+        assert (config.d_model, config.num_layers, config.num_decoder_layers, config.num_experts,
+                config.num_experts_per_token, config.expert_hidden_size) == tuple(
+            int(v) for v in (d_model, enc, dec, experts, top_k, expert_d_ff)), name
+        counts = config.parameter_counts()
+        assert f"{counts['total'] / 1e6:.1f}" == total_8k, name
+        assert f"{counts['activated'] / 1e6:.1f}" == active_8k, name
+        assert round(100 * counts["activated"] / counts["total"]) == int(share), name
+        small_vocab = OneRecConfig.from_preset(name, codebook_sizes=[256] * 3).parameter_counts()
+        assert f"{small_vocab['total'] / 1e6:.1f}" == total_256, name
+
+
 def test_unknown_preset(small_tokenizer):
     with pytest.raises(ValueError, match="Unknown preset"):
         OneRecConfig.from_preset("onerec-7b")
