@@ -28,3 +28,20 @@ def small_tokenizer():
     embeddings = clustered_embeddings(240)
     return SemanticIDTokenizer.build([f"item{i}" for i in range(240)], embeddings,
                                      ResidualKMeansConfig(num_levels=3, codebook_size=6), progress=False)
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib figure saved during the test, in order (the file is still written): plot tests check the data
+    drawn, not just that a PNG exists."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    original = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figures.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figures

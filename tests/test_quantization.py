@@ -129,7 +129,7 @@ def test_resolve_collisions_sizes():
         resolve_collisions(clashing, disambiguation_size=0)
 
 
-def test_codebook_report_and_plot(tmp_path):
+def test_codebook_report_and_plot(tmp_path, saved_figures):
     codes = torch.tensor([[0, 0], [0, 1], [1, 1], [1, 1]])
     report = codebook_report(codes, [3, 2], num_semantic_levels=2)
     assert report["levels"][0]["used_codes"] == 2
@@ -137,5 +137,13 @@ def test_codebook_report_and_plot(tmp_path):
     assert report["levels"][1]["max_cluster"] == 3 and report["levels"][1]["min_cluster"] == 1
     assert report["collision_rate_before"] == pytest.approx(0.5) == collision_rate(codes)
     assert report["prefixes"][0]["distinct_prefixes"] == 2
-    path = plot_codebook_report({"a": report, "b": report}, {"a": codes, "b": codes}, tmp_path / "plot.png")
+    other = torch.tensor([[0, 0], [1, 1], [2, 1], [2, 1]])
+    other_report = codebook_report(other, [3, 2], num_semantic_levels=2)
+    path = plot_codebook_report({"a": report, "b": other_report}, {"a": codes, "b": other}, tmp_path / "plot.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+    (figure,) = saved_figures
+    assert len(figure.axes) == 2  # one panel per level
+    level_one = {line.get_label().split(":")[0]: line.get_ydata().tolist() for line in figure.axes[0].lines}
+    assert level_one == {"a": [2, 2, 0], "b": [2, 1, 1]}  # items per code, largest first, unused codes as 0
+    assert [line.get_ydata().tolist() for line in figure.axes[1].lines] == [[3, 1], [3, 1]]
+    assert "a: 50.00%" in figure._suptitle.get_text()

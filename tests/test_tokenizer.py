@@ -189,6 +189,12 @@ def test_build_is_deterministic_and_records_how_it_was_built():
         assert level["min_cluster"] == level["max_cluster"] == 40
 
 
-def test_plot_statistics(tmp_path, small_tokenizer):
+def test_plot_statistics(tmp_path, small_tokenizer, saved_figures):
     path = small_tokenizer.plot_statistics(tmp_path / "codebooks.png", title="tiny")
     assert path.stat().st_size > 1000
+    (figure,) = saved_figures
+    assert len(figure.axes) == small_tokenizer.num_levels
+    for level, axis in enumerate(figure.axes):
+        expected = torch.bincount(small_tokenizer.item_codes[:, level],
+                                  minlength=small_tokenizer.codebook_sizes[level]).sort(descending=True).values
+        assert [line.get_ydata().tolist() for line in axis.lines] == [expected.tolist()]

@@ -1,0 +1,37 @@
+"""The data behind the training plots, read back from the figures (not just that a PNG was written)."""
+
+import pytest
+import torch
+
+from trainers.plots import plot_expert_load, plot_training_curves
+
+
+def test_training_curves_draw_each_logged_series(tmp_path, saved_figures):
+    history = [
+        {"step": 10, "loss": 3.0, "ntp_loss": 2.9, "aux_loss": 1.2, "z_loss": 0.5},
+        {"step": 20, "loss": 2.0, "ntp_loss": 1.9, "aux_loss": 1.1, "z_loss": 0.4},
+        {"step": 20, "eval_loss": 2.2, "eval_recall@10": 0.05, "eval_runtime": 9.0, "eval_samples_per_second": 3.0},
+        {"step": 40, "eval_loss": 2.1, "eval_recall@10": 0.07, "eval_runtime": 8.0, "eval_samples_per_second": 3.0},
+    ]
+    path = plot_training_curves(history, tmp_path / "curves.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    (figure,) = saved_figures
+    losses, moe, metrics = figure.axes
+
+    def lines(axis):
+        return {line.get_label(): line.get_xydata().tolist() for line in axis.lines}
+
+    assert lines(losses) == {"loss": [[10, 3.0], [20, 2.0]], "ntp_loss": [[10, 2.9], [20, 1.9]],
+                             "eval_loss": [[20, 2.2], [40, 2.1]]}
+    assert lines(moe) == {"aux_loss": [[10, 1.2], [20, 1.1]], "z_loss": [[10, 0.5], [20, 0.4]]}
+    assert lines(metrics) == {"eval_recall@10": [[20, 0.05], [40, 0.07]]}  # timings are not metrics
+
+
+def test_expert_load_map_is_share_times_experts(tmp_path, saved_figures):
+    counts = torch.tensor([[10.0, 10.0, 10.0, 10.0], [40.0, 0.0, 0.0, 0.0]])
+    plot_expert_load(counts, tmp_path / "load.png", title="run")
+    (figure,) = saved_figures
+    image = figure.axes[0].images[0].get_array()
+    assert image.tolist() == [[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]]  # 1.0 = balanced, 0 = a dead expert
+    assert "min 0.00, max 4.00" in figure.axes[0].get_title()
+    assert image.shape == (2, 4) and pytest.approx(image.sum()) == 8.0
