@@ -311,6 +311,9 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
     config_class = OneRecConfig
     base_model_prefix = "transformer"
     _no_split_modules = ["T5Block"]
+    # Routing decisions are sensitive to rounding (Switch Transformers' "selective precision"): the router weights stay
+    # float32 when the model is loaded in float16 or bfloat16, and the router computes in float32.
+    _keep_in_fp32_modules_strict = ["router"]
     # T5's recorded outputs plus each sparse layer's router logits ([N, E], in layer order), captured by the decoder
     # stack's forward when it is called with output_router_logits=True (as Switch Transformers and Mixtral do).
     _can_record_outputs = {**T5PreTrainedModel._can_record_outputs, "router_logits": OutputRecorder(OneRecRouter)}
