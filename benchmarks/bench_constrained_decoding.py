@@ -38,12 +38,25 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
-from benchmarks.common import BOS_TOKEN_ID, EOS_TOKEN_ID, NUM_SPECIAL_TOKENS, PAD_TOKEN_ID
-from benchmarks.common import add_device_argument, add_run_arguments, check_threads, environment, exit_status
-from benchmarks.common import json_arguments, output_path
-from benchmarks.common import random_item_tokens, setup_device, synchronize, timed, write_json
+from benchmarks.common import (
+    BOS_TOKEN_ID,
+    EOS_TOKEN_ID,
+    NUM_SPECIAL_TOKENS,
+    PAD_TOKEN_ID,
+    add_device_argument,
+    add_run_arguments,
+    check_threads,
+    environment,
+    exit_status,
+    json_arguments,
+    output_path,
+    random_item_tokens,
+    setup_device,
+    synchronize,
+    timed,
+    write_json,
+)
 from tokenization_semantic_id import SemanticIDTrie, SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
-
 
 logger = logging.getLogger(__name__)
 
@@ -67,27 +80,43 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_device_argument(parser, help="Device of the trie, input_ids and scores (e.g. cpu, cuda, cuda:1).")
     parser.add_argument("--num-codes", type=int, default=100_000, help="Distinct valid item codes in the trie.")
     parser.add_argument("--num-levels", type=int, default=3, help="Code tokens per item (L).")
-    parser.add_argument("--codebook-sizes", type=int, nargs="+", default=[256, 8192],
-                        help="Codes per level K; one benchmark per value.")
-    parser.add_argument("--beams", type=int, nargs="+", default=[32, 128],
-                        help="Beam counts (batch 1, so rows = beams).")
+    parser.add_argument(
+        "--codebook-sizes", type=int, nargs="+", default=[256, 8192], help="Codes per level K; one benchmark per value."
+    )
+    parser.add_argument(
+        "--beams", type=int, nargs="+", default=[32, 128], help="Beam counts (batch 1, so rows = beams)."
+    )
     parser.add_argument("--num-history", type=int, default=50, help="Excluded history items per batch row.")
     parser.add_argument("--session-items", type=int, default=5, help="Items per generated session (m).")
-    parser.add_argument("--slot", type=int, default=2,
-                        help="0-based session item whose decoding positions are timed (earlier items are repeats "
-                             "to forbid).")
+    parser.add_argument(
+        "--slot",
+        type=int,
+        default=2,
+        help="0-based session item whose decoding positions are timed (earlier items are repeats to forbid).",
+    )
     parser.add_argument("--repeats", type=int, default=20, help="Timed calls per position (median reported).")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed calls per position before timing.")
-    parser.add_argument("--reference-repeats", type=int, default=None,
-                        help="Timed calls of the slow reference (c) per position. Default: as many as fit in "
-                             "--reference-budget-s, at least --min-reference-repeats and at most --repeats.")
-    parser.add_argument("--reference-budget-s", type=float, default=8.0,
-                        help="Seconds of reference calls to aim for per position when --reference-repeats is unset.")
-    parser.add_argument("--min-reference-repeats", type=int, default=3,
-                        help="Fewest timed reference calls per position.")
-    add_run_arguments(parser, seed_help="Seed of the codes, sessions, history and scores.",
-                      output_help="JSON file for every number (default: "
-                                  "outputs/benchmarks/constrained_decoding_<device>.json).")
+    parser.add_argument(
+        "--reference-repeats",
+        type=int,
+        default=None,
+        help="Timed calls of the slow reference (c) per position. Default: as many as fit in "
+        "--reference-budget-s, at least --min-reference-repeats and at most --repeats.",
+    )
+    parser.add_argument(
+        "--reference-budget-s",
+        type=float,
+        default=8.0,
+        help="Seconds of reference calls to aim for per position when --reference-repeats is unset.",
+    )
+    parser.add_argument(
+        "--min-reference-repeats", type=int, default=3, help="Fewest timed reference calls per position."
+    )
+    add_run_arguments(
+        parser,
+        seed_help="Seed of the codes, sessions, history and scores.",
+        output_help="JSON file for every number (default: outputs/benchmarks/constrained_decoding_<device>.json).",
+    )
     args = parser.parse_args(argv)
     _check_args(args)
     return args
@@ -95,8 +124,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Fails loudly on arguments the benchmark cannot honour."""
-    positive = {"--num-codes": args.num_codes, "--num-levels": args.num_levels, "--repeats": args.repeats,
-                "--session-items": args.session_items, "--min-reference-repeats": args.min_reference_repeats}
+    positive = {
+        "--num-codes": args.num_codes,
+        "--num-levels": args.num_levels,
+        "--repeats": args.repeats,
+        "--session-items": args.session_items,
+        "--min-reference-repeats": args.min_reference_repeats,
+    }
     for name, value in positive.items():
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
@@ -112,10 +146,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if not 0 <= args.slot < args.session_items:
         raise ValueError(f"--slot must be in [0, --session-items={args.session_items}), got {args.slot}.")
     for size in args.codebook_sizes:
-        if size ** args.num_levels < args.num_codes:
+        if size**args.num_levels < args.num_codes:
             raise ValueError(
                 f"--num-codes={args.num_codes} distinct codes do not fit in {args.num_levels} levels of K={size} "
-                f"({size ** args.num_levels} possible codes); lower --num-codes or raise --codebook-sizes."
+                f"({size**args.num_levels} possible codes); lower --num-codes or raise --codebook-sizes."
             )
     # Each beam needs slot + 1 distinct items outside the history.
     if args.num_codes < args.num_history + args.slot + 1:
@@ -174,8 +208,10 @@ def position_names(num_levels: int) -> List[str]:
 
 def index_memory_mb(trie: SemanticIDTrie) -> float:
     """Bytes of every tensor the trie holds, in MB (10^6 bytes)."""
-    return sum(value.numel() * value.element_size() for value in vars(trie).values()
-               if isinstance(value, torch.Tensor)) / 1e6
+    return (
+        sum(value.numel() * value.element_size() for value in vars(trie).values() if isinstance(value, torch.Tensor))
+        / 1e6
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,8 +219,9 @@ def index_memory_mb(trie: SemanticIDTrie) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def timed_call(processor: Processor, input_ids: torch.Tensor, scores: torch.Tensor,
-               device: torch.device) -> Tuple[float, torch.Tensor]:
+def timed_call(
+    processor: Processor, input_ids: torch.Tensor, scores: torch.Tensor, device: torch.device
+) -> Tuple[float, torch.Tensor]:
     """One synchronised call: ``(seconds, processed scores [rows, V])``."""
     return timed(processor, device, input_ids, scores)
 
@@ -261,8 +298,10 @@ def benchmark_position(
             seconds, reference_output_now = timed_call(reference, input_ids, scores, device)
             times["reference"].append(seconds)
             checks.check(fast_output, reference_output_now, f"{label} (c) repeat {repeat} vs (a)")
-    result = {name: {"median_s": statistics.median(values), "min_s": min(values), "times_s": values}
-              for name, values in times.items()}
+    result = {
+        name: {"median_s": statistics.median(values), "min_s": min(values), "times_s": values}
+        for name, values in times.items()
+    }
     result["reference_repeats"] = reference_repeats
     return result
 
@@ -288,15 +327,21 @@ def build_trie(item_tokens: torch.Tensor, vocab_size: int, device: torch.device)
     }
 
 
-def run_codebook_size(codebook_size: int, device: torch.device, args: argparse.Namespace,
-                      checks: EquivalenceLog) -> dict:
+def run_codebook_size(
+    codebook_size: int, device: torch.device, args: argparse.Namespace, checks: EquivalenceLog
+) -> dict:
     """All beam counts for one K: trie statistics plus per-(beams, position) timings."""
     vocab_size = NUM_SPECIAL_TOKENS + args.num_levels * codebook_size
     item_tokens = random_item_tokens(args.num_codes, args.num_levels, codebook_size, args.seed)
     trie, trie_stats = build_trie(item_tokens, vocab_size, device)
     history = sample_history(args.num_codes, args.num_history, args.seed + 1)
-    layout = dict(bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=PAD_TOKEN_ID,
-                  num_items=args.session_items, prefix_length=PREFIX_LENGTH)
+    layout = dict(
+        bos_token_id=BOS_TOKEN_ID,
+        eos_token_id=EOS_TOKEN_ID,
+        pad_token_id=PAD_TOKEN_ID,
+        num_items=args.session_items,
+        prefix_length=PREFIX_LENGTH,
+    )
 
     start = time.perf_counter()
     reference_fn = SessionPrefixAllowedTokensFn(item_tokens, forbid_repeats=True, excluded_items=[history], **layout)
@@ -304,16 +349,18 @@ def run_codebook_size(codebook_size: int, device: torch.device, args: argparse.N
     reference_plain_fn = SessionPrefixAllowedTokensFn(item_tokens, forbid_repeats=False, **layout)
     fast = SessionConstrainedLogitsProcessor(trie, forbid_repeats=True, excluded_items=[history], **layout)
     fast_plain = SessionConstrainedLogitsProcessor(trie, forbid_repeats=False, **layout)
-    print(f"K={codebook_size}: {args.num_codes} codes, trie of {trie_stats['num_nodes']} nodes built in "
-          f"{trie_stats['build_s']:.2f} s ({trie_stats['index_mb']:.1f} MB); dict reference built in "
-          f"{trie_stats['reference_build_s']:.2f} s", flush=True)
+    print(
+        f"K={codebook_size}: {args.num_codes} codes, trie of {trie_stats['num_nodes']} nodes built in "
+        f"{trie_stats['build_s']:.2f} s ({trie_stats['index_mb']:.1f} MB); dict reference built in "
+        f"{trie_stats['reference_build_s']:.2f} s",
+        flush=True,
+    )
 
     period = args.num_levels + 1
     slot_start = PREFIX_LENGTH + args.slot * period  # length of input_ids when BOS of `slot` comes next
     runs = []
     for beams in args.beams:
-        full_ids = sample_session_input_ids(item_tokens, history, beams, args.slot,
-                                            args.seed + 2 + beams).to(device)
+        full_ids = sample_session_input_ids(item_tokens, history, beams, args.slot, args.seed + 2 + beams).to(device)
         generator = torch.Generator().manual_seed(args.seed + 3 + beams)
         scores = torch.randn((beams, vocab_size), generator=generator).log_softmax(dim=-1).to(device)
         reference = PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn=reference_fn, num_beams=beams)
@@ -322,23 +369,35 @@ def run_codebook_size(codebook_size: int, device: torch.device, args: argparse.N
         for offset, name in enumerate(position_names(args.num_levels)):
             label = f"K={codebook_size} beams={beams} {name}"
             positions[name] = benchmark_position(
-                fast=fast, fast_plain=fast_plain, reference=reference, reference_plain=reference_plain,
-                input_ids=full_ids[:, : slot_start + offset], scores=scores, device=device, args=args,
-                checks=checks, label=label,
+                fast=fast,
+                fast_plain=fast_plain,
+                reference=reference,
+                reference_plain=reference_plain,
+                input_ids=full_ids[:, : slot_start + offset],
+                scores=scores,
+                device=device,
+                args=args,
+                checks=checks,
+                label=label,
             )
             timing = positions[name]
-            print(f"  beams={beams:4d} {name:7s}: (a) {1e3 * timing['fast']['median_s']:9.3f} ms  "
-                  f"(b) {1e3 * timing['fast_no_exclusions']['median_s']:9.3f} ms  "
-                  f"(c) {1e3 * timing['reference']['median_s']:10.2f} ms  "
-                  f"[(c) x{timing['reference_repeats']}]", flush=True)
+            print(
+                f"  beams={beams:4d} {name:7s}: (a) {1e3 * timing['fast']['median_s']:9.3f} ms  "
+                f"(b) {1e3 * timing['fast_no_exclusions']['median_s']:9.3f} ms  "
+                f"(c) {1e3 * timing['reference']['median_s']:10.2f} ms  "
+                f"[(c) x{timing['reference_repeats']}]",
+                flush=True,
+            )
         runs.append({"beams": beams, "rows": beams, "positions": positions, **summarise(positions)})
     return {"codebook_size": codebook_size, "vocab_size": vocab_size, "trie": trie_stats, "runs": runs}
 
 
 def summarise(positions: Dict[str, dict]) -> dict:
     """Mean over positions of the per-position medians (ms per step), and the reference / fast ratio."""
-    mean_ms = {method: 1e3 * statistics.fmean(p[method]["median_s"] for p in positions.values())
-               for method in ("fast", "fast_no_exclusions", "reference")}
+    mean_ms = {
+        method: 1e3 * statistics.fmean(p[method]["median_s"] for p in positions.values())
+        for method in ("fast", "fast_no_exclusions", "reference")
+    }
     return {
         "mean_step_ms": mean_ms,
         "speedup_reference_over_fast": mean_ms["reference"] / mean_ms["fast"],
@@ -376,22 +435,35 @@ def markdown_tables(results: List[dict], args: argparse.Namespace, checks: Equiv
                 f"| {mean['reference']:.1f} | {format_ratio(run['speedup_reference_over_fast'])} "
                 f"| {'/'.join(map(str, run['reference_repeats']))} |"
             )
-    lines += ["", "Per position (median ms of one call; the position is named by the token it predicts):", "",
-              "| K | beams | position | (a) | (b) | (c) | (c)/(a) |", "|---:|---:|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Per position (median ms of one call; the position is named by the token it predicts):",
+        "",
+        "| K | beams | position | (a) | (b) | (c) | (c)/(a) |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
     for result in results:
         for run in result["runs"]:
             for name, timing in run["positions"].items():
-                fast, plain, reference = (1e3 * timing[m]["median_s"] for m in ("fast", "fast_no_exclusions", "reference"))
-                lines.append(f"| {result['codebook_size']} | {run['beams']} | {name} | {fast:.3f} | {plain:.3f} "
-                             f"| {reference:.2f} | {format_ratio(reference / fast)} |")
-    lines += ["", "| K | trie nodes | CSR trie build (s) | index memory (MB) | dict reference build (s) |",
-              "|---:|---:|---:|---:|---:|"]
+                fast, plain, reference = (
+                    1e3 * timing[m]["median_s"] for m in ("fast", "fast_no_exclusions", "reference")
+                )
+                lines.append(
+                    f"| {result['codebook_size']} | {run['beams']} | {name} | {fast:.3f} | {plain:.3f} "
+                    f"| {reference:.2f} | {format_ratio(reference / fast)} |"
+                )
+    lines += [
+        "",
+        "| K | trie nodes | CSR trie build (s) | index memory (MB) | dict reference build (s) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for result in results:
         trie = result["trie"]
-        lines.append(f"| {result['codebook_size']} | {trie['num_nodes']:,} | {trie['build_s']:.2f} "
-                     f"| {trie['index_mb']:.1f} | {trie['reference_build_s']:.2f} |")
-    verdict = ("all bitwise identical" if not checks.failures
-               else f"{len(checks.failures)} MISMATCHES (see stderr)")
+        lines.append(
+            f"| {result['codebook_size']} | {trie['num_nodes']:,} | {trie['build_s']:.2f} "
+            f"| {trie['index_mb']:.1f} | {trie['reference_build_s']:.2f} |"
+        )
+    verdict = "all bitwise identical" if not checks.failures else f"{len(checks.failures)} MISMATCHES (see stderr)"
     lines += ["", f"Equivalence: {checks.checked} output comparisons, {verdict}."]
     return "\n".join(lines)
 
@@ -401,20 +473,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = setup_device(args.device, args.threads)
     output = output_path(args.output, "constrained_decoding", device)
-    print(f"NOTE: the {args.num_codes:,} codes are synthetic (uniformly random, seed {args.seed}): no bundled "
-          "catalogue has that many items. bench_tokenizer_build.py measures the real Amazon data.", flush=True)
+    print(
+        f"NOTE: the {args.num_codes:,} codes are synthetic (uniformly random, seed {args.seed}): no bundled "
+        "catalogue has that many items. bench_tokenizer_build.py measures the real Amazon data.",
+        flush=True,
+    )
     checks = EquivalenceLog()
     results = [run_codebook_size(size, device, args, checks) for size in args.codebook_sizes]
 
     table = markdown_tables(results, args, checks)
     print("\n" + table)
-    payload = {"environment": environment(device, synthetic_codes=True), "arguments": json_arguments(args),
-               "results": results, "equivalence": {"checked": checks.checked, "failures": checks.failures},
-               "markdown": table}
+    payload = {
+        "environment": environment(device, synthetic_codes=True),
+        "arguments": json_arguments(args),
+        "results": results,
+        "equivalence": {"checked": checks.checked, "failures": checks.failures},
+        "markdown": table,
+    }
     write_json(output, payload)
     print(f"\nwrote {output}")
-    return exit_status(f"{len(checks.failures)} of {checks.checked} comparisons of (a)/(b) with the reference "
-                       "differ; the fast processor and prefix_allowed_tokens_fn disagree." if checks.failures else None)
+    return exit_status(
+        f"{len(checks.failures)} of {checks.checked} comparisons of (a)/(b) with the reference "
+        "differ; the fast processor and prefix_allowed_tokens_fn disagree."
+        if checks.failures
+        else None
+    )
 
 
 if __name__ == "__main__":

@@ -60,15 +60,30 @@ import torch
 import transformers
 from transformers import LogitsProcessorList
 
-from benchmarks.common import BOS_TOKEN_ID, EOS_TOKEN_ID, NUM_SPECIAL_TOKENS, PAD_TOKEN_ID
-from benchmarks.common import add_device_argument, add_run_arguments, environment, exit_status, json_arguments
-from benchmarks.common import output_path, random_item_tokens, setup_device, synchronize, threads_problem, timed
-from benchmarks.common import write_json
+from benchmarks.common import (
+    BOS_TOKEN_ID,
+    EOS_TOKEN_ID,
+    NUM_SPECIAL_TOKENS,
+    PAD_TOKEN_ID,
+    add_device_argument,
+    add_run_arguments,
+    environment,
+    exit_status,
+    json_arguments,
+    output_path,
+    random_item_tokens,
+    setup_device,
+    synchronize,
+    threads_problem,
+    timed,
+    write_json,
+)
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTrie, SessionConstrainedLogitsProcessor
 
 try:
     from modeling_onerec.generation_onerec import session_beam_search
+
     NATIVE_IMPORT_ERROR: Optional[str] = None
 except ImportError as error:  # the native search is optional: the generate() columns still run
     session_beam_search = None
@@ -93,30 +108,44 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_device_argument(parser)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="Model weights and activations.")
     parser.add_argument("--presets", nargs="+", default=["tiny", "onerec-0.1b"], help="OneRecConfig presets.")
-    parser.add_argument("--catalogue-sizes", type=int, nargs="+", default=None,
-                        help="Items in the synthetic catalogue, one per preset (default: 10000 for tiny, 100000 for "
-                             "every other preset).")
+    parser.add_argument(
+        "--catalogue-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Items in the synthetic catalogue, one per preset (default: 10000 for tiny, 100000 for "
+        "every other preset).",
+    )
     parser.add_argument("--codebook-size", type=int, default=256, help="Codes per level K (e.g. 256 or 8192).")
     parser.add_argument("--num-levels", type=int, default=3, help="Code tokens per item L.")
-    parser.add_argument("--history-items", type=int, default=50, help="History items per user (encoder input and "
-                                                                        "excluded items).")
+    parser.add_argument(
+        "--history-items", type=int, default=50, help="History items per user (encoder input and excluded items)."
+    )
     parser.add_argument("--session-lengths", type=int, nargs="+", default=[5], help="Items per session m.")
     parser.add_argument("--beams", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="Users per generate() call.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--repeats", type=int, default=5, help="Most timed calls per method and configuration.")
     parser.add_argument("--warmup", type=int, default=1, help="Untimed calls per method and configuration.")
-    parser.add_argument("--time-budget-s", type=float, default=None,
-                        help="Wall-clock budget of the whole run (default 300 on CPU, 900 on GPU).")
-    add_run_arguments(parser, threads_help="torch CPU threads (torch.set_num_threads).",
-                      output_help="JSON file (default: outputs/benchmarks/generate_<device>[_<dtype>].json).")
+    parser.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=None,
+        help="Wall-clock budget of the whole run (default 300 on CPU, 900 on GPU).",
+    )
+    add_run_arguments(
+        parser,
+        threads_help="torch CPU threads (torch.set_num_threads).",
+        output_help="JSON file (default: outputs/benchmarks/generate_<device>[_<dtype>].json).",
+    )
     args = parser.parse_args(argv)
     if args.catalogue_sizes is None:
         args.catalogue_sizes = [10_000 if preset == "tiny" else 100_000 for preset in args.presets]
     problems = []
     if len(args.catalogue_sizes) != len(args.presets):
-        problems.append(f"--catalogue-sizes needs one value per preset ({len(args.presets)}), got "
-                        f"{args.catalogue_sizes}")
+        problems.append(
+            f"--catalogue-sizes needs one value per preset ({len(args.presets)}), got {args.catalogue_sizes}"
+        )
     if args.repeats < 1 or args.warmup < 1:
         problems.append(f"--repeats and --warmup must be >= 1, got {args.repeats} and {args.warmup}")
     if (threads_error := threads_problem(args.threads)) is not None:
@@ -124,11 +153,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if min(args.session_lengths + args.beams + args.batch_sizes) < 1 or args.history_items < 1:
         problems.append("--session-lengths, --beams, --batch-sizes and --history-items must be >= 1")
     for size in args.catalogue_sizes:
-        if size > args.codebook_size ** args.num_levels:
+        if size > args.codebook_size**args.num_levels:
             problems.append(f"{size} distinct codes do not fit in {args.num_levels} levels of K={args.codebook_size}")
         if size < args.history_items + max(args.session_lengths):
-            problems.append(f"a catalogue of {size} items cannot hold {args.history_items} history items plus a "
-                            f"session of {max(args.session_lengths)}")
+            problems.append(
+                f"a catalogue of {size} items cannot hold {args.history_items} history items plus a "
+                f"session of {max(args.session_lengths)}"
+            )
     if problems:
         raise ValueError("; ".join(problems) + ".")
     return args
@@ -153,9 +184,15 @@ def encode_histories(item_tokens: torch.Tensor, histories: List[List[int]], devi
 
 
 def build_model(preset: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    config = OneRecConfig.from_preset(preset, codebook_sizes=[args.codebook_size] * args.num_levels,
-                                      dropout_rate=0.0, pad_token_id=PAD_TOKEN_ID, eos_token_id=EOS_TOKEN_ID,
-                                      bos_token_id=BOS_TOKEN_ID, decoder_start_token_id=PAD_TOKEN_ID)
+    config = OneRecConfig.from_preset(
+        preset,
+        codebook_sizes=[args.codebook_size] * args.num_levels,
+        dropout_rate=0.0,
+        pad_token_id=PAD_TOKEN_ID,
+        eos_token_id=EOS_TOKEN_ID,
+        bos_token_id=BOS_TOKEN_ID,
+        decoder_start_token_id=PAD_TOKEN_ID,
+    )
     torch.manual_seed(args.seed)
     model = OneRecForConditionalGeneration(config).eval().to(device=device, dtype=dtype)
     return config, model
@@ -166,13 +203,21 @@ def build_model(preset: str, args: argparse.Namespace, device: torch.device, dty
 # --------------------------------------------------------------------------------------------------
 
 
-def make_methods(model, trie: SemanticIDTrie, inputs: dict, histories: List[List[int]], beams: int, num_items: int,
-                 level_offsets: List[int]) -> Dict[str, Callable[[], torch.Tensor]]:
+def make_methods(
+    model,
+    trie: SemanticIDTrie,
+    inputs: dict,
+    histories: List[List[int]],
+    beams: int,
+    num_items: int,
+    level_offsets: List[int],
+) -> Dict[str, Callable[[], torch.Tensor]]:
     """Each method as a zero-argument call returning sequences ``[batch, beams, 2 + m * (L + 1)]``."""
     batch = inputs["input_ids"].shape[0]
     new_tokens = num_items * (trie.num_levels + 1) + 1
-    common = dict(num_beams=beams, num_return_sequences=beams, do_sample=False, length_penalty=0.0,
-                  max_new_tokens=new_tokens)
+    common = dict(
+        num_beams=beams, num_return_sequences=beams, do_sample=False, length_penalty=0.0, max_new_tokens=new_tokens
+    )
 
     def unconstrained():
         out = model.generate(**inputs, min_new_tokens=new_tokens, **common)
@@ -180,17 +225,35 @@ def make_methods(model, trie: SemanticIDTrie, inputs: dict, histories: List[List
 
     def constrained():
         processor = SessionConstrainedLogitsProcessor(
-            trie, bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=PAD_TOKEN_ID,
-            num_items=num_items, prefix_length=1, forbid_repeats=True, excluded_items=histories)
-        out = model.generate(**inputs, logits_processor=LogitsProcessorList([processor]), renormalize_logits=True,
-                             **common)
+            trie,
+            bos_token_id=BOS_TOKEN_ID,
+            eos_token_id=EOS_TOKEN_ID,
+            pad_token_id=PAD_TOKEN_ID,
+            num_items=num_items,
+            prefix_length=1,
+            forbid_repeats=True,
+            excluded_items=histories,
+        )
+        out = model.generate(
+            **inputs, logits_processor=LogitsProcessorList([processor]), renormalize_logits=True, **common
+        )
         return out.view(batch, beams, -1)
 
     def native():
         out = session_beam_search(
-            model, inputs["input_ids"], inputs["attention_mask"], trie, num_beams=beams, num_items=num_items,
-            bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=PAD_TOKEN_ID, forbid_repeats=True,
-            excluded_items=histories, level_offsets=level_offsets)
+            model,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            trie,
+            num_beams=beams,
+            num_items=num_items,
+            bos_token_id=BOS_TOKEN_ID,
+            eos_token_id=EOS_TOKEN_ID,
+            pad_token_id=PAD_TOKEN_ID,
+            forbid_repeats=True,
+            excluded_items=histories,
+            level_offsets=level_offsets,
+        )
         return out.sequences
 
     return {"unconstrained": unconstrained, "constrained": constrained, "native": native}
@@ -201,8 +264,9 @@ def make_methods(model, trie: SemanticIDTrie, inputs: dict, histories: List[List
 # --------------------------------------------------------------------------------------------------
 
 
-def session_violations(sequences: torch.Tensor, trie: SemanticIDTrie, histories: List[List[int]],
-                       num_items: int) -> Dict[str, int]:
+def session_violations(
+    sequences: torch.Tensor, trie: SemanticIDTrie, histories: List[List[int]], num_items: int
+) -> Dict[str, int]:
     """Counts, over all ``batch x beams`` sessions, of what a valid constrained session may not contain.
 
     Args:
@@ -218,8 +282,14 @@ def session_violations(sequences: torch.Tensor, trie: SemanticIDTrie, histories:
     expected = 2 + num_items * period
     sequences = sequences.to(trie.device)
     if length != expected:
-        return {"sessions": batch * beams, "layout_errors": batch * beams, "unknown_items": 0, "history_items": 0,
-                "repeated_items": 0, "invalid_sessions": batch * beams}
+        return {
+            "sessions": batch * beams,
+            "layout_errors": batch * beams,
+            "unknown_items": 0,
+            "history_items": 0,
+            "repeated_items": 0,
+            "invalid_sessions": batch * beams,
+        }
     body = sequences[:, :, 1:-1].reshape(batch, beams, num_items, period)
     layout_bad = (sequences[:, :, 0] != PAD_TOKEN_ID) | (sequences[:, :, -1] != EOS_TOKEN_ID)
     layout_bad |= (body[..., 0] != BOS_TOKEN_ID).any(dim=-1)
@@ -236,9 +306,14 @@ def session_violations(sequences: torch.Tensor, trie: SemanticIDTrie, histories:
     repeated = torch.zeros_like(unknown)
     repeated[..., 1:] = (ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] >= 0)
     invalid = layout_bad | (unknown | in_history | repeated).any(dim=-1)
-    return {"sessions": batch * beams, "layout_errors": int(layout_bad.sum()), "unknown_items": int(unknown.sum()),
-            "history_items": int(in_history.sum()), "repeated_items": int(repeated.sum()),
-            "invalid_sessions": int(invalid.sum())}
+    return {
+        "sessions": batch * beams,
+        "layout_errors": int(layout_bad.sum()),
+        "unknown_items": int(unknown.sum()),
+        "history_items": int(in_history.sum()),
+        "repeated_items": int(repeated.sum()),
+        "invalid_sessions": int(invalid.sum()),
+    }
 
 
 def agreement(native: torch.Tensor, generated: torch.Tensor) -> Dict[str, float]:
@@ -258,9 +333,21 @@ def agreement(native: torch.Tensor, generated: torch.Tensor) -> Dict[str, float]
 # --------------------------------------------------------------------------------------------------
 
 
-def run_config(model, trie, item_tokens, level_offsets, methods: List[str], *, batch: int, beams: int,
-               num_items: int, args: argparse.Namespace, device: torch.device, allowance_s: float,
-               remaining_s: float) -> dict:
+def run_config(
+    model,
+    trie,
+    item_tokens,
+    level_offsets,
+    methods: List[str],
+    *,
+    batch: int,
+    beams: int,
+    num_items: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    allowance_s: float,
+    remaining_s: float,
+) -> dict:
     histories = sample_histories(trie.num_items, args.history_items, batch, args.seed + 7 * batch + beams)
     inputs = encode_histories(item_tokens, histories, device)
     calls = make_methods(model, trie, inputs, histories, beams, num_items, level_offsets)
@@ -289,14 +376,26 @@ def run_config(model, trie, item_tokens, level_offsets, methods: List[str], *, b
             last_round_s = time.perf_counter() - round_start
         planned = len(times[methods[0]])
 
-    result = {"batch": batch, "beams": beams, "num_items": num_items, "rows": batch * beams,
-              "new_tokens": num_items * (trie.num_levels + 1) + 1, "repeats": planned,
-              "warmup_only": planned == 0, "methods": {}}
+    result = {
+        "batch": batch,
+        "beams": beams,
+        "num_items": num_items,
+        "rows": batch * beams,
+        "new_tokens": num_items * (trie.num_levels + 1) + 1,
+        "repeats": planned,
+        "warmup_only": planned == 0,
+        "methods": {},
+    }
     for name in methods:
         values = times[name] if planned else warmup[name][-1:]
         median = statistics.median(values)
-        result["methods"][name] = {"median_s": median, "min_s": min(values), "times_s": values,
-                                   "warmup_s": warmup[name], "users_per_s": batch / median}
+        result["methods"][name] = {
+            "median_s": median,
+            "min_s": min(values),
+            "times_s": values,
+            "warmup_s": warmup[name],
+            "users_per_s": batch / median,
+        }
     checks = {}
     for name in ("constrained", "native"):
         if name in outputs:
@@ -324,8 +423,9 @@ def estimate_config_s(measured: List[dict], rows: int, methods: List[str], args:
 # --------------------------------------------------------------------------------------------------
 
 
-def markdown_table(presets: List[dict], args: argparse.Namespace, device: torch.device, methods: List[str],
-                   notes: List[str]) -> str:
+def markdown_table(
+    presets: List[dict], args: argparse.Namespace, device: torch.device, methods: List[str], notes: List[str]
+) -> str:
     def ms(run, name):
         return f"{1e3 * run['methods'][name]['median_s']:.1f}" if name in run["methods"] else "-"
 
@@ -344,34 +444,51 @@ def markdown_table(presets: List[dict], args: argparse.Namespace, device: torch.
     ]
     for preset in presets:
         for run in preset["runs"]:
-            head = f"| {preset['preset']} | {preset['catalogue_size']:,} | {run['num_items']} | {run['batch']} " \
-                   f"| {run['beams']} "
+            head = (
+                f"| {preset['preset']} | {preset['catalogue_size']:,} | {run['num_items']} | {run['batch']} "
+                f"| {run['beams']} "
+            )
             if "skipped" in run:
                 lines.append(head + "| - " * 10 + f"| skipped: {run['skipped']} |")
                 continue
             m = run["methods"]
-            cost = (f"{m['constrained']['median_s'] / m['unconstrained']['median_s']:.2f}x"
-                    if "constrained" in m and "unconstrained" in m else "-")
-            speedup = (f"{m['constrained']['median_s'] / m['native']['median_s']:.1f}x"
-                       if "constrained" in m and "native" in m else "-")
+            cost = (
+                f"{m['constrained']['median_s'] / m['unconstrained']['median_s']:.2f}x"
+                if "constrained" in m and "unconstrained" in m
+                else "-"
+            )
+            speedup = (
+                f"{m['constrained']['median_s'] / m['native']['median_s']:.1f}x"
+                if "constrained" in m and "native" in m
+                else "-"
+            )
             checks = run["checks"]
-            invalid = " / ".join(str(checks[f"{name}_violations"]["invalid_sessions"]) if f"{name}_violations" in checks
-                                 else "-" for name in ("constrained", "native"))
+            invalid = " / ".join(
+                str(checks[f"{name}_violations"]["invalid_sessions"]) if f"{name}_violations" in checks else "-"
+                for name in ("constrained", "native")
+            )
             agree = checks.get("native_vs_constrained")
             repeats = "warm-up only" if run["warmup_only"] else str(run["repeats"])
             top1 = f"{100 * agree['top1_agreement']:.0f}%" if agree else "-"
             shared = f"{100 * agree['mean_shared_fraction']:.0f}%" if agree else "-"
             users = [f"{m[name]['users_per_s']:.1f}" if name in m else "-" for name in ("constrained", "native")]
-            lines.append(head + f"| {ms(run, 'unconstrained')} | {ms(run, 'constrained')} | {ms(run, 'native')} "
-                         f"| {users[0]} | {users[1]} | {cost} | {speedup} | {invalid} | {top1} | {shared} "
-                         f"| {repeats} |")
-    lines += ["", "| preset | parameters (total / activated) | vocab | catalogue | trie build (s) | model build (s) |",
-              "|---|---|---:|---:|---:|---:|"]
+            lines.append(
+                head + f"| {ms(run, 'unconstrained')} | {ms(run, 'constrained')} | {ms(run, 'native')} "
+                f"| {users[0]} | {users[1]} | {cost} | {speedup} | {invalid} | {top1} | {shared} "
+                f"| {repeats} |"
+            )
+    lines += [
+        "",
+        "| preset | parameters (total / activated) | vocab | catalogue | trie build (s) | model build (s) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for preset in presets:
         counts = preset["parameter_counts"]
-        lines.append(f"| {preset['preset']} | {counts['total'] / 1e6:.1f}M / {counts['activated'] / 1e6:.1f}M "
-                     f"| {preset['vocab_size']:,} | {preset['catalogue_size']:,} | {preset['trie_build_s']:.2f} "
-                     f"| {preset['model_build_s']:.2f} |")
+        lines.append(
+            f"| {preset['preset']} | {counts['total'] / 1e6:.1f}M / {counts['activated'] / 1e6:.1f}M "
+            f"| {preset['vocab_size']:,} | {preset['catalogue_size']:,} | {preset['trie_build_s']:.2f} "
+            f"| {preset['model_build_s']:.2f} |"
+        )
     if notes:
         lines += [""] + [f"Note: {note}" for note in notes]
     return "\n".join(lines)
@@ -388,22 +505,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     output = output_path(args.output, "generate", device, args.dtype)
     env = environment(device, dtype=args.dtype, synthetic_codes=True)
     print("environment: " + json.dumps(env), flush=True)
-    print(f"NOTE: catalogues of {args.catalogue_sizes} synthetic uniformly random codes (seed {args.seed}).",
-          flush=True)
+    print(
+        f"NOTE: catalogues of {args.catalogue_sizes} synthetic uniformly random codes (seed {args.seed}).", flush=True
+    )
 
     notes: List[str] = []
     methods = list(args.methods)
     if "native" in methods and session_beam_search is None:
         methods.remove("native")
-        notes.append(f"native session_beam_search skipped: modeling_onerec.generation_onerec could not be imported "
-                     f"({NATIVE_IMPORT_ERROR}).")
+        notes.append(
+            f"native session_beam_search skipped: modeling_onerec.generation_onerec could not be imported "
+            f"({NATIVE_IMPORT_ERROR})."
+        )
         print(f"SKIP native: {notes[-1]}", flush=True)
     if not methods:
         raise ValueError("no method left to run.")
 
     grid = [(preset, size, m) for preset, size in zip(args.presets, args.catalogue_sizes) for m in args.session_lengths]
-    shapes = sorted({(batch, beams) for batch in args.batch_sizes for beams in args.beams},
-                    key=lambda shape: (shape[0] * shape[1], shape[1]))
+    shapes = sorted(
+        {(batch, beams) for batch in args.batch_sizes for beams in args.beams},
+        key=lambda shape: (shape[0] * shape[1], shape[1]),
+    )
     total_configs = len(grid) * len(shapes)
     done_configs = 0
     presets: List[dict] = []
@@ -422,10 +544,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model_build_s = time.perf_counter() - start
         level_offsets = [NUM_SPECIAL_TOKENS + level * args.codebook_size for level in range(args.num_levels)]
         counts = config.parameter_counts()
-        print(f"\n{preset_name}: {counts['total'] / 1e6:.1f}M parameters ({counts['activated'] / 1e6:.1f}M activated), "
-              f"vocab {vocab_size}, {size:,} items; trie {trie_build_s:.2f} s, model {model_build_s:.2f} s", flush=True)
-        entry = {"preset": preset_name, "catalogue_size": size, "vocab_size": vocab_size, "parameter_counts": counts,
-                 "trie_build_s": trie_build_s, "model_build_s": model_build_s, "runs": []}
+        print(
+            f"\n{preset_name}: {counts['total'] / 1e6:.1f}M parameters ({counts['activated'] / 1e6:.1f}M activated), "
+            f"vocab {vocab_size}, {size:,} items; trie {trie_build_s:.2f} s, model {model_build_s:.2f} s",
+            flush=True,
+        )
+        entry = {
+            "preset": preset_name,
+            "catalogue_size": size,
+            "vocab_size": vocab_size,
+            "parameter_counts": counts,
+            "trie_build_s": trie_build_s,
+            "model_build_s": model_build_s,
+            "runs": [],
+        }
         presets.append(entry)
         for num_items in args.session_lengths:
             measured: List[dict] = []
@@ -436,48 +568,94 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 label = f"{preset_name} m={num_items} batch={batch} beams={beams}"
                 estimate = estimate_config_s(measured, batch * beams, methods, args)
                 if remaining <= 0 or (estimate is not None and estimate > remaining):
-                    reason = (f"estimated {estimate:.0f} s > {max(remaining, 0):.0f} s left of --time-budget-s "
-                              f"{args.time_budget_s:g}" if estimate is not None
-                              else f"--time-budget-s {args.time_budget_s:g} spent")
-                    entry["runs"].append({"batch": batch, "beams": beams, "num_items": num_items,
-                                          "rows": batch * beams, "skipped": reason})
+                    reason = (
+                        f"estimated {estimate:.0f} s > {max(remaining, 0):.0f} s left of --time-budget-s "
+                        f"{args.time_budget_s:g}"
+                        if estimate is not None
+                        else f"--time-budget-s {args.time_budget_s:g} spent"
+                    )
+                    entry["runs"].append(
+                        {
+                            "batch": batch,
+                            "beams": beams,
+                            "num_items": num_items,
+                            "rows": batch * beams,
+                            "skipped": reason,
+                        }
+                    )
                     print(f"  {label}: skipped ({reason})", flush=True)
                     continue
-                run = run_config(model, trie, item_tokens, level_offsets, methods, batch=batch, beams=beams,
-                                 num_items=num_items, args=args, device=device,
-                                 allowance_s=remaining / configs_left, remaining_s=remaining)
+                run = run_config(
+                    model,
+                    trie,
+                    item_tokens,
+                    level_offsets,
+                    methods,
+                    batch=batch,
+                    beams=beams,
+                    num_items=num_items,
+                    args=args,
+                    device=device,
+                    allowance_s=remaining / configs_left,
+                    remaining_s=remaining,
+                )
                 entry["runs"].append(run)
                 measured.append(run)
                 text = "  ".join(f"{name} {1e3 * value['median_s']:8.1f} ms" for name, value in run["methods"].items())
                 checks = run["checks"]
                 agree = checks.get("native_vs_constrained")
-                print(f"  {label}: {text}  (x{run['repeats']}{', warm-up only' if run['warmup_only'] else ''})"
-                      + (f"  top-1 agree {100 * agree['top1_agreement']:.0f}%, shared "
-                         f"{100 * agree['mean_shared_fraction']:.0f}%" if agree else ""), flush=True)
+                print(
+                    f"  {label}: {text}  (x{run['repeats']}{', warm-up only' if run['warmup_only'] else ''})"
+                    + (
+                        f"  top-1 agree {100 * agree['top1_agreement']:.0f}%, shared "
+                        f"{100 * agree['mean_shared_fraction']:.0f}%"
+                        if agree
+                        else ""
+                    ),
+                    flush=True,
+                )
                 for name in ("constrained", "native"):
                     violations = checks.get(f"{name}_violations")
                     if violations and violations["invalid_sessions"]:
-                        failures.append(f"{label}: {name} returned {violations['invalid_sessions']} invalid sessions "
-                                        f"{violations}")
+                        failures.append(
+                            f"{label}: {name} returned {violations['invalid_sessions']} invalid sessions {violations}"
+                        )
                         print(f"\n{'!' * 100}\n!!! {failures[-1]}\n{'!' * 100}\n", file=sys.stderr, flush=True)
         del model, trie
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    skipped = [f"{p['preset']} m={r['num_items']} batch={r['batch']} beams={r['beams']}"
-               for p in presets for r in p["runs"] if "skipped" in r]
+    skipped = [
+        f"{p['preset']} m={r['num_items']} batch={r['batch']} beams={r['beams']}"
+        for p in presets
+        for r in p["runs"]
+        if "skipped" in r
+    ]
     if skipped:
-        notes.append(f"{len(skipped)} configuration(s) skipped to stay within --time-budget-s "
-                     f"{args.time_budget_s:g}: {', '.join(skipped)}.")
-    cut = [f"{p['preset']} m={r['num_items']} batch={r['batch']} beams={r['beams']} (x{r['repeats']})"
-           for p in presets for r in p["runs"] if "skipped" not in r and r["repeats"] < args.repeats]
+        notes.append(
+            f"{len(skipped)} configuration(s) skipped to stay within --time-budget-s "
+            f"{args.time_budget_s:g}: {', '.join(skipped)}."
+        )
+    cut = [
+        f"{p['preset']} m={r['num_items']} batch={r['batch']} beams={r['beams']} (x{r['repeats']})"
+        for p in presets
+        for r in p["runs"]
+        if "skipped" not in r and r["repeats"] < args.repeats
+    ]
     if cut:
         notes.append(f"repeats cut to fit the budget: {', '.join(cut)}.")
     table = markdown_table(presets, args, device, methods, notes)
     print("\n" + table)
-    payload = {"environment": env, "arguments": json_arguments(args),
-               "methods": methods, "presets": presets, "failures": failures, "notes": notes, "markdown": table,
-               "wall_s": time.perf_counter() - run_start}
+    payload = {
+        "environment": env,
+        "arguments": json_arguments(args),
+        "methods": methods,
+        "presets": presets,
+        "failures": failures,
+        "notes": notes,
+        "markdown": table,
+        "wall_s": time.perf_counter() - run_start,
+    }
     write_json(output, payload)
     print(f"\nwrote {output} (whole run {time.perf_counter() - run_start:.0f} s)")
     return exit_status(f"{len(failures)} configuration(s) returned invalid constrained sessions." if failures else None)

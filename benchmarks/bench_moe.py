@@ -59,10 +59,19 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from benchmarks.common import add_device_argument, add_run_arguments, check_threads, environment, exit_status
-from benchmarks.common import json_arguments, output_path, setup_device, synchronize, write_json
+from benchmarks.common import (
+    add_device_argument,
+    add_run_arguments,
+    check_threads,
+    environment,
+    exit_status,
+    json_arguments,
+    output_path,
+    setup_device,
+    synchronize,
+    write_json,
+)
 from modeling_onerec import OneRecConfig, OneRecSparseMLP, route_tokens
-
 
 VARIANTS = ("grouped", "grouped_unbind", "masked_loop", "token_loop", "dense_ffn", "dense_moe")
 LABELS = {
@@ -88,27 +97,55 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_device_argument(parser)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="Weights and activations (the router always computes in float32).")
-    parser.add_argument("--presets", nargs="+", default=["small", "onerec-0.1b"],
-                        help="OneRecConfig presets whose MoE shapes are measured.")
-    parser.add_argument("--tokens", type=int, nargs="+", default=None,
-                        help="Tokens per batch (default: 4096 16384 on GPU, 1024 4096 on CPU).")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="Weights and activations (the router always computes in float32).",
+    )
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=["small", "onerec-0.1b"],
+        help="OneRecConfig presets whose MoE shapes are measured.",
+    )
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Tokens per batch (default: 4096 16384 on GPU, 1024 4096 on CPU).",
+    )
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=10, help="Timed calls per variant (median reported).")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed calls per variant before timing.")
-    parser.add_argument("--variant-budget-s", type=float, default=20.0,
-                        help="Seconds one variant may take per shape (warm-up + repeats): repeats are cut to fit, "
-                             "and a variant whose estimated iteration does not fit is skipped.")
-    parser.add_argument("--max-dense-moe-gb", type=float, default=None,
-                        help="Skip (d) when its [E, N, d_ff] activations and gradients would exceed this many GB "
-                             "(default: 40 on GPU, 4 on CPU).")
-    parser.add_argument("--check-tokens", type=int, default=256,
-                        help="Tokens on which (b') and (d) are checked against (a).")
-    parser.add_argument("--forward-only", action="store_true",
-                        help="Time forward passes under torch.no_grad() instead of forward + backward.")
-    add_run_arguments(parser, threads_help="torch CPU threads (torch.set_num_threads).",
-                      output_help="JSON file (default: outputs/benchmarks/moe_<device>[_<dtype>].json).")
+    parser.add_argument(
+        "--variant-budget-s",
+        type=float,
+        default=20.0,
+        help="Seconds one variant may take per shape (warm-up + repeats): repeats are cut to fit, "
+        "and a variant whose estimated iteration does not fit is skipped.",
+    )
+    parser.add_argument(
+        "--max-dense-moe-gb",
+        type=float,
+        default=None,
+        help="Skip (d) when its [E, N, d_ff] activations and gradients would exceed this many GB "
+        "(default: 40 on GPU, 4 on CPU).",
+    )
+    parser.add_argument(
+        "--check-tokens", type=int, default=256, help="Tokens on which (b') and (d) are checked against (a)."
+    )
+    parser.add_argument(
+        "--forward-only",
+        action="store_true",
+        help="Time forward passes under torch.no_grad() instead of forward + backward.",
+    )
+    add_run_arguments(
+        parser,
+        threads_help="torch CPU threads (torch.set_num_threads).",
+        output_help="JSON file (default: outputs/benchmarks/moe_<device>[_<dtype>].json).",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 1:
         raise ValueError(f"--repeats and --warmup must be >= 1, got {args.repeats} and {args.warmup}.")
@@ -132,15 +169,17 @@ def build_layer(preset: str, device: torch.device, dtype: torch.dtype, seed: int
     mlp = OneRecSparseMLP(config)
     d, f = config.d_model, config.expert_hidden_size
     # OneRecPreTrainedModel._init_weights for the router and the stacked experts.
-    nn.init.normal_(mlp.router.weight, std=d ** -0.5)
-    nn.init.normal_(mlp.experts.input_proj, std=d ** -0.5)
-    nn.init.normal_(mlp.experts.output_proj, std=f ** -0.5)
+    nn.init.normal_(mlp.router.weight, std=d**-0.5)
+    nn.init.normal_(mlp.experts.input_proj, std=d**-0.5)
+    nn.init.normal_(mlp.experts.output_proj, std=f**-0.5)
     width = config.num_experts_per_token * f
-    dense = nn.Sequential(nn.Linear(d, width * (2 if config.is_gated_act else 1), bias=False),
-                          GatedAct(config.dense_act_fn) if config.is_gated_act else ACT2FN[config.dense_act_fn],
-                          nn.Linear(width, d, bias=False))
-    nn.init.normal_(dense[0].weight, std=d ** -0.5)
-    nn.init.normal_(dense[2].weight, std=width ** -0.5)
+    dense = nn.Sequential(
+        nn.Linear(d, width * (2 if config.is_gated_act else 1), bias=False),
+        GatedAct(config.dense_act_fn) if config.is_gated_act else ACT2FN[config.dense_act_fn],
+        nn.Linear(width, d, bias=False),
+    )
+    nn.init.normal_(dense[0].weight, std=d**-0.5)
+    nn.init.normal_(dense[2].weight, std=width**-0.5)
     mlp.to(device=device, dtype=dtype).eval()
     dense.to(device=device, dtype=dtype).eval()
     return config, mlp, dense
@@ -188,7 +227,7 @@ def unbound_experts(mlp: OneRecSparseMLP):
 
 
 def run_grouped(mlp: OneRecSparseMLP, x: torch.Tensor) -> torch.Tensor:
-    return mlp(x)[0]
+    return mlp(x)
 
 
 def run_grouped_unbind(mlp: OneRecSparseMLP, x: torch.Tensor) -> torch.Tensor:
@@ -235,7 +274,7 @@ def run_token_loop(mlp: OneRecSparseMLP, x: torch.Tensor) -> torch.Tensor:
         total = None
         for slot, expert in enumerate(experts):
             y = apply(expert, x_rows[token])
-            y = y * gate_rows[token][:, slot:slot + 1].to(y.dtype)
+            y = y * gate_rows[token][:, slot : slot + 1].to(y.dtype)
             total = y if total is None else total + y
         rows.append(total.to(x.dtype))
     return torch.cat(rows)
@@ -309,9 +348,12 @@ def outputs_and_grads(fn, x: torch.Tensor, grad: torch.Tensor, mlp: OneRecSparse
     clear_grads([mlp], x)
     out = fn(x)
     out.backward(grad)
-    result = {"output": out.detach().float(), "input_grad": x.grad.float(),
-              "input_proj_grad": mlp.experts.input_proj.grad.float(),
-              "output_proj_grad": mlp.experts.output_proj.grad.float()}
+    result = {
+        "output": out.detach().float(),
+        "input_grad": x.grad.float(),
+        "input_proj_grad": mlp.experts.input_proj.grad.float(),
+        "output_proj_grad": mlp.experts.output_proj.grad.float(),
+    }
     clear_grads([mlp], x)
     return result
 
@@ -320,26 +362,47 @@ def max_abs_diffs(left: Dict[str, torch.Tensor], right: Dict[str, torch.Tensor])
     return {key: float((left[key] - right[key]).abs().max()) for key in left}
 
 
-def warm_up(fn, x: torch.Tensor, grad: torch.Tensor, modules, device: torch.device, args: argparse.Namespace,
-            budget_s: float, estimate_s: Optional[float]) -> dict:
+def warm_up(
+    fn,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    modules,
+    device: torch.device,
+    args: argparse.Namespace,
+    budget_s: float,
+    estimate_s: Optional[float],
+) -> dict:
     """Warm-up calls and the number of timed calls that fit in ``budget_s``; a ``skipped`` reason when
     ``estimate_s`` (one call, when known beforehand) or the warm-up itself shows that none fits."""
     backward = not args.forward_only
     if estimate_s is not None and estimate_s * (args.warmup + 1) > budget_s:
-        return {"skipped": f"estimated {estimate_s:.1f} s per call x ({args.warmup} warm-up + 1) > "
-                           f"--variant-budget-s {budget_s:g}", "estimate_s": estimate_s}
+        return {
+            "skipped": f"estimated {estimate_s:.1f} s per call x ({args.warmup} warm-up + 1) > "
+            f"--variant-budget-s {budget_s:g}",
+            "estimate_s": estimate_s,
+        }
     start = time.perf_counter()
     warmup_times = [one_call(fn, x, grad, modules, device, backward) for _ in range(args.warmup)]
     spent = time.perf_counter() - start
     planned = min(args.repeats, int((budget_s - spent) // max(warmup_times[-1], 1e-9)))
     if planned < 1:
-        return {"skipped": f"warm-up call took {warmup_times[-1]:.1f} s; no timed call fits --variant-budget-s "
-                           f"{budget_s:g}", "warmup_s": warmup_times}
+        return {
+            "skipped": f"warm-up call took {warmup_times[-1]:.1f} s; no timed call fits --variant-budget-s "
+            f"{budget_s:g}",
+            "warmup_s": warmup_times,
+        }
     return {"warmup_s": warmup_times, "planned": planned, "left_s": budget_s - spent}
 
 
-def timed_rounds(functions: Dict[str, tuple], plans: Dict[str, dict], x: torch.Tensor, grad: torch.Tensor,
-                 device: torch.device, args: argparse.Namespace, tokens: int) -> Dict[str, dict]:
+def timed_rounds(
+    functions: Dict[str, tuple],
+    plans: Dict[str, dict],
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    device: torch.device,
+    args: argparse.Namespace,
+    tokens: int,
+) -> Dict[str, dict]:
     """Timed calls interleaved round-robin over the variants (so that a machine slowing down mid-run hits them
     all alike), each variant stopping at its planned count or when its next call would overrun its budget."""
     backward = not args.forward_only
@@ -354,10 +417,37 @@ def timed_rounds(functions: Dict[str, tuple], plans: Dict[str, dict], x: torch.T
     results = {}
     for name, values in times.items():
         median = statistics.median(values)
-        results[name] = {"median_s": median, "min_s": min(values), "times_s": values, "repeats": len(values),
-                         "tokens_per_s": tokens / median, "warmup_s": plans[name]["warmup_s"],
-                         "repeats_cut": len(values) < args.repeats}
+        results[name] = {
+            "median_s": median,
+            "min_s": min(values),
+            "times_s": values,
+            "repeats": len(values),
+            "tokens_per_s": tokens / median,
+            "warmup_s": plans[name]["warmup_s"],
+            "repeats_cut": len(values) < args.repeats,
+        }
     return results
+
+
+def check_variants(
+    mlp: OneRecSparseMLP, x: torch.Tensor, grad: torch.Tensor, tokens: int, args: argparse.Namespace
+) -> Dict[str, dict]:
+    """Max |difference| of each variant's outputs and gradients from the grouped path the model runs."""
+    checks = {}
+    reference = outputs_and_grads(lambda t: run_grouped(mlp, t), x, grad, mlp)
+    for name, fn in (("grouped_unbind", run_grouped_unbind), ("masked_loop", run_masked_loop)):
+        if name in args.variants:
+            checks[f"{name}_vs_grouped"] = max_abs_diffs(
+                outputs_and_grads(lambda t, fn=fn: fn(mlp, t), x, grad, mlp), reference
+            )
+    subset = min(tokens, args.check_tokens)
+    reference_subset = outputs_and_grads(lambda t: run_grouped(mlp, t), x[:subset], grad[:subset], mlp)
+    for name, fn in (("token_loop", run_token_loop), ("dense_moe", run_dense_moe)):
+        if name in args.variants:
+            checks[f"{name}_vs_grouped_first_{subset}_tokens"] = max_abs_diffs(
+                outputs_and_grads(lambda t, fn=fn: fn(mlp, t), x[:subset], grad[:subset], mlp), reference_subset
+            )
+    return checks
 
 
 def run_shape(preset: str, tokens: int, device: torch.device, dtype: torch.dtype, args: argparse.Namespace) -> dict:
@@ -372,31 +462,31 @@ def run_shape(preset: str, tokens: int, device: torch.device, dtype: torch.dtype
     with torch.no_grad():
         _, expert_index = route(mlp, x)
     counts = torch.bincount(expert_index.reshape(-1), minlength=config.num_experts).float()
-    shape = {"preset": preset, "d_model": config.d_model, "expert_d_ff": config.expert_hidden_size,
-             "num_experts": config.num_experts, "top_k": config.num_experts_per_token, "tokens": tokens,
-             "activation": config.dense_act_fn, "gated": config.is_gated_act,
-             "expert_load_max_over_mean": float(counts.max() / counts.mean()),
-             "expert_load_min_over_mean": float(counts.min() / counts.mean())}
-    print(f"\n{preset}: d_model={config.d_model} expert d_ff={config.expert_hidden_size} E={config.num_experts} "
-          f"k={config.num_experts_per_token}, {tokens} tokens (expert load max/mean "
-          f"{shape['expert_load_max_over_mean']:.2f}, min/mean {shape['expert_load_min_over_mean']:.2f})", flush=True)
+    shape = {
+        "preset": preset,
+        "d_model": config.d_model,
+        "expert_d_ff": config.expert_hidden_size,
+        "num_experts": config.num_experts,
+        "top_k": config.num_experts_per_token,
+        "tokens": tokens,
+        "activation": config.dense_act_fn,
+        "gated": config.is_gated_act,
+        "expert_load_max_over_mean": float(counts.max() / counts.mean()),
+        "expert_load_min_over_mean": float(counts.min() / counts.mean()),
+    }
+    print(
+        f"\n{preset}: d_model={config.d_model} expert d_ff={config.expert_hidden_size} E={config.num_experts} "
+        f"k={config.num_experts_per_token}, {tokens} tokens (expert load max/mean "
+        f"{shape['expert_load_max_over_mean']:.2f}, min/mean {shape['expert_load_min_over_mean']:.2f})",
+        flush=True,
+    )
 
     # ---------------------------------------------------------------- checks
-    checks = {}
-    reference = outputs_and_grads(lambda t: run_grouped(mlp, t), x, grad, mlp)
-    for name, fn in (("grouped_unbind", run_grouped_unbind), ("masked_loop", run_masked_loop)):
-        if name in args.variants:
-            checks[f"{name}_vs_grouped"] = max_abs_diffs(
-                outputs_and_grads(lambda t, fn=fn: fn(mlp, t), x, grad, mlp), reference)
-    subset = min(tokens, args.check_tokens)
-    reference_subset = outputs_and_grads(lambda t: run_grouped(mlp, t), x[:subset], grad[:subset], mlp)
-    for name, fn in (("token_loop", run_token_loop), ("dense_moe", run_dense_moe)):
-        if name in args.variants:
-            checks[f"{name}_vs_grouped_first_{subset}_tokens"] = max_abs_diffs(
-                outputs_and_grads(lambda t, fn=fn: fn(mlp, t), x[:subset], grad[:subset], mlp), reference_subset)
+    checks = check_variants(mlp, x, grad, tokens, args)
     for name, diffs in checks.items():
-        print(f"  check {name}: max |diff| " + ", ".join(f"{key} {value:.2e}" for key, value in diffs.items()),
-              flush=True)
+        print(
+            f"  check {name}: max |diff| " + ", ".join(f"{key} {value:.2e}" for key, value in diffs.items()), flush=True
+        )
 
     # ---------------------------------------------------------------- timings
     skipped: Dict[str, dict] = {}
@@ -414,8 +504,10 @@ def run_shape(preset: str, tokens: int, device: torch.device, dtype: torch.dtype
         elif name == "dense_moe":
             need_gb = dense_moe_gb(config, tokens, dtype, backward)
             if need_gb > args.max_dense_moe_gb:
-                skipped[name] = {"skipped": f"needs ~{need_gb:.1f} GB of [E, N, d_ff] activations > "
-                                            f"--max-dense-moe-gb {args.max_dense_moe_gb:g}"}
+                skipped[name] = {
+                    "skipped": f"needs ~{need_gb:.1f} GB of [E, N, d_ff] activations > "
+                    f"--max-dense-moe-gb {args.max_dense_moe_gb:g}"
+                }
                 continue
             # E / k times the expert FLOPs of grouped dispatch; (a') when measured, since (a) carries the
             # SelectBackward overhead that (d) (whole-tensor matmuls) does not have.
@@ -433,8 +525,11 @@ def run_shape(preset: str, tokens: int, device: torch.device, dtype: torch.dtype
         if "skipped" in result:
             print(f"  {LABELS[name]:44s} skipped: {result['skipped']}", flush=True)
         else:
-            print(f"  {LABELS[name]:44s} {1e3 * result['median_s']:10.2f} ms  {result['tokens_per_s']:12,.0f} tok/s"
-                  f"  (x{result['repeats']})", flush=True)
+            print(
+                f"  {LABELS[name]:44s} {1e3 * result['median_s']:10.2f} ms  {result['tokens_per_s']:12,.0f} tok/s"
+                f"  (x{result['repeats']})",
+                flush=True,
+            )
     del x, grad, mlp, dense
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -461,25 +556,42 @@ def markdown_table(runs: List[dict], args: argparse.Namespace, device: torch.dev
         grouped = run["variants"]["grouped"].get("median_s")
         for name, result in run["variants"].items():
             if "skipped" in result:
-                lines.append(f"| {run['preset']} | {shapes} | {run['tokens']} | {LABELS[name]} | - | - | - "
-                             f"| skipped: {result['skipped']} |")
+                lines.append(
+                    f"| {run['preset']} | {shapes} | {run['tokens']} | {LABELS[name]} | - | - | - "
+                    f"| skipped: {result['skipped']} |"
+                )
                 continue
             ratio = f"{result['median_s'] / grouped:.2f}x" if grouped else "-"
-            lines.append(f"| {run['preset']} | {shapes} | {run['tokens']} | {LABELS[name]} "
-                         f"| {1e3 * result['median_s']:.2f} | {result['tokens_per_s']:,.0f} | {ratio} "
-                         f"| {result['repeats']}{' (cut to budget)' if result['repeats_cut'] else ''} |")
-    lines += ["", "Agreement with (a) (max abs diff; (a') and (b) on the full batch, (b') and (d) on the first "
-              f"{args.check_tokens} tokens):", "",
-              "| preset | tokens | check | output | input grad | expert W_in grad | expert W_out grad |",
-              "|---|---:|---|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {run['preset']} | {shapes} | {run['tokens']} | {LABELS[name]} "
+                f"| {1e3 * result['median_s']:.2f} | {result['tokens_per_s']:,.0f} | {ratio} "
+                f"| {result['repeats']}{' (cut to budget)' if result['repeats_cut'] else ''} |"
+            )
+    lines += [
+        "",
+        "Agreement with (a) (max abs diff; (a') and (b) on the full batch, (b') and (d) on the first "
+        f"{args.check_tokens} tokens):",
+        "",
+        "| preset | tokens | check | output | input grad | expert W_in grad | expert W_out grad |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for run in runs:
         for name, diffs in run["checks"].items():
-            lines.append(f"| {run['preset']} | {run['tokens']} | {name} | {diffs['output']:.2e} "
-                         f"| {diffs['input_grad']:.2e} | {diffs['input_proj_grad']:.2e} "
-                         f"| {diffs['output_proj_grad']:.2e} |")
-    lines += ["", "Expert load of the random router (assignments per expert / mean): "
-              + "; ".join(f"{run['preset']} N={run['tokens']}: max {run['expert_load_max_over_mean']:.2f}, "
-                          f"min {run['expert_load_min_over_mean']:.2f}" for run in runs) + "."]
+            lines.append(
+                f"| {run['preset']} | {run['tokens']} | {name} | {diffs['output']:.2e} "
+                f"| {diffs['input_grad']:.2e} | {diffs['input_proj_grad']:.2e} "
+                f"| {diffs['output_proj_grad']:.2e} |"
+            )
+    lines += [
+        "",
+        "Expert load of the random router (assignments per expert / mean): "
+        + "; ".join(
+            f"{run['preset']} N={run['tokens']}: max {run['expert_load_max_over_mean']:.2f}, "
+            f"min {run['expert_load_min_over_mean']:.2f}"
+            for run in runs
+        )
+        + ".",
+    ]
     return "\n".join(lines)
 
 
@@ -505,8 +617,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\nwrote {output}")
     # A reference that disagrees with grouped dispatch is a bug, not a timing: fail loudly.
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
-    bad = [(run["preset"], run["tokens"], name) for run in runs for name, diffs in run["checks"].items()
-           if not math.isfinite(diffs["output"]) or diffs["output"] > tolerance]
+    bad = [
+        (run["preset"], run["tokens"], name)
+        for run in runs
+        for name, diffs in run["checks"].items()
+        if not math.isfinite(diffs["output"]) or diffs["output"] > tolerance
+    ]
     return exit_status(f"outputs disagree with grouped dispatch beyond {tolerance:g}: {bad}" if bad else None)
 
 

@@ -26,8 +26,17 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from benchmarks.common import add_device_argument, add_pretraining_data_arguments, add_run_arguments, environment, \
-    json_arguments, output_path, setup_device, synchronize, write_json
+from benchmarks.common import (
+    add_device_argument,
+    add_pretraining_data_arguments,
+    add_run_arguments,
+    environment,
+    json_arguments,
+    output_path,
+    setup_device,
+    synchronize,
+    write_json,
+)
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import build_session_samples, leave_one_out_split, load_named_dataset
@@ -52,17 +61,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def time_strategy(strategy: str, train, tokenizer, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     """Samples/s and padding of ``args.steps`` training steps whose batches come from ``strategy``'s sampler."""
     torch.manual_seed(args.seed)
-    config = OneRecConfig.from_tokenizer(tokenizer, preset=args.preset, session_length=args.session_length,
-                                         max_history_items=args.max_history_items)
+    config = OneRecConfig.from_tokenizer(
+        tokenizer, preset=args.preset, session_length=args.session_length, max_history_items=args.max_history_items
+    )
     model = OneRecForConditionalGeneration(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     with tempfile.TemporaryDirectory() as scratch:
-        training_args = OneRecPretrainingConfig(output_dir=scratch, per_device_train_batch_size=args.batch_size,
-                                                train_sampling_strategy=strategy, report_to=[], seed=args.seed,
-                                                use_cpu=device.type == "cpu", dataloader_pin_memory=False)
-        trainer = OneRecPretrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
-                                   data_collator=SessionDataCollator(tokenizer, args.max_history_items,
-                                                                     args.session_length))
+        training_args = OneRecPretrainingConfig(
+            output_dir=scratch,
+            per_device_train_batch_size=args.batch_size,
+            train_sampling_strategy=strategy,
+            report_to=[],
+            seed=args.seed,
+            use_cpu=device.type == "cpu",
+            dataloader_pin_memory=False,
+        )
+        trainer = OneRecPretrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train,
+            processing_class=tokenizer,
+            data_collator=SessionDataCollator(tokenizer, args.max_history_items, args.session_length),
+        )
         loader = trainer.get_train_dataloader()
 
     def step(batch):
@@ -83,20 +103,30 @@ def time_strategy(strategy: str, train, tokenizer, args: argparse.Namespace, dev
     masks = [batch["attention_mask"] for batch in batches]
     samples = sum(len(mask) for mask in masks)
     slots = sum(mask.numel() for mask in masks)
-    return {"strategy": strategy, "steps": len(batches), "samples": samples, "seconds": round(seconds, 2),
-            "samples_per_s": round(samples / seconds, 1),
-            "mean_encoder_length": round(sum(mask.shape[1] for mask in masks) / len(masks), 1),
-            "padded_share": round(1 - sum(int(mask.sum()) for mask in masks) / slots, 3)}
+    return {
+        "strategy": strategy,
+        "steps": len(batches),
+        "samples": samples,
+        "seconds": round(seconds, 2),
+        "samples_per_s": round(samples / seconds, 1),
+        "mean_encoder_length": round(sum(mask.shape[1] for mask in masks) / len(masks), 1),
+        "padded_share": round(1 - sum(int(mask.sum()) for mask in masks) / slots, 3),
+    }
 
 
 def markdown_table(rows, args: argparse.Namespace) -> str:
-    lines = [f"{args.dataset}, preset {args.preset}, batch {args.batch_size}, history <= {args.max_history_items} "
-             f"items, m = {args.session_length}, {args.steps} timed steps per sampler",
-             "| sampler | samples/s | mean padded encoder length | padded share | speed-up |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"{args.dataset}, preset {args.preset}, batch {args.batch_size}, history <= {args.max_history_items} "
+        f"items, m = {args.session_length}, {args.steps} timed steps per sampler",
+        "| sampler | samples/s | mean padded encoder length | padded share | speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
     base = rows[0]["samples_per_s"]
     for row in rows:
-        lines.append(f"| {row['strategy']} | {row['samples_per_s']:.0f} | {row['mean_encoder_length']:.0f} | "
-                     f"{100 * row['padded_share']:.0f}% | {row['samples_per_s'] / base:.1f}x |")
+        lines.append(
+            f"| {row['strategy']} | {row['samples_per_s']:.0f} | {row['mean_encoder_length']:.0f} | "
+            f"{100 * row['padded_share']:.0f}% | {row['samples_per_s'] / base:.1f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -106,14 +136,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = setup_device(args.device, args.threads)
     tokenizer = SemanticIDTokenizer.from_pretrained(args.tokenizer_dir)
     splits = leave_one_out_split(load_named_dataset(args.dataset)["sequences"])
-    train = build_session_samples(splits, max_history=args.max_history_items,
-                                  session_length=args.session_length)["train"]
+    train = build_session_samples(splits, max_history=args.max_history_items, session_length=args.session_length)[
+        "train"
+    ]
     rows = [time_strategy(strategy, train, tokenizer, args, device) for strategy in STRATEGIES]
     table = markdown_table(rows, args)
     print(table)
     output = output_path(args.output, "pretrain_batching", device)
-    write_json(output, {"environment": environment(device), "arguments": json_arguments(args), "results": rows,
-                        "markdown": table})
+    write_json(
+        output,
+        {"environment": environment(device), "arguments": json_arguments(args), "results": rows, "markdown": table},
+    )
     print(f"wrote {output}")
     return 0
 

@@ -58,16 +58,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         seconds = time.perf_counter() - start
         widest = ranked if widest is None else widest
         same = sum(a == b for a, b in zip(ranked, widest))
-        row = {"beams": beams, "users_per_s": round(len(histories) / seconds, 2),
-               "same_top10_as_widest": same, **ranking_metrics(ranked, targets, ks=(5, 10))}
+        row = {
+            "beams": beams,
+            "users_per_s": round(len(histories) / seconds, 2),
+            "same_top10_as_widest": same,
+            **ranking_metrics(ranked, targets, ks=(5, 10)),
+        }
         rows.append(row)
         print(row, flush=True)
-    print(f"\n{len(histories)} validation users (seed {args.seed}), history "
-          f"{'excluded' if args.exclude_history else 'allowed'}\n| beams | users/s | Recall@5 | NDCG@5 | Recall@10 | "
-          "NDCG@10 | top-10 lists equal to the widest beam's |\n|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"\n{len(histories)} validation users (seed {args.seed}), history "
+        f"{'excluded' if args.exclude_history else 'allowed'}\n| beams | users/s | Recall@5 | NDCG@5 | Recall@10 | "
+        "NDCG@10 | top-10 lists equal to the widest beam's |\n|---:|---:|---:|---:|---:|---:|---:|"
+    )
     for row in rows:
-        print(f"| {row['beams']} | {row['users_per_s']:.1f} | {row['recall@5']:.4f} | {row['ndcg@5']:.4f} | "
-              f"{row['recall@10']:.4f} | {row['ndcg@10']:.4f} | {row['same_top10_as_widest']} / {len(histories)} |")
+        print(
+            f"| {row['beams']} | {row['users_per_s']:.1f} | {row['recall@5']:.4f} | {row['ndcg@5']:.4f} | "
+            f"{row['recall@10']:.4f} | {row['ndcg@10']:.4f} | {row['same_top10_as_widest']} / {len(histories)} |"
+        )
     path = output_path(args.output, "ranking_beams", device)
     write_json(path, {"environment": environment(device), "arguments": json_arguments(args), "rows": rows})
     print(f"-> {path}")

@@ -38,8 +38,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from benchmarks.common import add_device_argument, add_threads_argument, check_threads, environment, json_arguments
-from benchmarks.common import setup_device, synchronize, write_json
+from benchmarks.common import (
+    add_device_argument,
+    add_threads_argument,
+    check_threads,
+    environment,
+    json_arguments,
+    setup_device,
+    synchronize,
+    write_json,
+)
 from tokenization_semantic_id import (
     ItemEmbeddingConfig,
     ResidualKMeansConfig,
@@ -49,15 +57,17 @@ from tokenization_semantic_id import (
     plot_codebook_report,
 )
 
-
 logger = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "trainers" / "data" / "bundled"
 # name -> (sequence file, format, item metadata file), as `trainers.data.load_bundled` reads them.
 BUNDLED_FILES = {
     "beauty": ("amazon_beauty/Beauty.txt.gz", "s3rec", "amazon_beauty/Beauty_item_meta_derived.json.gz"),
-    "scientific": ("amazon18_scientific/Scientific.inter.json.gz", "inter_json",
-                   "amazon18_scientific/Scientific.item.json.gz"),
+    "scientific": (
+        "amazon18_scientific/Scientific.inter.json.gz",
+        "inter_json",
+        "amazon18_scientific/Scientific.item.json.gz",
+    ),
 }
 VARIANTS = {"balanced": True, "unbalanced": False}
 WARMUP_ITEMS = 2048
@@ -74,20 +84,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Time SemanticIDTokenizer.build (balanced vs unbalanced residual k-means) on real Amazon data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--dataset", choices=["beauty", "scientific", "both"], default="both",
-                        help="Bundled catalogue(s) to build.")
+    parser.add_argument(
+        "--dataset", choices=["beauty", "scientific", "both"], default="both", help="Bundled catalogue(s) to build."
+    )
     add_device_argument(parser, help="Device of the k-means (and of the text encoder for --embeddings concat).")
     parser.add_argument("--repeats", type=int, default=3, help="Timed builds per variant (median reported).")
-    parser.add_argument("--embeddings", choices=["collaborative", "concat"], default="collaborative",
-                        help="Item embeddings: collaborative PPMI-SVD of training sequences, or text + collaborative.")
+    parser.add_argument(
+        "--embeddings",
+        choices=["collaborative", "concat"],
+        default="collaborative",
+        help="Item embeddings: collaborative PPMI-SVD of training sequences, or text + collaborative.",
+    )
     parser.add_argument("--num-levels", type=int, default=3, help="Semantic levels L.")
     parser.add_argument("--codebook-size", type=int, default=256, help="Codes per level K.")
-    parser.add_argument("--max-iterations", type=int, default=ResidualKMeansConfig.max_iterations,
-                        help="Most k-means sweeps per level.")
+    parser.add_argument(
+        "--max-iterations", type=int, default=ResidualKMeansConfig.max_iterations, help="Most k-means sweeps per level."
+    )
     add_threads_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the k-means initialisation and the SVD.")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/benchmarks"),
-                        help="Where the JSON, the plots and the text-embedding cache go.")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("outputs/benchmarks"),
+        help="Where the JSON, the plots and the text-embedding cache go.",
+    )
     args = parser.parse_args(argv)
     for name in ("repeats", "num_levels", "max_iterations"):
         if getattr(args, name) < 1:
@@ -165,8 +185,13 @@ def load_catalogue(name: str, need_texts: bool) -> Catalogue:
         logger.warning("trainers.data is not importable (%s); reading the bundled gzip files directly.", error)
         return read_bundled_files(name)
     data = load_bundled(name)
-    return Catalogue(name, list(data["items"]["item_id"]), [list(s) for s in data["sequences"]["item_ids"]],
-                     list(data["items"]["text"]), "trainers.data.load_bundled")
+    return Catalogue(
+        name,
+        list(data["items"]["item_id"]),
+        [list(s) for s in data["sequences"]["item_ids"]],
+        list(data["items"]["text"]),
+        "trainers.data.load_bundled",
+    )
 
 
 def training_sequences(sequences: Sequence[Sequence[str]], min_length: int = 3) -> List[List[str]]:
@@ -178,7 +203,9 @@ def training_sequences(sequences: Sequence[Sequence[str]], min_length: int = 3) 
 def item_embeddings(catalogue: Catalogue, args: argparse.Namespace, device: torch.device) -> Tuple[torch.Tensor, dict]:
     """``[N, D]`` item embeddings from the training interactions (and texts for ``concat``), with timing facts."""
     config = ItemEmbeddingConfig(
-        source=args.embeddings, seed=args.seed, device=str(device),
+        source=args.embeddings,
+        seed=args.seed,
+        device=str(device),
         cache_dir=str(args.output_dir / "embedding_cache") if args.embeddings == "concat" else None,
     )
     train = training_sequences(catalogue.sequences)
@@ -186,9 +213,14 @@ def item_embeddings(catalogue: Catalogue, args: argparse.Namespace, device: torc
     embeddings = build_item_embeddings(config, catalogue.item_ids, texts=catalogue.texts, train_sequences=train)
     seconds = time.perf_counter() - start
     zero_rows = int((embeddings.norm(dim=1) == 0).sum())
-    info = {"source": args.embeddings, "dim": int(embeddings.shape[1]), "seconds": seconds,
-            "train_interactions": sum(len(s) for s in train), "zero_rows": zero_rows,
-            "note": "text part read from cache when present" if args.embeddings == "concat" else ""}
+    info = {
+        "source": args.embeddings,
+        "dim": int(embeddings.shape[1]),
+        "seconds": seconds,
+        "train_interactions": sum(len(s) for s in train),
+        "zero_rows": zero_rows,
+        "note": "text part read from cache when present" if args.embeddings == "concat" else "",
+    }
     return embeddings, info
 
 
@@ -197,9 +229,17 @@ def item_embeddings(catalogue: Catalogue, args: argparse.Namespace, device: torc
 # --------------------------------------------------------------------------------------------------
 
 
-def quantizer_config(args: argparse.Namespace, device: torch.device, balanced: bool, **overrides) -> ResidualKMeansConfig:
-    fields = dict(num_levels=args.num_levels, codebook_size=args.codebook_size, balanced=balanced,
-                  max_iterations=args.max_iterations, seed=args.seed, device=str(device))
+def quantizer_config(
+    args: argparse.Namespace, device: torch.device, balanced: bool, **overrides
+) -> ResidualKMeansConfig:
+    fields = dict(
+        num_levels=args.num_levels,
+        codebook_size=args.codebook_size,
+        balanced=balanced,
+        max_iterations=args.max_iterations,
+        seed=args.seed,
+        device=str(device),
+    )
     fields.update(overrides)
     return ResidualKMeansConfig(**fields)
 
@@ -209,13 +249,15 @@ def warm_up(embeddings: torch.Tensor, args: argparse.Namespace, device: torch.de
     subset = embeddings[: max(WARMUP_ITEMS, args.codebook_size)]
     item_ids = [str(index) for index in range(subset.shape[0])]
     for balanced in VARIANTS.values():
-        SemanticIDTokenizer.build(item_ids, subset, quantizer_config(args, device, balanced, max_iterations=2),
-                                  progress=False)
+        SemanticIDTokenizer.build(
+            item_ids, subset, quantizer_config(args, device, balanced, max_iterations=2), progress=False
+        )
     synchronize(device)
 
 
-def timed_builds(catalogue: Catalogue, embeddings: torch.Tensor, config: ResidualKMeansConfig, repeats: int,
-                 device: torch.device) -> Tuple[SemanticIDTokenizer, List[float], bool]:
+def timed_builds(
+    catalogue: Catalogue, embeddings: torch.Tensor, config: ResidualKMeansConfig, repeats: int, device: torch.device
+) -> Tuple[SemanticIDTokenizer, List[float], bool]:
     """``repeats`` synchronised builds: ``(last tokenizer, seconds per build, identical codes every time)``."""
     times, tokenizer, deterministic = [], None, True
     for _ in range(repeats):
@@ -255,15 +297,21 @@ def variant_summary(tokenizer: SemanticIDTokenizer, times: List[float], determin
     }
 
 
-def save_plot(catalogue: Catalogue, tokenizers: Dict[str, SemanticIDTokenizer], args: argparse.Namespace) -> Optional[str]:
+def save_plot(
+    catalogue: Catalogue, tokenizers: Dict[str, SemanticIDTokenizer], args: argparse.Namespace
+) -> Optional[str]:
     """Cluster sizes per semantic level, balanced vs unbalanced, as a PNG under ``--output-dir``."""
     codes = {name: tok.item_codes[:, : tok.num_semantic_levels] for name, tok in tokenizers.items()}
     # Semantic levels only: the disambiguation level may differ in size between variants.
-    reports = {name: codebook_report(codes[name], tok.codebook_sizes[: tok.num_semantic_levels], tok.num_semantic_levels)
-               for name, tok in tokenizers.items()}
+    reports = {
+        name: codebook_report(codes[name], tok.codebook_sizes[: tok.num_semantic_levels], tok.num_semantic_levels)
+        for name, tok in tokenizers.items()
+    }
     path = args.output_dir / f"codebook_{catalogue.name}_{args.embeddings}.png"
-    title = (f"{catalogue.name}: {len(catalogue.item_ids):,} items, {args.num_levels} x {args.codebook_size} codes, "
-             f"{args.embeddings} embeddings")
+    title = (
+        f"{catalogue.name}: {len(catalogue.item_ids):,} items, {args.num_levels} x {args.codebook_size} codes, "
+        f"{args.embeddings} embeddings"
+    )
     try:
         return str(plot_codebook_report(reports, codes, path, title=title))
     except ImportError as error:
@@ -274,21 +322,34 @@ def save_plot(catalogue: Catalogue, tokenizers: Dict[str, SemanticIDTokenizer], 
 def run_dataset(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     catalogue = load_catalogue(name, need_texts=args.embeddings == "concat")
     embeddings, embedding_info = item_embeddings(catalogue, args, device)
-    print(f"{name}: {len(catalogue.item_ids):,} items, {len(catalogue.sequences):,} users ({catalogue.loader}); "
-          f"{args.embeddings} embeddings [{embeddings.shape[0]}, {embeddings.shape[1]}] in "
-          f"{embedding_info['seconds']:.1f} s, {embedding_info['zero_rows']} zero rows", flush=True)
+    print(
+        f"{name}: {len(catalogue.item_ids):,} items, {len(catalogue.sequences):,} users ({catalogue.loader}); "
+        f"{args.embeddings} embeddings [{embeddings.shape[0]}, {embeddings.shape[1]}] in "
+        f"{embedding_info['seconds']:.1f} s, {embedding_info['zero_rows']} zero rows",
+        flush=True,
+    )
     warm_up(embeddings, args, device)
     tokenizers, variants = {}, {}
     for variant, balanced in VARIANTS.items():
         config = quantizer_config(args, device, balanced)
         tokenizer, times, deterministic = timed_builds(catalogue, embeddings, config, args.repeats, device)
         tokenizers[variant], variants[variant] = tokenizer, variant_summary(tokenizer, times, deterministic)
-        print(f"  {variant:10s}: build {variants[variant]['build_s_median']:.2f} s (median of {args.repeats}), "
-              f"iterations {variants[variant]['iterations']}, collisions "
-              f"{100 * variants[variant]['collision_rate_before']:.2f}%", flush=True)
+        print(
+            f"  {variant:10s}: build {variants[variant]['build_s_median']:.2f} s (median of {args.repeats}), "
+            f"iterations {variants[variant]['iterations']}, collisions "
+            f"{100 * variants[variant]['collision_rate_before']:.2f}%",
+            flush=True,
+        )
     plot = save_plot(catalogue, tokenizers, args)
-    return {"dataset": name, "num_items": len(catalogue.item_ids), "num_users": len(catalogue.sequences),
-            "loader": catalogue.loader, "embeddings": embedding_info, "variants": variants, "plot": plot}
+    return {
+        "dataset": name,
+        "num_items": len(catalogue.item_ids),
+        "num_users": len(catalogue.sequences),
+        "loader": catalogue.loader,
+        "embeddings": embedding_info,
+        "variants": variants,
+        "plot": plot,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,8 +404,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = markdown_table(results, args)
     print("\n" + table)
     output = args.output_dir / f"tokenizer_build_{device.type}_{args.embeddings}.json"
-    write_json(output, {"environment": environment(device), "arguments": json_arguments(args), "results": results,
-                        "markdown": table})
+    write_json(
+        output,
+        {"environment": environment(device), "arguments": json_arguments(args), "results": results, "markdown": table},
+    )
     print(f"\nwrote {output}" + "".join(f"\nwrote {r['plot']}" for r in results if r["plot"]))
     return 0
 

@@ -32,8 +32,17 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from benchmarks.common import add_device_argument, add_pretraining_data_arguments, add_run_arguments, environment, \
-    json_arguments, output_path, setup_device, synchronize, write_json
+from benchmarks.common import (
+    add_device_argument,
+    add_pretraining_data_arguments,
+    add_run_arguments,
+    environment,
+    json_arguments,
+    output_path,
+    setup_device,
+    synchronize,
+    write_json,
+)
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
@@ -54,8 +63,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--collate_batches", type=int, default=200, help="Batches of 64 timed for collation.")
-    parser.add_argument("--step_windows", type=int, default=6144,
-                        help="Windows per timed training measurement (rounded up to whole batches, at least 3).")
+    parser.add_argument(
+        "--step_windows",
+        type=int,
+        default=6144,
+        help="Windows per timed training measurement (rounded up to whole batches, at least 3).",
+    )
     add_device_argument(parser)
     add_run_arguments(parser, output_help="JSON output (default outputs/benchmarks/training_path_<device>.json).")
     args = parser.parse_args(argv)
@@ -67,7 +80,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def grouped_batches(lengths: List[int], batch_size: int, seed: int) -> List[List[int]]:
     """The pretrainer's batches: ``LengthGroupedSampler`` order cut into ``batch_size`` chunks."""
     order = list(LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed)))
-    return [order[start:start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+    return [order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
 
 
 def time_collation(raw, tokenized, tokenizer, args) -> Dict[str, Any]:
@@ -86,8 +99,9 @@ def time_collation(raw, tokenized, tokenizer, args) -> Dict[str, Any]:
         for key in before:
             if not torch.equal(before[key], after[key]):
                 raise AssertionError(f"The two collators disagree on {key!r}.")
-    results["speedup"] = round(results["pre_tokenized"]["windows_per_s"]
-                               / results["per_sample_tokenising"]["windows_per_s"], 2)
+    results["speedup"] = round(
+        results["pre_tokenized"]["windows_per_s"] / results["per_sample_tokenising"]["windows_per_s"], 2
+    )
     results["identical_batches"] = len(batches)
     return results
 
@@ -95,9 +109,12 @@ def time_collation(raw, tokenized, tokenizer, args) -> Dict[str, Any]:
 def time_training(variant: str, batch_size: int, raw, tokenized, tokenizer, args, device) -> Dict[str, Any]:
     """Windows/s of forward + backward + AdamW over consecutive length-grouped batches (collation included)."""
     torch.manual_seed(args.seed)
-    overrides = {"session_length": args.session_length, "max_history_items": args.max_history_items,
-                 "dropout_rate": 0.0 if "dropout0" in variant else 0.1,
-                 "expert_dispatch": "dense" if "dense" in variant else "grouped"}
+    overrides = {
+        "session_length": args.session_length,
+        "max_history_items": args.max_history_items,
+        "dropout_rate": 0.0 if "dropout0" in variant else 0.1,
+        "expert_dispatch": "dense" if "dense" in variant else "grouped",
+    }
     model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset=args.preset, **overrides))
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -132,30 +149,44 @@ def time_training(variant: str, batch_size: int, raw, tokenized, tokenizer, args
     synchronize(device)
     seconds = time.perf_counter() - start
     windows = sum(len(indices) for indices in chosen[warmup:])
-    return {"variant": variant, "batch_size": batch_size, "steps": len(chosen) - warmup,
-            "windows_per_s": round(windows / seconds, 1), "warmup_s": round(warmup_seconds, 1),
-            "final_loss": round(float(loss), 4)}
+    return {
+        "variant": variant,
+        "batch_size": batch_size,
+        "steps": len(chosen) - warmup,
+        "windows_per_s": round(windows / seconds, 1),
+        "warmup_s": round(warmup_seconds, 1),
+        "final_loss": round(float(loss), 4),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = setup_device(args.device, args.threads)
     data = load_named_dataset(args.dataset)
-    raw = build_session_samples(leave_one_out_split(data["sequences"]), max_history=args.max_history_items,
-                                session_length=args.session_length)["train"]
+    raw = build_session_samples(
+        leave_one_out_split(data["sequences"]), max_history=args.max_history_items, session_length=args.session_length
+    )["train"]
     tokenizer = SemanticIDTokenizer.from_pretrained(args.tokenizer_dir)
     start = time.perf_counter()
-    tokenized = tokenize_session_samples(raw, tokenizer, max_history_items=args.max_history_items,
-                                         session_length=args.session_length, load_from_cache_file=False)
+    tokenized = tokenize_session_samples(
+        raw,
+        tokenizer,
+        max_history_items=args.max_history_items,
+        session_length=args.session_length,
+        load_from_cache_file=False,
+    )
     tokenize_seconds = time.perf_counter() - start
     tokenized = tokenized.select_columns(list(TOKENIZED_COLUMNS))
     raw = raw.select_columns(["history", "target"])
     collation = time_collation(raw, tokenized, tokenizer, args)
     collation["tokenize_once_s"] = round(tokenize_seconds, 2)
-    print(f"collation ({len(raw)} windows; tokenising once took {tokenize_seconds:.1f} s): per-sample "
-          f"{collation['per_sample_tokenising']['windows_per_s']:.0f} windows/s, pre-tokenised "
-          f"{collation['pre_tokenized']['windows_per_s']:.0f} windows/s ({collation['speedup']}x), "
-          f"{collation['identical_batches']} batches identical", flush=True)
+    print(
+        f"collation ({len(raw)} windows; tokenising once took {tokenize_seconds:.1f} s): per-sample "
+        f"{collation['per_sample_tokenising']['windows_per_s']:.0f} windows/s, pre-tokenised "
+        f"{collation['pre_tokenized']['windows_per_s']:.0f} windows/s ({collation['speedup']}x), "
+        f"{collation['identical_batches']} batches identical",
+        flush=True,
+    )
     training = []
     for batch_size in args.batch_sizes:
         for variant in args.variants:
@@ -165,7 +196,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 row = {"variant": variant, "batch_size": batch_size, "error": f"{type(error).__name__}: {error}"[:300]}
             training.append(row)
             print(row, flush=True)
-    base = {row["batch_size"]: row["windows_per_s"] for row in training if row["variant"] == "before" and "error" not in row}
+    base = {
+        row["batch_size"]: row["windows_per_s"] for row in training if row["variant"] == "before" and "error" not in row
+    }
     print("\n| batch | " + " | ".join(args.variants) + " |\n|---:|" + "---:|" * len(args.variants))
     for batch_size in args.batch_sizes:
         cells = []
@@ -178,8 +211,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 cells.append(f"{row['windows_per_s']:.0f}{ratio}")
         print(f"| {batch_size} | " + " | ".join(cells) + " |")
     path = output_path(args.output, "training_path", device)
-    write_json(path, {"environment": environment(device), "arguments": json_arguments(args),
-                      "collation": collation, "training": training})
+    write_json(
+        path,
+        {
+            "environment": environment(device),
+            "arguments": json_arguments(args),
+            "collation": collation,
+            "training": training,
+        },
+    )
     print(f"-> {path}")
     return 0
 

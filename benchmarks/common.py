@@ -23,7 +23,6 @@ import transformers
 
 from modeling_onerec import configuration_onerec
 
-
 T = TypeVar("T")
 
 # The tokenizer's layout: <pad>, </s>, <s>, then the K codes of each level (token = 3 + level * K + code).
@@ -32,8 +31,10 @@ NUM_SPECIAL_TOKENS = configuration_onerec.NUM_SPECIAL_TOKENS
 
 # Where a script's JSON goes unless --output says otherwise (ignored by git).
 OUTPUT_DIR = Path("outputs/benchmarks")
-THREADS_HELP = ("torch CPU threads (torch.set_num_threads); default: torch's choice. 1 keeps CPU timings stable on "
-                "a machine shared with other jobs.")
+THREADS_HELP = (
+    "torch CPU threads (torch.set_num_threads); default: torch's choice. 1 keeps CPU timings stable on "
+    "a machine shared with other jobs."
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,15 +56,23 @@ def add_pretraining_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of a benchmark that trains on a real dataset: ``--dataset``, ``--tokenizer_dir``, ``--preset``,
     ``--max_history_items`` (n) and ``--session_length`` (m)."""
     parser.add_argument("--dataset", default="beauty", help="A bundled dataset name (beauty, scientific, ml-100k).")
-    parser.add_argument("--tokenizer_dir", default="outputs/beauty/tokenizer",
-                        help="A SemanticIDTokenizer of that dataset (examples/build_semantic_ids.py writes one).")
+    parser.add_argument(
+        "--tokenizer_dir",
+        default="outputs/beauty/tokenizer",
+        help="A SemanticIDTokenizer of that dataset (examples/build_semantic_ids.py writes one).",
+    )
     parser.add_argument("--preset", default="small")
     parser.add_argument("--max_history_items", type=int, default=50)
     parser.add_argument("--session_length", type=int, default=5)
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, *, output_help: str, seed_help: Optional[str] = None,
-                      threads_help: str = THREADS_HELP) -> None:
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    output_help: str,
+    seed_help: Optional[str] = None,
+    threads_help: str = THREADS_HELP,
+) -> None:
     """The arguments a timing script's command line ends with: ``--threads`` (see :func:`add_threads_argument`),
     ``--seed`` (default 0) and ``--output`` (a JSON file; ``None``: :func:`output_path` picks one)."""
     add_threads_argument(parser, help=threads_help)
@@ -161,15 +170,17 @@ def environment(device: torch.device, *, dtype: Optional[str] = None, synthetic_
     }
     if dtype is not None:
         info["dtype"] = dtype
-    info.update({
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        # The benchmark machine may be shared: a load above the core count inflates CPU timings.
-        "load_average_1_5_15min": list(os.getloadavg()),
-        "cpu_count": os.cpu_count(),
-    })
+    info.update(
+        {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "cpu_threads": torch.get_num_threads(),
+            # The benchmark machine may be shared: a load above the core count inflates CPU timings.
+            "load_average_1_5_15min": list(os.getloadavg()),
+            "cpu_count": os.cpu_count(),
+        }
+    )
     if synthetic_codes:
         info["synthetic_codes"] = True
     if device.type == "cuda":

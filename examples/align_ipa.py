@@ -37,18 +37,25 @@ from trainers.ipa import IPAConfig, run_ipa
 from trainers.preference import OneRecDPOConfig
 from trainers.reward_model import SessionRewardScorer
 
-
 logger = logging.getLogger("align_ipa")
 
 
 @dataclass
 class AlignmentArguments(DatasetArguments):
-    model_dir: str = field(default="outputs/ml-100k/onerec/final", metadata={
-        "help": "Pretrained OneRec M_0 with its tokenizer (examples/pretrain.py writes <output_dir>/final)."})
-    reward_model_dir: str = field(default="outputs/reward/ml-100k", metadata={
-        "help": "Session reward model + reward_item_vocab.json (examples/train_reward_model.py)."})
-    reward_weights: List[str] = field(default_factory=list, metadata={
-        "help": "NAME=WEIGHT per reward tower in the scalar that ranks candidates (default: mean of all towers)."})
+    model_dir: str = field(
+        default="outputs/ml-100k/onerec/final",
+        metadata={"help": "Pretrained OneRec M_0 with its tokenizer (examples/pretrain.py writes <output_dir>/final)."},
+    )
+    reward_model_dir: str = field(
+        default="outputs/reward/ml-100k",
+        metadata={"help": "Session reward model + reward_item_vocab.json (examples/train_reward_model.py)."},
+    )
+    reward_weights: List[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=WEIGHT per reward tower in the scalar that ranks candidates (default: mean of all towers)."
+        },
+    )
     dpo_sample_ratio: float = field(default=0.01, metadata={"help": "r_DPO: share of training samples mined."})
     num_candidates: int = field(default=128, metadata={"help": "N: sessions generated per sampled user."})
     num_iterations: int = field(default=1, metadata={"help": "T: snapshots (1 = single-round DPO)."})
@@ -66,7 +73,9 @@ def parse_weights(values: List[str]) -> dict | None:
         except ValueError:
             sep = ""
         if not sep or not name:
-            raise ValueError(f"--reward_weights expects NAME=WEIGHT, got {value!r}; e.g. --reward_weights liked=1 engaged=1")
+            raise ValueError(
+                f"--reward_weights expects NAME=WEIGHT, got {value!r}; e.g. --reward_weights liked=1 engaged=1"
+            )
     return weights
 
 
@@ -82,33 +91,55 @@ def main(argv=None) -> dict:
     scorer = SessionRewardScorer.from_pretrained(args.reward_model_dir, weights=parse_weights(args.reward_weights))
     data = args.load()
     splits = leave_one_out_split(data["sequences"])
-    train = build_session_samples(splits, max_history=model.config.max_history_items,
-                                  session_length=model.config.session_length)["train"]
-    config = IPAConfig(dpo_sample_ratio=args.dpo_sample_ratio, num_candidates=args.num_candidates,
-                       num_iterations=args.num_iterations, seed=training_args.seed,
-                       mining_batch_size=args.mining_batch_size, training_args=training_args)
+    train = build_session_samples(
+        splits, max_history=model.config.max_history_items, session_length=model.config.session_length
+    )["train"]
+    config = IPAConfig(
+        dpo_sample_ratio=args.dpo_sample_ratio,
+        num_candidates=args.num_candidates,
+        num_iterations=args.num_iterations,
+        seed=training_args.seed,
+        mining_batch_size=args.mining_batch_size,
+        training_args=training_args,
+    )
     output_dir = Path(training_args.output_dir)
     result = run_ipa(model, tokenizer, train, scorer, config, output_dir=output_dir)
 
-    report = {"dataset": args.dataset, "model_dir": args.model_dir, "reward_model_dir": args.reward_model_dir,
-              "reward_names": scorer.reward_names, "reward_weights": scorer.weights.tolist(),
-              "loss_type": training_args.loss_type, "beta": training_args.beta,
-              "dpo_weight": training_args.dpo_weight, "ntp_weight": training_args.ntp_weight,
-              "learning_rate": training_args.learning_rate, "dpo_sample_ratio": args.dpo_sample_ratio,
-              "num_candidates": args.num_candidates, "train_samples": len(train), "iterations": result.iterations,
-              "wall_seconds": round(time.perf_counter() - started, 1)}
+    report = {
+        "dataset": args.dataset,
+        "model_dir": args.model_dir,
+        "reward_model_dir": args.reward_model_dir,
+        "reward_names": scorer.reward_names,
+        "reward_weights": scorer.weights.tolist(),
+        "loss_type": training_args.loss_type,
+        "beta": training_args.beta,
+        "dpo_weight": training_args.dpo_weight,
+        "ntp_weight": training_args.ntp_weight,
+        "learning_rate": training_args.learning_rate,
+        "dpo_sample_ratio": args.dpo_sample_ratio,
+        "num_candidates": args.num_candidates,
+        "train_samples": len(train),
+        "iterations": result.iterations,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
     (output_dir / "alignment.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nAlignment of {args.model_dir} on {args.dataset}: loss {training_args.loss_type}, beta "
-          f"{training_args.beta}, r_DPO {args.dpo_sample_ratio}, N {args.num_candidates}, "
-          f"{report['wall_seconds'] / 60:.1f} min in all")
-    print("| iteration | pairs | skipped / tied users | chosen reward | rejected reward | final margin | mining s | "
-          "training s |\n|---:|---:|---|---:|---:|---:|---:|---:|")
+    print(
+        f"\nAlignment of {args.model_dir} on {args.dataset}: loss {training_args.loss_type}, beta "
+        f"{training_args.beta}, r_DPO {args.dpo_sample_ratio}, N {args.num_candidates}, "
+        f"{report['wall_seconds'] / 60:.1f} min in all"
+    )
+    print(
+        "| iteration | pairs | skipped / tied users | chosen reward | rejected reward | final margin | mining s | "
+        "training s |\n|---:|---:|---|---:|---:|---:|---:|---:|"
+    )
     for state in result.iterations:
         margin = state.get("last_train_log", {}).get("rewards/margins")
-        print(f"| {state['iteration']} | {state['pairs_mined']} | {state['skipped_users']} / {state['tied_users']} | "
-              f"{state['mean_chosen_reward'] or float('nan'):.4f} | {state['mean_rejected_reward'] or float('nan'):.4f} | "
-              f"{'-' if margin is None else f'{margin:.3f}'} | {state['timings']['mining_seconds']:.0f} | "
-              f"{state['timings']['training_seconds']:.0f} |")
+        print(
+            f"| {state['iteration']} | {state['pairs_mined']} | {state['skipped_users']} / {state['tied_users']} | "
+            f"{state['mean_chosen_reward'] or float('nan'):.4f} | {state['mean_rejected_reward'] or float('nan'):.4f} | "
+            f"{'-' if margin is None else f'{margin:.3f}'} | {state['timings']['mining_seconds']:.0f} | "
+            f"{state['timings']['training_seconds']:.0f} |"
+        )
     print(f"final model -> {output_dir / f'iteration-{args.num_iterations}'}")
     return report
 

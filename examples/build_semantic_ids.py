@@ -47,10 +47,13 @@ class SemanticIDArguments:
     balanced: bool = field(default=True, metadata={"help": "Balanced k-means (Algorithm 1); False = plain k-means."})
     max_iterations: int = field(default=30, metadata={"help": "Assignment sweeps per level at most."})
     seed: int = field(default=0, metadata={"help": "Seed of the centroid initialisation."})
-    disambiguation_size: Optional[int] = field(default=None, metadata={
-        "help": "Codes of the collision level; default: automatic (only when items collide, with headroom)."})
-    compare_unbalanced: bool = field(default=False, metadata={
-        "help": "Also fit plain residual k-means and report / plot both side by side."})
+    disambiguation_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Codes of the collision level; default: automatic (only when items collide, with headroom)."},
+    )
+    compare_unbalanced: bool = field(
+        default=False, metadata={"help": "Also fit plain residual k-means and report / plot both side by side."}
+    )
     device: Optional[str] = field(default=None, metadata={"help": "cuda / cpu (default: cuda when available)."})
 
 
@@ -78,7 +81,8 @@ def format_table(rows: List[dict], num_semantic_levels: int) -> str:
                 f"| {level['used_codes']} / {level['codebook_size']} "
                 f"| {level['min_cluster']} | {level['max_cluster']} | {level['std_cluster']:.1f} "
                 f"| {100 * stats['collision_rate_before']:.2f}% | {100 * stats['collision_rate_after']:.2f}% "
-                f"| {row['seconds']:.1f} |")
+                f"| {row['seconds']:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -99,14 +103,19 @@ def main(argv=None) -> dict:
     items = data["items"]
     item_ids = list(items["item_id"])
     embedding_config = ItemEmbeddingConfig(
-        source=emb_args.embedding_source, concat_sources=tuple(emb_args.concat_sources),
-        collaborative_dim=emb_args.collaborative_dim, array_path=emb_args.embedding_array,
-        cache_dir=str(output_dir / "embedding_cache"), seed=sid_args.seed, device=sid_args.device,
+        source=emb_args.embedding_source,
+        concat_sources=tuple(emb_args.concat_sources),
+        collaborative_dim=emb_args.collaborative_dim,
+        array_path=emb_args.embedding_array,
+        cache_dir=str(output_dir / "embedding_cache"),
+        seed=sid_args.seed,
+        device=sid_args.device,
     )
     start = time.perf_counter()
     # Only the training part of each sequence feeds the collaborative signal: no validation/test leakage.
-    embeddings = build_item_embeddings(embedding_config, item_ids, texts=list(items["text"]),
-                                       train_sequences=list(splits["train"]["item_ids"]))
+    embeddings = build_item_embeddings(
+        embedding_config, item_ids, texts=list(items["text"]), train_sequences=list(splits["train"]["item_ids"])
+    )
     embedding_seconds = time.perf_counter() - start
     logger.info("item embeddings %s in %.1fs", tuple(embeddings.shape), embedding_seconds)
 
@@ -115,48 +124,76 @@ def main(argv=None) -> dict:
         variants.append(("unbalanced", False))
     rows, tokenizers = [], {}
     for name, balanced in variants:
-        config = ResidualKMeansConfig(num_levels=sid_args.num_levels, codebook_size=sid_args.codebook_size,
-                                      balanced=balanced, max_iterations=sid_args.max_iterations,
-                                      seed=sid_args.seed, device=sid_args.device)
+        config = ResidualKMeansConfig(
+            num_levels=sid_args.num_levels,
+            codebook_size=sid_args.codebook_size,
+            balanced=balanced,
+            max_iterations=sid_args.max_iterations,
+            seed=sid_args.seed,
+            device=sid_args.device,
+        )
         start = time.perf_counter()
         tokenizer = SemanticIDTokenizer.build(
-            item_ids, embeddings, config, disambiguation_size=sid_args.disambiguation_size,
+            item_ids,
+            embeddings,
+            config,
+            disambiguation_size=sid_args.disambiguation_size,
             max_history_items=data_args.max_history,
-            extra_build_info={"dataset": data_args.dataset, "embedding": embedding_config.__dict__ | {
-                "concat_sources": list(embedding_config.concat_sources)}},
+            extra_build_info={
+                "dataset": data_args.dataset,
+                "embedding": embedding_config.__dict__ | {"concat_sources": list(embedding_config.concat_sources)},
+            },
         )
         seconds = time.perf_counter() - start
         tokenizers[name] = tokenizer
-        rows.append({"name": name, "seconds": seconds, "stats": tokenizer.statistics(),
-                     "collisions": tokenizer.build_info["collisions"], "levels": tokenizer.build_info["levels"]})
+        rows.append(
+            {
+                "name": name,
+                "seconds": seconds,
+                "stats": tokenizer.statistics(),
+                "collisions": tokenizer.build_info["collisions"],
+                "levels": tokenizer.build_info["levels"],
+            }
+        )
 
     main_name = variants[0][0]
     tokenizer = tokenizers[main_name]
     tokenizer.save_pretrained(output_dir / "tokenizer")
-    plot_path = plot_codebook_report({r["name"]: r["stats"] for r in rows},
-                                     {name: tok.item_codes for name, tok in tokenizers.items()},
-                                     output_dir / "codebook_balance.png",
-                                     title=f"{data_args.dataset}: {len(item_ids)} items, "
-                                           f"{sid_args.num_levels} x {sid_args.codebook_size}")
+    plot_path = plot_codebook_report(
+        {r["name"]: r["stats"] for r in rows},
+        {name: tok.item_codes for name, tok in tokenizers.items()},
+        output_dir / "codebook_balance.png",
+        title=f"{data_args.dataset}: {len(item_ids)} items, {sid_args.num_levels} x {sid_args.codebook_size}",
+    )
     # A sanity check that the saved tokenizer encodes a real sample end to end.
     example = samples["test"][0]
     history_tokens = tokenizer.encode_history(example["history"])
-    report = {"dataset": summary, "samples": {n: len(s) for n, s in samples.items()},
-              "embedding_shape": list(embeddings.shape), "embedding_seconds": embedding_seconds,
-              "variants": rows, "example": {"user_id": example["user_id"], "history_tokens": len(history_tokens),
-                                            "target": example["target"]}}
+    report = {
+        "dataset": summary,
+        "samples": {n: len(s) for n, s in samples.items()},
+        "embedding_shape": list(embeddings.shape),
+        "embedding_seconds": embedding_seconds,
+        "variants": rows,
+        "example": {"user_id": example["user_id"], "history_tokens": len(history_tokens), "target": example["target"]},
+    }
     (output_dir / "semantic_id_report.json").write_text(json.dumps(report, indent=2, default=str))
     table = format_table(rows, sid_args.num_levels)
-    print(f"\nSemantic IDs for {data_args.dataset}: {len(item_ids)} items, embeddings {tuple(embeddings.shape)} "
-          f"({embedding_config.source}), {sid_args.num_levels} x {sid_args.codebook_size} codes")
+    print(
+        f"\nSemantic IDs for {data_args.dataset}: {len(item_ids)} items, embeddings {tuple(embeddings.shape)} "
+        f"({embedding_config.source}), {sid_args.num_levels} x {sid_args.codebook_size} codes"
+    )
     print(table)
     for row in rows:
         c = row["collisions"]
-        print(f"{row['name']}: {c['colliding_items']} colliding items ({100 * c['collision_rate']:.2f}%), largest "
-              f"group {c['max_group_size']}, disambiguation level of {c['disambiguation_size']} codes; "
-              f"k-means sweeps per level {[lvl['iterations'] for lvl in row['levels']]}")
-    print(f"tokenizer -> {output_dir / 'tokenizer'}\nplot -> {plot_path}\n"
-          f"report -> {output_dir / 'semantic_id_report.json'}")
+        print(
+            f"{row['name']}: {c['colliding_items']} colliding items ({100 * c['collision_rate']:.2f}%), largest "
+            f"group {c['max_group_size']}, disambiguation level of {c['disambiguation_size']} codes; "
+            f"k-means sweeps per level {[lvl['iterations'] for lvl in row['levels']]}"
+        )
+    print(
+        f"tokenizer -> {output_dir / 'tokenizer'}\nplot -> {plot_path}\n"
+        f"report -> {output_dir / 'semantic_id_report.json'}"
+    )
     return report
 
 

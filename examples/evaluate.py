@@ -44,29 +44,46 @@ from trainers.evaluation import (
 )
 from trainers.generative_recommender import evaluate_generative_model
 
-
 logger = logging.getLogger("evaluate")
 _SETTINGS = (("exclude_history", True, "excluded"), ("all_items", False, "allowed"))
 
 
 @dataclass
 class EvaluateArguments(DatasetArguments):
-    model_dirs: List[str] = field(default_factory=list, metadata={
-        "help": "NAME=FOLDER of a saved OneRec / TIGER-style model with its tokenizer (examples/pretrain.py writes "
-                "<output_dir>/final); repeatable."})
-    topk_files: List[str] = field(default_factory=list, metadata={
-        "help": "NAME=PATH of a {user_id: [item_id, ...]} JSON (e.g. SASRec's topk_test.json), rescored on the same "
-                "users; its history setting is whatever produced it. Repeatable."})
-    baselines: bool = field(default=True, metadata={
-        "help": "Also score most-popular and the item-to-item successor (tuned on validation) on the same users."})
-    test_users: Optional[int] = field(default=None, metadata={
-        "help": "Score a seeded random subset of N test users (None = all)."})
+    model_dirs: List[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=FOLDER of a saved OneRec / TIGER-style model with its tokenizer (examples/pretrain.py writes "
+            "<output_dir>/final); repeatable."
+        },
+    )
+    topk_files: List[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=PATH of a {user_id: [item_id, ...]} JSON (e.g. SASRec's topk_test.json), rescored on the same "
+            "users; its history setting is whatever produced it. Repeatable."
+        },
+    )
+    baselines: bool = field(
+        default=True,
+        metadata={
+            "help": "Also score most-popular and the item-to-item successor (tuned on validation) on the same users."
+        },
+    )
+    test_users: Optional[int] = field(
+        default=None, metadata={"help": "Score a seeded random subset of N test users (None = all)."}
+    )
     users_seed: int = field(default=0, metadata={"help": "Seed of that subset (same as examples/pretrain.py)."})
-    num_beams: Optional[int] = field(default=None, metadata={
-        "help": "Beam of the ranking search (default: the first level's codebook size)."})
-    history_settings: List[str] = field(default_factory=lambda: ["exclude_history", "all_items"], metadata={
-        "help": "Which settings to rank: exclude_history (the user's own items never recommended) and/or all_items.",
-        "choices": ["exclude_history", "all_items"]})
+    num_beams: Optional[int] = field(
+        default=None, metadata={"help": "Beam of the ranking search (default: the first level's codebook size)."}
+    )
+    history_settings: List[str] = field(
+        default_factory=lambda: ["exclude_history", "all_items"],
+        metadata={
+            "help": "Which settings to rank: exclude_history (the user's own items never recommended) and/or all_items.",
+            "choices": ["exclude_history", "all_items"],
+        },
+    )
     session_eval_length: int = field(default=5, metadata={"help": "m of scored sessions (0 = no session metrics)."})
     max_history: int = field(default=50, metadata={"help": "Newest history items every model is given."})
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where metrics and top-k files go."})
@@ -95,8 +112,9 @@ def main(argv=None) -> dict:
     targets = [target[0] for target in test["target"]]
     session_rows = None
     if args.session_eval_length > 0:
-        session_rows = held_out_sessions(sample_users(samples["validation"], args.test_users, seed=args.users_seed),
-                                         test)
+        session_rows = held_out_sessions(
+            sample_users(samples["validation"], args.test_users, seed=args.users_seed), test
+        )
     rows, sessions = [], []
 
     def add_rows(name: str, results: dict, ranked: dict, detail: str) -> None:
@@ -108,12 +126,21 @@ def main(argv=None) -> dict:
     for name, folder in models:
         model = OneRecForConditionalGeneration.from_pretrained(folder)
         tokenizer = SemanticIDTokenizer.from_pretrained(folder)
-        results, ranked = evaluate_generative_model(model, tokenizer, test, num_beams=args.num_beams,
-                                                    session_rows=session_rows,
-                                                    session_length=args.session_eval_length or None,
-                                                    history_settings=args.history_settings)
-        add_rows(name, results, ranked, f"m={model.config.session_length}, "
-                                        f"beam {results[args.history_settings[0]]['num_beams']}")
+        results, ranked = evaluate_generative_model(
+            model,
+            tokenizer,
+            test,
+            num_beams=args.num_beams,
+            session_rows=session_rows,
+            session_length=args.session_eval_length or None,
+            history_settings=args.history_settings,
+        )
+        add_rows(
+            name,
+            results,
+            ranked,
+            f"m={model.config.session_length}, beam {results[args.history_settings[0]]['num_beams']}",
+        )
         if "session" in results:
             sessions.append({"model": name, **results["session"]})
 
@@ -123,47 +150,77 @@ def main(argv=None) -> dict:
         results, ranked = {}, {}
         settings = [setting for setting in _SETTINGS if setting[0] in args.history_settings]
         for key, exclude, _ in settings:
-            results[key], ranked[key] = evaluate_recommender(popularity, test, exclude_history=exclude,
-                                                             progress=False)
+            results[key], ranked[key] = evaluate_recommender(popularity, test, exclude_history=exclude, progress=False)
         add_rows("most-popular", results, ranked, "-")
         for key, exclude, _ in settings:
             start = time.perf_counter()
-            best, _ = tune_successor(splits["train"], samples["validation"], exclude_history=exclude,
-                                     catalogue=catalogue)
+            best, _ = tune_successor(
+                splits["train"], samples["validation"], exclude_history=exclude, catalogue=catalogue
+            )
             successor = SuccessorRecommender(splits["train"], catalogue=catalogue, **best)
             metrics, lists = evaluate_recommender(successor, test, exclude_history=exclude, progress=False)
             metrics["seconds"] = round(time.perf_counter() - start, 1)
-            add_rows("successor", {key: metrics}, {key: lists},
-                     f"window={best['window']}, decay={best['decay']:g}, max_gap={best['max_gap']} (validation)")
+            add_rows(
+                "successor",
+                {key: metrics},
+                {key: lists},
+                f"window={best['window']}, decay={best['decay']:g}, max_gap={best['max_gap']} (validation)",
+            )
 
     for name, path in files:
         topk = read_topk_json(path)
         missing = [user for user in user_ids if user not in topk]
         if missing:
-            raise ValueError(f"{path} has no list for {len(missing)} of the {len(user_ids)} chosen test users (e.g. "
-                             f"{missing[:3]}); write it for every test user, or evaluate the same --test_users and "
-                             "--users_seed.")
-        rows.append({"model": name, "history": "from file", "detail": Path(path).name,
-                     "test": ranking_metrics([topk[user] for user in user_ids], targets)})
+            raise ValueError(
+                f"{path} has no list for {len(missing)} of the {len(user_ids)} chosen test users (e.g. "
+                f"{missing[:3]}); write it for every test user, or evaluate the same --test_users and "
+                "--users_seed."
+            )
+        rows.append(
+            {
+                "model": name,
+                "history": "from file",
+                "detail": Path(path).name,
+                "test": ranking_metrics([topk[user] for user in user_ids], targets),
+            }
+        )
 
-    report = {"dataset": label, "test_users": len(test), "users_seed": args.users_seed,
-              "protocol": "leave-one-out, full ranking over the catalogue", "rows": rows, "sessions": sessions}
+    report = {
+        "dataset": label,
+        "test_users": len(test),
+        "users_seed": args.users_seed,
+        "protocol": "leave-one-out, full ranking over the catalogue",
+        "rows": rows,
+        "sessions": sessions,
+    }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"\n{label}: {len(test)} test users ({'all' if args.test_users is None else f'random, seed {args.users_seed}'}),"
-          " full ranking")
+    print(
+        f"\n{label}: {len(test)} test users ({'all' if args.test_users is None else f'random, seed {args.users_seed}'}),"
+        " full ranking"
+    )
     references = PUBLISHED_BEAUTY if label == "beauty" and args.data_path is None else None
-    print(metrics_table([((row["model"], row["history"], row["detail"]), row["test"]) for row in rows], (5, 10),
-                        ("model", "history items", "setting"), references=references))
+    print(
+        metrics_table(
+            [((row["model"], row["history"], row["detail"]), row["test"]) for row in rows],
+            (5, 10),
+            ("model", "history items", "setting"),
+            references=references,
+        )
+    )
     if references:
         print("(published rows: the TIGER paper's Table 1 on all 22,363 test users)")
     if sessions:
         print("\nSessions generated from the training history vs the two held-out items (history excluded):")
-        print("| model | m | how | hit rate | consumed items | coverage | intra-session diversity |\n"
-              "|---|---:|---|---:|---:|---:|---:|")
+        print(
+            "| model | m | how | hit rate | consumed items | coverage | intra-session diversity |\n"
+            "|---|---:|---|---:|---:|---:|---:|"
+        )
         for row in sessions:
-            print(f"| {row['model']} | {row['session_length']} | {row['session_mode']} | {row['session_hit_rate']:.4f} "
-                  f"| {row['session_consumed_items']:.4f} | {row['coverage']:.4f} | "
-                  f"{row['intra_session_diversity']:.3f} |")
+            print(
+                f"| {row['model']} | {row['session_length']} | {row['session_mode']} | {row['session_hit_rate']:.4f} "
+                f"| {row['session_consumed_items']:.4f} | {row['coverage']:.4f} | "
+                f"{row['intra_session_diversity']:.3f} |"
+            )
     print(f"metrics -> {output_dir / 'metrics.json'}")
     return report
 

@@ -39,14 +39,17 @@ from trainers.generative_recommender import GenerativeRecommender
 from trainers.reward_model import SessionRewardScorer
 from trainers.sasrec import SASRecRecommender
 
-
 logger = logging.getLogger("evaluate_alignment")
 
 
 @dataclass
 class AlignmentEvaluationArguments(DatasetArguments):
-    models: List[str] = field(default_factory=list, metadata={
-        "help": "NAME=FOLDER: a OneRec checkpoint (config.json + tokenizer) or a SASRec folder (sasrec_config.json)."})
+    models: List[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=FOLDER: a OneRec checkpoint (config.json + tokenizer) or a SASRec folder (sasrec_config.json)."
+        },
+    )
     successor: bool = field(default=True, metadata={"help": "Add the successor baseline (tuned on validation)."})
     reward_model_dir: str = field(default="outputs/reward/ml-100k", metadata={"help": "The session reward model."})
     test_users: Optional[int] = field(default=300, metadata={"help": "Seeded random test users (None = all)."})
@@ -73,8 +76,13 @@ def main(argv=None) -> dict:
     rows = []
 
     def add(name: str, kind: str, ranked, sessions, seconds: float) -> None:
-        row = {"model": name, "sessions_from": kind, **reward_summary(scorer, histories, sessions),
-               **ground_truth_summary(ranked, sessions, targets), "seconds": round(seconds, 1)}
+        row = {
+            "model": name,
+            "sessions_from": kind,
+            **reward_summary(scorer, histories, sessions),
+            **ground_truth_summary(ranked, sessions, targets),
+            "seconds": round(seconds, 1),
+        }
         rows.append(row)
         logger.info("%s: %s", name, row)
 
@@ -83,8 +91,13 @@ def main(argv=None) -> dict:
 
     def add_pointwise(name: str, recommender, seconds_from: float) -> None:
         ranked = recommender.rank(histories, depth, exclude_history=True)
-        add(name, "ranking", [items[:10] for items in ranked],
-            sessions_from_ranking(ranked, args.num_sessions, args.session_length), time.perf_counter() - seconds_from)
+        add(
+            name,
+            "ranking",
+            [items[:10] for items in ranked],
+            sessions_from_ranking(ranked, args.num_sessions, args.session_length),
+            time.perf_counter() - seconds_from,
+        )
 
     for name, folder in models:
         start = time.perf_counter()
@@ -98,8 +111,9 @@ def main(argv=None) -> dict:
             add_pointwise(name, recommender, start)
             continue
         ranked = recommender.rank(histories, 10, exclude_history=True)
-        sessions = generated_sessions(model, tokenizer, histories, args.num_sessions, args.session_length,
-                                      args.session_beams)
+        sessions = generated_sessions(
+            model, tokenizer, histories, args.num_sessions, args.session_length, args.session_beams
+        )
         add(name, "generated", ranked, sessions, time.perf_counter() - start)
 
     if args.successor:
@@ -110,18 +124,31 @@ def main(argv=None) -> dict:
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    report = {"dataset": args.dataset, "reward_model_dir": args.reward_model_dir, "test_users": len(test),
-              "users_seed": args.users_seed, "num_sessions": args.num_sessions,
-              "session_length": args.session_length, "rows": rows}
+    report = {
+        "dataset": args.dataset,
+        "reward_model_dir": args.reward_model_dir,
+        "test_users": len(test),
+        "users_seed": args.users_seed,
+        "num_sessions": args.num_sessions,
+        "session_length": args.session_length,
+        "rows": rows,
+    }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     names = scorer.reward_names
-    header = ["model", "sessions"] + [f"{n} {s}" for n in names for s in ("mean", "max")] + \
-        ["Recall@10", "NDCG@10", "session hit"]
-    print(f"\n{args.dataset}: {len(test)} random test users (seed {args.users_seed}), S={args.num_sessions} sessions "
-          f"of m={args.session_length} per user, history excluded; rewards from {args.reward_model_dir}")
+    header = (
+        ["model", "sessions"]
+        + [f"{n} {s}" for n in names for s in ("mean", "max")]
+        + ["Recall@10", "NDCG@10", "session hit"]
+    )
+    print(
+        f"\n{args.dataset}: {len(test)} random test users (seed {args.users_seed}), S={args.num_sessions} sessions "
+        f"of m={args.session_length} per user, history excluded; rewards from {args.reward_model_dir}"
+    )
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
-        cells = [row["model"], row["sessions_from"]] + [f"{row[f'{n}_{s}']:.4f}" for n in names for s in ("mean", "max")]
+        cells = [row["model"], row["sessions_from"]] + [
+            f"{row[f'{n}_{s}']:.4f}" for n in names for s in ("mean", "max")
+        ]
         cells += [f"{row['recall@10']:.4f}", f"{row['ndcg@10']:.4f}", f"{row['session_hit_rate']:.4f}"]
         print("| " + " | ".join(cells) + " |")
     print(f"metrics -> {output_dir / 'metrics.json'}")

@@ -30,15 +30,15 @@ from trainers.baselines import DEFAULT_SUCCESSOR_GRID, MostPopularRecommender, S
 from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
 from trainers.evaluation import PUBLISHED_BEAUTY, evaluate_recommender, metrics_table, write_topk_json
 
-
 logger = logging.getLogger("evaluate_baselines")
 
 
 @dataclass
 class BaselineArguments(DatasetArguments):
     output_dir: str = field(default="outputs/baselines", metadata={"help": "Where metrics.json and top-10 go."})
-    max_history: int = field(default=50, metadata={
-        "help": "Newest history items per sample (the same samples the neural models get)."})
+    max_history: int = field(
+        default=50, metadata={"help": "Newest history items per sample (the same samples the neural models get)."}
+    )
     ks: List[int] = field(default_factory=lambda: [5, 10], metadata={"help": "Cut-offs of Recall/NDCG."})
     tune_metric: str = field(default="ndcg@10", metadata={"help": "Validation metric choosing the successor grid."})
     windows: List[int] = field(default_factory=lambda: list(DEFAULT_SUCCESSOR_GRID["window"]))
@@ -50,10 +50,16 @@ class BaselineArguments(DatasetArguments):
 
 
 def format_table(rows: List[dict], ks: List[int], with_reference: bool) -> str:
-    cells = [((row["model"], "excluded" if row["exclude_history"] else "kept", row["params_text"]), row["test"])
-             for row in rows]
-    return metrics_table(cells, ks, ("model", "history", "hyper-parameters (chosen on validation)"),
-                         references=PUBLISHED_BEAUTY if with_reference else None)
+    cells = [
+        ((row["model"], "excluded" if row["exclude_history"] else "kept", row["params_text"]), row["test"])
+        for row in rows
+    ]
+    return metrics_table(
+        cells,
+        ks,
+        ("model", "history", "hyper-parameters (chosen on validation)"),
+        references=PUBLISHED_BEAUTY if with_reference else None,
+    )
 
 
 def main(argv=None) -> dict:
@@ -81,46 +87,103 @@ def main(argv=None) -> dict:
     for exclude_history in (True, False):
         setting = "exclude_history" if exclude_history else "keep_history"
         start = time.perf_counter()
-        metrics, ranked = evaluate_recommender(popularity, samples["test"], args.ks, exclude_history=exclude_history,
-                                               batch_size=args.batch_size, progress=args.progress)
-        rows.append({"model": "most-popular", "exclude_history": exclude_history, "params": {}, "params_text": "-",
-                     "test": metrics, "fit_seconds": popularity_fit_seconds,
-                     "test_seconds": time.perf_counter() - start})
-        write_topk_json(output_dir / f"top{args.top_k_json}_most_popular_{setting}.json", test_user_ids, ranked,
-                        k=args.top_k_json)
+        metrics, ranked = evaluate_recommender(
+            popularity,
+            samples["test"],
+            args.ks,
+            exclude_history=exclude_history,
+            batch_size=args.batch_size,
+            progress=args.progress,
+        )
+        rows.append(
+            {
+                "model": "most-popular",
+                "exclude_history": exclude_history,
+                "params": {},
+                "params_text": "-",
+                "test": metrics,
+                "fit_seconds": popularity_fit_seconds,
+                "test_seconds": time.perf_counter() - start,
+            }
+        )
+        write_topk_json(
+            output_dir / f"top{args.top_k_json}_most_popular_{setting}.json", test_user_ids, ranked, k=args.top_k_json
+        )
 
         start = time.perf_counter()
-        best, table = tune_successor(train, samples["validation"], exclude_history=exclude_history,
-                                     catalogue=catalogue, grid=grid, metric=args.tune_metric, ks=args.ks,
-                                     batch_size=args.batch_size)
+        best, table = tune_successor(
+            train,
+            samples["validation"],
+            exclude_history=exclude_history,
+            catalogue=catalogue,
+            grid=grid,
+            metric=args.tune_metric,
+            ks=args.ks,
+            batch_size=args.batch_size,
+        )
         tune_seconds = time.perf_counter() - start
         best_row = next(row for row in table if all(row[name] == value for name, value in best.items()))
         start = time.perf_counter()
         successor = SuccessorRecommender(train, catalogue=catalogue, **best)
-        metrics, ranked = evaluate_recommender(successor, samples["test"], args.ks, exclude_history=exclude_history,
-                                               batch_size=args.batch_size, progress=args.progress)
-        params_text = (f"window={best['window']}, decay={best['decay']:g}, max_gap={best['max_gap']}"
-                       + (", normalized" if best["normalize"] else ""))
-        rows.append({"model": "successor", "exclude_history": exclude_history, "params": best,
-                     "params_text": params_text, "test": metrics,
-                     "validation": {name: best_row[name] for name in best_row if "@" in name},
-                     "tune_seconds": tune_seconds, "grid_size": len(table), "grid": table,
-                     "test_seconds": time.perf_counter() - start})
-        write_topk_json(output_dir / f"top{args.top_k_json}_successor_{setting}.json", test_user_ids, ranked,
-                        k=args.top_k_json)
-        logger.info("successor (%s): chosen %s, validation %s=%.4f, test %s", setting, best, args.tune_metric,
-                    best_row[args.tune_metric], metrics)
+        metrics, ranked = evaluate_recommender(
+            successor,
+            samples["test"],
+            args.ks,
+            exclude_history=exclude_history,
+            batch_size=args.batch_size,
+            progress=args.progress,
+        )
+        params_text = f"window={best['window']}, decay={best['decay']:g}, max_gap={best['max_gap']}" + (
+            ", normalized" if best["normalize"] else ""
+        )
+        rows.append(
+            {
+                "model": "successor",
+                "exclude_history": exclude_history,
+                "params": best,
+                "params_text": params_text,
+                "test": metrics,
+                "validation": {name: best_row[name] for name in best_row if "@" in name},
+                "tune_seconds": tune_seconds,
+                "grid_size": len(table),
+                "grid": table,
+                "test_seconds": time.perf_counter() - start,
+            }
+        )
+        write_topk_json(
+            output_dir / f"top{args.top_k_json}_successor_{setting}.json", test_user_ids, ranked, k=args.top_k_json
+        )
+        logger.info(
+            "successor (%s): chosen %s, validation %s=%.4f, test %s",
+            setting,
+            best,
+            args.tune_metric,
+            best_row[args.tune_metric],
+            metrics,
+        )
 
     total_seconds = time.perf_counter() - started
-    report = {"dataset": label, "summary": summary, "protocol": {
-        "split": "leave-one-out (train = all but last 2, validation target = second last, test target = last)",
-        "ranking": f"full ranking over all {len(catalogue)} catalogue items", "ks": sorted(args.ks),
-        "max_history": args.max_history, "tuned_on": "validation", "tune_metric": args.tune_metric,
-        "fit_on": "train split only"}, "results": rows, "total_seconds": total_seconds}
+    report = {
+        "dataset": label,
+        "summary": summary,
+        "protocol": {
+            "split": "leave-one-out (train = all but last 2, validation target = second last, test target = last)",
+            "ranking": f"full ranking over all {len(catalogue)} catalogue items",
+            "ks": sorted(args.ks),
+            "max_history": args.max_history,
+            "tuned_on": "validation",
+            "tune_metric": args.tune_metric,
+            "fit_on": "train split only",
+        },
+        "results": rows,
+        "total_seconds": total_seconds,
+    }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     table = format_table(rows, args.ks, with_reference=label == "beauty" and args.data_path is None)
-    print(f"\n{label}: {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions; "
-          f"test split, full ranking; {total_seconds:.0f} s in all")
+    print(
+        f"\n{label}: {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions; "
+        f"test split, full ranking; {total_seconds:.0f} s in all"
+    )
     print(table)
     print(f"metrics -> {output_dir / 'metrics.json'}")
     return report

@@ -44,36 +44,57 @@ logger = logging.getLogger("pretrain")
 @dataclass
 class ModelArguments:
     preset: str = field(default="small", metadata={"help": "OneRecConfig preset (tiny, small, onerec-0.05b, ...)."})
-    model_name_or_path: Optional[str] = field(default=None, metadata={
-        "help": "Start from a saved OneRec model instead of a fresh one."})
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Start from a saved OneRec model instead of a fresh one."}
+    )
     session_length: int = field(default=5, metadata={"help": "m: items per target session (1 = TIGER-style)."})
     max_history_items: int = field(default=50, metadata={"help": "n: newest history items the encoder reads."})
     num_experts: Optional[int] = field(default=None, metadata={"help": "Override the preset's experts."})
-    dropout_rate: float = field(default=0.0, metadata={
-        "help": "T5 dropout. 0 won on Beauty validation at a 3-epoch budget (README, issue 11) and trains 1.4x faster "
-                "on a CPU (dropout's random numbers are 30% of a step); long runs to early stopping may want 0.1."})
-    expert_dispatch: str = field(default="grouped", metadata={
-        "help": "grouped (chosen experts' FLOPs only; CPU) or dense (fixed shapes, no host sync; GPU, torch.compile).",
-        "choices": ["grouped", "dense"]})
+    dropout_rate: float = field(
+        default=0.0,
+        metadata={
+            "help": "T5 dropout. 0 won on Beauty validation at a 3-epoch budget (README, issue 11) and trains 1.4x faster "
+            "on a CPU (dropout's random numbers are 30% of a step); long runs to early stopping may want 0.1."
+        },
+    )
+    expert_dispatch: str = field(
+        default="grouped",
+        metadata={
+            "help": "grouped (chosen experts' FLOPs only; CPU) or dense (fixed shapes, no host sync; GPU, torch.compile).",
+            "choices": ["grouped", "dense"],
+        },
+    )
 
 
 @dataclass
 class DataArguments(DatasetArguments):
-    tokenizer_dir: str = field(default="outputs/beauty/tokenizer", metadata={
-        "help": "SemanticIDTokenizer saved by examples/build_semantic_ids.py for the same dataset."})
+    tokenizer_dir: str = field(
+        default="outputs/beauty/tokenizer",
+        metadata={"help": "SemanticIDTokenizer saved by examples/build_semantic_ids.py for the same dataset."},
+    )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training samples (smoke runs)."})
-    max_eval_samples: Optional[int] = field(default=2000, metadata={
-        "help": "Validation samples for the evaluation loss (a random subset; None = all)."})
-    ranking_eval_users: int = field(default=512, metadata={
-        "help": "Validation users scored by beam search at each evaluation (0 = loss only)."})
-    test_users: Optional[int] = field(default=None, metadata={
-        "help": "Evaluate a seeded random subset of N test users (None = all, 0 = skip the test evaluation). The same "
-                "N and --users_seed give the same users in examples/evaluate.py."})
+    max_eval_samples: Optional[int] = field(
+        default=2000, metadata={"help": "Validation samples for the evaluation loss (a random subset; None = all)."}
+    )
+    ranking_eval_users: int = field(
+        default=512, metadata={"help": "Validation users scored by beam search at each evaluation (0 = loss only)."}
+    )
+    test_users: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Evaluate a seeded random subset of N test users (None = all, 0 = skip the test evaluation). The same "
+            "N and --users_seed give the same users in examples/evaluate.py."
+        },
+    )
     users_seed: int = field(default=0, metadata={"help": "Seed of the test-user subset."})
-    session_eval_length: int = field(default=5, metadata={
-        "help": "m of the generated sessions scored by the session metrics (0 = no session metrics)."})
-    num_beams: Optional[int] = field(default=None, metadata={
-        "help": "Beam width of the ranking beam search (default: the first level's codebook size)."})
+    session_eval_length: int = field(
+        default=5,
+        metadata={"help": "m of the generated sessions scored by the session metrics (0 = no session metrics)."},
+    )
+    num_beams: Optional[int] = field(
+        default=None,
+        metadata={"help": "Beam width of the ranking beam search (default: the first level's codebook size)."},
+    )
     topk_json: bool = field(default=True, metadata={"help": "Write each test user's top-10 item ids as JSON."})
 
 
@@ -86,8 +107,9 @@ def main(argv=None) -> dict:
 
     data = data_args.load()
     splits = leave_one_out_split(data["sequences"])
-    samples = build_session_samples(splits, max_history=model_args.max_history_items,
-                                    session_length=model_args.session_length)
+    samples = build_session_samples(
+        splits, max_history=model_args.max_history_items, session_length=model_args.session_length
+    )
     train = samples["train"].shuffle(seed=training_args.seed)
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
@@ -104,25 +126,46 @@ def main(argv=None) -> dict:
         model = OneRecForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
         model.config.check_tokenizer(tokenizer)
     else:
-        overrides = {"session_length": model_args.session_length, "max_history_items": model_args.max_history_items,
-                     "dropout_rate": model_args.dropout_rate, "expert_dispatch": model_args.expert_dispatch}
+        overrides = {
+            "session_length": model_args.session_length,
+            "max_history_items": model_args.max_history_items,
+            "dropout_rate": model_args.dropout_rate,
+            "expert_dispatch": model_args.expert_dispatch,
+        }
         if model_args.num_experts is not None:
             overrides["num_experts"] = model_args.num_experts
-        model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset=model_args.preset,
-                                                                           **overrides))
+        model = OneRecForConditionalGeneration(
+            OneRecConfig.from_tokenizer(tokenizer, preset=model_args.preset, **overrides)
+        )
     counts = model.config.parameter_counts()
-    logger.info("model %s: %.2fM parameters, %.2fM activated; %d training samples, %d validation users",
-                model_args.preset, counts["total"] / 1e6, counts["activated"] / 1e6, len(train), len(validation))
+    logger.info(
+        "model %s: %.2fM parameters, %.2fM activated; %d training samples, %d validation users",
+        model_args.preset,
+        counts["total"] / 1e6,
+        counts["activated"] / 1e6,
+        len(train),
+        len(validation),
+    )
 
     # Tokenised once (vectorised, cached by datasets); batches then only pad integer rows.
     train, eval_loss_samples = (
-        tokenize_session_samples(split, tokenizer, max_history_items=model.config.max_history_items,
-                                 session_length=model.config.session_length).select_columns(list(TOKENIZED_COLUMNS))
-        for split in (train, eval_loss_samples))
+        tokenize_session_samples(
+            split,
+            tokenizer,
+            max_history_items=model.config.max_history_items,
+            session_length=model.config.session_length,
+        ).select_columns(list(TOKENIZED_COLUMNS))
+        for split in (train, eval_loss_samples)
+    )
     trainer = OneRecPretrainer(
-        model=model, args=training_args, train_dataset=train, eval_dataset=eval_loss_samples,
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=eval_loss_samples,
         data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer, ranking_eval_samples=ranking_eval, ranking_num_beams=data_args.num_beams,
+        processing_class=tokenizer,
+        ranking_eval_samples=ranking_eval,
+        ranking_num_beams=data_args.num_beams,
     )
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -131,24 +174,40 @@ def main(argv=None) -> dict:
     tokenizer.save_pretrained(str(output_dir / "final"))
 
     report = {
-        "dataset": data_args.dataset, "preset": model_args.preset, "session_length": model_args.session_length,
-        "parameters": counts, "train_samples": len(train), "steps": train_result.global_step,
-        "epochs": training_args.num_train_epochs, "epochs_trained": round(trainer.state.epoch or 0.0, 3),
-        "best_checkpoint": trainer.state.best_model_checkpoint, "best_metric": trainer.state.best_metric,
-        "dropout_rate": model.config.dropout_rate, "expert_dispatch": model.config.expert_dispatch,
+        "dataset": data_args.dataset,
+        "preset": model_args.preset,
+        "session_length": model_args.session_length,
+        "parameters": counts,
+        "train_samples": len(train),
+        "steps": train_result.global_step,
+        "epochs": training_args.num_train_epochs,
+        "epochs_trained": round(trainer.state.epoch or 0.0, 3),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
+        "dropout_rate": model.config.dropout_rate,
+        "expert_dispatch": model.config.expert_dispatch,
         "learning_rate": training_args.learning_rate,
-        "batch_size": training_args.per_device_train_batch_size, "train_seconds": round(train_seconds, 1),
-        "device": str(trainer.model.device), "torch_threads": torch.get_num_threads(), "seed": training_args.seed,
+        "batch_size": training_args.per_device_train_batch_size,
+        "train_seconds": round(train_seconds, 1),
+        "device": str(trainer.model.device),
+        "torch_threads": torch.get_num_threads(),
+        "seed": training_args.seed,
     }
     if data_args.test_users != 0:
         chosen = sample_users(samples["test"], data_args.test_users, seed=data_args.users_seed)
         session_rows = None
         if data_args.session_eval_length > 0:
-            session_rows = held_out_sessions(sample_users(samples["validation"], data_args.test_users,
-                                                          seed=data_args.users_seed), chosen)
+            session_rows = held_out_sessions(
+                sample_users(samples["validation"], data_args.test_users, seed=data_args.users_seed), chosen
+            )
         results, ranked = evaluate_generative_model(
-            trainer.model, tokenizer, chosen, num_beams=data_args.num_beams, session_rows=session_rows,
-            session_length=data_args.session_eval_length or None)
+            trainer.model,
+            tokenizer,
+            chosen,
+            num_beams=data_args.num_beams,
+            session_rows=session_rows,
+            session_length=data_args.session_eval_length or None,
+        )
         if data_args.topk_json:
             for name, lists in ranked.items():
                 write_topk_json(output_dir / f"topk_test_{name}.json", list(chosen["user_id"]), lists, k=10)
@@ -157,14 +216,19 @@ def main(argv=None) -> dict:
     card = trainer.model.model_card(
         model_name=f"{data_args.dataset}, {model_args.preset}, m = {model_args.session_length}",
         data_summary=f"`{data_args.dataset}` (leave-one-out split): {len(train):,} training windows.",
-        training_summary=(f"{train_result.global_step:,} steps x batch {training_args.per_device_train_batch_size}, "
-                          f"lr {training_args.learning_rate}, {report['epochs_trained']} epochs, "
-                          f"{train_seconds / 60:.1f} min on {report['device']}, seed {training_args.seed}."),
-        results_table=format_results(report["test"], report["test_users"]) if "test" in report else None)
+        training_summary=(
+            f"{train_result.global_step:,} steps x batch {training_args.per_device_train_batch_size}, "
+            f"lr {training_args.learning_rate}, {report['epochs_trained']} epochs, "
+            f"{train_seconds / 60:.1f} min on {report['device']}, seed {training_args.seed}."
+        ),
+        results_table=format_results(report["test"], report["test_users"]) if "test" in report else None,
+    )
     card.save(str(output_dir / "final" / "README.md"))
-    print(f"\nOneRec ({model_args.preset}, m={model_args.session_length}) on {data_args.dataset}: "
-          f"{train_result.global_step} steps in {train_seconds / 60:.1f} min on {report['device']}, "
-          f"seed {training_args.seed}")
+    print(
+        f"\nOneRec ({model_args.preset}, m={model_args.session_length}) on {data_args.dataset}: "
+        f"{train_result.global_step} steps in {train_seconds / 60:.1f} min on {report['device']}, "
+        f"seed {training_args.seed}"
+    )
     if "test" in report:
         print(format_results(report["test"], report["test_users"]))
     print(f"metrics -> {output_dir / 'metrics.json'}")
@@ -174,18 +238,25 @@ def main(argv=None) -> dict:
 def format_results(results: dict, num_users: int) -> str:
     """Markdown lines for the ranking (both history settings) and, when present, the session metrics."""
     ranking = results["exclude_history"]
-    lines = [f"test: {num_users} random users, full ranking, beam {ranking['num_beams']}",
-             "| history items | Recall@5 | NDCG@5 | Recall@10 | NDCG@10 |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"test: {num_users} random users, full ranking, beam {ranking['num_beams']}",
+        "| history items | Recall@5 | NDCG@5 | Recall@10 | NDCG@10 |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, label in (("exclude_history", "excluded"), ("all_items", "allowed")):
         values = results[name]
-        lines.append(f"| {label} | {values['recall@5']:.4f} | {values['ndcg@5']:.4f} | {values['recall@10']:.4f} | "
-                     f"{values['ndcg@10']:.4f} |")
+        lines.append(
+            f"| {label} | {values['recall@5']:.4f} | {values['ndcg@5']:.4f} | {values['recall@10']:.4f} | "
+            f"{values['ndcg@10']:.4f} |"
+        )
     if "session" in results:
         session = results["session"]
-        lines.append(f"sessions (m={session['session_length']}, {session['session_mode']}) vs the 2 held-out items: "
-                     f"hit rate {session['session_hit_rate']:.4f}, consumed items {session['session_consumed_items']:.4f}, "
-                     f"coverage {session['coverage']:.4f}, intra-session diversity "
-                     f"{session['intra_session_diversity']:.3f}")
+        lines.append(
+            f"sessions (m={session['session_length']}, {session['session_mode']}) vs the 2 held-out items: "
+            f"hit rate {session['session_hit_rate']:.4f}, consumed items {session['session_consumed_items']:.4f}, "
+            f"coverage {session['coverage']:.4f}, intra-session diversity "
+            f"{session['intra_session_diversity']:.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -30,15 +30,23 @@ from trainers.data import DatasetArguments
 
 @dataclass
 class RecommendArguments(DatasetArguments):
-    model_dir: str = field(default="outputs/beauty/onerec/final", metadata={
-        "help": "Folder with the model and its tokenizer (examples/pretrain.py writes <output_dir>/final)."})
-    user_ids: List[str] = field(default_factory=list, metadata={
-        "help": "Users of --dataset to recommend for (their whole sequence is the history)."})
-    history: List[str] = field(default_factory=list, metadata={
-        "help": "Or one history of item ids, oldest first (used instead of --user_ids)."})
+    model_dir: str = field(
+        default="outputs/beauty/onerec/final",
+        metadata={"help": "Folder with the model and its tokenizer (examples/pretrain.py writes <output_dir>/final)."},
+    )
+    user_ids: List[str] = field(
+        default_factory=list,
+        metadata={"help": "Users of --dataset to recommend for (their whole sequence is the history)."},
+    )
+    history: List[str] = field(
+        default_factory=list,
+        metadata={"help": "Or one history of item ids, oldest first (used instead of --user_ids)."},
+    )
     num_sessions: int = field(default=5, metadata={"help": "Sessions per user, best first."})
     num_beams: Optional[int] = field(default=None, metadata={"help": "Beam width (default: 4 x num_sessions)."})
-    session_length: Optional[int] = field(default=None, metadata={"help": "Items per session (default: the model's m)."})
+    session_length: Optional[int] = field(
+        default=None, metadata={"help": "Items per session (default: the model's m)."}
+    )
     keep_history: bool = field(default=False, metadata={"help": "Allow items of the user's own history."})
     output_json: Optional[str] = field(default=None, metadata={"help": "Also write the sessions to this JSON file."})
 
@@ -61,9 +69,14 @@ def main(argv=None) -> dict:
     tokenizer = SemanticIDTokenizer.from_pretrained(args.model_dir)
     if torch.cuda.is_available():
         model.cuda()
-    found = model.recommend(tokenizer, histories, num_sessions=args.num_sessions,
-                            num_beams=args.num_beams or 4 * args.num_sessions, session_length=args.session_length,
-                            exclude_history=not args.keep_history)
+    found = model.recommend(
+        tokenizer,
+        histories,
+        num_sessions=args.num_sessions,
+        num_beams=args.num_beams or 4 * args.num_sessions,
+        session_length=args.session_length,
+        exclude_history=not args.keep_history,
+    )
     result = {}
     for user, history, sessions in zip(users, histories, found):
         print(f"\nuser {user} (history: {len(history)} items, newest {list(history)[-5:]})")

@@ -24,12 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from datasets import DatasetDict
 from transformers import HfArgumentParser, set_seed
 
 from modeling_onerec.configuration_reward import OneRecRewardConfig
 from modeling_onerec.modeling_reward import OneRecRewardModel, register_reward_auto_classes
-from datasets import DatasetDict
-
 from trainers.data import DatasetArguments, leave_one_out_split
 from trainers.reward_model import (
     RewardItemVocabulary,
@@ -47,14 +46,20 @@ logger = logging.getLogger("train_reward_model")
 class RewardDataArguments(DatasetArguments):
     session_length: int = field(default=5, metadata={"help": "m: most items per session."})
     max_history: int = field(default=50, metadata={"help": "Newest history items per sample."})
-    max_gap_seconds: Optional[float] = field(default=3600, metadata={
-        "help": "With timestamps, sessions never span a gap longer than this (None: ignore timestamps)."})
+    max_gap_seconds: Optional[float] = field(
+        default=3600,
+        metadata={"help": "With timestamps, sessions never span a gap longer than this (None: ignore timestamps)."},
+    )
     negatives_per_session: int = field(default=1, metadata={"help": "Sampled sessions per real one (engaged = 0)."})
     test_user_fraction: float = field(default=0.2, metadata={"help": "Share of users held out for AUC."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training samples (smoke runs)."})
-    training_part_only: bool = field(default=True, metadata={
-        "help": "Build samples from the leave-one-out training part of every sequence only (all but the last two "
-                "items), so that a reward model used to align OneRec never saw the validation/test targets."})
+    training_part_only: bool = field(
+        default=True,
+        metadata={
+            "help": "Build samples from the leave-one-out training part of every sequence only (all but the last two "
+            "items), so that a reward model used to align OneRec never saw the validation/test targets."
+        },
+    )
 
 
 @dataclass
@@ -79,24 +84,41 @@ def main(argv=None) -> dict:
         # The reward picks DPO pairs for OneRec; had it seen the held-out targets, alignment would leak them.
         data = DatasetDict({**data, "sequences": leave_one_out_split(data["sequences"])["train"]})
     reward_names = default_reward_names(data["sequences"])
-    samples = build_reward_samples(data, session_length=data_args.session_length, max_history=data_args.max_history,
-                                   max_gap_seconds=data_args.max_gap_seconds,
-                                   negatives_per_session=data_args.negatives_per_session,
-                                   test_user_fraction=data_args.test_user_fraction, seed=training_args.seed,
-                                   reward_names=reward_names)
+    samples = build_reward_samples(
+        data,
+        session_length=data_args.session_length,
+        max_history=data_args.max_history,
+        max_gap_seconds=data_args.max_gap_seconds,
+        negatives_per_session=data_args.negatives_per_session,
+        test_user_fraction=data_args.test_user_fraction,
+        seed=training_args.seed,
+        reward_names=reward_names,
+    )
     train, test = samples["train"], samples["test"]
     if data_args.max_train_samples is not None:
         train = train.shuffle(seed=training_args.seed).select(range(min(data_args.max_train_samples, len(train))))
     vocabulary = RewardItemVocabulary.from_dataset(data)
-    logger.info("%s: %d training samples, %d held-out samples (%d held-out users), %d items, rewards %s",
-                data_args.dataset, len(train), len(test), len(set(test["user_id"])), len(vocabulary), reward_names)
+    logger.info(
+        "%s: %d training samples, %d held-out samples (%d held-out users), %d items, rewards %s",
+        data_args.dataset,
+        len(train),
+        len(test),
+        len(set(test["user_id"])),
+        len(vocabulary),
+        reward_names,
+    )
 
-    config = OneRecRewardConfig(num_items=vocabulary.num_indices, reward_names=reward_names,
-                                max_history_items=data_args.max_history, max_session_items=data_args.session_length,
-                                **asdict(model_args))
+    config = OneRecRewardConfig(
+        num_items=vocabulary.num_indices,
+        reward_names=reward_names,
+        max_history_items=data_args.max_history,
+        max_session_items=data_args.session_length,
+        **asdict(model_args),
+    )
     model = OneRecRewardModel(config)
-    trainer = RewardModelTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=test,
-                                 vocabulary=vocabulary)
+    trainer = RewardModelTrainer(
+        model=model, args=training_args, train_dataset=train, eval_dataset=test, vocabulary=vocabulary
+    )
     train_result = trainer.train()
     metrics = trainer.evaluate(metric_key_prefix="test")
     trainer.save_model(training_args.output_dir)
@@ -106,24 +128,35 @@ def main(argv=None) -> dict:
     report = {
         "dataset": data_args.dataset if data_args.data_path is None else data_args.data_path,
         "reward_names": list(reward_names),
-        "samples": {"train": len(train), "test": len(test), "test_users": len(set(test["user_id"])),
-                    "items": len(vocabulary)},
-        "test": {key[len("test_"):]: value for key, value in metrics.items()},
-        "training": {**train_result.metrics, "wall_seconds_total": wall_seconds, "seed": training_args.seed,
-                     "learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
-                     "batch_size": training_args.per_device_train_batch_size},
+        "samples": {
+            "train": len(train),
+            "test": len(test),
+            "test_users": len(set(test["user_id"])),
+            "items": len(vocabulary),
+        },
+        "test": {key[len("test_") :]: value for key, value in metrics.items()},
+        "training": {
+            **train_result.metrics,
+            "wall_seconds_total": wall_seconds,
+            "seed": training_args.seed,
+            "learning_rate": training_args.learning_rate,
+            "epochs": training_args.num_train_epochs,
+            "batch_size": training_args.per_device_train_batch_size,
+        },
         "data_arguments": asdict(data_args),
         "model_config": config.to_dict(),
         "auc_note": "ROC AUC on held-out users, over the samples that have the target; 'rating' (soft label) counts "
-                    "as positive from 0.75 (mean rating >= 4 of 5), Pearson r against the soft label is given too.",
+        "as positive from 0.75 (mean rating >= 4 of 5), Pearson r against the soft label is given too.",
     }
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nReward model on {report['dataset']}: {report['samples']['train']} training samples, "
-          f"{report['samples']['test']} held-out samples from {report['samples']['test_users']} held-out users; "
-          f"{training_args.num_train_epochs:g} epochs, {wall_seconds / 60:.1f} min total\n{table}\n"
-          f"metrics -> {output_dir / 'metrics.json'}, model + {RewardItemVocabulary.FILE_NAME} -> {output_dir}")
+    print(
+        f"\nReward model on {report['dataset']}: {report['samples']['train']} training samples, "
+        f"{report['samples']['test']} held-out samples from {report['samples']['test_users']} held-out users; "
+        f"{training_args.num_train_epochs:g} epochs, {wall_seconds / 60:.1f} min total\n{table}\n"
+        f"metrics -> {output_dir / 'metrics.json'}, model + {RewardItemVocabulary.FILE_NAME} -> {output_dir}"
+    )
     return report
 
 

@@ -48,7 +48,6 @@ from trainers.data import DatasetArguments, build_session_samples, describe, lea
 from trainers.evaluation import PUBLISHED_BEAUTY, evaluate_recommender, metrics_table, write_topk_json
 from trainers.sasrec import SASRecConfig, SASRecRecommender
 
-
 logger = logging.getLogger("train_sasrec")
 
 
@@ -62,8 +61,11 @@ class RunArguments(DatasetArguments):
 
 
 def format_table(rows: List[dict], ks: List[int], with_reference: bool) -> str:
-    return metrics_table([((row["model"], row["history"]), row["metrics"]) for row in rows], ks,
-                         references=PUBLISHED_BEAUTY if with_reference else None)
+    return metrics_table(
+        [((row["model"], row["history"]), row["metrics"]) for row in rows],
+        ks,
+        references=PUBLISHED_BEAUTY if with_reference else None,
+    )
 
 
 def main(argv=None) -> dict:
@@ -83,10 +85,13 @@ def main(argv=None) -> dict:
     logger.info("dataset %s: %s", args.dataset, summary)
 
     started = time.perf_counter()
-    recommender = SASRecRecommender.fit(splits, config, item_ids=list(data["items"]["item_id"]),
-                                        progress=args.progress)
-    training = dict(recommender.training_summary, wall_seconds=time.perf_counter() - started,
-                    torch_threads=torch.get_num_threads(), seed=config.seed)
+    recommender = SASRecRecommender.fit(splits, config, item_ids=list(data["items"]["item_id"]), progress=args.progress)
+    training = dict(
+        recommender.training_summary,
+        wall_seconds=time.perf_counter() - started,
+        torch_threads=torch.get_num_threads(),
+        seed=config.seed,
+    )
     recommender.save_pretrained(output_dir)
     # The learned item vectors, rows in catalogue order: collaborative semantic IDs from them with
     # `build_semantic_ids.py --embedding_source array --embedding_array <output_dir>/item_embeddings.npy`.
@@ -95,25 +100,37 @@ def main(argv=None) -> dict:
     results, rows = {}, []
     for exclude in (True, False):
         name = "exclude_history" if exclude else "keep_history"
-        metrics, ranked = evaluate_recommender(recommender, test, ks=args.ks, exclude_history=exclude,
-                                               batch_size=config.eval_batch_size, progress=False)
+        metrics, ranked = evaluate_recommender(
+            recommender, test, ks=args.ks, exclude_history=exclude, batch_size=config.eval_batch_size, progress=False
+        )
         results[name] = metrics
-        rows.append({"model": f"SASRec ({config.loss})", "history": "excluded" if exclude else "kept",
-                     "metrics": metrics})
+        rows.append(
+            {"model": f"SASRec ({config.loss})", "history": "excluded" if exclude else "kept", "metrics": metrics}
+        )
         topk_name = "topk_test.json" if exclude else "topk_test_keep_history.json"
         write_topk_json(output_dir / topk_name, test["user_id"], ranked, k=args.top_k_json)
 
-    report = {"dataset": args.dataset if args.data_path is None else args.data_path, "data": summary,
-              "test": results, "training": training, "config": asdict(config), "learning_curve": recommender.history}
+    report = {
+        "dataset": args.dataset if args.data_path is None else args.data_path,
+        "data": summary,
+        "test": results,
+        "training": training,
+        "config": asdict(config),
+        "learning_curve": recommender.history,
+    }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
 
-    budget = (f"{training['epochs_run']} epochs (best {training['best_epoch']}, stopped by "
-              f"{training['stop_reason']}), {training['train_seconds'] / 60:.1f} min training, device "
-              f"{training['device']} ({training['torch_threads']} threads), seed {config.seed}")
-    print(f"\nSASRec on {report['dataset']}: {summary['users']} users, {summary['items']} items; test split, full "
-          f"ranking, leave-one-out\nTraining budget: {budget}; loss {config.loss}, hidden {config.hidden_size}, "
-          f"{config.num_blocks} blocks x {config.num_heads} heads, max_len {config.max_len}, dropout {config.dropout}, "
-          f"lr {config.lr}, batch {config.batch_size}")
+    budget = (
+        f"{training['epochs_run']} epochs (best {training['best_epoch']}, stopped by "
+        f"{training['stop_reason']}), {training['train_seconds'] / 60:.1f} min training, device "
+        f"{training['device']} ({training['torch_threads']} threads), seed {config.seed}"
+    )
+    print(
+        f"\nSASRec on {report['dataset']}: {summary['users']} users, {summary['items']} items; test split, full "
+        f"ranking, leave-one-out\nTraining budget: {budget}; loss {config.loss}, hidden {config.hidden_size}, "
+        f"{config.num_blocks} blocks x {config.num_heads} heads, max_len {config.max_len}, dropout {config.dropout}, "
+        f"lr {config.lr}, batch {config.batch_size}"
+    )
     print(format_table(rows, args.ks, with_reference=args.data_path is None and args.dataset == "beauty"))
     print(f"metrics -> {output_dir / 'metrics.json'}\ntop-{args.top_k_json} -> {output_dir / 'topk_test.json'}")
     return report

@@ -15,28 +15,93 @@ from transformers import T5Config
 # and the parameter counts come from the tokenizer and `OneRecConfig.parameter_counts()`.
 PRESETS: Dict[str, dict] = {
     # Unit tests: a few thousand parameters per layer.
-    "tiny": dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1, num_decoder_layers=2, num_experts=4,
-                 num_experts_per_token=2),
+    "tiny": dict(
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=1,
+        num_decoder_layers=2,
+        num_experts=4,
+        num_experts_per_token=2,
+    ),
     # CPU demo / small datasets (Amazon Beauty on 2 cores).
-    "small": dict(d_model=128, d_kv=32, num_heads=4, d_ff=256, num_layers=2, num_decoder_layers=2, num_experts=8,
-                  num_experts_per_token=2),
+    "small": dict(
+        d_model=128,
+        d_kv=32,
+        num_heads=4,
+        d_ff=256,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_experts=8,
+        num_experts_per_token=2,
+    ),
     # TIGER's shape (4 + 4 layers, d_model 128, 6 heads of 64, FFN 1024; Rajput et al. 2023) with our MoE decoder:
     # 8 experts of width 512, top-2, so a decoder token activates TIGER's 1024 FFN units.
-    "tiger-size": dict(d_model=128, d_kv=64, num_heads=6, d_ff=1024, num_layers=4, num_decoder_layers=4,
-                       num_experts=8, num_experts_per_token=2, expert_d_ff=512),
+    "tiger-size": dict(
+        d_model=128,
+        d_kv=64,
+        num_heads=6,
+        d_ff=1024,
+        num_layers=4,
+        num_decoder_layers=4,
+        num_experts=8,
+        num_experts_per_token=2,
+        expert_d_ff=512,
+    ),
     # Paper scales, all with 24 experts top-2 and expert FFNs of 4 x d_model; parameter_counts() gives (with
     # 3 x 8192 codes): 0.05b 48M total / 28% activated, 0.1b 103M / 25%, 0.2b 197M / 21%, 0.5b 497M / 17%,
     # 1b 991M / 16% (the paper reports ~13% at 1B; its exact shapes are not published).
-    "onerec-0.05b": dict(d_model=256, d_kv=64, num_heads=4, d_ff=1024, num_layers=3, num_decoder_layers=3,
-                         num_experts=24, num_experts_per_token=2),
-    "onerec-0.1b": dict(d_model=384, d_kv=64, num_heads=6, d_ff=1536, num_layers=3, num_decoder_layers=3,
-                        num_experts=24, num_experts_per_token=2),
-    "onerec-0.2b": dict(d_model=384, d_kv=64, num_heads=6, d_ff=1536, num_layers=6, num_decoder_layers=6,
-                        num_experts=24, num_experts_per_token=2),
-    "onerec-0.5b": dict(d_model=512, d_kv=64, num_heads=8, d_ff=2048, num_layers=4, num_decoder_layers=9,
-                        num_experts=24, num_experts_per_token=2),
-    "onerec-1b": dict(d_model=768, d_kv=64, num_heads=12, d_ff=3072, num_layers=4, num_decoder_layers=8,
-                      num_experts=24, num_experts_per_token=2),
+    "onerec-0.05b": dict(
+        d_model=256,
+        d_kv=64,
+        num_heads=4,
+        d_ff=1024,
+        num_layers=3,
+        num_decoder_layers=3,
+        num_experts=24,
+        num_experts_per_token=2,
+    ),
+    "onerec-0.1b": dict(
+        d_model=384,
+        d_kv=64,
+        num_heads=6,
+        d_ff=1536,
+        num_layers=3,
+        num_decoder_layers=3,
+        num_experts=24,
+        num_experts_per_token=2,
+    ),
+    "onerec-0.2b": dict(
+        d_model=384,
+        d_kv=64,
+        num_heads=6,
+        d_ff=1536,
+        num_layers=6,
+        num_decoder_layers=6,
+        num_experts=24,
+        num_experts_per_token=2,
+    ),
+    "onerec-0.5b": dict(
+        d_model=512,
+        d_kv=64,
+        num_heads=8,
+        d_ff=2048,
+        num_layers=4,
+        num_decoder_layers=9,
+        num_experts=24,
+        num_experts_per_token=2,
+    ),
+    "onerec-1b": dict(
+        d_model=768,
+        d_kv=64,
+        num_heads=12,
+        d_ff=3072,
+        num_layers=4,
+        num_decoder_layers=8,
+        num_experts=24,
+        num_experts_per_token=2,
+    ),
 }
 # Token layout shared with SemanticIDTokenizer: <pad>=0, </s>=1, <s>=2 (BOS before each session item), then codes.
 NUM_SPECIAL_TOKENS = 3
@@ -136,15 +201,19 @@ class OneRecConfig(T5Config):
         if self.num_experts < 1:
             problems.append(f"num_experts must be >= 1, got {self.num_experts}")
         if not 1 <= self.num_experts_per_token <= max(self.num_experts, 1):
-            problems.append(f"num_experts_per_token must be in [1, num_experts={self.num_experts}], "
-                            f"got {self.num_experts_per_token}")
+            problems.append(
+                f"num_experts_per_token must be in [1, num_experts={self.num_experts}], "
+                f"got {self.num_experts_per_token}"
+            )
         if self.expert_d_ff is not None and self.expert_d_ff < 1:
             problems.append(f"expert_d_ff must be >= 1 or None, got {self.expert_d_ff}")
         if self.sparse_decoder_layers is not None:
             bad = [i for i in self.sparse_decoder_layers if not 0 <= i < self.num_decoder_layers]
             if bad or len(set(self.sparse_decoder_layers)) != len(self.sparse_decoder_layers):
-                problems.append(f"sparse_decoder_layers must be distinct indices in [0, num_decoder_layers="
-                                f"{self.num_decoder_layers}), got {self.sparse_decoder_layers}")
+                problems.append(
+                    f"sparse_decoder_layers must be distinct indices in [0, num_decoder_layers="
+                    f"{self.num_decoder_layers}), got {self.sparse_decoder_layers}"
+                )
         for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_jitter_noise"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -155,8 +224,10 @@ class OneRecConfig(T5Config):
         if self.expert_dispatch not in ("grouped", "dense"):
             problems.append(f"expert_dispatch must be 'grouped' or 'dense', got {self.expert_dispatch!r}")
         elif self.expert_dispatch == "dense" and self.expert_capacity_factor is not None:
-            problems.append("expert_dispatch='dense' runs every expert on every token and has no capacity to enforce: "
-                            "set expert_capacity_factor=None or use expert_dispatch='grouped'")
+            problems.append(
+                "expert_dispatch='dense' runs every expert on every token and has no capacity to enforce: "
+                "set expert_capacity_factor=None or use expert_dispatch='grouped'"
+            )
         if self.session_length < 1:
             problems.append(f"session_length must be >= 1, got {self.session_length}")
         if self.max_history_items < 1:
@@ -165,10 +236,12 @@ class OneRecConfig(T5Config):
             if not self.codebook_sizes or min(self.codebook_sizes) < 1:
                 problems.append(f"codebook_sizes must be a non-empty list of positive ints, got {self.codebook_sizes}")
             elif self.vocab_size != NUM_SPECIAL_TOKENS + sum(self.codebook_sizes):
-                problems.append(f"vocab_size={self.vocab_size} does not match codebook_sizes {self.codebook_sizes} "
-                                f"(expected {NUM_SPECIAL_TOKENS} special tokens + {sum(self.codebook_sizes)} codes = "
-                                f"{NUM_SPECIAL_TOKENS + sum(self.codebook_sizes)}); build the config with "
-                                "OneRecConfig.from_tokenizer(tokenizer)")
+                problems.append(
+                    f"vocab_size={self.vocab_size} does not match codebook_sizes {self.codebook_sizes} "
+                    f"(expected {NUM_SPECIAL_TOKENS} special tokens + {sum(self.codebook_sizes)} codes = "
+                    f"{NUM_SPECIAL_TOKENS + sum(self.codebook_sizes)}); build the config with "
+                    "OneRecConfig.from_tokenizer(tokenizer)"
+                )
         if problems:
             raise ValueError("Invalid OneRecConfig: " + "; ".join(problems) + ".")
 
@@ -262,10 +335,14 @@ class OneRecConfig(T5Config):
             overrides: Any other config argument (e.g. ``session_length=1`` for TIGER-style point-wise).
         """
         offsets = list(tokenizer.level_offsets) + [tokenizer.vocab_size]
-        layout = dict(codebook_sizes=[offsets[i + 1] - offsets[i] for i in range(len(offsets) - 1)],
-                      vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                      decoder_start_token_id=tokenizer.pad_token_id)
+        layout = dict(
+            codebook_sizes=[offsets[i + 1] - offsets[i] for i in range(len(offsets) - 1)],
+            vocab_size=tokenizer.vocab_size,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
         if getattr(tokenizer, "max_history_items", None) is not None:
             layout["max_history_items"] = int(tokenizer.max_history_items)
         if preset is not None and preset not in PRESETS:
@@ -281,25 +358,33 @@ class OneRecConfig(T5Config):
         self._raise_on_layout_mismatch(tokenizer)
         tokenizer_history = getattr(tokenizer, "max_history_items", None)
         if tokenizer_history is not None and tokenizer_history != self.max_history_items:
-            warnings.warn(f"The tokenizer keeps {tokenizer_history} history items but the model reads "
-                          f"{self.max_history_items} (config.max_history_items): recommend() truncates histories at "
-                          f"{self.max_history_items}, tokenizer.batch_encode_histories at {tokenizer_history} unless "
-                          "you pass max_items=model.config.max_history_items.", stacklevel=3)
+            warnings.warn(
+                f"The tokenizer keeps {tokenizer_history} history items but the model reads "
+                f"{self.max_history_items} (config.max_history_items): recommend() truncates histories at "
+                f"{self.max_history_items}, tokenizer.batch_encode_histories at {tokenizer_history} unless "
+                "you pass max_items=model.config.max_history_items.",
+                stacklevel=3,
+            )
 
     def _raise_on_layout_mismatch(self, tokenizer) -> None:
         problems = []
         if tokenizer.vocab_size != self.vocab_size:
             problems.append(f"vocab_size: tokenizer {tokenizer.vocab_size}, model {self.vocab_size}")
         if self.codebook_sizes is not None and list(tokenizer.level_offsets) != self.level_offsets:
-            problems.append(f"code levels start at token ids {list(tokenizer.level_offsets)} in the tokenizer but "
-                            f"{self.level_offsets} in the model (codebook_sizes {self.codebook_sizes})")
+            problems.append(
+                f"code levels start at token ids {list(tokenizer.level_offsets)} in the tokenizer but "
+                f"{self.level_offsets} in the model (codebook_sizes {self.codebook_sizes})"
+            )
         for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
             if getattr(self, name, None) is not None and getattr(tokenizer, name) != getattr(self, name):
                 problems.append(f"{name}: tokenizer {getattr(tokenizer, name)}, model {getattr(self, name)}")
         if problems:
-            raise ValueError("The tokenizer does not match this OneRec model: " + "; ".join(problems) +
-                             ". Use the tokenizer saved with the model, or build the config with "
-                             "OneRecConfig.from_tokenizer(tokenizer).")
+            raise ValueError(
+                "The tokenizer does not match this OneRec model: "
+                + "; ".join(problems)
+                + ". Use the tokenizer saved with the model, or build the config with "
+                "OneRecConfig.from_tokenizer(tokenizer)."
+            )
 
 
 __all__ = ["OneRecConfig", "PRESETS"]

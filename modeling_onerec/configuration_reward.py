@@ -74,15 +74,24 @@ class OneRecRewardConfig(PretrainedConfig):
         super().validate_architecture()
         problems = []
         if self.num_items < 2:
-            problems.append(f"num_items must be >= 2 (padding index 0 plus at least one item), got {self.num_items}; "
-                            "pass the vocabulary size, e.g. RewardItemVocabulary.num_indices")
-        for name in ("hidden_size", "num_attention_heads", "tower_hidden_size", "max_history_items",
-                     "max_session_items"):
+            problems.append(
+                f"num_items must be >= 2 (padding index 0 plus at least one item), got {self.num_items}; "
+                "pass the vocabulary size, e.g. RewardItemVocabulary.num_indices"
+            )
+        for name in (
+            "hidden_size",
+            "num_attention_heads",
+            "tower_hidden_size",
+            "max_history_items",
+            "max_session_items",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_attention_heads >= 1 and self.hidden_size % self.num_attention_heads:
-            problems.append(f"hidden_size={self.hidden_size} must be divisible by num_attention_heads="
-                            f"{self.num_attention_heads}; change one of them")
+            problems.append(
+                f"hidden_size={self.hidden_size} must be divisible by num_attention_heads="
+                f"{self.num_attention_heads}; change one of them"
+            )
         if self.num_session_layers < 0:
             problems.append(f"num_session_layers must be >= 0, got {self.num_session_layers}")
         if self.intermediate_size is not None and self.intermediate_size < 1:

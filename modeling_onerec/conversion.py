@@ -22,12 +22,18 @@ from transformers.utils import logging
 from .configuration_onerec import NUM_SPECIAL_TOKENS, OneRecConfig
 from .modeling_onerec import OneRecForConditionalGeneration, OneRecLayerSparseFF
 
-
 logger = logging.get_logger(__name__)
 
 # Keys of a T5 config that describe the checkpoint, not the architecture (or are derived from other keys).
-_CONFIG_KEYS_NOT_COPIED = ("model_type", "architectures", "transformers_version", "_name_or_path", "auto_map",
-                           "dense_act_fn", "is_gated_act")
+_CONFIG_KEYS_NOT_COPIED = (
+    "model_type",
+    "architectures",
+    "transformers_version",
+    "_name_or_path",
+    "auto_map",
+    "dense_act_fn",
+    "is_gated_act",
+)
 
 
 def _load_dense_t5(t5) -> T5ForConditionalGeneration:
@@ -36,12 +42,16 @@ def _load_dense_t5(t5) -> T5ForConditionalGeneration:
 
         config = AutoConfig.from_pretrained(t5)
         if getattr(config, "model_type", None) != "t5":
-            raise TypeError(f"upcycle_dense_t5 needs a dense T5 checkpoint (model_type 't5'); {str(t5)!r} has "
-                            f"model_type {getattr(config, 'model_type', None)!r}.")
+            raise TypeError(
+                f"upcycle_dense_t5 needs a dense T5 checkpoint (model_type 't5'); {str(t5)!r} has "
+                f"model_type {getattr(config, 'model_type', None)!r}."
+            )
         t5 = T5ForConditionalGeneration.from_pretrained(t5)
     if isinstance(t5, OneRecForConditionalGeneration) or not isinstance(t5, T5ForConditionalGeneration):
-        raise TypeError("upcycle_dense_t5 needs a dense transformers T5ForConditionalGeneration (or a path to a saved "
-                        f"one), got {type(t5).__name__}.")
+        raise TypeError(
+            "upcycle_dense_t5 needs a dense transformers T5ForConditionalGeneration (or a path to a saved "
+            f"one), got {type(t5).__name__}."
+        )
     if type(t5.config) is not T5Config:
         raise TypeError(f"upcycle_dense_t5 needs a plain T5Config, got {type(t5.config).__name__}.")
     return t5
@@ -50,22 +60,37 @@ def _load_dense_t5(t5) -> T5ForConditionalGeneration:
 def _onerec_config(t5: T5ForConditionalGeneration, overrides: dict) -> OneRecConfig:
     base = {key: value for key, value in t5.config.to_dict().items() if key not in _CONFIG_KEYS_NOT_COPIED}
     overrides = dict(overrides)
-    for key in ("d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers", "feed_forward_proj",
-                "relative_attention_num_buckets", "vocab_size"):
+    for key in (
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_heads",
+        "num_layers",
+        "num_decoder_layers",
+        "feed_forward_proj",
+        "relative_attention_num_buckets",
+        "vocab_size",
+    ):
         if key in overrides and overrides[key] != base.get(key):
-            raise ValueError(f"config_overrides cannot change {key} ({base.get(key)!r} in the dense T5, "
-                             f"{overrides[key]!r} requested): the dense weights would not fit.")
+            raise ValueError(
+                f"config_overrides cannot change {key} ({base.get(key)!r} in the dense T5, "
+                f"{overrides[key]!r} requested): the dense weights would not fit."
+            )
     if overrides.get("expert_d_ff") not in (None, t5.config.d_ff):
-        raise ValueError(f"config_overrides cannot set expert_d_ff={overrides['expert_d_ff']}: upcycled experts are "
-                         f"copies of the dense FFN, whose hidden size is d_ff={t5.config.d_ff}.")
+        raise ValueError(
+            f"config_overrides cannot set expert_d_ff={overrides['expert_d_ff']}: upcycled experts are "
+            f"copies of the dense FFN, whose hidden size is d_ff={t5.config.d_ff}."
+        )
     codebook_sizes = overrides.get("codebook_sizes")
     if codebook_sizes is not None:
         expected = NUM_SPECIAL_TOKENS + sum(int(size) for size in codebook_sizes)
         if expected != t5.config.vocab_size:
-            raise ValueError(f"The dense T5 has vocab_size={t5.config.vocab_size}, but codebook_sizes={list(codebook_sizes)} "
-                             f"needs {expected} ({NUM_SPECIAL_TOKENS} special tokens + {expected - NUM_SPECIAL_TOKENS} "
-                             "codes). Resize the T5 first (t5.resize_token_embeddings(...)) or pass matching "
-                             "codebook_sizes.")
+            raise ValueError(
+                f"The dense T5 has vocab_size={t5.config.vocab_size}, but codebook_sizes={list(codebook_sizes)} "
+                f"needs {expected} ({NUM_SPECIAL_TOKENS} special tokens + {expected - NUM_SPECIAL_TOKENS} "
+                "codes). Resize the T5 first (t5.resize_token_embeddings(...)) or pass matching "
+                "codebook_sizes."
+            )
         overrides.setdefault("bos_token_id", NUM_SPECIAL_TOKENS - 1)  # <s> of the semantic-ID layout
     return OneRecConfig(**{**base, **overrides})
 
@@ -99,8 +124,11 @@ def upcycle_dense_t5(
 
     dense_state = t5.state_dict()
     sparse = set(config.sparse_layer_indices)
-    skipped = {key for key in dense_state
-               if key.startswith("decoder.block.") and int(key.split(".")[2]) in sparse and ".DenseReluDense." in key}
+    skipped = {
+        key
+        for key in dense_state
+        if key.startswith("decoder.block.") and int(key.split(".")[2]) in sparse and ".DenseReluDense." in key
+    }
     shared_state = {key: value for key, value in dense_state.items() if key not in skipped}
     lm_head_untied = t5.lm_head.weight.data_ptr() != t5.shared.weight.data_ptr()
     if lm_head_untied:  # the T5 loaded with its own output head: give the OneRec model its own as well
@@ -110,8 +138,9 @@ def upcycle_dense_t5(
     unexpected = list(result.unexpected_keys)
     missing = [key for key in result.missing_keys if ".mlp.router." not in key and ".mlp.experts." not in key]
     if unexpected or missing:
-        raise RuntimeError(f"The dense T5 does not line up with the OneRec model: unexpected {unexpected[:5]}, "
-                           f"missing {missing[:5]}.")
+        raise RuntimeError(
+            f"The dense T5 does not line up with the OneRec model: unexpected {unexpected[:5]}, missing {missing[:5]}."
+        )
 
     gated = config.is_gated_act
     for index in config.sparse_layer_indices:

@@ -109,9 +109,11 @@ class _Trie:
         ranges = torch.empty((self.num_levels, 2), dtype=torch.long, device=self.edge_token.device)
         index = self.edge_depth - 1
         ranges[:, 0] = torch.full((self.num_levels,), self.vocab_size, device=index.device).scatter_reduce(
-            0, index, self.edge_token, reduce="amin")
+            0, index, self.edge_token, reduce="amin"
+        )
         ranges[:, 1] = torch.full((self.num_levels,), -1, device=index.device).scatter_reduce(
-            0, index, self.edge_token, reduce="amax")
+            0, index, self.edge_token, reduce="amax"
+        )
         return ranges
 
 
@@ -133,7 +135,7 @@ def length_sorted_batches(histories: Sequence[Sequence], batch_size: int, max_it
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
     lengths = [len(history) if max_items is None else min(len(history), max_items) for history in histories]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 # This file travels alone with the weights (trust_remote_code), so the helpers below are copies of the tokenizer
@@ -290,8 +292,7 @@ def session_beam_search(
             f"{model_vocab} outputs: the tokenizer and the model do not belong together."
         )
     special = {}
-    for name, token in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id),
-                        ("pad_token_id", pad_token_id)):
+    for name, token in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
         try:
             special[name] = operator.index(token)
         except TypeError:
@@ -334,8 +335,10 @@ def session_beam_search(
     def encoder_rows(width: int):
         if width not in expanded_encoder:
             expanded_encoder.clear()
-            expanded_encoder[width] = (encoder_hidden.repeat_interleave(width, 0),
-                                       encoder_mask.repeat_interleave(width, 0))
+            expanded_encoder[width] = (
+                encoder_hidden.repeat_interleave(width, 0),
+                encoder_mask.repeat_interleave(width, 0),
+            )
         return expanded_encoder[width]
 
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -343,8 +346,13 @@ def session_beam_search(
     def decode(tokens: torch.Tensor, width: int) -> torch.Tensor:
         """Feeds ``tokens [batch * width, n]``; returns the last position's hidden state ``[batch * width, d]``."""
         hidden_states, mask = encoder_rows(width)
-        out = model.decoder(input_ids=tokens, encoder_hidden_states=hidden_states, encoder_attention_mask=mask,
-                            cache=cache, use_cache=True)
+        out = model.decoder(
+            input_ids=tokens,
+            encoder_hidden_states=hidden_states,
+            encoder_attention_mask=mask,
+            cache=cache,
+            use_cache=True,
+        )
         return out[0][:, -1]
 
     # ------------------------------------------------------------------ beam state, [batch, W, ...]
@@ -374,7 +382,7 @@ def session_beam_search(
                 hidden = decode(flat_sequences[:, fed:length], width)
             else:
                 for position in range(fed, length):
-                    hidden = decode(flat_sequences[:, position:position + 1], width)
+                    hidden = decode(flat_sequences[:, position : position + 1], width)
             fed = length
 
             # -------------------------------------------------- logits of this level's slice only
@@ -404,11 +412,14 @@ def session_beam_search(
             # -------------------------------------------------- exclusions: prune exhausted subtrees
             parts = []
             if excluded is not None:
-                parts.append(excluded_paths[:, None, :, level:level + 2].expand(-1, width, -1, -1)
-                             .reshape(batch * width, -1, 2))
+                parts.append(
+                    excluded_paths[:, None, :, level : level + 2]
+                    .expand(-1, width, -1, -1)
+                    .reshape(batch * width, -1, 2)
+                )
             if forbid_repeats and slot > 0:
                 previous = items[:, :, :slot].reshape(batch * width, slot)
-                previous_paths = trie_t.item_path[previous.clamp(min=0)][..., level:level + 2]
+                previous_paths = trie_t.item_path[previous.clamp(min=0)][..., level : level + 2]
                 parts.append(previous_paths.masked_fill((previous < 0)[..., None], -1))
             keep = torch.ones(total, dtype=torch.bool, device=device)
             if parts:
@@ -445,8 +456,9 @@ def session_beam_search(
             items = _gather_beams(items, source)
             item_scores = _gather_beams(item_scores, source)
             width = new_width
-            sequences[:, :, length] = torch.where(chosen, trie_t.edge_token[(child - 1).clamp(min=0)],
-                                                  torch.full_like(child, pad_token_id))
+            sequences[:, :, length] = torch.where(
+                chosen, trie_t.edge_token[(child - 1).clamp(min=0)], torch.full_like(child, pad_token_id)
+            )
             length += 1
             item_scores[:, :, slot] += torch.where(chosen, step_log_prob, torch.zeros_like(step_log_prob))
             beam_scores = torch.where(chosen, top_scores, torch.full_like(top_scores, -math.inf))
@@ -474,5 +486,11 @@ def session_beam_search(
         items = torch.cat([items, items.new_full((batch, missing, num_items), -1)], dim=1)
         item_scores = torch.cat([item_scores, item_scores.new_full((batch, missing, num_items), -math.inf)], dim=1)
         valid = torch.cat([valid, valid.new_zeros((batch, missing))], dim=1)
-    return SessionSearchOutput(sequences=sequences, scores=scores, item_indices=items, item_scores=item_scores,
-                               valid=valid, num_valid=valid.sum(dim=1))
+    return SessionSearchOutput(
+        sequences=sequences,
+        scores=scores,
+        item_indices=items,
+        item_scores=item_scores,
+        valid=valid,
+        num_valid=valid.sum(dim=1),
+    )

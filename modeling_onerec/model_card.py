@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Sequence
 
 from huggingface_hub import ModelCardData
 
-
 MODEL_CARD_TEMPLATE = """\
 ---
 {{ card_data }}
@@ -87,19 +86,26 @@ def architecture_summary(config) -> str:
         sparse_text = f"all {config.num_decoder_layers} decoder layers"
     else:
         sparse_text = f"decoder layers {sparse} of {config.num_decoder_layers}"
-    capacity = ("no capacity limit" if config.expert_capacity_factor is None
-                else f"capacity factor {config.expert_capacity_factor}")
+    capacity = (
+        "no capacity limit"
+        if config.expert_capacity_factor is None
+        else f"capacity factor {config.expert_capacity_factor}"
+    )
     gates = "renormalised top-k gates" if config.normalize_expert_weights else "raw softmax gates as in the paper"
     rows = [
         ("Parameters (total)", _count(total)),
         ("Parameters activated per token", f"{_count(activated)}, {100.0 * activated / total:.1f}% of the total"),
         ("Expert parameters", _count(counts["expert"])),
-        ("Experts per sparse layer / top-k", f"{config.num_experts} / {config.num_experts_per_token}; {gates}; "
-                                             f"{capacity}"),
+        (
+            "Experts per sparse layer / top-k",
+            f"{config.num_experts} / {config.num_experts_per_token}; {gates}; {capacity}",
+        ),
         ("Sparse (MoE) FFN layers", sparse_text),
         ("Encoder / decoder layers", f"{config.num_layers} / {config.num_decoder_layers}"),
-        ("d_model / heads x d_kv / d_ff / expert d_ff", f"{config.d_model} / {config.num_heads} x {config.d_kv} / "
-                                                        f"{config.d_ff} / {config.expert_hidden_size}"),
+        (
+            "d_model / heads x d_kv / d_ff / expert d_ff",
+            f"{config.d_model} / {config.num_heads} x {config.d_kv} / {config.d_ff} / {config.expert_hidden_size}",
+        ),
         ("Vocabulary", f"{config.vocab_size} tokens"),
         ("Codebook sizes", str(config.codebook_sizes) if config.codebook_sizes is not None else "not set"),
         ("Session length (items generated)", str(config.session_length)),
@@ -114,23 +120,35 @@ def _default_semantic_id_summary(config) -> str:
     if sizes is None:
         return "The config records no semantic-ID layout (`codebook_sizes` is not set)."
     levels = len(sizes)
-    return (f"{levels} code levels with codebook sizes {list(sizes)} ({sum(sizes)} code tokens; vocabulary "
-            f"{config.vocab_size} with `<pad>`, `</s>`, `<s>`). An item is {levels} tokens. The encoder reads up to "
-            f"{config.max_history_items} history items ({config.max_history_items * levels + 1} tokens); the decoder "
-            f"generates a session of {config.session_length} items ({config.session_decoder_length} tokens: `<s>` "
-            "before each item, `</s>` at the end). Use the tokenizer saved with this model.")
+    return (
+        f"{levels} code levels with codebook sizes {list(sizes)} ({sum(sizes)} code tokens; vocabulary "
+        f"{config.vocab_size} with `<pad>`, `</s>`, `<s>`). An item is {levels} tokens. The encoder reads up to "
+        f"{config.max_history_items} history items ({config.max_history_items * levels + 1} tokens); the decoder "
+        f"generates a session of {config.session_length} items ({config.session_decoder_length} tokens: `<s>` "
+        "before each item, `</s>` at the end). Use the tokenizer saved with this model."
+    )
 
 
 def _default_training_summary(config) -> str:
-    return ("Objective: next-token cross-entropy over the session tokens (paper Eq. 4) "
-            f"+ {config.router_aux_loss_coef} x load-balancing loss + {config.router_z_loss_coef} x router z-loss. "
-            "Training data, schedule and hyper-parameters: not documented.")
+    return (
+        "Objective: next-token cross-entropy over the session tokens (paper Eq. 4) "
+        f"+ {config.router_aux_loss_coef} x load-balancing loss + {config.router_z_loss_coef} x router z-loss. "
+        "Training data, schedule and hyper-parameters: not documented."
+    )
 
 
-def render_model_card(config, model_name: Optional[str] = None, semantic_id_summary: Optional[str] = None,
-                      data_summary: Optional[str] = None, training_summary: Optional[str] = None,
-                      results_table: Optional[str] = None, template: Optional[str] = None, *,
-                      tags: Optional[Sequence[str]] = None, **extra_fields: str) -> str:
+def render_model_card(
+    config,
+    model_name: Optional[str] = None,
+    semantic_id_summary: Optional[str] = None,
+    data_summary: Optional[str] = None,
+    training_summary: Optional[str] = None,
+    results_table: Optional[str] = None,
+    template: Optional[str] = None,
+    *,
+    tags: Optional[Sequence[str]] = None,
+    **extra_fields: str,
+) -> str:
     """The model card (``README.md`` text) of a OneRec model.
 
     Args:
@@ -166,8 +184,10 @@ def render_model_card(config, model_name: Optional[str] = None, semantic_id_summ
     text = _TEMPLATE_ONLY_LINE.sub("", MODEL_CARD_TEMPLATE if template is None else template)
     missing = sorted({name for name in _PLACEHOLDER.findall(text) if name not in fields})
     if missing:
-        raise ValueError(f"The model card template has fields nothing fills: {missing}; pass them as keyword "
-                         "arguments to render_model_card.")
+        raise ValueError(
+            f"The model card template has fields nothing fills: {missing}; pass them as keyword "
+            "arguments to render_model_card."
+        )
     return _PLACEHOLDER.sub(lambda match: fields[match.group(1)].strip(), text)
 
 
@@ -188,7 +208,11 @@ def write_model_card(save_directory, config, overwrite: bool = False, **fields) 
 
 
 __all__ = [
-    "DEFAULT_TAGS", "MODEL_CARD_TEMPLATE", "architecture_summary", "render_model_card", "write_model_card",
+    "DEFAULT_TAGS",
+    "MODEL_CARD_TEMPLATE",
+    "architecture_summary",
+    "render_model_card",
+    "write_model_card",
 ]
 
 

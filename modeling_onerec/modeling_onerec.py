@@ -46,7 +46,6 @@ from transformers.utils.output_capturing import OutputRecorder
 from .configuration_onerec import OneRecConfig
 from .model_card import render_model_card
 
-
 logger = logging.get_logger(__name__)
 
 
@@ -72,8 +71,9 @@ def route_tokens(router_logits: torch.Tensor, top_k: int, normalize: bool = Fals
     return gates, expert_index, router_probs
 
 
-def load_balancing_loss(router_probs: torch.Tensor, expert_index: torch.Tensor,
-                        token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def load_balancing_loss(
+    router_probs: torch.Tensor, expert_index: torch.Tensor, token_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Switch-Transformer load-balancing loss ``E * sum_i f_i * P_i`` (1.0 when perfectly balanced).
 
     ``f_i`` is the fraction of token->expert assignments that went to expert ``i`` (over all ``k`` choices),
@@ -111,8 +111,9 @@ def router_z_loss(router_logits: torch.Tensor, token_mask: Optional[torch.Tensor
     return (squared * weight).sum() / weight.sum().clamp(min=1)
 
 
-def level_restricted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, level_offsets: Sequence[int],
-                                   vocab_size: int) -> torch.Tensor:
+def level_restricted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, level_offsets: Sequence[int], vocab_size: int
+) -> torch.Tensor:
     """Next-token loss of paper Eq. (4): cross-entropy over the semantic-ID code tokens only, each normalised over
     its own level's codes.
 
@@ -193,13 +194,16 @@ class OneRecExperts(nn.Module):
         self.dispatch = config.expert_dispatch
         self.is_gated = config.is_gated_act
         hidden = config.expert_hidden_size
-        self.input_proj = nn.Parameter(torch.empty(config.num_experts, config.d_model, hidden * (2 if self.is_gated else 1)))
+        self.input_proj = nn.Parameter(
+            torch.empty(config.num_experts, config.d_model, hidden * (2 if self.is_gated else 1))
+        )
         self.output_proj = nn.Parameter(torch.empty(config.num_experts, hidden, config.d_model))
         self.act = ACT2FN[config.dense_act_fn]
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    def expert_ffn(self, hidden_states: torch.Tensor, input_weight: torch.Tensor,
-                   output_weight: torch.Tensor) -> torch.Tensor:
+    def expert_ffn(
+        self, hidden_states: torch.Tensor, input_weight: torch.Tensor, output_weight: torch.Tensor
+    ) -> torch.Tensor:
         """One expert FFN: ``[n, d] @ [d, f] -> act -> @ [f, d]`` (gated: ``[d, 2f]``, gate half first)."""
         hidden = hidden_states @ input_weight
         if self.is_gated:
@@ -213,8 +217,13 @@ class OneRecExperts(nn.Module):
         """Expert ``expert`` alone on some tokens: ``[n, d] -> [n, d]``."""
         return self.expert_ffn(hidden_states, self.input_proj[expert], self.output_proj[expert])
 
-    def forward(self, hidden_states: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor,
-                capacity: Optional[int] = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        expert_index: torch.Tensor,
+        gates: torch.Tensor,
+        capacity: Optional[int] = None,
+    ) -> torch.Tensor:
         """Gate-weighted sum of each token's chosen experts.
 
         Args:
@@ -247,14 +256,20 @@ class OneRecExperts(nn.Module):
         # unbind once, not input_proj[e] per expert: indexing makes autograd build a full-size [E, ...] zero gradient
         # per expert and sum them (6x slower backward on CPU at 24 experts); unbind's backward is one stack.
         input_weights, output_weights = self.input_proj.unbind(0), self.output_proj.unbind(0)
-        grouped_outputs = [self.expert_ffn(tokens, input_weights[expert], output_weights[expert])
-                           for expert, tokens in enumerate(grouped_inputs) if tokens.shape[0] > 0]
-        expert_outputs = torch.cat(grouped_outputs) if grouped_outputs else hidden_states.new_zeros((0, hidden_states.shape[-1]))
+        grouped_outputs = [
+            self.expert_ffn(tokens, input_weights[expert], output_weights[expert])
+            for expert, tokens in enumerate(grouped_inputs)
+            if tokens.shape[0] > 0
+        ]
+        expert_outputs = (
+            torch.cat(grouped_outputs) if grouped_outputs else hidden_states.new_zeros((0, hidden_states.shape[-1]))
+        )
         weighted = expert_outputs * sorted_gate.to(expert_outputs.dtype)[:, None]
         return torch.zeros_like(hidden_states).index_add_(0, sorted_token, weighted.to(hidden_states.dtype))
 
-    def dense_forward(self, hidden_states: torch.Tensor, expert_index: torch.Tensor,
-                      gates: torch.Tensor) -> torch.Tensor:
+    def dense_forward(
+        self, hidden_states: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor
+    ) -> torch.Tensor:
         """``expert_dispatch="dense"``: every expert on every token (``[E, N, d]`` batched matmuls), outputs weighted
         by a ``[N, E]`` gate matrix that is zero outside each token's top-k. Same arguments and result as the grouped
         path (a test checks it), fixed shapes, no host synchronisation."""
@@ -348,18 +363,20 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
         super()._init_weights(module)
         factor = self.config.initializer_factor
         if isinstance(module, OneRecExperts):
-            init.normal_(module.input_proj, mean=0.0, std=factor * self.config.d_model ** -0.5)
-            init.normal_(module.output_proj, mean=0.0, std=factor * self.config.expert_hidden_size ** -0.5)
+            init.normal_(module.input_proj, mean=0.0, std=factor * self.config.d_model**-0.5)
+            init.normal_(module.output_proj, mean=0.0, std=factor * self.config.expert_hidden_size**-0.5)
         elif isinstance(module, OneRecRouter):
-            init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model ** -0.5)
+            init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model**-0.5)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', with both heads in ``auto_map``, so that ``AutoModel`` and ``AutoModelForSeq2SeqLM`` load
         the folder with ``trust_remote_code`` (``register_for_auto_class`` records one class). The model card is
         separate: :meth:`model_card`."""
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
-                                "AutoModel": "modeling_onerec.OneRecModel",
-                                "AutoModelForSeq2SeqLM": "modeling_onerec.OneRecForConditionalGeneration"}
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModel": "modeling_onerec.OneRecModel",
+            "AutoModelForSeq2SeqLM": "modeling_onerec.OneRecForConditionalGeneration",
+        }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def model_card(self, **fields) -> ModelCard:
@@ -401,8 +418,9 @@ def _build_stacks(model: nn.Module, config: OneRecConfig) -> None:
     model.decoder = OneRecDecoderStack(decoder_config)
 
 
-def expert_load(router_logits: Sequence[torch.Tensor], top_k: int,
-                token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def expert_load(
+    router_logits: Sequence[torch.Tensor], top_k: int, token_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``[num_sparse_layers, E]``: each sparse layer's fraction of token->expert assignments per expert (rows sum to
     1; ``1/E`` everywhere is perfect balance).
 
@@ -421,8 +439,9 @@ def expert_load(router_logits: Sequence[torch.Tensor], top_k: int,
     return torch.stack(loads)
 
 
-def _check_token_ids(name: str, token_ids: Optional[torch.Tensor], vocab_size: int,
-                     ignore_index: Optional[int] = None) -> None:
+def _check_token_ids(
+    name: str, token_ids: Optional[torch.Tensor], vocab_size: int, ignore_index: Optional[int] = None
+) -> None:
     """Raises a ValueError naming the bad ids (an out-of-range id would otherwise fail deep inside an
     embedding lookup, or silently on some devices)."""
     if token_ids is None or token_ids.numel() == 0:
@@ -524,23 +543,32 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
             _check_token_ids("labels", labels, self.config.vocab_size, ignore_index=-100)
         # T5ForConditionalGeneration.forward, spelled out so that the decoder's recorded router logits reach the output.
         if encoder_outputs is None:
-            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                           inputs_embeds=inputs_embeds, **kwargs)
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(
                 last_hidden_state=encoder_outputs[0],
                 hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
-                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None)
+                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
+            )
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self._shift_right(labels)
         record_routing = labels is not None or output_router_logits
         decoder_outputs = self.decoder(
-            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
-            cache=cache, encoder_hidden_states=encoder_outputs[0], encoder_attention_mask=attention_mask,
-            use_cache=use_cache, output_router_logits=record_routing, **kwargs)
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            inputs_embeds=decoder_inputs_embeds,
+            cache=cache,
+            encoder_hidden_states=encoder_outputs[0],
+            encoder_attention_mask=attention_mask,
+            use_cache=use_cache,
+            output_router_logits=record_routing,
+            **kwargs,
+        )
         sequence_output = decoder_outputs[0]
         if self.config.scale_decoder_outputs:
-            sequence_output = sequence_output * (self.model_dim ** -0.5)
+            sequence_output = sequence_output * (self.model_dim**-0.5)
         logits = self.lm_head(sequence_output)
 
         router_logits = tuple(decoder_outputs.get("router_logits") or ()) if record_routing else ()
@@ -550,11 +578,15 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
             load = expert_load(router_logits, self.config.num_experts_per_token, token_mask)
         if labels is not None:
             if self.config.codebook_sizes is not None and self.config.level_restricted_loss:
-                ntp_loss = level_restricted_cross_entropy(logits, labels, self.config.level_offsets,
-                                                          self.config.vocab_size)
+                ntp_loss = level_restricted_cross_entropy(
+                    logits, labels, self.config.level_offsets, self.config.vocab_size
+                )
             else:
-                ntp_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                           labels.reshape(-1).to(logits.device), ignore_index=-100)
+                ntp_loss = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(),
+                    labels.reshape(-1).to(logits.device),
+                    ignore_index=-100,
+                )
             loss = ntp_loss
             if router_logits:
                 aux_terms = []
@@ -638,15 +670,18 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
             raise TypeError("histories must be a list of item-id lists, one per user, e.g. [['12', '7'], ['3']].")
         num_beams = num_sessions if num_beams is None else num_beams
         if num_sessions < 1 or num_beams < num_sessions:
-            raise ValueError(f"Need 1 <= num_sessions <= num_beams, got num_sessions={num_sessions}, "
-                             f"num_beams={num_beams}.")
+            raise ValueError(
+                f"Need 1 <= num_sessions <= num_beams, got num_sessions={num_sessions}, num_beams={num_beams}."
+            )
         session_length = self.config.session_length if session_length is None else session_length
         excluded = []
         for user, history in enumerate(histories):
             if isinstance(history, (str, bytes)) or len(history) == 0:
-                raise ValueError(f"History {user} is {'a string' if isinstance(history, (str, bytes)) else 'empty'}: "
-                                 "each user needs a non-empty list of past item ids (serve users without history "
-                                 "with a popularity fallback).")
+                raise ValueError(
+                    f"History {user} is {'a string' if isinstance(history, (str, bytes)) else 'empty'}: "
+                    "each user needs a non-empty list of past item ids (serve users without history "
+                    "with a popularity fallback)."
+                )
             try:
                 excluded.append([tokenizer.item_index(item) for item in history])
             except KeyError as error:
@@ -663,10 +698,17 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                 encoded = tokenizer.batch_encode_histories(batch, max_items=self.config.max_history_items)
                 encoded = encoded.to(self.device)
                 search = session_beam_search(
-                    self, encoded["input_ids"], encoded["attention_mask"], trie, num_beams=num_beams,
-                    num_items=session_length, bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                    forbid_repeats=forbid_repeats, level_offsets=tokenizer.level_offsets,
+                    self,
+                    encoded["input_ids"],
+                    encoded["attention_mask"],
+                    trie,
+                    num_beams=num_beams,
+                    num_items=session_length,
+                    bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                    forbid_repeats=forbid_repeats,
+                    level_offsets=tokenizer.level_offsets,
                     excluded_items=[excluded[user] for user in users] if exclude_history else None,
                 )
                 # One transfer per batch; beams are sorted with the valid ones first.
@@ -674,14 +716,32 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                 item_indices, item_scores = search.item_indices.tolist(), search.item_scores.tolist()
                 for row, user in enumerate(users):
                     results[user] = [
-                        SessionRecommendation(items=[catalogue[index] for index in item_indices[row][beam]],
-                                              score=scores[row][beam], item_scores=item_scores[row][beam])
-                        for beam in range(num_beams) if valid[row][beam]][:num_sessions]
+                        SessionRecommendation(
+                            items=[catalogue[index] for index in item_indices[row][beam]],
+                            score=scores[row][beam],
+                            item_scores=item_scores[row][beam],
+                        )
+                        for beam in range(num_beams)
+                        if valid[row][beam]
+                    ][:num_sessions]
         return results
 
 
 __all__ = [
-    "OneRecDecoderStack", "OneRecExperts", "OneRecForConditionalGeneration", "OneRecLayerSparseFF", "OneRecModel",
-    "OneRecPreTrainedModel", "OneRecRouter", "OneRecSeq2SeqLMOutput", "OneRecSparseMLP",
-    "SessionRecommendation", "expert_capacity", "expert_load", "level_restricted_cross_entropy", "load_balancing_loss", "route_tokens", "router_z_loss",
+    "OneRecDecoderStack",
+    "OneRecExperts",
+    "OneRecForConditionalGeneration",
+    "OneRecLayerSparseFF",
+    "OneRecModel",
+    "OneRecPreTrainedModel",
+    "OneRecRouter",
+    "OneRecSeq2SeqLMOutput",
+    "OneRecSparseMLP",
+    "SessionRecommendation",
+    "expert_capacity",
+    "expert_load",
+    "level_restricted_cross_entropy",
+    "load_balancing_loss",
+    "route_tokens",
+    "router_z_loss",
 ]

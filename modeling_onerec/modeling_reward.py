@@ -41,8 +41,9 @@ class OneRecRewardOutput(ModelOutput):
     rewards: Optional[torch.FloatTensor] = None
 
 
-def reward_bce_loss(logits: torch.Tensor, labels: torch.Tensor,
-                    label_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def reward_bce_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Eq. (7): binary cross-entropy summed over the reward towers, averaged over the batch.
 
     Args:
@@ -60,8 +61,9 @@ def reward_bce_loss(logits: torch.Tensor, labels: torch.Tensor,
     if labels.shape != logits.shape:
         raise ValueError(f"labels must have the shape of logits {tuple(logits.shape)}, got {tuple(labels.shape)}.")
     if label_mask is not None and label_mask.shape != logits.shape:
-        raise ValueError(f"label_mask must have the shape of logits {tuple(logits.shape)}, "
-                         f"got {tuple(label_mask.shape)}.")
+        raise ValueError(
+            f"label_mask must have the shape of logits {tuple(logits.shape)}, got {tuple(label_mask.shape)}."
+        )
     labels = labels.to(logits.dtype)
     terms = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     if label_mask is not None:
@@ -85,8 +87,9 @@ class TargetAwareItemEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size)
 
-    def forward(self, session_embeds: torch.Tensor, history_embeds: torch.Tensor,
-                history_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, session_embeds: torch.Tensor, history_embeds: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
         """
         Args:
             session_embeds (`torch.Tensor` of shape `(B, M, D)`): Item embeddings ``v_i``.
@@ -105,8 +108,9 @@ class TargetAwareItemEncoder(nn.Module):
             # then zero its result.
             ignore = ~history_mask
             ignore[:, 0] &= has_history
-            user, _ = self.attention(session_embeds, history_embeds, history_embeds, key_padding_mask=ignore,
-                                     need_weights=False)
+            user, _ = self.attention(
+                session_embeds, history_embeds, history_embeds, key_padding_mask=ignore, need_weights=False
+            )
             user = user * has_history[:, None, None].to(user.dtype)
         fused = self.combine(torch.cat([session_embeds, user, session_embeds * user], dim=-1))
         return self.norm(session_embeds + self.dropout(F.gelu(fused)))
@@ -155,15 +159,24 @@ class OneRecRewardModel(PreTrainedModel):
         self.item_embeddings = nn.Embedding(config.num_items, width, padding_idx=REWARD_PAD_INDEX)
         self.item_encoder = TargetAwareItemEncoder(width, config.num_attention_heads, config.dropout)
         if config.num_session_layers > 0:
-            layer = nn.TransformerEncoderLayer(width, config.num_attention_heads, config.session_intermediate_size,
-                                               config.dropout, activation="gelu", batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                width,
+                config.num_attention_heads,
+                config.session_intermediate_size,
+                config.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
             # Pre-norm layers need a final norm; nested tensors stay off so that padded slots keep a defined state.
-            self.session_encoder = nn.TransformerEncoder(layer, config.num_session_layers, norm=nn.LayerNorm(width),
-                                                         enable_nested_tensor=False)
+            self.session_encoder = nn.TransformerEncoder(
+                layer, config.num_session_layers, norm=nn.LayerNorm(width), enable_nested_tensor=False
+            )
         else:
             self.session_encoder = None
-        self.towers = nn.ModuleDict({name: RewardTower(width, config.tower_hidden_size, config.dropout)
-                                     for name in config.reward_names})
+        self.towers = nn.ModuleDict(
+            {name: RewardTower(width, config.tower_hidden_size, config.dropout) for name in config.reward_names}
+        )
         self.post_init()
 
     def _init_weights(self, module):
@@ -188,47 +201,69 @@ class OneRecRewardModel(PreTrainedModel):
 
     # ------------------------------------------------------------------------------------------------
 
-    def _check_inputs(self, history_ids: torch.Tensor, session_ids: torch.Tensor, labels: Optional[torch.Tensor],
-                      label_mask: Optional[torch.Tensor]) -> None:
+    def _check_inputs(
+        self,
+        history_ids: torch.Tensor,
+        session_ids: torch.Tensor,
+        labels: Optional[torch.Tensor],
+        label_mask: Optional[torch.Tensor],
+    ) -> None:
         config = self.config
-        for name, ids, limit in (("history_ids", history_ids, config.max_history_items),
-                                 ("session_ids", session_ids, config.max_session_items)):
+        for name, ids, limit in (
+            ("history_ids", history_ids, config.max_history_items),
+            ("session_ids", session_ids, config.max_session_items),
+        ):
             if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32):
-                raise ValueError(f"{name} must be an integer tensor of shape (batch, length), got "
-                                 f"{type(ids).__name__} {tuple(getattr(ids, 'shape', ()))} "
-                                 f"{getattr(ids, 'dtype', '')}.")
+                raise ValueError(
+                    f"{name} must be an integer tensor of shape (batch, length), got "
+                    f"{type(ids).__name__} {tuple(getattr(ids, 'shape', ()))} "
+                    f"{getattr(ids, 'dtype', '')}."
+                )
             if ids.shape[1] > limit:
-                raise ValueError(f"{name} has {ids.shape[1]} positions, more than the config's limit {limit}; keep the "
-                                 f"newest {limit} items (the reward data collator does) or raise the config's limit.")
+                raise ValueError(
+                    f"{name} has {ids.shape[1]} positions, more than the config's limit {limit}; keep the "
+                    f"newest {limit} items (the reward data collator does) or raise the config's limit."
+                )
         if history_ids.shape[0] != session_ids.shape[0]:
-            raise ValueError(f"history_ids has batch size {history_ids.shape[0]} but session_ids has "
-                             f"{session_ids.shape[0]}; pass one history per session.")
+            raise ValueError(
+                f"history_ids has batch size {history_ids.shape[0]} but session_ids has "
+                f"{session_ids.shape[0]}; pass one history per session."
+            )
         expected = (session_ids.shape[0], config.num_rewards)
         for name, tensor in (("labels", labels), ("label_mask", label_mask)):
             if tensor is not None and tuple(tensor.shape) != expected:
-                raise ValueError(f"{name} must have shape (batch, num_rewards) = {expected} (rewards "
-                                 f"{list(config.reward_names)}), got {tuple(tensor.shape)}.")
+                raise ValueError(
+                    f"{name} must have shape (batch, num_rewards) = {expected} (rewards "
+                    f"{list(config.reward_names)}), got {tuple(tensor.shape)}."
+                )
         if label_mask is not None and labels is None:
             raise ValueError("label_mask was given without labels; pass labels too, or neither.")
         # Value checks: one device-to-host sync per forward; the details are only computed once something is wrong.
-        flags = [((history_ids < 0) | (history_ids >= config.num_items)).any(),
-                 ((session_ids < 0) | (session_ids >= config.num_items)).any(),
-                 (session_ids == REWARD_PAD_INDEX).all(dim=1).any()]
+        flags = [
+            ((history_ids < 0) | (history_ids >= config.num_items)).any(),
+            ((session_ids < 0) | (session_ids >= config.num_items)).any(),
+            (session_ids == REWARD_PAD_INDEX).all(dim=1).any(),
+        ]
         if labels is not None:
             flags.append(((labels < 0) | (labels > 1)).any())
         if not bool(torch.stack(flags).any()):
             return
         for name, ids in (("history_ids", history_ids), ("session_ids", session_ids)):
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.num_items):
-                raise ValueError(f"{name} holds indices outside [0, num_items={config.num_items}) "
-                                 f"(min {int(ids.min())}, max {int(ids.max())}); map item ids with the "
-                                 "RewardItemVocabulary the model was trained with (0 = padding).")
+                raise ValueError(
+                    f"{name} holds indices outside [0, num_items={config.num_items}) "
+                    f"(min {int(ids.min())}, max {int(ids.max())}); map item ids with the "
+                    "RewardItemVocabulary the model was trained with (0 = padding)."
+                )
         empty = torch.nonzero((session_ids == REWARD_PAD_INDEX).all(dim=1)).flatten()
         if len(empty):
-            raise ValueError(f"session_ids rows {empty[:5].tolist()} hold only padding (0); every session needs at "
-                             "least one item.")
-        raise ValueError(f"labels must lie in [0, 1] (binary or soft targets), got values in "
-                         f"[{float(labels.min())}, {float(labels.max())}].")
+            raise ValueError(
+                f"session_ids rows {empty[:5].tolist()} hold only padding (0); every session needs at least one item."
+            )
+        raise ValueError(
+            f"labels must lie in [0, 1] (binary or soft targets), got values in "
+            f"[{float(labels.min())}, {float(labels.max())}]."
+        )
 
     def forward(
         self,
@@ -257,8 +292,9 @@ class OneRecRewardModel(PreTrainedModel):
         self._check_inputs(history_ids, session_ids, labels, label_mask)
         history_ids, session_ids = history_ids.long(), session_ids.long()
         session_mask = session_ids != REWARD_PAD_INDEX
-        hidden = self.item_encoder(self.item_embeddings(session_ids), self.item_embeddings(history_ids),
-                                   history_ids != REWARD_PAD_INDEX)  # h = {e_1..e_m}, [B, M, D]
+        hidden = self.item_encoder(
+            self.item_embeddings(session_ids), self.item_embeddings(history_ids), history_ids != REWARD_PAD_INDEX
+        )  # h = {e_1..e_m}, [B, M, D]
         if self.session_encoder is not None:
             hidden = self.session_encoder(hidden, src_key_padding_mask=~session_mask)  # Eq. 5
         pooled = masked_sum_pool(hidden, session_mask)  # [B, D]
@@ -278,8 +314,9 @@ class OneRecRewardModel(PreTrainedModel):
         """
         with eval_mode(self):
             device = self.item_embeddings.weight.device
-            return self(history_ids=history_ids.to(device), session_ids=session_ids.to(device),
-                        return_dict=True).rewards
+            return self(
+                history_ids=history_ids.to(device), session_ids=session_ids.to(device), return_dict=True
+            ).rewards
 
 
 def register_reward_auto_classes() -> None:
@@ -293,5 +330,12 @@ def register_reward_auto_classes() -> None:
     OneRecRewardModel.register_for_auto_class("AutoModel")
 
 
-__all__ = ["OneRecRewardModel", "OneRecRewardOutput", "RewardTower", "TargetAwareItemEncoder", "masked_sum_pool",
-           "register_reward_auto_classes", "reward_bce_loss"]
+__all__ = [
+    "OneRecRewardModel",
+    "OneRecRewardOutput",
+    "RewardTower",
+    "TargetAwareItemEncoder",
+    "masked_sum_pool",
+    "register_reward_auto_classes",
+    "reward_bce_loss",
+]

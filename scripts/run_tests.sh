@@ -7,4 +7,7 @@ bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Idle OpenMP threads sleep instead of spinning: up to 4x faster torch CPU work on a shared 2-core machine.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# Lint and format (ruff.toml), then the suite.
+ruff check .
+ruff format --check .
 python -m pytest -q tests "$@"

@@ -26,8 +26,12 @@ def small_tokenizer():
     from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
 
     embeddings = clustered_embeddings(240)
-    return SemanticIDTokenizer.build([f"item{i}" for i in range(240)], embeddings,
-                                     ResidualKMeansConfig(num_levels=3, codebook_size=6), progress=False)
+    return SemanticIDTokenizer.build(
+        [f"item{i}" for i in range(240)],
+        embeddings,
+        ResidualKMeansConfig(num_levels=3, codebook_size=6),
+        progress=False,
+    )
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import T5Config, T5ForConditionalGeneration
-from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
 from tokenization_semantic_id import SemanticIDTrie
 
@@ -16,8 +15,19 @@ BOS, EOS, PAD = 2, 1, 0
 
 def tiny_model(vocab_size: int, seed: int = 0) -> T5ForConditionalGeneration:
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=vocab_size, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
-                      d_kv=16, decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS, dropout_rate=0.0)
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_ff=64,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        d_kv=16,
+        decoder_start_token_id=PAD,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        dropout_rate=0.0,
+    )
     return T5ForConditionalGeneration(config).eval()
 
 
@@ -56,8 +66,14 @@ def _random_prefix(tokenizer, generator, slot, level, num_items, invalid=False):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 10_000), slot=st.integers(0, 2), level=st.integers(0, 3),
-       forbid=st.booleans(), exclude=st.booleans(), invalid=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    slot=st.integers(0, 2),
+    level=st.integers(0, 3),
+    forbid=st.booleans(),
+    exclude=st.booleans(),
+    invalid=st.booleans(),
+)
 def test_fast_mask_equals_reference_allowed_tokens(small_tokenizer, seed, slot, level, forbid, exclude, invalid):
     tokenizer = small_tokenizer
     generator = torch.Generator().manual_seed(seed)
@@ -65,8 +81,10 @@ def test_fast_mask_equals_reference_allowed_tokens(small_tokenizer, seed, slot, 
     rows = [_random_prefix(tokenizer, generator, slot, level, 3, invalid and r == 0) for r in range(6)]
     history = None
     if exclude:  # exclude many items, so that whole subtrees are exhausted
-        history = [[tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (150,), generator=generator)]
-                   for _ in range(6)]
+        history = [
+            [tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (150,), generator=generator)]
+            for _ in range(6)
+        ]
     fast = tokenizer.session_logits_processor(3, forbid_repeats=forbid, exclude_items=history)
     reference = tokenizer.prefix_allowed_tokens_fn(3, forbid_repeats=forbid, exclude_items=history)
     mask = fast.allowed_mask(torch.tensor(rows))
@@ -85,8 +103,14 @@ def test_excluding_everything_allows_only_pad(small_tokenizer):
 
 def _generate(model, tokenizer, histories, num_items, beams, use_processor, **constraint):
     inputs = tokenizer.batch_encode_histories(histories)
-    kwargs = dict(num_beams=beams, num_return_sequences=beams, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True, max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1)
+    kwargs = dict(
+        num_beams=beams,
+        num_return_sequences=beams,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
+    )
     if use_processor:
         kwargs["logits_processor"] = [tokenizer.session_logits_processor(num_items, **constraint)]
     else:
@@ -95,14 +119,19 @@ def _generate(model, tokenizer, histories, num_items, beams, use_processor, **co
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 1000), num_items=st.integers(1, 3), beams=st.sampled_from([1, 4, 8]),
-       exclude_history=st.booleans())
+@given(
+    seed=st.integers(0, 1000),
+    num_items=st.integers(1, 3),
+    beams=st.sampled_from([1, 4, 8]),
+    exclude_history=st.booleans(),
+)
 def test_generate_paths_agree_and_every_item_is_real(small_tokenizer, seed, num_items, beams, exclude_history):
     tokenizer = small_tokenizer
     model = tiny_model(tokenizer.vocab_size, seed)
     generator = torch.Generator().manual_seed(seed)
-    histories = [[tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (n,), generator=generator)]
-                 for n in (5, 2)]
+    histories = [
+        [tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (n,), generator=generator)] for n in (5, 2)
+    ]
     constraint = dict(forbid_repeats=True, exclude_items=histories if exclude_history else None)
     fast = _generate(model, tokenizer, histories, num_items, beams, True, **constraint)
     reference = _generate(model, tokenizer, histories, num_items, beams, False, **constraint)
@@ -122,11 +151,15 @@ def test_generate_paths_agree_and_every_item_is_real(small_tokenizer, seed, num_
 
 
 def test_more_beams_than_reachable_items_is_flagged_not_junk():
-    from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
     from tests.conftest import clustered_embeddings
+    from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
 
-    tokenizer = SemanticIDTokenizer.build([str(i) for i in range(6)], clustered_embeddings(6, seed=1),
-                                          ResidualKMeansConfig(num_levels=2, codebook_size=2), progress=False)
+    tokenizer = SemanticIDTokenizer.build(
+        [str(i) for i in range(6)],
+        clustered_embeddings(6, seed=1),
+        ResidualKMeansConfig(num_levels=2, codebook_size=2),
+        progress=False,
+    )
     model = tiny_model(tokenizer.vocab_size)
     histories = [["0", "1"]]  # 4 items reachable once the history is excluded
     out = _generate(model, tokenizer, histories, 1, 8, True, exclude_items=histories)
@@ -135,8 +168,8 @@ def test_more_beams_than_reachable_items_is_flagged_not_junk():
     valid = [s for s, score in zip(sessions, scores) if score > -1e8]
     assert sorted(s[0] for s in valid) == ["2", "3", "4", "5"]  # each reachable item once
     # generate pads the beam with copies scored about -1e9 .. -1e8: callers drop rows by score
-    assert all(score <= -1e8 for score in scores[len(valid):])
-    assert all(s in valid for s in sessions[len(valid):])
+    assert all(score <= -1e8 for score in scores[len(valid) :])
+    assert all(s in valid for s in sessions[len(valid) :])
 
 
 def test_processor_rejects_wrong_exclusion_batch(small_tokenizer):
@@ -165,8 +198,9 @@ def test_item_both_in_history_and_generated_is_counted_once():
     from tokenization_semantic_id import SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
 
     tokens = torch.tensor([[3, 5], [3, 6], [4, 5]])
-    kwargs = dict(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, num_items=2, forbid_repeats=True,
-                  excluded_items=[[0]])
+    kwargs = dict(
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, num_items=2, forbid_repeats=True, excluded_items=[[0]]
+    )
     fast = SessionConstrainedLogitsProcessor(SemanticIDTrie(tokens, vocab_size=7), **kwargs)
     reference = SessionPrefixAllowedTokensFn(tokens, **kwargs)
     second_item_start = torch.tensor([[PAD, BOS, 3, 5, BOS]])

@@ -19,8 +19,11 @@ def _definitions(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
     found = {}
     for node in ast.parse(text).body:
-        names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
-            [target.id for target in getattr(node, "targets", []) if isinstance(target, ast.Name)]
+        names = (
+            [node.name]
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+            else [target.id for target in getattr(node, "targets", []) if isinstance(target, ast.Name)]
+        )
         for name in names:
             found[name] = (node, ast.get_source_segment(text, node))
     return found
@@ -35,8 +38,9 @@ def marked_copies():
                 match = MARK.match(line)
                 if match:
                     name, source = definitions.get(number + 1, (None, None))
-                    yield pytest.param(path, number, match.group(1), name, source,
-                                       id=f"{path.relative_to(ROOT)}:{number}")
+                    yield pytest.param(
+                        path, number, match.group(1), name, source, id=f"{path.relative_to(ROOT)}:{number}"
+                    )
 
 
 COPIES = list(marked_copies())
@@ -45,10 +49,13 @@ COPIES = list(marked_copies())
 def test_the_self_contained_copies_are_marked():
     # The known copies (CSR child expansion, exclusion dedupe, token layout): removing a mark must fail here too.
     targets = {param.values[2] for param in COPIES}
-    assert {"tokenization_semantic_id.trie.expand_children", "tokenization_semantic_id.trie.ChildExpansion",
-            "tokenization_semantic_id.constrained_decoding.drop_duplicate_items",
-            "modeling_onerec.configuration_onerec.level_offsets",
-            "modeling_onerec.configuration_onerec.NUM_SPECIAL_TOKENS"} <= targets
+    assert {
+        "tokenization_semantic_id.trie.expand_children",
+        "tokenization_semantic_id.trie.ChildExpansion",
+        "tokenization_semantic_id.constrained_decoding.drop_duplicate_items",
+        "modeling_onerec.configuration_onerec.level_offsets",
+        "modeling_onerec.configuration_onerec.NUM_SPECIAL_TOKENS",
+    } <= targets
 
 
 @pytest.mark.parametrize("path, line, original, name, copy", COPIES)

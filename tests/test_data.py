@@ -28,7 +28,6 @@ from trainers.data import (
     split_sessions_by_gap,
 )
 
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # MovieLens may not be redistributed, so it is never bundled: tests read a local copy when there is one.
 ML100K_DIR = Path(os.environ.get("ONEREC_ML100K_DIR", REPO_ROOT.parent / "shared" / "data" / "ml-100k"))
@@ -109,16 +108,22 @@ def test_ml100k_ratings_timestamps_and_users(ml100k):
         assert np.all(np.diff(times) >= 0)
     assert ml100k["items"][0]["text"] == "Toy Story (1995). Animation, Children's, Comedy"
     assert ml100k["users"].num_rows == 943
-    assert ml100k["users"][0] == {"user_id": "1", "age": "24", "gender": "M", "occupation": "technician",
-                                  "zip_code": "85711"}
+    assert ml100k["users"][0] == {
+        "user_id": "1",
+        "age": "24",
+        "gender": "M",
+        "occupation": "technician",
+        "zip_code": "85711",
+    }
 
 
 @needs_ml100k
 def test_ml100k_equal_timestamps_keep_file_order(ml100k):
     # User 1 rated items 168 and 172 at the same second; 168 comes first in ml-100k.inter.
     lines = (ML100K_DIR / "ml-100k.inter").read_text().splitlines()[1:]
-    file_order = [line.split("\t")[1] for line in lines if line.split("\t")[0] == "1"
-                  and line.split("\t")[3] == "874965478"]
+    file_order = [
+        line.split("\t")[1] for line in lines if line.split("\t")[0] == "1" and line.split("\t")[3] == "874965478"
+    ]
     user_1 = ml100k["sequences"][0]
     assert user_1["timestamps"][:2] == [874965478.0, 874965478.0]
     assert user_1["item_ids"][: len(file_order)] == file_order
@@ -342,8 +347,14 @@ def test_generic_csv_round_trip(tmp_path, caplog):
     assert data["sequences"].to_dict() == _expected_sequences()
     assert data["items"]["item_id"] == ["i1", "i2", "i3", "i9"]
     assert data["items"]["text"] == ["Red mug, large. Acme", "Blue cup", "", "Spoon. Acme"]
-    titles_only = load_interactions(path, user_column="uid", item_column="item", timestamp_column="ts",
-                                    items_path=items, item_text_columns=["title"])
+    titles_only = load_interactions(
+        path,
+        user_column="uid",
+        item_column="item",
+        timestamp_column="ts",
+        items_path=items,
+        item_text_columns=["title"],
+    )
     assert titles_only["items"]["text"][0] == "Red mug, large"
     assert titles_only["sequences"].column_names == ["user_id", "item_ids", "timestamps"]
 
@@ -432,15 +443,19 @@ def test_recbole_errors(tmp_path):
 
 
 def test_recbole_round_trip_with_item_and_user_files(tmp_path):
-    (tmp_path / "toy.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                                        "2\t10\t4\t50\n1\t10\t5\t20\n1\t3\t1\t10\n")
-    (tmp_path / "toy.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
-                                       "3\tThe Movie\t1999\tDrama War\n")
+    (tmp_path / "toy.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n2\t10\t4\t50\n1\t10\t5\t20\n1\t3\t1\t10\n"
+    )
+    (tmp_path / "toy.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n3\tThe Movie\t1999\tDrama War\n"
+    )
     (tmp_path / "toy.user").write_text("user_id:token\tage:token\n1\t30\n2\t40\n")
     data = load_recbole(tmp_path)
     assert data["sequences"].to_dict() == {
-        "user_id": ["1", "2"], "item_ids": [["3", "10"], ["10"]],
-        "timestamps": [[10.0, 20.0], [50.0]], "ratings": [[1.0, 5.0], [4.0]],
+        "user_id": ["1", "2"],
+        "item_ids": [["3", "10"], ["10"]],
+        "timestamps": [[10.0, 20.0], [50.0]],
+        "ratings": [[1.0, 5.0], [4.0]],
     }
     assert data["items"]["item_id"] == ["3", "10"]
     assert data["items"]["text"] == ["The Movie (1999). Drama, War", ""]

@@ -2,7 +2,6 @@
 
 import os
 
-
 # Must precede any sentence-transformers / huggingface_hub import: the hub is unreachable in CI.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,7 +26,6 @@ from tokenization_semantic_id.embeddings import (  # noqa: E402
     text_item_embeddings,
     validate_item_embeddings,
 )
-
 
 BUNDLED = Path(__file__).resolve().parents[1] / "trainers" / "data" / "bundled"
 LOGGER_NAME = "tokenization_semantic_id.embeddings"
@@ -360,9 +358,7 @@ def test_concat_shape_and_weights(scientific_texts, counted_loader, matrix):
         collaborative_dim=3,
         device="cpu",
     )
-    built = build_item_embeddings(
-        config, item_ids, texts=scientific_texts[:7], train_sequences=sequences, array=matrix
-    )
+    built = build_item_embeddings(config, item_ids, texts=scientific_texts[:7], train_sequences=sequences, array=matrix)
     assert built.shape == (7, 384 + 3 + 5)
     text_block, collaborative_block, array_block = built[:, :384], built[:, 384:387], built[:, 387:]
     torch.testing.assert_close(text_block.norm(dim=1), torch.full((7,), 2.0**0.5))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from datasets import Dataset
-
 from test_examples import load_example  # tests/ is on sys.path under pytest
+
 from trainers.baselines import MostPopularRecommender, SuccessorRecommender, tune_successor
 from trainers.data import build_session_samples, leave_one_out_split
 from trainers.evaluation import (
@@ -22,7 +22,6 @@ from trainers.evaluation import (
     session_metrics,
     write_topk_json,
 )
-
 
 # Five users: hit at rank 0, hit at rank 4, hit at rank 7, a miss, and a short list holding the target.
 RANKED = [
@@ -44,11 +43,16 @@ def test_ranking_metrics_hand_computed():
     assert metrics["ndcg@10"] == pytest.approx((1 + 1 / math.log2(6) + 1 / math.log2(9) + 1) / 5)
     # Cut-offs are sorted; k=1 counts only first positions; a one-item target list is accepted.
     assert ranking_metrics(RANKED, [[t] for t in TARGETS], ks=(10, 1)) == {
-        "recall@1": pytest.approx(2 / 5), "ndcg@1": pytest.approx(2 / 5),
-        "recall@10": metrics["recall@10"], "ndcg@10": metrics["ndcg@10"]}
+        "recall@1": pytest.approx(2 / 5),
+        "ndcg@1": pytest.approx(2 / 5),
+        "recall@10": metrics["recall@10"],
+        "ndcg@10": metrics["ndcg@10"],
+    }
     # Short lists are misses beyond their end; ids compare as strings.
     assert ranking_metrics([[], [1, 2]], ["x", "2"], ks=(5,)) == {
-        "recall@5": 0.5, "ndcg@5": pytest.approx(0.5 / math.log2(3))}
+        "recall@5": 0.5,
+        "ndcg@5": pytest.approx(0.5 / math.log2(3)),
+    }
 
 
 def test_ranking_metrics_errors():
@@ -94,8 +98,8 @@ def test_evaluate_metric_module_matches_ranking_metrics():
 def test_session_metrics_with_mapping_and_tokenizer(small_tokenizer):
     sessions = [
         [["a", "b", "c"], ["z"]],  # best session holds the target "a"; the second session is ignored
-        [["d", "e"]],              # misses
-        ["a", "f", "g", "h"],      # a flat single session with two of the three true next items
+        [["d", "e"]],  # misses
+        ["a", "f", "g", "h"],  # a flat single session with two of the three true next items
     ]
     targets = ["a", "x", ["f", "h", "q"]]
     categories = {"a": 0, "b": 0, "c": 1, "d": 2, "e": 2, "f": 3, "g": 4, "h": 5, "z": 9}
@@ -124,16 +128,17 @@ class _Echo:
 
 
 def test_evaluate_recommender_batches_and_enforces_exclusion():
-    samples = [{"user_id": f"u{i}", "history": ["a", f"h{i}"], "target": [f"h{i}" if i % 2 else "a"]}
-               for i in range(5)]
+    samples = [{"user_id": f"u{i}", "history": ["a", f"h{i}"], "target": [f"h{i}" if i % 2 else "a"]} for i in range(5)]
     assert isinstance(_Echo(), Recommender)
-    metrics, ranked = evaluate_recommender(_Echo(), samples, ks=(1, 2), exclude_history=False, batch_size=2,
-                                           progress=False)
+    metrics, ranked = evaluate_recommender(
+        _Echo(), samples, ks=(1, 2), exclude_history=False, batch_size=2, progress=False
+    )
     assert len(ranked) == 5 and ranked[0] == ["h0", "a"]
     assert metrics["recall@1"] == pytest.approx(2 / 5) and metrics["recall@2"] == 1.0
     assert metrics["num_users"] == 5 and metrics["exclude_history"] is False
-    same, _ = evaluate_recommender(_Echo(), Dataset.from_list(samples), ks=(1, 2), exclude_history=False,
-                                   progress=False)
+    same, _ = evaluate_recommender(
+        _Echo(), Dataset.from_list(samples), ks=(1, 2), exclude_history=False, progress=False
+    )
     assert same == metrics
     with pytest.raises(ValueError, match="history item"):
         evaluate_recommender(_Echo(), samples, exclude_history=True, progress=False)
@@ -160,7 +165,8 @@ def test_most_popular_order_and_exclusion():
     # Training rows: [x y c] [b x y] [c x y] [p q c] [a b c] -> c: 4, x: 3, y: 3, b: 2, a/p/q: 1, rest 0.
     recommender = MostPopularRecommender(splits["train"], catalogue=CATALOGUE)
     assert recommender.rank([[]], 11, exclude_history=False) == [
-        ["c", "x", "y", "b", "a", "p", "q", "m", "n", "v", "w"]]  # ties: catalogue order
+        ["c", "x", "y", "b", "a", "p", "q", "m", "n", "v", "w"]
+    ]  # ties: catalogue order
     assert recommender.rank([["c", "x", "zzz"]], 3, exclude_history=True) == [["y", "b", "a"]]
     assert recommender.rank([["c", "x"]], 3, exclude_history=False) == [["c", "x", "y"]]
     # The catalogue minus the history can be shorter than k.
@@ -222,14 +228,21 @@ def test_sparse_top_k_selection_matches_brute_force():
 def test_tune_successor_uses_the_grid_on_validation():
     splits = _splits()
     samples = build_session_samples(splits, max_history=50, session_length=1)
-    best, table = tune_successor(splits["train"], samples["validation"], exclude_history=True,
-                                 catalogue=CATALOGUE, grid={"window": (1, 2), "decay": (0.5, 1.0), "max_gap": (1, 2)},
-                                 ks=(1, 3), metric="recall@3")
+    best, table = tune_successor(
+        splits["train"],
+        samples["validation"],
+        exclude_history=True,
+        catalogue=CATALOGUE,
+        grid={"window": (1, 2), "decay": (0.5, 1.0), "max_gap": (1, 2)},
+        ks=(1, 3),
+        metric="recall@3",
+    )
     assert len(table) == 6  # window 1 runs once per gap (decay has no effect), window 2 twice
     assert {row["max_gap"] for row in table} == {1, 2}
     assert set(best) == {"window", "decay", "max_gap", "normalize"}
     assert max(row["recall@3"] for row in table) == next(
-        row["recall@3"] for row in table if all(row[name] == value for name, value in best.items()))
+        row["recall@3"] for row in table if all(row[name] == value for name, value in best.items())
+    )
     with pytest.raises(ValueError, match="metric="):
         tune_successor(splits["train"], samples["validation"], exclude_history=True, metric="ndcg@20")
 
@@ -252,11 +265,32 @@ def test_topk_json_round_trip(tmp_path):
 def test_evaluate_baselines_example_on_an_s3rec_file(tmp_path):
     data = tmp_path / "tiny.txt"
     data.write_text("\n".join(f"{i + 1} " + " ".join(row) for i, row in enumerate(SEQUENCES)) + "\n")
-    report = load_example("evaluate_baselines").main([
-        "--data_path", str(data), "--output_dir", str(tmp_path / "out"), "--windows", "1", "2",
-        "--decays", "0.5", "--max_gaps", "1", "--ks", "1", "3", "--tune_metric", "ndcg@3"])
+    report = load_example("evaluate_baselines").main(
+        [
+            "--data_path",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--windows",
+            "1",
+            "2",
+            "--decays",
+            "0.5",
+            "--max_gaps",
+            "1",
+            "--ks",
+            "1",
+            "3",
+            "--tune_metric",
+            "ndcg@3",
+        ]
+    )
     assert [(row["model"], row["exclude_history"]) for row in report["results"]] == [
-        ("most-popular", True), ("successor", True), ("most-popular", False), ("successor", False)]
+        ("most-popular", True),
+        ("successor", True),
+        ("most-popular", False),
+        ("successor", False),
+    ]
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["results"][1]["test"]["ndcg@3"] == report["results"][1]["test"]["ndcg@3"]
     top = read_topk_json(tmp_path / "out" / "top10_successor_exclude_history.json")

@@ -21,9 +21,21 @@ def load_example(name):
 
 
 def test_build_semantic_ids_on_scientific(tmp_path):
-    report = load_example("build_semantic_ids").main([
-        "--dataset", "scientific", "--embedding_source", "collaborative", "--codebook_size", "16",
-        "--max_iterations", "5", "--compare_unbalanced", "--output_dir", str(tmp_path)])
+    report = load_example("build_semantic_ids").main(
+        [
+            "--dataset",
+            "scientific",
+            "--embedding_source",
+            "collaborative",
+            "--codebook_size",
+            "16",
+            "--max_iterations",
+            "5",
+            "--compare_unbalanced",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     assert report["dataset"]["items"] == 4344
     balanced, unbalanced = report["variants"]
     assert balanced["name"] == "balanced" and unbalanced["name"] == "unbalanced"

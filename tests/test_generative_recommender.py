@@ -12,8 +12,12 @@ from trainers.generative_recommender import GenerativeRecommender
 def test_rank_returns_each_users_list_in_the_callers_order():
     # rank() batches users by history length; each result must still land on its own user. Distinct lengths make
     # the length order (so every batch) the same for both input orders, so the lists must match exactly.
-    tokenizer = SemanticIDTokenizer.build([f"i{i}" for i in range(60)], clustered_embeddings(60),
-                                          ResidualKMeansConfig(num_levels=2, codebook_size=4), progress=False)
+    tokenizer = SemanticIDTokenizer.build(
+        [f"i{i}" for i in range(60)],
+        clustered_embeddings(60),
+        ResidualKMeansConfig(num_levels=2, codebook_size=4),
+        progress=False,
+    )
     torch.manual_seed(0)
     model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
     histories = [[f"i{(3 * user + j) % 60}" for j in range(length)] for user, length in enumerate((7, 1, 5, 2, 9, 3))]
@@ -54,8 +58,12 @@ def test_beam_ranking_against_exhaustive_scoring_of_every_item():
     # The beam approximation behind every Recall/NDCG number: with a beam as wide as the catalogue the ranking IS the
     # exhaustive one; with a narrow beam (here the default for k = 10: max(k, first-level codebook size) = 10) every
     # returned item carries its exact score, best first, and most of the exhaustive top-k is found.
-    tokenizer = SemanticIDTokenizer.build([f"i{i}" for i in range(48)], clustered_embeddings(48),
-                                          ResidualKMeansConfig(num_levels=3, codebook_size=4), progress=False)
+    tokenizer = SemanticIDTokenizer.build(
+        [f"i{i}" for i in range(48)],
+        clustered_embeddings(48),
+        ResidualKMeansConfig(num_levels=3, codebook_size=4),
+        progress=False,
+    )
     torch.manual_seed(3)
     model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
     model.eval()
@@ -64,8 +72,15 @@ def test_beam_ranking_against_exhaustive_scoring_of_every_item():
         truth = sorted(exact, key=exact.get, reverse=True)
         full = GenerativeRecommender(model, tokenizer, num_beams=tokenizer.num_items)
         assert full.rank([history], 10, exclude_history=False)[0] == truth[:10]
-        narrow = model.recommend(tokenizer, [history], num_sessions=10, num_beams=10, session_length=1,
-                                 exclude_history=False, forbid_repeats=False)[0]
+        narrow = model.recommend(
+            tokenizer,
+            [history],
+            num_sessions=10,
+            num_beams=10,
+            session_length=1,
+            exclude_history=False,
+            forbid_repeats=False,
+        )[0]
         found = [session.items[0] for session in narrow]
         assert [s.score for s in narrow] == sorted((s.score for s in narrow), reverse=True)
         for session in narrow:

@@ -14,10 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.timeout(600)
 def test_gpu_script_dry_run_writes_the_full_table(tmp_path):
-    env = dict(os.environ, DRY_RUN="1", OUT_DIR=str(tmp_path / "out"), PYTHON=sys.executable, OMP_NUM_THREADS="1",
-               HF_HOME=str(tmp_path / "hf"))
-    result = subprocess.run(["bash", "scripts/gpu_beauty.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    env = dict(
+        os.environ,
+        DRY_RUN="1",
+        OUT_DIR=str(tmp_path / "out"),
+        PYTHON=sys.executable,
+        OMP_NUM_THREADS="1",
+        HF_HOME=str(tmp_path / "hf"),
+    )
+    result = subprocess.run(
+        ["bash", "scripts/gpu_beauty.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "== [" in result.stdout and "pretraining small" in result.stdout
     report = json.loads((tmp_path / "out/onerec/metrics.json").read_text())

@@ -78,12 +78,23 @@ def test_render_fills_everything_from_the_config(config):
 
 def test_render_with_fields_and_partly_sparse_decoder():
     config = OneRecConfig.from_preset("tiny", codebook_sizes=[4, 4], num_decoder_layers=3, sparse_decoder_layers=[2])
-    text = render_model_card(config, model_name="me/onerec-beauty", semantic_id_summary="SID TEXT",
-                             data_summary="Amazon Beauty, leave-one-out.", training_summary="TRAIN TEXT",
-                             results_table="| metric | value |\n|---|---|\n| Recall@10 | 0.1 |", tags=["beauty", "onerec"])
+    text = render_model_card(
+        config,
+        model_name="me/onerec-beauty",
+        semantic_id_summary="SID TEXT",
+        data_summary="Amazon Beauty, leave-one-out.",
+        training_summary="TRAIN TEXT",
+        results_table="| metric | value |\n|---|---|\n| Recall@10 | 0.1 |",
+        tags=["beauty", "onerec"],
+    )
     assert text.count("# OneRec (me/onerec-beauty)") == 1
-    for piece in ("SID TEXT", "Amazon Beauty, leave-one-out.", "TRAIN TEXT", "| Recall@10 | 0.1 |",
-                  "decoder layers [2] of 3"):
+    for piece in (
+        "SID TEXT",
+        "Amazon Beauty, leave-one-out.",
+        "TRAIN TEXT",
+        "| Recall@10 | 0.1 |",
+        "decoder layers [2] of 3",
+    ):
         assert piece in text
     assert ModelCard(text).data.tags == DEFAULT_TAGS + ["beauty"]  # no duplicates
 
@@ -158,8 +169,13 @@ def test_push_to_hub_then_the_card(fake_hub, monkeypatch, model, config):
     # The public route: transformers pushes the model (with its generic card), then the hub's ModelCard pushes ours.
     monkeypatch.setattr(ModelCard, "validate", lambda self, *args, **kwargs: None)  # a network call
     model.push_to_hub("me/onerec-tiny")
-    assert {"model.safetensors", "config.json", "configuration_onerec.py", "modeling_onerec.py",
-            "model_card.py"} <= set(fake_hub.uploads)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "configuration_onerec.py",
+        "modeling_onerec.py",
+        "model_card.py",
+    } <= set(fake_hub.uploads)
     model.model_card(model_name="me/onerec-tiny").push_to_hub("me/onerec-tiny")
     readme = fake_hub.uploads["README.md"].decode("utf-8")
     assert "# OneRec (me/onerec-tiny)" in readme

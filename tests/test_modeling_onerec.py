@@ -73,8 +73,11 @@ def reference_moe(x, router_weight, input_proj, output_proj, config):
     num_experts, top_k = router_weight.shape[0], config.num_experts_per_token
     hidden = config.expert_hidden_size
     probs = torch.softmax(x @ router_weight.t(), dim=-1)
-    capacity = (math.ceil(config.expert_capacity_factor * x.shape[0] * top_k / num_experts)
-                if config.expert_capacity_factor is not None else None)
+    capacity = (
+        math.ceil(config.expert_capacity_factor * x.shape[0] * top_k / num_experts)
+        if config.expert_capacity_factor is not None
+        else None
+    )
     taken = [0] * num_experts
     dropped = 0
     rows = []
@@ -99,24 +102,33 @@ def reference_moe(x, router_weight, input_proj, output_proj, config):
     return torch.stack(rows), dropped
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"feed_forward_proj": "gated-gelu"},
-    {"normalize_expert_weights": True},
-    {"expert_capacity_factor": 0.5},
-    {"expert_capacity_factor": 0.75, "feed_forward_proj": "gated-gelu", "normalize_expert_weights": True,
-     "num_experts_per_token": 3, "expert_d_ff": 24},
-    {"expert_dispatch": "dense"},
-    {"expert_dispatch": "dense", "feed_forward_proj": "gated-gelu", "num_experts_per_token": 3},
-], ids=["relu-top2", "gated", "normalized", "capacity", "all", "dense-dispatch", "dense-dispatch-gated"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"feed_forward_proj": "gated-gelu"},
+        {"normalize_expert_weights": True},
+        {"expert_capacity_factor": 0.5},
+        {
+            "expert_capacity_factor": 0.75,
+            "feed_forward_proj": "gated-gelu",
+            "normalize_expert_weights": True,
+            "num_experts_per_token": 3,
+            "expert_d_ff": 24,
+        },
+        {"expert_dispatch": "dense"},
+        {"expert_dispatch": "dense", "feed_forward_proj": "gated-gelu", "num_experts_per_token": 3},
+    ],
+    ids=["relu-top2", "gated", "normalized", "capacity", "all", "dense-dispatch", "dense-dispatch-gated"],
+)
 def test_sparse_mlp_matches_naive_reference_forward_and_backward(overrides):
     config = tiny_config(**overrides)
     torch.manual_seed(0)
     mlp = OneRecSparseMLP(config)
     with torch.no_grad():
         mlp.router.weight.normal_(0, 1.0)
-        mlp.experts.input_proj.normal_(0, config.d_model ** -0.5)
-        mlp.experts.output_proj.normal_(0, config.expert_hidden_size ** -0.5)
+        mlp.experts.input_proj.normal_(0, config.d_model**-0.5)
+        mlp.experts.output_proj.normal_(0, config.expert_hidden_size**-0.5)
     x = torch.randn(3, 4, config.d_model)  # 12 tokens
 
     x1 = x.clone().requires_grad_(True)
@@ -204,8 +216,9 @@ def test_route_tokens_gates_are_softmax_top_k():
 
 
 def test_loss_is_ntp_plus_weighted_aux_and_z_and_padding_is_excluded():
-    model = tiny_model(num_decoder_layers=3, sparse_decoder_layers=[0, 2], router_aux_loss_coef=0.3,
-                       router_z_loss_coef=0.05)
+    model = tiny_model(
+        num_decoder_layers=3, sparse_decoder_layers=[0, 2], router_aux_loss_coef=0.3, router_z_loss_coef=0.05
+    )
     input_ids, labels = batch()
     labels[0, -2:] = -100
     out = model(input_ids=input_ids, labels=labels, output_router_logits=True)
@@ -215,7 +228,9 @@ def test_loss_is_ntp_plus_weighted_aux_and_z_and_padding_is_excluded():
     terms, start = [], 3
     for size in CODEBOOKS:
         for position in ((flat_labels >= start) & (flat_labels < start + size)).nonzero().flatten().tolist():
-            terms.append(-torch.log_softmax(flat_logits[position, start:start + size], -1)[flat_labels[position] - start])
+            terms.append(
+                -torch.log_softmax(flat_logits[position, start : start + size], -1)[flat_labels[position] - start]
+            )
         start += size
     torch.testing.assert_close(out.ntp_loss, torch.stack(terms).mean())
     # level_restricted_loss=False: plain cross-entropy over the whole vocabulary at every labelled position.
@@ -250,8 +265,11 @@ def test_router_logits_come_from_transformers_output_recording():
     seen = []
     handles = [router.register_forward_hook(lambda module, args, output: seen.append(output)) for router in routers]
     try:
-        decoder = model.decoder(input_ids=model._shift_right(labels), encoder_hidden_states=out.encoder_last_hidden_state,
-                                output_router_logits=True)
+        decoder = model.decoder(
+            input_ids=model._shift_right(labels),
+            encoder_hidden_states=out.encoder_last_hidden_state,
+            output_router_logits=True,
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -275,8 +293,9 @@ def reference_level_restricted_cross_entropy(logits, labels, level_offsets, voca
     for position, label in enumerate(flat_labels.tolist()):
         for start, end in zip(bounds[:-1], bounds[1:]):
             if start <= label < end:
-                losses.append(F.cross_entropy(flat_logits[position, start:end][None].float(),
-                                              torch.tensor([label - start])))
+                losses.append(
+                    F.cross_entropy(flat_logits[position, start:end][None].float(), torch.tensor([label - start]))
+                )
     return torch.stack(losses).mean() if losses else torch.tensor(0.0)
 
 
@@ -319,22 +338,25 @@ def test_dense_path_has_no_router_losses():
     assert torch.equal(out.loss, out.ntp_loss)
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"num_experts_per_token": 5}, "num_experts_per_token"),
-    ({"num_experts_per_token": 0}, "num_experts_per_token"),
-    ({"sparse_decoder_layers": [2]}, "sparse_decoder_layers"),
-    ({"sparse_decoder_layers": [0, 0]}, "sparse_decoder_layers"),
-    ({"vocab_size": 20}, "vocab_size=20 does not match codebook_sizes"),
-    ({"codebook_sizes": [4, 0, 4], "vocab_size": 11}, "codebook_sizes"),
-    ({"expert_capacity_factor": 0.0}, "expert_capacity_factor"),
-    ({"router_jitter_noise": 1.5}, "router_jitter_noise"),
-    ({"expert_dispatch": "sparse"}, "expert_dispatch"),
-    ({"expert_dispatch": "dense", "expert_capacity_factor": 1.0}, "expert_dispatch='dense'"),
-    ({"num_experts": "4"}, "num_experts"),
-    ({"sparse_decoder_layers": "0"}, "sparse_decoder_layers"),
-    ({"normalize_expert_weights": "yes"}, "normalize_expert_weights"),
-    ({"codebook_sizes": [4, "a", 4]}, "codebook_sizes"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"num_experts_per_token": 5}, "num_experts_per_token"),
+        ({"num_experts_per_token": 0}, "num_experts_per_token"),
+        ({"sparse_decoder_layers": [2]}, "sparse_decoder_layers"),
+        ({"sparse_decoder_layers": [0, 0]}, "sparse_decoder_layers"),
+        ({"vocab_size": 20}, "vocab_size=20 does not match codebook_sizes"),
+        ({"codebook_sizes": [4, 0, 4], "vocab_size": 11}, "codebook_sizes"),
+        ({"expert_capacity_factor": 0.0}, "expert_capacity_factor"),
+        ({"router_jitter_noise": 1.5}, "router_jitter_noise"),
+        ({"expert_dispatch": "sparse"}, "expert_dispatch"),
+        ({"expert_dispatch": "dense", "expert_capacity_factor": 1.0}, "expert_dispatch='dense'"),
+        ({"num_experts": "4"}, "num_experts"),
+        ({"sparse_decoder_layers": "0"}, "sparse_decoder_layers"),
+        ({"normalize_expert_weights": "yes"}, "normalize_expert_weights"),
+        ({"codebook_sizes": [4, "a", 4]}, "codebook_sizes"),
+    ],
+)
 def test_config_validation_names_the_field(overrides, field):
     with pytest.raises(Exception, match=field) as info:
         tiny_config(**overrides)
@@ -346,13 +368,16 @@ def test_config_accepts_ints_for_float_fields():
     assert config.expert_capacity_factor == 1 and config.router_aux_loss_coef == 0
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"feed_forward_proj": "gated-gelu"},
-    {"num_decoder_layers": 3, "sparse_decoder_layers": [1]},
-    {"feed_forward_proj": "gated-silu", "expert_d_ff": 24, "num_layers": 2},
-    {"sparse_decoder_layers": []},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"feed_forward_proj": "gated-gelu"},
+        {"num_decoder_layers": 3, "sparse_decoder_layers": [1]},
+        {"feed_forward_proj": "gated-silu", "expert_d_ff": 24, "num_layers": 2},
+        {"sparse_decoder_layers": []},
+    ],
+)
 def test_parameter_counts_are_exact(overrides):
     config = tiny_config(**overrides)
     model = OneRecForConditionalGeneration(config)
@@ -376,8 +401,13 @@ def test_from_tokenizer_and_check_tokenizer(small_tokenizer):
     assert config.num_experts == PRESETS["tiny"]["num_experts"]
     config.check_tokenizer(small_tokenizer)  # no error
 
-    layout = dict(vocab_size=small_tokenizer.vocab_size, level_offsets=list(small_tokenizer.level_offsets),
-                  pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    layout = dict(
+        vocab_size=small_tokenizer.vocab_size,
+        level_offsets=list(small_tokenizer.level_offsets),
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     shifted = dict(layout, level_offsets=[3, 10, 15, 21])  # same vocabulary, different level boundaries
     with pytest.raises(ValueError, match="code levels start at token ids"):
         config.check_tokenizer(SimpleNamespace(**shifted))
@@ -404,14 +434,23 @@ def test_readme_preset_table_states_the_real_parameter_counts():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `([\w.-]+)` \| (\d+) \| (\d+) / (\d+) \| (\d+) / top-(\d+) \| (\d+) \| ([\d.]+)M \| "
-                      r"([\d.]+)M \((\d+)%\) \| ([\d.]+)M \|$", readme, flags=re.MULTILINE)
+    rows = re.findall(
+        r"^\| `([\w.-]+)` \| (\d+) \| (\d+) / (\d+) \| (\d+) / top-(\d+) \| (\d+) \| ([\d.]+)M \| "
+        r"([\d.]+)M \((\d+)%\) \| ([\d.]+)M \|$",
+        readme,
+        flags=re.MULTILINE,
+    )
     assert {row[0] for row in rows} == set(PRESETS)
     for name, d_model, enc, dec, experts, top_k, expert_d_ff, total_8k, active_8k, share, total_256 in rows:
         config = OneRecConfig.from_preset(name, codebook_sizes=[8192] * 3)
-        assert (config.d_model, config.num_layers, config.num_decoder_layers, config.num_experts,
-                config.num_experts_per_token, config.expert_hidden_size) == tuple(
-            int(v) for v in (d_model, enc, dec, experts, top_k, expert_d_ff)), name
+        assert (
+            config.d_model,
+            config.num_layers,
+            config.num_decoder_layers,
+            config.num_experts,
+            config.num_experts_per_token,
+            config.expert_hidden_size,
+        ) == tuple(int(v) for v in (d_model, enc, dec, experts, top_k, expert_d_ff)), name
         counts = config.parameter_counts()
         assert f"{counts['total'] / 1e6:.1f}" == total_8k, name
         assert f"{counts['activated'] / 1e6:.1f}" == active_8k, name
@@ -459,8 +498,9 @@ def test_auto_classes_load_identically(saved_model):
     config = AutoConfig.from_pretrained(path)
     volatile = {"architectures", "dtype", "_name_or_path", "auto_map", "transformers_version"}
     assert isinstance(config, OneRecConfig)
-    assert ({k: v for k, v in config.to_dict().items() if k not in volatile}
-            == {k: v for k, v in model.config.to_dict().items() if k not in volatile})
+    assert {k: v for k, v in config.to_dict().items() if k not in volatile} == {
+        k: v for k, v in model.config.to_dict().items() if k not in volatile
+    }
     loaded = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
     assert type(loaded) is OneRecForConditionalGeneration
     torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, expected.logits, rtol=0, atol=0)
@@ -506,7 +546,7 @@ def test_remote_code_load_in_a_fresh_process_without_the_package(saved_model, tm
         sys.meta_path.insert(0, Block())
         import torch
         from transformers import AutoModel, AutoModelForSeq2SeqLM
-        data = torch.load({str(tmp_path / 'expected.pt')!r})
+        data = torch.load({str(tmp_path / "expected.pt")!r})
         model = AutoModelForSeq2SeqLM.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
         bare = AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True)
         with torch.no_grad():
@@ -515,8 +555,9 @@ def test_remote_code_load_in_a_fresh_process_without_the_package(saved_model, tm
                           "max_diff": (logits - data["logits"]).abs().max().item()}}))
     """)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["cls"].startswith("transformers_modules")  # the directory's code, not this package
@@ -533,8 +574,15 @@ def test_generate_beam_search_with_cache_on_deeper_decoder():
     model = tiny_model(num_layers=1, num_decoder_layers=3, sparse_decoder_layers=[0, 2])
     assert model.config.get_text_config(decoder=True).num_layers == 3
     input_ids, _ = batch()
-    kwargs = dict(input_ids=input_ids, num_beams=3, num_return_sequences=2, max_new_tokens=6, do_sample=False,
-                  return_dict_in_generate=True, output_scores=True)
+    kwargs = dict(
+        input_ids=input_ids,
+        num_beams=3,
+        num_return_sequences=2,
+        max_new_tokens=6,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
     cached = model.generate(**kwargs, use_cache=True)
     uncached = model.generate(**kwargs, use_cache=False)
     assert cached.sequences.shape == (4, 7)
@@ -549,9 +597,23 @@ def test_generate_beam_search_with_cache_on_deeper_decoder():
 
 def dense_t5(feed_forward_proj="relu", seed=0, **overrides):
     torch.manual_seed(seed)
-    config = T5Config(**{**dict(vocab_size=VOCAB, d_model=16, d_kv=4, num_heads=2, d_ff=32, num_layers=2,
-                                num_decoder_layers=3, feed_forward_proj=feed_forward_proj, dropout_rate=0.0,
-                                decoder_start_token_id=0), **overrides})
+    config = T5Config(
+        **{
+            **dict(
+                vocab_size=VOCAB,
+                d_model=16,
+                d_kv=4,
+                num_heads=2,
+                d_ff=32,
+                num_layers=2,
+                num_decoder_layers=3,
+                feed_forward_proj=feed_forward_proj,
+                dropout_rate=0.0,
+                decoder_start_token_id=0,
+            ),
+            **overrides,
+        }
+    )
     model = T5ForConditionalGeneration(config).eval()
     with torch.no_grad():  # norms start at 1: randomise them so that a norm that is not copied shows
         for name, param in model.named_parameters():
@@ -561,11 +623,14 @@ def dense_t5(feed_forward_proj="relu", seed=0, **overrides):
 
 
 @pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
-@pytest.mark.parametrize("overrides", [
-    {"num_experts_per_token": 1},
-    {"num_experts_per_token": 2},
-    {"num_experts_per_token": 3, "sparse_decoder_layers": [1], "codebook_sizes": CODEBOOKS},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"num_experts_per_token": 1},
+        {"num_experts_per_token": 2},
+        {"num_experts_per_token": 3, "sparse_decoder_layers": [1], "codebook_sizes": CODEBOOKS},
+    ],
+)
 def test_upcycled_model_computes_the_dense_model(feed_forward_proj, overrides):
     t5 = dense_t5(feed_forward_proj)
     with CaptureLogger(conversion_logger) as captured:
@@ -583,8 +648,11 @@ def test_upcycled_model_computes_the_dense_model(feed_forward_proj, overrides):
         out = model(input_ids=input_ids, labels=labels)
     # ... and the gates sum to 1, so the output is the dense model's whatever the (random) router picks.
     torch.testing.assert_close(out.logits, dense.logits, atol=1e-5, rtol=1e-5)
-    expected = dense.loss if model.config.codebook_sizes is None else level_restricted_cross_entropy(
-        dense.logits, labels, model.config.level_offsets, model.config.vocab_size)
+    expected = (
+        dense.loss
+        if model.config.codebook_sizes is None
+        else level_restricted_cross_entropy(dense.logits, labels, model.config.level_offsets, model.config.vocab_size)
+    )
     torch.testing.assert_close(out.ntp_loss, expected, atol=1e-5, rtol=1e-5)
     assert out.aux_loss is not None
 
@@ -599,8 +667,12 @@ def test_upcycling_with_raw_gates_or_noise_moves_away_from_dense(tmp_path):
             raw = upcycle_dense_t5(str(tmp_path), {"num_experts": 4, "num_experts_per_token": 1}).eval()
         assert "normalize_expert_weights=False" in captured.out
         assert (raw(input_ids=input_ids, labels=labels).logits - dense).abs().max() > 1e-3
-        noisy = upcycle_dense_t5(t5, {"num_experts": 4, "normalize_expert_weights": True}, noise_std=0.01,
-                                 generator=torch.Generator().manual_seed(0)).eval()
+        noisy = upcycle_dense_t5(
+            t5,
+            {"num_experts": 4, "normalize_expert_weights": True},
+            noise_std=0.01,
+            generator=torch.Generator().manual_seed(0),
+        ).eval()
         experts = noisy.decoder.sparse_layers()[0].mlp.experts
         assert not torch.equal(experts.input_proj[0], experts.input_proj[1])
         close = noisy(input_ids=input_ids, labels=labels).logits
@@ -614,8 +686,12 @@ def test_upcycling_keeps_an_untied_output_head():
     assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
     input_ids, labels = batch()
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=input_ids, labels=labels).logits,
-                                   t5(input_ids=input_ids, labels=labels).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(input_ids=input_ids, labels=labels).logits,
+            t5(input_ids=input_ids, labels=labels).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_upcycling_rejects_bad_input(saved_model):
@@ -641,9 +717,18 @@ def test_initialisation_matches_t5_for_every_shared_weight():
     torch.manual_seed(0)
     config = tiny_config(d_model=64, d_kv=16, d_ff=128, sparse_decoder_layers=[1])
     model = OneRecForConditionalGeneration(config)
-    t5 = T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, num_heads=config.num_heads,
-                                             d_ff=128, num_layers=config.num_layers,
-                                             num_decoder_layers=config.num_decoder_layers, decoder_start_token_id=0))
+    t5 = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=VOCAB,
+            d_model=64,
+            d_kv=16,
+            num_heads=config.num_heads,
+            d_ff=128,
+            num_layers=config.num_layers,
+            num_decoder_layers=config.num_decoder_layers,
+            decoder_start_token_id=0,
+        )
+    )
     reference = dict(t5.named_parameters())
     checked = 0
     for name, parameter in model.named_parameters():
@@ -653,8 +738,8 @@ def test_initialisation_matches_t5_for_every_shared_weight():
             checked += 1
     assert checked >= 20
     experts = model.decoder.block[1].layer[-1].mlp.experts
-    assert abs(experts.input_proj.std().item() - 64 ** -0.5) < 0.02
-    assert abs(experts.output_proj.std().item() - 128 ** -0.5) < 0.02
+    assert abs(experts.input_proj.std().item() - 64**-0.5) < 0.02
+    assert abs(experts.output_proj.std().item() - 128**-0.5) < 0.02
 
 
 def test_training_forward_traces_as_one_graph_with_dense_dispatch():

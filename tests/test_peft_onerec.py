@@ -50,8 +50,10 @@ def config():
 @pytest.fixture(scope="module")
 def batch(config):
     generator = torch.Generator().manual_seed(0)
-    return dict(input_ids=torch.randint(3, config.vocab_size, (4, 9), generator=generator),
-                labels=torch.randint(3, config.vocab_size, (4, 7), generator=generator))
+    return dict(
+        input_ids=torch.randint(3, config.vocab_size, (4, 9), generator=generator),
+        labels=torch.randint(3, config.vocab_size, (4, 7), generator=generator),
+    )
 
 
 def fresh_base(config, state_dict):
@@ -86,8 +88,15 @@ def trained(request, config, batch, tmp_path_factory):
         model.save_pretrained(adapter_dir)
     with torch.no_grad():
         logits = model(**batch).logits
-    return dict(case=case, model=model, base_state=base_state, losses=losses, grad_names=grad_names,
-                adapter_dir=adapter_dir, logits=logits)
+    return dict(
+        case=case,
+        model=model,
+        base_state=base_state,
+        losses=losses,
+        grad_names=grad_names,
+        adapter_dir=adapter_dir,
+        logits=logits,
+    )
 
 
 def test_lora_targets(trained, config):
@@ -112,16 +121,22 @@ def test_training_reduces_loss_and_only_lora_is_trained(trained, config):
     assert trainable and all("lora_" in name for name in trainable)
     assert trained["grad_names"] == trainable
     # The base weights (experts included: LoRA reparametrises them only inside each forward) did not move.
-    base_now = {key.replace(".base_layer", ""): value
-                for key, value in model.get_base_model().state_dict().items() if "lora_" not in key}
+    base_now = {
+        key.replace(".base_layer", ""): value
+        for key, value in model.get_base_model().state_dict().items()
+        if "lora_" not in key
+    }
     assert base_now.keys() == trained["base_state"].keys()
     for key, value in trained["base_state"].items():
         assert torch.equal(base_now[key], value), key
     # ... and the adapter does change the output.
     with torch.no_grad():
-        base_logits = fresh_base(config, trained["base_state"])(input_ids=torch.zeros(1, 1, dtype=torch.long),
-                                                                  labels=torch.zeros(1, 1, dtype=torch.long)).logits
-        adapted = model(input_ids=torch.zeros(1, 1, dtype=torch.long), labels=torch.zeros(1, 1, dtype=torch.long)).logits
+        base_logits = fresh_base(config, trained["base_state"])(
+            input_ids=torch.zeros(1, 1, dtype=torch.long), labels=torch.zeros(1, 1, dtype=torch.long)
+        ).logits
+        adapted = model(
+            input_ids=torch.zeros(1, 1, dtype=torch.long), labels=torch.zeros(1, 1, dtype=torch.long)
+        ).logits
     assert not torch.allclose(base_logits, adapted)
 
 

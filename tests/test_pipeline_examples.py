@@ -6,8 +6,8 @@ import math
 
 import pytest
 from datasets import Dataset
-
 from test_examples import load_example  # tests/ is on sys.path under pytest
+
 from trainers.evaluation import held_out_sessions, read_topk_json, sample_users
 
 
@@ -26,11 +26,14 @@ def test_sample_users_is_seeded_ordered_and_checked():
 
 def test_held_out_sessions_joins_validation_and_test():
     validation = Dataset.from_dict({"user_id": ["a", "b"], "history": [["1", "2"], ["3"]], "target": [["4"], ["5"]]})
-    test = Dataset.from_dict({"user_id": ["a", "b"], "history": [["1", "2", "4"], ["3", "5"]],
-                              "target": [["6"], ["7"]]})
+    test = Dataset.from_dict(
+        {"user_id": ["a", "b"], "history": [["1", "2", "4"], ["3", "5"]], "target": [["6"], ["7"]]}
+    )
     rows = held_out_sessions(validation, test)
-    assert rows == [{"user_id": "a", "history": ["1", "2"], "target": ["4", "6"]},
-                    {"user_id": "b", "history": ["3"], "target": ["5", "7"]}]
+    assert rows == [
+        {"user_id": "a", "history": ["1", "2"], "target": ["4", "6"]},
+        {"user_id": "b", "history": ["3"], "target": ["5", "7"]},
+    ]
     with pytest.raises(ValueError, match="User order"):
         held_out_sessions(validation, test.select([1, 0]))
 
@@ -38,14 +41,52 @@ def test_held_out_sessions_joins_validation_and_test():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    load_example("build_semantic_ids").main([
-        "--dataset", "scientific", "--embedding_source", "collaborative", "--codebook_size", "16",
-        "--max_iterations", "5", "--output_dir", str(root / "sid")])
-    report = load_example("pretrain").main([
-        "--dataset", "scientific", "--tokenizer_dir", str(root / "sid" / "tokenizer"), "--output_dir",
-        str(root / "run"), "--preset", "tiny", "--max_steps", "3", "--per_device_train_batch_size", "8",
-        "--ranking_eval_users", "0", "--test_users", "12", "--num_beams", "16", "--eval_strategy", "no",
-        "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true"])
+    load_example("build_semantic_ids").main(
+        [
+            "--dataset",
+            "scientific",
+            "--embedding_source",
+            "collaborative",
+            "--codebook_size",
+            "16",
+            "--max_iterations",
+            "5",
+            "--output_dir",
+            str(root / "sid"),
+        ]
+    )
+    report = load_example("pretrain").main(
+        [
+            "--dataset",
+            "scientific",
+            "--tokenizer_dir",
+            str(root / "sid" / "tokenizer"),
+            "--output_dir",
+            str(root / "run"),
+            "--preset",
+            "tiny",
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "8",
+            "--ranking_eval_users",
+            "0",
+            "--test_users",
+            "12",
+            "--num_beams",
+            "16",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--use_cpu",
+            "true",
+        ]
+    )
     return root, report
 
 
@@ -62,14 +103,34 @@ def test_pretrain_reports_ranking_and_sessions(trained_run):
 
 def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
     root, report = trained_run
-    result = load_example("evaluate").main([
-        "--dataset", "scientific", "--test_users", "12", "--num_beams", "16", "--output_dir", str(tmp_path),
-        "--model_dirs", f"OneRec={root / 'run' / 'final'}", "--session_eval_length", "0",
-        "--topk_files", f"again={root / 'run' / 'topk_test_exclude_history.json'}"])
+    result = load_example("evaluate").main(
+        [
+            "--dataset",
+            "scientific",
+            "--test_users",
+            "12",
+            "--num_beams",
+            "16",
+            "--output_dir",
+            str(tmp_path),
+            "--model_dirs",
+            f"OneRec={root / 'run' / 'final'}",
+            "--session_eval_length",
+            "0",
+            "--topk_files",
+            f"again={root / 'run' / 'topk_test_exclude_history.json'}",
+        ]
+    )
     rows = {(row["model"], row["history"]): row["test"] for row in result["rows"]}
-    assert set(rows) == {("OneRec", "excluded"), ("OneRec", "allowed"), ("most-popular", "excluded"),
-                         ("most-popular", "allowed"), ("successor", "excluded"), ("successor", "allowed"),
-                         ("again", "from file")}
+    assert set(rows) == {
+        ("OneRec", "excluded"),
+        ("OneRec", "allowed"),
+        ("most-popular", "excluded"),
+        ("most-popular", "allowed"),
+        ("successor", "excluded"),
+        ("successor", "allowed"),
+        ("again", "from file"),
+    }
     # Same users, same model: evaluate.py, pretrain.py and the rescored JSON agree exactly.
     for metric in ("recall@10", "ndcg@10"):
         assert rows[("OneRec", "excluded")][metric] == report["test"]["exclude_history"][metric]
@@ -82,9 +143,20 @@ def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
 def test_evaluate_rejects_a_file_missing_the_chosen_users(trained_run, tmp_path):
     root, _ = trained_run
     with pytest.raises(ValueError, match="no list for"):
-        load_example("evaluate").main([
-            "--dataset", "scientific", "--test_users", "30", "--output_dir", str(tmp_path), "--baselines", "false",
-            "--topk_files", f"run={root / 'run' / 'topk_test_exclude_history.json'}"])
+        load_example("evaluate").main(
+            [
+                "--dataset",
+                "scientific",
+                "--test_users",
+                "30",
+                "--output_dir",
+                str(tmp_path),
+                "--baselines",
+                "false",
+                "--topk_files",
+                f"run={root / 'run' / 'topk_test_exclude_history.json'}",
+            ]
+        )
     with pytest.raises(ValueError, match="NAME=PATH"):
         load_example("evaluate").main(["--dataset", "scientific", "--topk_files", "no-name.json"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -93,9 +165,21 @@ def test_evaluate_rejects_a_file_missing_the_chosen_users(trained_run, tmp_path)
 
 def test_recommend_returns_sessions_without_history_items(trained_run, tmp_path):
     root, _ = trained_run
-    result = load_example("recommend").main([
-        "--model_dir", str(root / "run" / "final"), "--dataset", "scientific", "--user_ids", "1", "2",
-        "--num_sessions", "3", "--output_json", str(tmp_path / "sessions.json")])
+    result = load_example("recommend").main(
+        [
+            "--model_dir",
+            str(root / "run" / "final"),
+            "--dataset",
+            "scientific",
+            "--user_ids",
+            "1",
+            "2",
+            "--num_sessions",
+            "3",
+            "--output_json",
+            str(tmp_path / "sessions.json"),
+        ]
+    )
     sequences = load_example("recommend").DatasetArguments(dataset="scientific").load()["sequences"]
     history = dict(zip(sequences["user_id"], sequences["item_ids"]))
     for user in ("1", "2"):
@@ -107,8 +191,9 @@ def test_recommend_returns_sessions_without_history_items(trained_run, tmp_path)
             assert not set(session["items"]) & set(history[user])
     assert json.loads((tmp_path / "sessions.json").read_text()) == result
     with pytest.raises(KeyError, match="not in scientific"):
-        load_example("recommend").main(["--model_dir", str(root / "run" / "final"), "--dataset", "scientific",
-                                        "--user_ids", "no-such-user"])
+        load_example("recommend").main(
+            ["--model_dir", str(root / "run" / "final"), "--dataset", "scientific", "--user_ids", "no-such-user"]
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- alignment
@@ -127,8 +212,10 @@ class _ItemSumScorer:
     def tower_rewards(self, histories, sessions):
         import numpy as np
 
-        return [np.array([[sum(map(int, s)) / len(s) / 1000, 1 - sum(map(int, s)) / len(s) / 1000] for s in user])
-                for user in sessions]
+        return [
+            np.array([[sum(map(int, s)) / len(s) / 1000, 1 - sum(map(int, s)) / len(s) / 1000] for s in user])
+            for user in sessions
+        ]
 
 
 def test_sessions_rewards_and_ground_truth_summaries():
@@ -151,20 +238,59 @@ def test_sessions_rewards_and_ground_truth_summaries():
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reward")
-    load_example("train_reward_model").main([
-        "--dataset", "scientific", "--output_dir", str(folder), "--num_train_epochs", "1", "--max_train_samples",
-        "300", "--hidden_size", "16", "--tower_hidden_size", "16", "--use_cpu", "true", "--report_to", "none",
-        "--disable_tqdm", "true"])
+    load_example("train_reward_model").main(
+        [
+            "--dataset",
+            "scientific",
+            "--output_dir",
+            str(folder),
+            "--num_train_epochs",
+            "1",
+            "--max_train_samples",
+            "300",
+            "--hidden_size",
+            "16",
+            "--tower_hidden_size",
+            "16",
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     return folder
 
 
 def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
     root, _ = trained_run
-    report = load_example("align_ipa").main([
-        "--dataset", "scientific", "--model_dir", str(root / "run" / "final"), "--reward_model_dir",
-        str(reward_model_dir), "--output_dir", str(tmp_path / "ipa"), "--dpo_sample_ratio", "0.0003",
-        "--num_candidates", "4", "--num_iterations", "2", "--per_device_train_batch_size", "4", "--use_cpu", "true",
-        "--report_to", "none", "--disable_tqdm", "true"])
+    report = load_example("align_ipa").main(
+        [
+            "--dataset",
+            "scientific",
+            "--model_dir",
+            str(root / "run" / "final"),
+            "--reward_model_dir",
+            str(reward_model_dir),
+            "--output_dir",
+            str(tmp_path / "ipa"),
+            "--dpo_sample_ratio",
+            "0.0003",
+            "--num_candidates",
+            "4",
+            "--num_iterations",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     assert [state["iteration"] for state in report["iterations"]] == [1, 2]
     for state in report["iterations"]:
         assert state["pairs_mined"] > 0
@@ -172,10 +298,25 @@ def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
     pairs = json.loads((tmp_path / "ipa" / "iteration-1" / "pairs.json").read_text())["pairs"]
     assert all(row["chosen_reward"] > row["rejected_reward"] and len(row["chosen"]) == 5 for row in pairs)
 
-    table = load_example("evaluate_alignment").main([
-        "--dataset", "scientific", "--reward_model_dir", str(reward_model_dir), "--test_users", "8",
-        "--num_sessions", "2", "--session_beams", "4", "--output_dir", str(tmp_path / "table"),
-        "--models", f"OneRec={root / 'run' / 'final'}", f"OneRec+IPA={tmp_path / 'ipa' / 'iteration-2'}"])
+    table = load_example("evaluate_alignment").main(
+        [
+            "--dataset",
+            "scientific",
+            "--reward_model_dir",
+            str(reward_model_dir),
+            "--test_users",
+            "8",
+            "--num_sessions",
+            "2",
+            "--session_beams",
+            "4",
+            "--output_dir",
+            str(tmp_path / "table"),
+            "--models",
+            f"OneRec={root / 'run' / 'final'}",
+            f"OneRec+IPA={tmp_path / 'ipa' / 'iteration-2'}",
+        ]
+    )
     rows = {row["model"]: row for row in table["rows"]}
     assert list(rows) == ["OneRec", "OneRec+IPA", "successor"]
     for row in rows.values():
@@ -183,7 +324,8 @@ def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
         assert 0.0 <= row["recall@10"] <= 1.0
     assert rows["OneRec"]["sessions_from"] == "generated" and rows["successor"]["sessions_from"] == "ranking"
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_example("evaluate_alignment").main(["--dataset", "scientific", "--reward_model_dir",
-                                                 str(reward_model_dir), "--models", "IPA (T=2)=somewhere"])
+        load_example("evaluate_alignment").main(
+            ["--dataset", "scientific", "--reward_model_dir", str(reward_model_dir), "--models", "IPA (T=2)=somewhere"]
+        )
     with pytest.raises(ValueError, match="NAME=WEIGHT"):
         load_example("align_ipa").parse_weights(["liked"])

@@ -21,8 +21,11 @@ def test_training_curves_draw_each_logged_series(tmp_path, saved_figures):
     def lines(axis):
         return {line.get_label(): line.get_xydata().tolist() for line in axis.lines}
 
-    assert lines(losses) == {"loss": [[10, 3.0], [20, 2.0]], "ntp_loss": [[10, 2.9], [20, 1.9]],
-                             "eval_loss": [[20, 2.2], [40, 2.1]]}
+    assert lines(losses) == {
+        "loss": [[10, 3.0], [20, 2.0]],
+        "ntp_loss": [[10, 2.9], [20, 1.9]],
+        "eval_loss": [[20, 2.2], [40, 2.1]],
+    }
     assert lines(moe) == {"aux_loss": [[10, 1.2], [20, 1.1]], "z_loss": [[10, 0.5], [20, 0.4]]}
     assert lines(metrics) == {"eval_recall@10": [[20, 0.05], [40, 0.07]]}  # timings are not metrics
 

@@ -36,8 +36,13 @@ def make_tokenizer(codebook_sizes, num_items, seed=0):
     grid = list(itertools.product(*[range(size) for size in codebook_sizes]))
     order = torch.randperm(len(grid), generator=torch.Generator().manual_seed(seed))[:num_items]
     codes = torch.tensor([grid[i] for i in order])
-    return SemanticIDTokenizer(codebook_sizes=list(codebook_sizes), num_semantic_levels=len(codebook_sizes),
-                               item_ids=[f"i{i}" for i in range(num_items)], item_codes=codes, codebooks=None)
+    return SemanticIDTokenizer(
+        codebook_sizes=list(codebook_sizes),
+        num_semantic_levels=len(codebook_sizes),
+        item_ids=[f"i{i}" for i in range(num_items)],
+        item_codes=codes,
+        codebooks=None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +63,11 @@ def item(i):
 def pair_rows(count=8, with_target=True):
     rows = []
     for s in range(count):
-        row = {"history": [item(s + j) for j in range(3)], "chosen": [item(s + 5), item(s + 6)],
-               "rejected": [item(s + 9), item(s + 11)]}
+        row = {
+            "history": [item(s + j) for j in range(3)],
+            "chosen": [item(s + 5), item(s + 6)],
+            "rejected": [item(s + 9), item(s + 11)],
+        }
         if with_target:
             row["target"] = [item(s + 3), item(s + 4)]
         rows.append(row)
@@ -67,8 +75,17 @@ def pair_rows(count=8, with_target=True):
 
 
 def dpo_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=4, learning_rate=1e-2,
-                  logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0)
+    values = dict(
+        output_dir=str(tmp_path / "dpo"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
     values.update(overrides)
     return OneRecDPOConfig(**values)
 
@@ -99,10 +116,25 @@ def hand_session_logps(model, batch, labels, tokenizer):
 
 def test_collator_encodes_pairs_targets_and_pads(tokenizer):
     collator = PreferenceDataCollator(tokenizer, max_history_items=2, session_length=1)
-    rows = [{"history": ["i1", "i2", "i3"], "chosen": ["i4"], "rejected": ["i5", "i6"], "target": ["i7", "i8"],
-             "ref_chosen_logps": -1.5, "ref_rejected_logps": -2.5},
-            {"history": ["i9"], "chosen": ["i10", "i11"], "rejected": ["i12", "i13"], "target": None,
-             "ref_chosen_logps": -3.0, "ref_rejected_logps": -4.0, "chosen_reward": 9.0}]
+    rows = [
+        {
+            "history": ["i1", "i2", "i3"],
+            "chosen": ["i4"],
+            "rejected": ["i5", "i6"],
+            "target": ["i7", "i8"],
+            "ref_chosen_logps": -1.5,
+            "ref_rejected_logps": -2.5,
+        },
+        {
+            "history": ["i9"],
+            "chosen": ["i10", "i11"],
+            "rejected": ["i12", "i13"],
+            "target": None,
+            "ref_chosen_logps": -3.0,
+            "ref_rejected_logps": -4.0,
+            "chosen_reward": 9.0,
+        },
+    ]
     batch = collator(rows)
     assert batch["input_ids"][0].tolist() == tokenizer.encode_history(["i2", "i3"])  # newest 2 kept
     assert batch["attention_mask"][1].sum() == len(tokenizer.encode_history(["i9"]))
@@ -111,7 +143,7 @@ def test_collator_encodes_pairs_targets_and_pads(tokenizer):
     assert batch["chosen_labels"].shape == batch["rejected_labels"].shape == (2, width)
     short = tokenizer.encode_session(["i4"])
     assert batch["chosen_labels"][0, : len(short)].tolist() == short
-    assert (batch["chosen_labels"][0, len(short):] == -100).all()
+    assert (batch["chosen_labels"][0, len(short) :] == -100).all()
     assert batch["rejected_labels"][1].tolist() == tokenizer.encode_session(["i12", "i13"])
     # target cut to session_length=1; a row without target is all -100
     assert batch["target_labels"][0].tolist() == tokenizer.encode_session(["i7"])
@@ -136,8 +168,12 @@ def test_bad_rows_raise_errors_naming_row_and_column(tokenizer, tmp_path):
     # The trainer validates the whole dataset up front (no text tokenisation is attempted).
     model = make_model(tokenizer)
     with pytest.raises(KeyError, match=r"train dataset, row 2, column 'chosen'.*Unknown item id 'x9'"):
-        OneRecDPOTrainer(model=model, args=dpo_args(tmp_path), processing_class=tokenizer,
-                         train_dataset=Dataset.from_list([good, good, {**good, "chosen": ["x9"]}]))
+        OneRecDPOTrainer(
+            model=model,
+            args=dpo_args(tmp_path),
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list([good, good, {**good, "chosen": ["x9"]}]),
+        )
     with pytest.raises(ValueError, match="processing_class"):
         OneRecDPOTrainer(model=model, args=dpo_args(tmp_path), train_dataset=Dataset.from_list([good]))
     with pytest.raises(ValueError, match="label_smoothing"):
@@ -161,11 +197,13 @@ def test_session_log_probs_match_hand_computation_and_ntp_loss(tokenizer):
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
     torch.testing.assert_close(ours.double(), hand, atol=1e-5, rtol=0)
     # Same distribution as the model's own NTP loss (level-restricted cross-entropy, mean over code tokens).
-    torch.testing.assert_close(-ours.sum() / counts.sum(), outputs.ntp_loss.double(), atol=1e-5, rtol=0,
-                               check_dtype=False)
+    torch.testing.assert_close(
+        -ours.sum() / counts.sum(), outputs.ntp_loss.double(), atol=1e-5, rtol=0, check_dtype=False
+    )
     # Full-vocabulary variant (config.level_restricted_loss=False): codes scored against every token.
-    full = code_token_scores(outputs.logits, labels, tokenizer.level_offsets, tokenizer.vocab_size,
-                             level_restricted=False)
+    full = code_token_scores(
+        outputs.logits, labels, tokenizer.level_offsets, tokenizer.vocab_size, level_restricted=False
+    )
     is_code = labels >= tokenizer.level_offsets[0]
     expected = torch.log_softmax(outputs.logits.double(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
     torch.testing.assert_close(full.log_probs.double(), expected * is_code, atol=1e-5, rtol=0)
@@ -179,17 +217,31 @@ def test_session_log_prob_is_the_beam_search_score_where_the_trie_prunes_nothing
     full_grid = make_tokenizer([3, 4], 12)  # every code pair is an item: each trie node has every child
     model = make_model(full_grid).eval()
     encoded = full_grid.batch_encode_histories([["i1", "i2"], ["i5"]])
-    search = session_beam_search(model, encoded["input_ids"], encoded["attention_mask"], full_grid.trie,
-                                 num_beams=6, num_items=2, bos_token_id=full_grid.bos_token_id,
-                                 eos_token_id=full_grid.eos_token_id, pad_token_id=full_grid.pad_token_id,
-                                 forbid_repeats=False, level_offsets=full_grid.level_offsets)
+    search = session_beam_search(
+        model,
+        encoded["input_ids"],
+        encoded["attention_mask"],
+        full_grid.trie,
+        num_beams=6,
+        num_items=2,
+        bos_token_id=full_grid.bos_token_id,
+        eos_token_id=full_grid.eos_token_id,
+        pad_token_id=full_grid.pad_token_id,
+        forbid_repeats=False,
+        level_offsets=full_grid.level_offsets,
+    )
     assert bool(search.valid.all())
     items = [[[full_grid.item_ids[i] for i in beam] for beam in row] for row in search.item_indices.tolist()]
     flat = [session for row in items for session in row]
     labels = torch.tensor([full_grid.encode_session(session) for session in flat])
     with torch.no_grad():
-        ours = session_log_probs(model, encoded["input_ids"].repeat_interleave(6, 0),
-                                 encoded["attention_mask"].repeat_interleave(6, 0), labels, full_grid)
+        ours = session_log_probs(
+            model,
+            encoded["input_ids"].repeat_interleave(6, 0),
+            encoded["attention_mask"].repeat_interleave(6, 0),
+            labels,
+            full_grid,
+        )
     torch.testing.assert_close(ours, search.scores.reshape(-1), atol=1e-4, rtol=0)
 
     # Where the trie prunes (16 of 20 code pairs, history excluded, no repeats) the search renormalises over the
@@ -228,16 +280,17 @@ def dpo_formula(loss_type, beta, smoothing, policy, reference, counts):
     return losses.mean()
 
 
-@pytest.mark.parametrize("loss_type, smoothing", [("sigmoid", 0.0), ("ipo", 0.0), ("robust", 0.2), ("hinge", 0.0),
-                                                  ("cdpo", 0.2)])
+@pytest.mark.parametrize(
+    "loss_type, smoothing", [("sigmoid", 0.0), ("ipo", 0.0), ("robust", 0.2), ("hinge", 0.0), ("cdpo", 0.2)]
+)
 def test_loss_matches_hand_computation(tokenizer, tmp_path, loss_type, smoothing):
     policy, reference = make_model(tokenizer, seed=0).eval(), make_model(tokenizer, seed=1).eval()
     rows = pair_rows(4)
     rows[1]["chosen"] = [item(20)]  # chosen and rejected of different lengths: IPO's per-token averaging matters
-    args = dpo_args(tmp_path, loss_type=loss_type, label_smoothing=smoothing, beta=0.5, ntp_weight=0.5,
-                    dpo_weight=2.0)
-    trainer = OneRecDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=rows,
-                               processing_class=tokenizer)
+    args = dpo_args(tmp_path, loss_type=loss_type, label_smoothing=smoothing, beta=0.5, ntp_weight=0.5, dpo_weight=2.0)
+    trainer = OneRecDPOTrainer(
+        model=policy, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer
+    )
     batch = trainer.data_collator(rows)
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch)
@@ -246,10 +299,12 @@ def test_loss_matches_hand_computation(tokenizer, tmp_path, loss_type, smoothing
         policy_r, counts_r = hand_session_logps(policy, batch, batch["rejected_labels"], tokenizer)
         ref_c, _ = hand_session_logps(reference, batch, batch["chosen_labels"], tokenizer)
         ref_r, _ = hand_session_logps(reference, batch, batch["rejected_labels"], tokenizer)
-        expected_dpo = dpo_formula(loss_type, 0.5, smoothing, (policy_c, policy_r), (ref_c, ref_r),
-                                   (counts_c, counts_r))
-        target = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        labels=batch["target_labels"])
+        expected_dpo = dpo_formula(
+            loss_type, 0.5, smoothing, (policy_c, policy_r), (ref_c, ref_r), (counts_c, counts_r)
+        )
+        target = policy(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["target_labels"]
+        )
     expected = 2.0 * expected_dpo + 0.5 * target.ntp_loss.double() + (target.loss - target.ntp_loss).double()
     assert abs(float(expected_dpo) - logged["dpo_loss"][-1]) < 1e-4
     assert abs(float(loss) - float(expected)) < 1e-4, (float(loss), float(expected))
@@ -262,8 +317,9 @@ def test_loss_matches_hand_computation(tokenizer, tmp_path, loss_type, smoothing
 def test_precomputed_reference_and_rows_without_target(tokenizer, tmp_path):
     rows = pair_rows(4, with_target=False)
     policy, reference = make_model(tokenizer, seed=0).eval(), make_model(tokenizer, seed=1).eval()
-    live = OneRecDPOTrainer(model=policy, ref_model=reference, args=dpo_args(tmp_path), train_dataset=rows,
-                            processing_class=tokenizer)
+    live = OneRecDPOTrainer(
+        model=policy, ref_model=reference, args=dpo_args(tmp_path), train_dataset=rows, processing_class=tokenizer
+    )
     batch = live.data_collator(rows)
     with torch.no_grad():
         loss = live.compute_loss(live.model, batch)
@@ -274,17 +330,25 @@ def test_precomputed_reference_and_rows_without_target(tokenizer, tmp_path):
         ref_r, _ = hand_session_logps(reference, batch, batch["rejected_labels"], tokenizer)
         pair_labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
         code_only = pair_labels.masked_fill(pair_labels < tokenizer.level_offsets[0], -100)
-        pair_pass = policy(input_ids=batch["input_ids"].repeat(2, 1),
-                           attention_mask=batch["attention_mask"].repeat(2, 1),
-                           decoder_input_ids=policy._shift_right(pair_labels), labels=code_only)
+        pair_pass = policy(
+            input_ids=batch["input_ids"].repeat(2, 1),
+            attention_mask=batch["attention_mask"].repeat(2, 1),
+            decoder_input_ids=policy._shift_right(pair_labels),
+            labels=code_only,
+        )
     expected = dpo_formula("sigmoid", 0.1, 0.0, (policy_c, policy_r), (ref_c, ref_r), None)
     expected = expected + (pair_pass.loss - pair_pass.ntp_loss).double()
     assert abs(float(loss) - float(expected)) < 1e-4
     assert "ntp_loss" not in live._metrics["eval"] and live._metrics["eval"]["aux_loss"]
 
     # precompute_ref_log_probs: the reference runs once over the dataset, before training; same loss.
-    precomputed = OneRecDPOTrainer(model=policy, ref_model=reference, train_dataset=rows, processing_class=tokenizer,
-                                   args=dpo_args(tmp_path, precompute_ref_log_probs=True))
+    precomputed = OneRecDPOTrainer(
+        model=policy,
+        ref_model=reference,
+        train_dataset=rows,
+        processing_class=tokenizer,
+        args=dpo_args(tmp_path, precompute_ref_log_probs=True),
+    )
     row = precomputed.train_dataset[0]
     assert abs(row["ref_chosen_logps"] - float(ref_c[0])) < 1e-4
     batch = precomputed.data_collator([precomputed.train_dataset[i] for i in range(4)])
@@ -300,9 +364,14 @@ def test_precomputed_reference_and_rows_without_target(tokenizer, tmp_path):
 def test_training_raises_the_margin_and_leaves_the_reference_frozen(tokenizer, tmp_path):
     model = make_model(tokenizer)
     rows = pair_rows(8)
-    trainer = OneRecDPOTrainer(model=model, ref_model=None, args=dpo_args(tmp_path, max_steps=12, beta=0.5),
-                               train_dataset=Dataset.from_list(rows), eval_dataset=rows[:4],
-                               processing_class=tokenizer)
+    trainer = OneRecDPOTrainer(
+        model=model,
+        ref_model=None,
+        args=dpo_args(tmp_path, max_steps=12, beta=0.5),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=rows[:4],
+        processing_class=tokenizer,
+    )
     reference = trainer.ref_model
     assert reference is not model and not any(p.requires_grad for p in reference.parameters())
     frozen = {name: tensor.clone() for name, tensor in reference.state_dict().items()}
@@ -321,8 +390,16 @@ def test_training_raises_the_margin_and_leaves_the_reference_frozen(tokenizer, t
     assert margin() > 2.0  # about 8.5 here (rewards/margins = beta * margin reaches about 4.2)
     assert all(torch.equal(frozen[name], tensor) for name, tensor in reference.state_dict().items())
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    keys = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "dpo_loss", "ntp_loss",
-            "aux_loss", "z_loss"}
+    keys = {
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "dpo_loss",
+        "ntp_loss",
+        "aux_loss",
+        "z_loss",
+    }
     assert keys <= set(logs[-1]) and logs[-1]["rewards/margins"] > logs[0]["rewards/margins"]
     assert logs[-1]["rewards/accuracies"] == 1.0
     evaluation = trainer.evaluate()
@@ -332,10 +409,10 @@ def test_training_raises_the_margin_and_leaves_the_reference_frozen(tokenizer, t
     clone = copy.deepcopy(model).eval()
     with torch.no_grad():
         clone.lm_head.weight.mul_(0.0)
-        assert not torch.equal(clone(**{k: batch[k] for k in ("input_ids", "attention_mask")},
-                                     labels=batch["chosen_labels"]).logits,
-                               model(**{k: batch[k] for k in ("input_ids", "attention_mask")},
-                                     labels=batch["chosen_labels"]).logits)
+        assert not torch.equal(
+            clone(**{k: batch[k] for k in ("input_ids", "attention_mask")}, labels=batch["chosen_labels"]).logits,
+            model(**{k: batch[k] for k in ("input_ids", "attention_mask")}, labels=batch["chosen_labels"]).logits,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -368,8 +445,9 @@ def test_mining_picks_best_and_worst_valid_sessions(tokenizer):
     tie = ["i3", "i4"]
     histories = [["i1", "i2", "i3"], crowded, ["i7"], tie, ["i10", "i12"]]
     reward = RecordingReward(tie_users=[tuple(tie)])
-    pairs = mine_preference_pairs(model, tokenizer, histories, reward, num_candidates=6, session_length=2,
-                                  batch_size=2, progress=False)
+    pairs = mine_preference_pairs(
+        model, tokenizer, histories, reward, num_candidates=6, session_length=2, batch_size=2, progress=False
+    )
     assert isinstance(pairs, PreferencePairs) and model.training  # the model's mode is restored
     assert (pairs.num_users, pairs.skipped_users, pairs.tied_users, len(pairs)) == (5, 1, 1, 3)
     # Batches go by history length ([i7] + tie, [i10 i12] + [i1 i2 i3], crowded alone): the crowded user has no
@@ -401,8 +479,9 @@ def test_mining_rejects_bad_arguments(tokenizer):
     with pytest.raises(ValueError, match="reward_fn returned 1 scores for the 3 candidate sessions of user 0"):
         mine_preference_pairs(model, tokenizer, [["i1"]], lambda h, s: [[0.0]], num_candidates=3, progress=False)
     with pytest.raises(ValueError, match="non-finite"):
-        mine_preference_pairs(model, tokenizer, [["i1"]], lambda h, s: [[0.0, float("nan")]], num_candidates=2,
-                              progress=False)
+        mine_preference_pairs(
+            model, tokenizer, [["i1"]], lambda h, s: [[0.0, float("nan")]], num_candidates=2, progress=False
+        )
     with pytest.raises(ValueError, match="num_candidates"):
         IPAConfig(num_candidates=1)
     with pytest.raises(ValueError, match="dpo_sample_ratio"):
@@ -415,15 +494,29 @@ def test_mining_rejects_bad_arguments(tokenizer):
 
 
 def ipa_samples():
-    return Dataset.from_list([{"history": [item(s + j) for j in range(3)], "target": [item(s + 3), item(s + 4)]}
-                              for s in range(16)])
+    return Dataset.from_list(
+        [{"history": [item(s + j) for j in range(3)], "target": [item(s + 3), item(s + 4)]} for s in range(16)]
+    )
 
 
 def ipa_config(**overrides):
-    values = dict(dpo_sample_ratio=0.25, num_candidates=4, num_iterations=2, mining_batch_size=2, progress=False,
-                  training_args=OneRecDPOConfig(output_dir="unused", per_device_train_batch_size=2, learning_rate=1e-2,
-                                                logging_steps=1, save_steps=1, report_to="none", use_cpu=True,
-                                                disable_tqdm=True))
+    values = dict(
+        dpo_sample_ratio=0.25,
+        num_candidates=4,
+        num_iterations=2,
+        mining_batch_size=2,
+        progress=False,
+        training_args=OneRecDPOConfig(
+            output_dir="unused",
+            per_device_train_batch_size=2,
+            learning_rate=1e-2,
+            logging_steps=1,
+            save_steps=1,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+        ),
+    )
     values.update(overrides)
     return IPAConfig(**values)
 
@@ -519,10 +612,15 @@ def test_peft_run_uses_trls_adapter_disabled_reference(tokenizer, tmp_path):
     from peft import LoraConfig
 
     rows = pair_rows(4)
-    trainer = OneRecDPOTrainer(model=make_model(tokenizer, seed=0), args=dpo_args(tmp_path), train_dataset=rows,
-                               processing_class=tokenizer,
-                               peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q", "v"],
-                                                      task_type="SEQ_2_SEQ_LM"))
+    trainer = OneRecDPOTrainer(
+        model=make_model(tokenizer, seed=0),
+        args=dpo_args(tmp_path),
+        train_dataset=rows,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM"
+        ),
+    )
     assert trainer.ref_model is None
     policy = trainer.model.eval()
     with torch.no_grad():  # move the adapter away from its zero init, so that policy and reference differ
@@ -537,8 +635,9 @@ def test_peft_run_uses_trls_adapter_disabled_reference(tokenizer, tmp_path):
         policy_r, _ = hand_session_logps(policy, batch, batch["rejected_labels"], tokenizer)
         ref_c, _ = hand_session_logps(base, batch, batch["chosen_labels"], tokenizer)
         ref_r, _ = hand_session_logps(base, batch, batch["rejected_labels"], tokenizer)
-        target = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        labels=batch["target_labels"])
+        target = policy(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["target_labels"]
+        )
     assert (policy_c - ref_c).abs().max() > 1e-3  # the adapter matters
     expected = dpo_formula("sigmoid", 0.1, 0.0, (policy_c, policy_r), (ref_c, ref_r), None)
     expected = expected + target.ntp_loss.double() + (target.loss - target.ntp_loss).double()

@@ -1,6 +1,5 @@
 """Session collator and the OneRec pretrainer on a tiny synthetic catalogue."""
 
-
 import pytest
 import torch
 from datasets import Dataset
@@ -13,39 +12,63 @@ from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, Sess
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return SemanticIDTokenizer.build([f"i{i}" for i in range(40)], clustered_embeddings(40),
-                                     ResidualKMeansConfig(num_levels=2, codebook_size=4), progress=False)
+    return SemanticIDTokenizer.build(
+        [f"i{i}" for i in range(40)],
+        clustered_embeddings(40),
+        ResidualKMeansConfig(num_levels=2, codebook_size=4),
+        progress=False,
+    )
 
 
 def test_collator_encodes_history_and_session_labels(tokenizer):
     collator = SessionDataCollator(tokenizer, max_history_items=2, session_length=2)
-    batch = collator([{"history": ["i1", "i2", "i3"], "target": ["i4", "i5", "i6"]},
-                      {"history": ["i7"], "target": ["i8"]}])
+    batch = collator(
+        [{"history": ["i1", "i2", "i3"], "target": ["i4", "i5", "i6"]}, {"history": ["i7"], "target": ["i8"]}]
+    )
     assert batch["input_ids"][0].tolist() == tokenizer.encode_history(["i2", "i3"])  # newest 2 kept
     assert batch["attention_mask"][1].sum() == len(tokenizer.encode_history(["i7"]))
     assert batch["labels"][0].tolist() == tokenizer.encode_session(["i4", "i5"])  # cut to session_length
     short = tokenizer.encode_session(["i8"])
-    assert batch["labels"][1, : len(short)].tolist() == short and (batch["labels"][1, len(short):] == -100).all()
+    assert batch["labels"][1, : len(short)].tolist() == short and (batch["labels"][1, len(short) :] == -100).all()
     with pytest.raises(KeyError, match="history"):
         collator([{"items": ["i1"]}])
 
 
 def test_pretrainer_learns_a_deterministic_successor_and_logs_moe_terms(tokenizer, tmp_path):
     # Each item is always followed by the next one: a learnable signal, so the NTP loss must fall.
-    rows = [{"history": [f"i{(s + j) % 40}" for j in range(3)], "target": [f"i{(s + 3) % 40}", f"i{(s + 4) % 40}"]}
-            for s in range(40)]
+    rows = [
+        {"history": [f"i{(s + j) % 40}" for j in range(3)], "target": [f"i{(s + 3) % 40}", f"i{(s + 4) % 40}"]}
+        for s in range(40)
+    ]
     dataset = Dataset.from_list(rows * 2)
     torch.manual_seed(0)
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=2,
-                                                                       dropout_rate=0.0))
-    args = OneRecPretrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=20,
-                                   learning_rate=1e-2, logging_steps=10, save_strategy="no", report_to=[],
-                                   use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = OneRecPretrainer(model=model, args=args, train_dataset=dataset,
-                               data_collator=SessionDataCollator(tokenizer, 3, 2), processing_class=tokenizer)
+    model = OneRecForConditionalGeneration(
+        OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=2, dropout_rate=0.0)
+    )
+    args = OneRecPretrainingConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=16,
+        num_train_epochs=20,
+        learning_rate=1e-2,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = OneRecPretrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=SessionDataCollator(tokenizer, 3, 2),
+        processing_class=tokenizer,
+    )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert logs and all({"ntp_loss", "aux_loss", "z_loss", "expert_load_max", "expert_load_min"} <= set(e) for e in logs)
+    assert logs and all(
+        {"ntp_loss", "aux_loss", "z_loss", "expert_load_max", "expert_load_min"} <= set(e) for e in logs
+    )
     assert logs[-1]["ntp_loss"] < 0.6 * logs[0]["ntp_loss"]
     assert (tmp_path / "training_curves.png").exists() and (tmp_path / "expert_load.png").exists()
     # The trained model recommends through the same code path as serving (only real, new items).
@@ -68,10 +91,21 @@ def test_default_sampler_groups_histories_of_similar_length(tokenizer, tmp_path)
     tokens_per_item = len(tokenizer.encode_history(["i1", "i2"])) - len(tokenizer.encode_history(["i1"]))
 
     def padding_and_tokens(strategy):
-        args = OneRecPretrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[],
-                                       use_cpu=True, seed=0, train_sampling_strategy=strategy)
-        trainer = OneRecPretrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                   data_collator=SessionDataCollator(tokenizer, 40, 1))
+        args = OneRecPretrainingConfig(
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=8,
+            report_to=[],
+            use_cpu=True,
+            seed=0,
+            train_sampling_strategy=strategy,
+        )
+        trainer = OneRecPretrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            data_collator=SessionDataCollator(tokenizer, 40, 1),
+        )
         masks = [batch["attention_mask"] for batch in trainer.get_train_dataloader()]
         return sum(int((m == 0).sum()) for m in masks), sum(int(m.sum()) for m in masks), sum(len(m) for m in masks)
 
@@ -98,14 +132,31 @@ def test_ranking_metrics_reach_callbacks_and_early_stopping_on_recall_stops(toke
     dataset = Dataset.from_list(rows)
     torch.manual_seed(0)
     model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
-    args = OneRecPretrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=6,
-                                   learning_rate=0.0, eval_strategy="epoch", save_strategy="epoch",
-                                   load_best_model_at_end=True, metric_for_best_model="recall@10",
-                                   early_stopping_patience=1, report_to=[], use_cpu=True, disable_tqdm=True)
+    args = OneRecPretrainingConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=16,
+        num_train_epochs=6,
+        learning_rate=0.0,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="recall@10",
+        early_stopping_patience=1,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     seen = Seen()
-    trainer = OneRecPretrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset,
-                               data_collator=SessionDataCollator(tokenizer, 3, 1), processing_class=tokenizer,
-                               ranking_eval_samples=dataset.select(range(8)), callbacks=[seen])
+    trainer = OneRecPretrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        data_collator=SessionDataCollator(tokenizer, 3, 1),
+        processing_class=tokenizer,
+        ranking_eval_samples=dataset.select(range(8)),
+        callbacks=[seen],
+    )
     trainer.train()
     assert seen.keys and all({"eval_loss", "eval_recall@10", "eval_ndcg@10"} <= keys for keys in seen.keys)
     # lr 0: recall never improves, so patience 1 stops after the second evaluation, long before epoch 6.

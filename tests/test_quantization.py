@@ -26,7 +26,7 @@ def reference_balanced_kmeans(points, num_clusters, sweeps, seed):
         assignment = [-1] * points.shape[0]
         for k in range(num_clusters):
             unassigned.sort(key=lambda i: float(((points[i] - centroids[k]) ** 2).sum()))
-            members, unassigned = unassigned[: capacities[k]], unassigned[capacities[k]:]
+            members, unassigned = unassigned[: capacities[k]], unassigned[capacities[k] :]
             for i in members:
                 assignment[i] = k
             centroids[k] = points[members].mean(dim=0)
@@ -56,13 +56,15 @@ def test_balanced_cluster_sizes_are_floor_or_ceil(num_points, num_clusters):
 
 def test_balanced_kmeans_recovers_separated_equal_blobs_and_is_deterministic():
     centres = torch.tensor([[10.0, 0], [-10, 0], [0, 10], [0, -10]])
-    points = centres.repeat_interleave(25, dim=0) + 0.1 * torch.randn(100, 2, generator=torch.Generator().manual_seed(1))
+    points = centres.repeat_interleave(25, dim=0) + 0.1 * torch.randn(
+        100, 2, generator=torch.Generator().manual_seed(1)
+    )
     first = balanced_kmeans(points, 4, seed=5)
     second = balanced_kmeans(points, 4, seed=5)
     assert torch.equal(first.assignment, second.assignment)
     assert first.converged
     for blob in range(4):  # each blob is exactly one cluster
-        assert first.assignment[blob * 25:(blob + 1) * 25].unique().numel() == 1
+        assert first.assignment[blob * 25 : (blob + 1) * 25].unique().numel() == 1
     assert first.assignment.unique().numel() == 4
 
 

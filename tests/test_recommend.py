@@ -15,19 +15,31 @@ from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, 
 @pytest.fixture(scope="module")
 def catalogue():
     item_ids = [f"sku{i}" for i in range(80)]
-    tokenizer = SemanticIDTokenizer.build(item_ids, clustered_embeddings(80), ResidualKMeansConfig(num_levels=3, codebook_size=4),
-                                          progress=False)
+    tokenizer = SemanticIDTokenizer.build(
+        item_ids, clustered_embeddings(80), ResidualKMeansConfig(num_levels=3, codebook_size=4), progress=False
+    )
     torch.manual_seed(0)
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3)).eval()
+    model = OneRecForConditionalGeneration(
+        OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3)
+    ).eval()
     return tokenizer, model
 
 
 def _generate(model, tokenizer, histories, num_items, beams, **kwargs):
     processor = tokenizer.session_logits_processor(num_items, exclude_items=histories)
-    return model.generate(**tokenizer.batch_encode_histories(histories), logits_processor=[processor],
-                          renormalize_logits=True, num_beams=beams, num_return_sequences=beams, do_sample=False,
-                          max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1, output_scores=True,
-                          return_dict_in_generate=True, length_penalty=0.0, **kwargs)
+    return model.generate(
+        **tokenizer.batch_encode_histories(histories),
+        logits_processor=[processor],
+        renormalize_logits=True,
+        num_beams=beams,
+        num_return_sequences=beams,
+        do_sample=False,
+        max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
+        output_scores=True,
+        return_dict_in_generate=True,
+        length_penalty=0.0,
+        **kwargs,
+    )
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -35,8 +47,10 @@ def _generate(model, tokenizer, histories, num_items, beams, **kwargs):
 def test_every_generated_item_is_a_real_unexcluded_item(catalogue, seed, num_items, beams):
     tokenizer, model = catalogue
     generator = torch.Generator().manual_seed(seed)
-    histories = [[tokenizer.item_ids[i] for i in torch.randint(80, (int(n),), generator=generator)]
-                 for n in torch.randint(1, 30, (2,), generator=generator)]
+    histories = [
+        [tokenizer.item_ids[i] for i in torch.randint(80, (int(n),), generator=generator)]
+        for n in torch.randint(1, 30, (2,), generator=generator)
+    ]
     out = _generate(model, tokenizer, histories, num_items, beams)
     for row, sequence in enumerate(out.sequences):
         session = tokenizer.decode_session(sequence, prefix_length=1)
@@ -69,8 +83,13 @@ def test_generate_honours_a_passed_generation_config(catalogue):
 
     tokenizer, model = catalogue
     inputs = tokenizer.batch_encode_histories([tokenizer.item_ids[:4]])
-    config = GenerationConfig(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False,
-                              decoder_start_token_id=model.config.decoder_start_token_id)
+    config = GenerationConfig(
+        max_new_tokens=3,
+        num_beams=2,
+        num_return_sequences=2,
+        do_sample=False,
+        decoder_start_token_id=model.config.decoder_start_token_id,
+    )
     out = model.generate(**inputs, generation_config=config)
     assert out.shape == (2, 1 + 3)
 
@@ -102,7 +121,7 @@ def test_recommend_returns_only_valid_sessions_when_catalogue_runs_out(catalogue
 def test_recommend_truncates_long_histories_to_the_configured_maximum(catalogue):
     tokenizer, model = catalogue
     long_history = [tokenizer.item_ids[i % 80] for i in range(500)]
-    newest = long_history[-model.config.max_history_items:]
+    newest = long_history[-model.config.max_history_items :]
     first = model.recommend(tokenizer, [long_history], num_sessions=2, exclude_history=False)
     second = model.recommend(tokenizer, [newest], num_sessions=2, exclude_history=False)
     assert [s.items for s in first[0]] == [s.items for s in second[0]]
@@ -118,8 +137,12 @@ def test_recommend_bad_input_is_a_clear_error(catalogue):
         model.recommend(tokenizer, "sku1")
     with pytest.raises(ValueError, match="num_sessions <= num_beams"):
         model.recommend(tokenizer, [["sku1"]], num_sessions=5, num_beams=2)
-    other = SemanticIDTokenizer.build([f"x{i}" for i in range(40)], clustered_embeddings(40),
-                                      ResidualKMeansConfig(num_levels=2, codebook_size=4), progress=False)
+    other = SemanticIDTokenizer.build(
+        [f"x{i}" for i in range(40)],
+        clustered_embeddings(40),
+        ResidualKMeansConfig(num_levels=2, codebook_size=4),
+        progress=False,
+    )
     with pytest.raises(ValueError, match="does not match this OneRec model"):
         model.recommend(other, [["x1"]])
 
@@ -164,8 +187,9 @@ def test_recommend_searches_in_eval_mode_and_restores_the_training_mode(catalogu
     # A model handed over in training mode (dropout 0.5, router jitter) must give the eval-mode sessions.
     tokenizer, _ = catalogue
     torch.manual_seed(1)
-    config = OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=2, dropout_rate=0.5,
-                                         router_jitter_noise=0.5)
+    config = OneRecConfig.from_tokenizer(
+        tokenizer, preset="tiny", session_length=2, dropout_rate=0.5, router_jitter_noise=0.5
+    )
     model = OneRecForConditionalGeneration(config).eval()
     histories = [tokenizer.item_ids[:5], tokenizer.item_ids[40:47]]
     expected = model.recommend(tokenizer, histories, num_sessions=4)

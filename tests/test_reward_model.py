@@ -37,9 +37,18 @@ CONFIG_ERRORS = (ValueError, StrictDataclassError)  # @strict wraps the ValueErr
 
 
 def tiny_config(**overrides) -> OneRecRewardConfig:
-    values = dict(num_items=30, hidden_size=16, num_attention_heads=2, num_session_layers=1, tower_hidden_size=8,
-                  reward_names=("liked", "engaged"), max_history_items=8, max_session_items=4, dropout=0.0,
-                  initializer_range=0.2)  # larger than the default 0.02, so that outputs differ visibly
+    values = dict(
+        num_items=30,
+        hidden_size=16,
+        num_attention_heads=2,
+        num_session_layers=1,
+        tower_hidden_size=8,
+        reward_names=("liked", "engaged"),
+        max_history_items=8,
+        max_session_items=4,
+        dropout=0.0,
+        initializer_range=0.2,
+    )  # larger than the default 0.02, so that outputs differ visibly
     values.update(overrides)
     return OneRecRewardConfig(**values)
 
@@ -56,18 +65,21 @@ SESSION = torch.tensor([[10, 11, 12], [13, 0, 0], [14, 15, 0]])
 # ---------------------------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(num_items=1), "num_items must be >= 2"),
-    (dict(hidden_size=10, num_attention_heads=3), "divisible by num_attention_heads"),
-    (dict(reward_names=()), "at least one reward tower"),
-    (dict(reward_names=("liked", "liked")), "distinct"),
-    (dict(reward_names=("not valid",)), "identifiers"),
-    (dict(dropout=1.0), "dropout must be in"),
-    (dict(max_session_items=0), "max_session_items must be >= 1"),
-    (dict(num_session_layers=-1), "num_session_layers"),
-    (dict(initializer_range=0.0), "initializer_range"),
-    (dict(num_items="30"), "num_items"),  # strict type check
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_items=1), "num_items must be >= 2"),
+        (dict(hidden_size=10, num_attention_heads=3), "divisible by num_attention_heads"),
+        (dict(reward_names=()), "at least one reward tower"),
+        (dict(reward_names=("liked", "liked")), "distinct"),
+        (dict(reward_names=("not valid",)), "identifiers"),
+        (dict(dropout=1.0), "dropout must be in"),
+        (dict(max_session_items=0), "max_session_items must be >= 1"),
+        (dict(num_session_layers=-1), "num_session_layers"),
+        (dict(initializer_range=0.0), "initializer_range"),
+        (dict(num_items="30"), "num_items"),  # strict type check
+    ],
+)
 def test_config_rejects_invalid_fields_naming_them(overrides, message):
     with pytest.raises(CONFIG_ERRORS, match=message):
         tiny_config(**overrides)
@@ -141,10 +153,15 @@ def test_session_items_interact_only_with_self_attention_layers():
     assert model.session_encoder is None
     with torch.no_grad():
         history = HISTORY[:1]
-        both = model.item_encoder(model.item_embeddings(torch.tensor([[10, 11]])), model.item_embeddings(history),
-                                  history != 0).sum(dim=1)
-        alone = [model.item_encoder(model.item_embeddings(torch.tensor([[i]])), model.item_embeddings(history),
-                                    history != 0).sum(dim=1) for i in (10, 11)]
+        both = model.item_encoder(
+            model.item_embeddings(torch.tensor([[10, 11]])), model.item_embeddings(history), history != 0
+        ).sum(dim=1)
+        alone = [
+            model.item_encoder(
+                model.item_embeddings(torch.tensor([[i]])), model.item_embeddings(history), history != 0
+            ).sum(dim=1)
+            for i in (10, 11)
+        ]
     torch.testing.assert_close(both, alone[0] + alone[1])
     assert tiny_model().session_encoder is not None
 
@@ -161,8 +178,9 @@ def test_reward_bce_loss_equals_hand_computation():
     terms = F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * mask
     torch.testing.assert_close(reward_bce_loss(logits, labels, mask), terms.sum() / 5)
     # By hand: logit 0 costs log 2 whatever the label; two towers, one sample -> 2 log 2.
-    assert math.isclose(float(reward_bce_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))), 2 * math.log(2),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        float(reward_bce_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))), 2 * math.log(2), rel_tol=1e-6
+    )
     with pytest.raises(ValueError, match="labels must have the shape"):
         reward_bce_loss(logits, labels[:, :2])
     with pytest.raises(ValueError, match="label_mask must have the shape"):
@@ -178,8 +196,10 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     for loaded in (OneRecRewardModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
         assert isinstance(loaded, OneRecRewardModel)
         loaded.eval()
-        assert torch.equal(loaded(history_ids=HISTORY, session_ids=SESSION).logits,
-                           model(history_ids=HISTORY, session_ids=SESSION).logits)
+        assert torch.equal(
+            loaded(history_ids=HISTORY, session_ids=SESSION).logits,
+            model(history_ids=HISTORY, session_ids=SESSION).logits,
+        )
     assert isinstance(AutoConfig.from_pretrained(tmp_path), OneRecRewardConfig)
 
 
@@ -190,19 +210,22 @@ def test_score_sessions_restores_mode_and_needs_no_grad():
     assert not first.requires_grad and model.training
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(history_ids=torch.tensor([[1, 30]])), "history_ids holds indices outside"),
-    (dict(session_ids=torch.tensor([[-1, 2]])), "session_ids holds indices outside"),
-    (dict(session_ids=torch.tensor([[0, 0]])), r"session_ids rows \[0\] hold only padding"),
-    (dict(history_ids=torch.tensor([[1], [2]])), "batch size"),
-    (dict(history_ids=torch.tensor([[1.0]])), "history_ids must be an integer tensor"),
-    (dict(session_ids=torch.tensor([1, 2])), "session_ids must be an integer tensor"),
-    (dict(history_ids=torch.ones(1, 9, dtype=torch.long)), "history_ids has 9 positions"),
-    (dict(labels=torch.ones(1, 3)), r"labels must have shape \(batch, num_rewards\)"),
-    (dict(labels=torch.ones(1, 2), label_mask=torch.ones(2, 2)), "label_mask must have shape"),
-    (dict(labels=torch.tensor([[2.0, 0.0]])), r"labels must lie in \[0, 1\]"),
-    (dict(label_mask=torch.ones(1, 2)), "label_mask was given without labels"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(history_ids=torch.tensor([[1, 30]])), "history_ids holds indices outside"),
+        (dict(session_ids=torch.tensor([[-1, 2]])), "session_ids holds indices outside"),
+        (dict(session_ids=torch.tensor([[0, 0]])), r"session_ids rows \[0\] hold only padding"),
+        (dict(history_ids=torch.tensor([[1], [2]])), "batch size"),
+        (dict(history_ids=torch.tensor([[1.0]])), "history_ids must be an integer tensor"),
+        (dict(session_ids=torch.tensor([1, 2])), "session_ids must be an integer tensor"),
+        (dict(history_ids=torch.ones(1, 9, dtype=torch.long)), "history_ids has 9 positions"),
+        (dict(labels=torch.ones(1, 3)), r"labels must have shape \(batch, num_rewards\)"),
+        (dict(labels=torch.ones(1, 2), label_mask=torch.ones(2, 2)), "label_mask must have shape"),
+        (dict(labels=torch.tensor([[2.0, 0.0]])), r"labels must lie in \[0, 1\]"),
+        (dict(label_mask=torch.ones(1, 2)), "label_mask was given without labels"),
+    ],
+)
 def test_bad_inputs_raise_naming_the_argument(kwargs, message):
     inputs = {"history_ids": torch.tensor([[1, 2]]), "session_ids": torch.tensor([[3, 0]]), **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -239,13 +262,15 @@ def test_reward_metrics_skip_masked_labels_and_threshold_soft_ratings():
 def tiny_feedback() -> DatasetDict:
     """Two users with ratings and timestamps; item ids 'i0'..'i29'."""
     hour = 3600
-    sequences = Dataset.from_dict({
-        "user_id": ["u1", "u2", "u3"],
-        # u1: a time session of 5 items, a 2-hour gap, then 3 items.
-        "item_ids": [["i0", "i1", "i2", "i3", "i4", "i5", "i6", "i7"], ["i8", "i9", "i10"], ["i11", "i12"]],
-        "timestamps": [[0, 10, 20, 30, 40, 40 + 2 * hour, 50 + 2 * hour, 60 + 2 * hour], [0, 5, 9], [0, 1]],
-        "ratings": [[3, 5, 5, 4, 2, 5, 5, 1], [1, 4, 4], [5, 5]],
-    })
+    sequences = Dataset.from_dict(
+        {
+            "user_id": ["u1", "u2", "u3"],
+            # u1: a time session of 5 items, a 2-hour gap, then 3 items.
+            "item_ids": [["i0", "i1", "i2", "i3", "i4", "i5", "i6", "i7"], ["i8", "i9", "i10"], ["i11", "i12"]],
+            "timestamps": [[0, 10, 20, 30, 40, 40 + 2 * hour, 50 + 2 * hour, 60 + 2 * hour], [0, 5, 9], [0, 1]],
+            "ratings": [[3, 5, 5, 4, 2, 5, 5, 1], [1, 4, 4], [5, 5]],
+        }
+    )
     items = Dataset.from_dict({"item_id": [f"i{i}" for i in range(30)], "text": [""] * 30})
     return DatasetDict({"sequences": sequences, "items": items})
 
@@ -257,8 +282,13 @@ def test_build_reward_samples_labels_sessions_and_negatives():
     real = samples["train"].filter(lambda row: not row["sampled"])
     rows = {(row["user_id"], tuple(row["session"])): row for row in real}
     # u1: pieces [1, 4) and [4, 5) of the first time session, then [5, 8) after the gap; u2: [1, 3); u3: [1, 2).
-    assert sorted(rows) == [("u1", ("i1", "i2", "i3")), ("u1", ("i4",)), ("u1", ("i5", "i6", "i7")),
-                            ("u2", ("i9", "i10")), ("u3", ("i12",))]
+    assert sorted(rows) == [
+        ("u1", ("i1", "i2", "i3")),
+        ("u1", ("i4",)),
+        ("u1", ("i5", "i6", "i7")),
+        ("u2", ("i9", "i10")),
+        ("u3", ("i12",)),
+    ]
     names = default_reward_names(data["sequences"])
     assert names == ("liked", "loved", "rating", "engaged")
     # ratings 5, 5, 4: liked (3/3 >= 4), loved (2/3 == 5), rating mean 14/3 -> (14/3 - 1) / 4.
@@ -315,9 +345,12 @@ def test_vocabulary_and_collator(tmp_path):
         RewardItemVocabulary(["a", "a"])
 
     collator = RewardDataCollator(vocabulary, max_history_items=2, max_session_items=2)
-    batch = collator([{"history": ["i0", "i1", "i2"], "session": ["i3", "i4", "i5"], "labels": [1.0],
-                       "label_mask": [1.0]},
-                      {"history": [], "session": ["i6"], "labels": [0.0], "label_mask": [0.0]}])
+    batch = collator(
+        [
+            {"history": ["i0", "i1", "i2"], "session": ["i3", "i4", "i5"], "labels": [1.0], "label_mask": [1.0]},
+            {"history": [], "session": ["i6"], "labels": [0.0], "label_mask": [0.0]},
+        ]
+    )
     encode = vocabulary.encode
     assert batch["history_ids"].tolist() == [encode(["i1", "i2"]), [0, 0]]  # newest history kept
     assert batch["session_ids"].tolist() == [encode(["i3", "i4"]), encode(["i6"]) + [0]]  # first items kept
@@ -338,8 +371,9 @@ def genre_task(num_users: int, seed: int) -> Dataset:
             other = int(rng.integers(2))
             rows["user_id"].append(f"{seed}-{user}")
             rows["history"].append([f"g{genre}-{i}" for i in rng.choice(10, size=int(rng.integers(2, 7)))])
-            rows["session"].append([f"g{other}-{i}" for i in rng.choice(10, size=int(rng.integers(1, 4)),
-                                                                       replace=False)])
+            rows["session"].append(
+                [f"g{other}-{i}" for i in rng.choice(10, size=int(rng.integers(1, 4)), replace=False)]
+            )
             rows["labels"].append([float(genre == other)])
             rows["label_mask"].append([1.0])
     return Dataset.from_dict(rows)
@@ -347,13 +381,23 @@ def genre_task(num_users: int, seed: int) -> Dataset:
 
 def test_tiny_training_learns_a_learnable_task(tmp_path):
     vocabulary = RewardItemVocabulary([f"g{g}-{i}" for g in range(2) for i in range(10)])
-    config = tiny_config(num_items=vocabulary.num_indices, reward_names=("liked",), hidden_size=16,
-                         tower_hidden_size=16)
+    config = tiny_config(
+        num_items=vocabulary.num_indices, reward_names=("liked",), hidden_size=16, tower_hidden_size=16
+    )
     torch.manual_seed(0)
     model = OneRecRewardModel(config)
-    args = RewardModelTrainingConfig(output_dir=str(tmp_path), num_train_epochs=12, per_device_train_batch_size=32,
-                                     learning_rate=1e-2, eval_strategy="no", logging_steps=1000, use_cpu=True,
-                                     disable_tqdm=True, report_to="none", seed=0)
+    args = RewardModelTrainingConfig(
+        output_dir=str(tmp_path),
+        num_train_epochs=12,
+        per_device_train_batch_size=32,
+        learning_rate=1e-2,
+        eval_strategy="no",
+        logging_steps=1000,
+        use_cpu=True,
+        disable_tqdm=True,
+        report_to="none",
+        seed=0,
+    )
     trainer = RewardModelTrainer(model=model, args=args, train_dataset=genre_task(80, seed=1), vocabulary=vocabulary)
     trainer.train()
     held_out = genre_task(40, seed=2)  # different users
@@ -376,18 +420,22 @@ def test_ml100k_reward_samples_are_consistent_with_ratings():
     train, test = samples["train"], samples["test"]
     assert not set(train["user_id"]) & set(test["user_id"])
     assert abs(len(set(test["user_id"])) - round(0.2 * 943)) <= 1
-    ratings = {(user, item): rating for user, items, scores in zip(data["sequences"]["user_id"],
-                                                                     data["sequences"]["item_ids"],
-                                                                     data["sequences"]["ratings"])
-               for item, rating in zip(items, scores)}
+    ratings = {
+        (user, item): rating
+        for user, items, scores in zip(
+            data["sequences"]["user_id"], data["sequences"]["item_ids"], data["sequences"]["ratings"]
+        )
+        for item, rating in zip(items, scores)
+    }
     for row in train.select(range(0, train.num_rows, 997)):
         if row["sampled"]:
             assert row["label_mask"] == [0.0, 0.0, 0.0, 1.0]
             continue
         scores = np.array([ratings[(row["user_id"], item)] for item in row["session"]])
         assert 1 <= len(scores) <= 5
-        assert row["labels"] == pytest.approx([float((scores >= 4).mean() > 0.5), float((scores == 5).mean() > 0.5),
-                                               (scores.mean() - 1) / 4, 1.0])
+        assert row["labels"] == pytest.approx(
+            [float((scores >= 4).mean() > 0.5), float((scores == 5).mean() > 0.5), (scores.mean() - 1) / 4, 1.0]
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- scorer

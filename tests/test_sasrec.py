@@ -9,7 +9,6 @@ from datasets import Dataset, DatasetDict
 from trainers.evaluation import Recommender, evaluate_recommender
 from trainers.sasrec import PAD_ID, SASRec, SASRecConfig, SASRecRecommender, left_pad, trim_padding
 
-
 NUM_ITEMS = 12
 
 
@@ -20,7 +19,7 @@ def cyclic_splits(num_users: int = 48, num_items: int = NUM_ITEMS) -> DatasetDic
     users = [str(user) for user in range(num_users)]
 
     def split(cut):
-        return Dataset.from_dict({"user_id": users, "item_ids": [row[:len(row) - cut] for row in rows]})
+        return Dataset.from_dict({"user_id": users, "item_ids": [row[: len(row) - cut] for row in rows]})
 
     return DatasetDict({"train": split(2), "validation": split(1), "test": split(0)})
 
@@ -30,8 +29,20 @@ def successor(item: str) -> str:
 
 
 def tiny_config(**overrides) -> SASRecConfig:
-    values = dict(hidden_size=32, num_blocks=1, num_heads=2, ffn_size=32, max_len=10, dropout=0.1, lr=1e-2,
-                  batch_size=16, epochs=12, patience=0, device="cpu", seed=0)
+    values = dict(
+        hidden_size=32,
+        num_blocks=1,
+        num_heads=2,
+        ffn_size=32,
+        max_len=10,
+        dropout=0.1,
+        lr=1e-2,
+        batch_size=16,
+        epochs=12,
+        patience=0,
+        device="cpu",
+        seed=0,
+    )
     values.update(overrides)
     return SASRecConfig(**values)
 
@@ -44,8 +55,11 @@ def trained():
 
 def test_learns_the_successor(trained):
     assert isinstance(trained, Recommender)
-    histories = [[str((start + step) % NUM_ITEMS + 1) for step in range(length)]
-                 for start in range(NUM_ITEMS) for length in (3, 6, 9)]
+    histories = [
+        [str((start + step) % NUM_ITEMS + 1) for step in range(length)]
+        for start in range(NUM_ITEMS)
+        for length in (3, 6, 9)
+    ]
     truth = [successor(history[-1]) for history in histories]
     top1 = trained.rank(histories, k=1, exclude_history=True)
     assert sum(ranked == [item] for ranked, item in zip(top1, truth)) / len(histories) >= 0.9
@@ -60,8 +74,10 @@ def test_learns_the_successor(trained):
 
 def test_evaluate_recommender_and_internal_validation_agree(trained):
     splits = cyclic_splits()
-    samples = [{"user_id": u, "history": row[:-1][-4:], "target": [row[-1]]}
-               for u, row in zip(splits["test"]["user_id"], splits["test"]["item_ids"])]
+    samples = [
+        {"user_id": u, "history": row[:-1][-4:], "target": [row[-1]]}
+        for u, row in zip(splits["test"]["user_id"], splits["test"]["item_ids"])
+    ]
     for exclude in (True, False):
         metrics, ranked = evaluate_recommender(trained, samples, ks=(1, 5), exclude_history=exclude, progress=False)
         encoded = [trained.encode(sample["history"]) for sample in samples]

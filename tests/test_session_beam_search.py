@@ -30,17 +30,34 @@ SPECIAL = dict(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
 
 def _search(model, tokenizer, inputs, num_items, beams, forbid_repeats=True, exclude=None, **kwargs):
     return session_beam_search(
-        model, inputs["input_ids"], inputs["attention_mask"], tokenizer.trie, num_beams=beams, num_items=num_items,
-        forbid_repeats=forbid_repeats, excluded_items=tokenizer._excluded_indices(exclude),
-        level_offsets=tokenizer.level_offsets, **SPECIAL, **kwargs)
+        model,
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        tokenizer.trie,
+        num_beams=beams,
+        num_items=num_items,
+        forbid_repeats=forbid_repeats,
+        excluded_items=tokenizer._excluded_indices(exclude),
+        level_offsets=tokenizer.level_offsets,
+        **SPECIAL,
+        **kwargs,
+    )
 
 
 def _generate(model, tokenizer, inputs, num_items, beams, forbid_repeats=True, exclude=None, length_penalty=0.0):
     processor = tokenizer.session_logits_processor(num_items, forbid_repeats=forbid_repeats, exclude_items=exclude)
-    return model.generate(**inputs, logits_processor=[processor], renormalize_logits=True, num_beams=beams,
-                          num_return_sequences=beams, do_sample=False, length_penalty=length_penalty,
-                          max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1, output_scores=True,
-                          return_dict_in_generate=True)
+    return model.generate(
+        **inputs,
+        logits_processor=[processor],
+        renormalize_logits=True,
+        num_beams=beams,
+        num_return_sequences=beams,
+        do_sample=False,
+        length_penalty=length_penalty,
+        max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
 
 
 def _assert_same_as_generate(out: SessionSearchOutput, reference, batch: int, beams: int) -> None:
@@ -68,8 +85,9 @@ def _assert_same_as_generate(out: SessionSearchOutput, reference, batch: int, be
 
 def _histories(tokenizer, seed, lengths):
     generator = torch.Generator().manual_seed(seed)
-    return [[tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (n,), generator=generator)]
-            for n in lengths]
+    return [
+        [tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (n,), generator=generator)] for n in lengths
+    ]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -122,8 +140,19 @@ def test_length_penalty_and_unfused_feeding_match_generate(small_tokenizer):
 
 def _t5(vocab_size, seed, **overrides):
     torch.manual_seed(seed)
-    config = dict(vocab_size=vocab_size, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16,
-                  decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS, dropout_rate=0.0)
+    config = dict(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_ff=64,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        d_kv=16,
+        decoder_start_token_id=PAD,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        dropout_rate=0.0,
+    )
     return T5ForConditionalGeneration(T5Config(**{**config, **overrides})).eval()
 
 
@@ -177,8 +206,9 @@ def test_onerec_model_matches_generate(small_tokenizer):
 
     tokenizer = small_tokenizer
     torch.manual_seed(0)
-    config = OneRecConfig.from_preset("tiny", codebook_sizes=tokenizer.codebook_sizes, dropout_rate=0.0,
-                                      num_decoder_layers=2)
+    config = OneRecConfig.from_preset(
+        "tiny", codebook_sizes=tokenizer.codebook_sizes, dropout_rate=0.0, num_decoder_layers=2
+    )
     model = OneRecForConditionalGeneration(config).eval()
     histories = _histories(tokenizer, 1, (5, 9))
     inputs = tokenizer.batch_encode_histories(histories)
@@ -189,19 +219,27 @@ def test_onerec_model_matches_generate(small_tokenizer):
 # ---------------------------------------------------------------------------------------------- tiny catalogues
 @pytest.fixture(scope="module")
 def six_item_tokenizer():
-    return SemanticIDTokenizer.build([str(i) for i in range(6)], clustered_embeddings(6, seed=1),
-                                     ResidualKMeansConfig(num_levels=2, codebook_size=2), progress=False)
+    return SemanticIDTokenizer.build(
+        [str(i) for i in range(6)],
+        clustered_embeddings(6, seed=1),
+        ResidualKMeansConfig(num_levels=2, codebook_size=2),
+        progress=False,
+    )
 
 
 def _exhaustive_scores(model, item_tokens, input_ids, num_items, forbid_repeats, excluded):
     """Plain reference: every valid session of one row, scored by a teacher-forced forward pass with each code
     token's probability renormalised over the tokens the reference prefix function allows."""
-    allowed_fn = SessionPrefixAllowedTokensFn(item_tokens, **SPECIAL, num_items=num_items,
-                                              forbid_repeats=forbid_repeats, excluded_items=[excluded])
+    allowed_fn = SessionPrefixAllowedTokensFn(
+        item_tokens, **SPECIAL, num_items=num_items, forbid_repeats=forbid_repeats, excluded_items=[excluded]
+    )
     codes = [tuple(row) for row in torch.as_tensor(item_tokens).tolist()]
     candidates = [i for i in range(len(codes)) if i not in set(excluded)]
-    sessions = (itertools.permutations(candidates, num_items) if forbid_repeats
-                else itertools.product(candidates, repeat=num_items))
+    sessions = (
+        itertools.permutations(candidates, num_items)
+        if forbid_repeats
+        else itertools.product(candidates, repeat=num_items)
+    )
     result = {}
     for session in sessions:
         sequence = [PAD] + [t for item in session for t in (BOS,) + codes[item]] + [EOS]
@@ -217,12 +255,15 @@ def _exhaustive_scores(model, item_tokens, input_ids, num_items, forbid_repeats,
     return result
 
 
-@pytest.mark.parametrize("num_items,forbid_repeats,history,beams", [
-    (1, True, ["0", "1"], 8),  # 4 sessions < 8 beams
-    (2, True, ["0", "1"], 16),  # 4 * 3 = 12 ordered sessions < 16 beams
-    (2, False, ["5"], 32),  # 5 * 5 = 25 sessions
-    (3, True, [], 4),  # 120 sessions > 4 beams: compared with generate only
-])
+@pytest.mark.parametrize(
+    "num_items,forbid_repeats,history,beams",
+    [
+        (1, True, ["0", "1"], 8),  # 4 sessions < 8 beams
+        (2, True, ["0", "1"], 16),  # 4 * 3 = 12 ordered sessions < 16 beams
+        (2, False, ["5"], 32),  # 5 * 5 = 25 sessions
+        (3, True, [], 4),  # 120 sessions > 4 beams: compared with generate only
+    ],
+)
 def test_tiny_catalogue_returns_only_real_sessions(six_item_tokenizer, num_items, forbid_repeats, history, beams):
     tokenizer = six_item_tokenizer
     model = tiny_model(tokenizer.vocab_size, 5)
@@ -232,12 +273,13 @@ def test_tiny_catalogue_returns_only_real_sessions(six_item_tokenizer, num_items
     reference = _generate(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
     _assert_same_as_generate(out, reference, 1, beams)
     available = tokenizer.num_items - len(history)
-    total = math.perm(available, num_items) if forbid_repeats else available ** num_items
+    total = math.perm(available, num_items) if forbid_repeats else available**num_items
     assert int(out.num_valid[0]) == min(beams, total)
     if total <= beams:  # the beam holds every session: compare with brute force
         excluded = [tokenizer.item_index(item) for item in history]
-        exhaustive = _exhaustive_scores(model, tokenizer.item_tokens, inputs["input_ids"], num_items, forbid_repeats,
-                                        excluded)
+        exhaustive = _exhaustive_scores(
+            model, tokenizer.item_tokens, inputs["input_ids"], num_items, forbid_repeats, excluded
+        )
         n = int(out.num_valid[0])
         ours = {tuple(s): float(v) for s, v in zip(out.sequences[0, :n].tolist(), out.scores[0, :n])}
         assert ours.keys() == exhaustive.keys()
@@ -274,8 +316,14 @@ def _catalogues(draw):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(catalogue=_catalogues(), seed=st.integers(0, 10_000), num_items=st.integers(1, 3),
-       beams=st.integers(1, 10), forbid=st.booleans(), use_exclusions=st.booleans())
+@given(
+    catalogue=_catalogues(),
+    seed=st.integers(0, 10_000),
+    num_items=st.integers(1, 3),
+    beams=st.integers(1, 10),
+    forbid=st.booleans(),
+    use_exclusions=st.booleans(),
+)
 def test_every_item_is_real_distinct_and_allowed(catalogue, seed, num_items, beams, forbid, use_exclusions):
     tokens, vocab_size, excluded = catalogue
     trie = SemanticIDTrie(tokens, vocab_size)
@@ -283,12 +331,21 @@ def test_every_item_is_real_distinct_and_allowed(catalogue, seed, num_items, bea
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(3, vocab_size, (2, 4), generator=generator)
     excluded = excluded if use_exclusions else [[], []]
-    out = session_beam_search(model, input_ids, None, trie, num_beams=beams, num_items=num_items, **SPECIAL,
-                              forbid_repeats=forbid, excluded_items=excluded if use_exclusions else None)
+    out = session_beam_search(
+        model,
+        input_ids,
+        None,
+        trie,
+        num_beams=beams,
+        num_items=num_items,
+        **SPECIAL,
+        forbid_repeats=forbid,
+        excluded_items=excluded if use_exclusions else None,
+    )
     num_levels = tokens.shape[1]
     for row in range(2):
         available = trie.num_items - len(set(excluded[row]))
-        total = math.perm(available, num_items) if forbid else available ** num_items
+        total = math.perm(available, num_items) if forbid else available**num_items
         n = int(out.num_valid[row])
         assert n == min(beams, total)  # beam search with subtree pruning never loses a completable beam
         assert out.valid[row].tolist() == [True] * n + [False] * (beams - n)
@@ -322,8 +379,15 @@ def test_bad_arguments_raise_clear_errors(small_tokenizer):
     with pytest.raises(ValueError, match="outside"):
         session_beam_search(*args, num_beams=2, num_items=1, excluded_items=[[1], [10_000]], **SPECIAL)
     with pytest.raises(ValueError, match="attention_mask"):
-        session_beam_search(model, inputs["input_ids"], inputs["attention_mask"][:, :1], tokenizer.trie,
-                            num_beams=2, num_items=1, **SPECIAL)
+        session_beam_search(
+            model,
+            inputs["input_ids"],
+            inputs["attention_mask"][:, :1],
+            tokenizer.trie,
+            num_beams=2,
+            num_items=1,
+            **SPECIAL,
+        )
     with pytest.raises(ValueError, match="lm_head"):
         session_beam_search(tiny_model(tokenizer.vocab_size - 5), *args[1:], num_beams=2, num_items=1, **SPECIAL)
     with pytest.raises(ValueError, match="level_offsets"):
@@ -333,8 +397,7 @@ def test_bad_arguments_raise_clear_errors(small_tokenizer):
     with pytest.raises(ValueError, match="SemanticIDTrie-like"):
         session_beam_search(*args[:3], object(), num_beams=2, num_items=1, **SPECIAL)
     with pytest.raises(ValueError, match="eos_token_id"):
-        session_beam_search(*args, num_beams=2, num_items=1, bos_token_id=BOS, eos_token_id=10_000,
-                            pad_token_id=PAD)
+        session_beam_search(*args, num_beams=2, num_items=1, bos_token_id=BOS, eos_token_id=10_000, pad_token_id=PAD)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

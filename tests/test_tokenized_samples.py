@@ -28,24 +28,31 @@ from trainers.pretraining import (
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return SemanticIDTokenizer.build([f"i{i}" for i in range(40)], clustered_embeddings(40),
-                                     ResidualKMeansConfig(num_levels=2, codebook_size=4), progress=False)
+    return SemanticIDTokenizer.build(
+        [f"i{i}" for i in range(40)],
+        clustered_embeddings(40),
+        ResidualKMeansConfig(num_levels=2, codebook_size=4),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def samples():
     generator = random.Random(0)
-    sequences = Dataset.from_dict({
-        "user_id": [f"u{u}" for u in range(30)],
-        "item_ids": [[f"i{generator.randrange(40)}" for _ in range(generator.randint(3, 25))] for _ in range(30)],
-    })
+    sequences = Dataset.from_dict(
+        {
+            "user_id": [f"u{u}" for u in range(30)],
+            "item_ids": [[f"i{generator.randrange(40)}" for _ in range(generator.randint(3, 25))] for _ in range(30)],
+        }
+    )
     return build_session_samples(leave_one_out_split(sequences), max_history=20, session_length=4)
 
 
 @pytest.mark.parametrize("max_items,session_length", [(20, 4), (3, 2), (1, 1)])
 def test_tokenized_columns_equal_the_tokenizer_row_by_row(tokenizer, samples, max_items, session_length):
-    tokenized = tokenize_session_samples(samples, tokenizer, max_history_items=max_items,
-                                         session_length=session_length, batch_size=7)  # several map batches
+    tokenized = tokenize_session_samples(
+        samples, tokenizer, max_history_items=max_items, session_length=session_length, batch_size=7
+    )  # several map batches
     assert isinstance(tokenized, DatasetDict)
     for split in ("train", "validation", "test"):
         for row in tokenized[split]:
@@ -84,8 +91,9 @@ def test_unknown_item_and_empty_rows_are_named(tokenizer):
     with pytest.raises(ValueError, match=r"user 'u2'.*empty target"):
         tokenize_session_samples(empty, tokenizer, max_history_items=5, session_length=1)
     with pytest.raises(ValueError, match="'history' and 'target'"):
-        tokenize_session_samples(Dataset.from_dict({"items": [["i1"]]}), tokenizer, max_history_items=5,
-                                 session_length=1)
+        tokenize_session_samples(
+            Dataset.from_dict({"items": [["i1"]]}), tokenizer, max_history_items=5, session_length=1
+        )
     with pytest.raises(ValueError, match="session_length=0"):
         tokenize_session_samples(bad, tokenizer, max_history_items=5, session_length=0)
     with pytest.raises(KeyError, match="tokenize_session_samples"):
@@ -97,10 +105,16 @@ def test_pretrainer_groups_tokenized_samples_by_stored_length(tokenizer, samples
     slim = tokenized.select_columns(list(TOKENIZED_COLUMNS)).shuffle(seed=2)
     assert history_lengths(slim) == [min(n, 20) for n in slim["num_history_items"]]
     model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=4))
-    args = OneRecPretrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[],
-                                   use_cpu=True, seed=0)
-    trainer = OneRecPretrainer(model=model, args=args, train_dataset=slim, processing_class=tokenizer,
-                               data_collator=TokenizedSessionCollator(tokenizer.pad_token_id))
+    args = OneRecPretrainingConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True, seed=0
+    )
+    trainer = OneRecPretrainer(
+        model=model,
+        args=args,
+        train_dataset=slim,
+        processing_class=tokenizer,
+        data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
+    )
     batches = list(trainer.get_train_dataloader())
     assert sum(len(batch["input_ids"]) for batch in batches) == len(slim)
     grouped_padding = sum(int((batch["attention_mask"] == 0).sum()) for batch in batches)
@@ -118,11 +132,25 @@ def test_early_stopping_needs_a_restorable_best_checkpoint(tokenizer, samples, t
     validation = tokenize_session_samples(samples["validation"], tokenizer, max_history_items=20, session_length=4)
     common = dict(output_dir=str(tmp_path), report_to=[], use_cpu=True, early_stopping_patience=2)
     with pytest.raises(ValueError, match="load_best_model_at_end"):
-        OneRecPretrainer(model=model, args=OneRecPretrainingConfig(**common), processing_class=tokenizer,
-                         data_collator=TokenizedSessionCollator(tokenizer.pad_token_id))
-    args = OneRecPretrainingConfig(**common, load_best_model_at_end=True, metric_for_best_model="loss",
-                                   eval_strategy="epoch", save_strategy="epoch")
-    trainer = OneRecPretrainer(model=model, args=args, processing_class=tokenizer, eval_dataset=validation,
-                               data_collator=TokenizedSessionCollator(tokenizer.pad_token_id))
+        OneRecPretrainer(
+            model=model,
+            args=OneRecPretrainingConfig(**common),
+            processing_class=tokenizer,
+            data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
+        )
+    args = OneRecPretrainingConfig(
+        **common,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+    )
+    trainer = OneRecPretrainer(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        eval_dataset=validation,
+        data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
+    )
     stoppers = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
     assert len(stoppers) == 1 and stoppers[0].early_stopping_patience == 2

@@ -15,9 +15,13 @@ from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, 
 
 
 def build(num_items=240, codebook_size=6, seed=0, **kwargs):
-    return SemanticIDTokenizer.build([f"item{i}" for i in range(num_items)], clustered_embeddings(num_items, seed=seed),
-                                     ResidualKMeansConfig(num_levels=3, codebook_size=codebook_size), progress=False,
-                                     **kwargs)
+    return SemanticIDTokenizer.build(
+        [f"item{i}" for i in range(num_items)],
+        clustered_embeddings(num_items, seed=seed),
+        ResidualKMeansConfig(num_levels=3, codebook_size=codebook_size),
+        progress=False,
+        **kwargs,
+    )
 
 
 def test_item_code_map_is_a_bijection_and_round_trips(small_tokenizer):
@@ -57,7 +61,7 @@ def test_history_and_session_encoding(small_tokenizer):
     batch = tokenizer.batch_encode_histories([items[:1], items[:3]])
     assert batch["input_ids"].shape == (2, 3 * tokenizer.num_levels + 1)
     assert batch["attention_mask"][0].sum() == tokenizer.num_levels + 1
-    assert (batch["input_ids"][0, tokenizer.num_levels + 1:] == tokenizer.pad_token_id).all()
+    assert (batch["input_ids"][0, tokenizer.num_levels + 1 :] == tokenizer.pad_token_id).all()
     with pytest.raises(ValueError, match="Empty history"):
         tokenizer.encode_history([])
     with pytest.raises(ValueError, match="Empty session"):
@@ -107,12 +111,13 @@ def test_remote_code_load_in_a_fresh_process_without_the_package(tmp_path, small
                     raise ImportError("project import blocked: " + name)
         sys.meta_path.insert(0, Block())
         from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained({str(tmp_path / 'tok')!r}, trust_remote_code=True)
+        tok = AutoTokenizer.from_pretrained({str(tmp_path / "tok")!r}, trust_remote_code=True)
         print(json.dumps({{"cls": type(tok).__module__, "history": tok.encode_history(["item3", "item9"])}}))
     """)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert not out["cls"].startswith("tokenization_semantic_id")  # loaded from the directory's code
@@ -195,6 +200,9 @@ def test_plot_statistics(tmp_path, small_tokenizer, saved_figures):
     (figure,) = saved_figures
     assert len(figure.axes) == small_tokenizer.num_levels
     for level, axis in enumerate(figure.axes):
-        expected = torch.bincount(small_tokenizer.item_codes[:, level],
-                                  minlength=small_tokenizer.codebook_sizes[level]).sort(descending=True).values
+        expected = (
+            torch.bincount(small_tokenizer.item_codes[:, level], minlength=small_tokenizer.codebook_sizes[level])
+            .sort(descending=True)
+            .values
+        )
         assert [line.get_ydata().tolist() for line in axis.lines] == [expected.tolist()]

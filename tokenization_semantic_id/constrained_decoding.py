@@ -171,7 +171,7 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
             return self._forced(token, input_ids.device).expand(num_rows, -1).clone()
 
         item_start = self.layout.item_columns(slot).start
-        nodes = self.trie.walk(input_ids[:, item_start:item_start + level])
+        nodes = self.trie.walk(input_ids[:, item_start : item_start + level])
         allowed = torch.zeros((num_rows, self.trie.vocab_size), dtype=torch.bool, device=input_ids.device)
         if level == 0:
             allowed[:] = self.trie.root_allowed  # every row is at the root: one dense row
@@ -247,8 +247,11 @@ class SessionPrefixAllowedTokensFn:
                         siblings.append(code[depth])
         self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
         self.forbid_repeats = forbid_repeats
-        self.excluded_items = [set(int(i) for i in items if int(i) >= 0) for items in excluded_items] \
-            if excluded_items is not None else None
+        self.excluded_items = (
+            [set(int(i) for i in items if int(i) >= 0) for items in excluded_items]
+            if excluded_items is not None
+            else None
+        )
 
     def __call__(self, batch_id: int, input_ids: torch.Tensor) -> List[int]:
         tokens = [int(t) for t in input_ids.tolist()]
@@ -266,7 +269,7 @@ class SessionPrefixAllowedTokensFn:
                 if code in self.item_of_code:
                     excluded.add(self.item_of_code[code])
         start = self.layout.item_columns(slot).start
-        prefix = tuple(tokens[start:start + level])
+        prefix = tuple(tokens[start : start + level])
         allowed = []
         for token in self.children.get(prefix, []):
             child = prefix + (token,)

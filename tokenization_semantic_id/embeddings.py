@@ -45,7 +45,6 @@ import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -172,8 +171,7 @@ class ItemEmbeddingConfig:
                 torch.device(self.device)
             except (RuntimeError, TypeError) as error:
                 raise ValueError(
-                    f"`device` must be None or a torch device string such as 'cpu' or 'cuda:0', "
-                    f"got {self.device!r}."
+                    f"`device` must be None or a torch device string such as 'cpu' or 'cuda:0', got {self.device!r}."
                 ) from error
 
     def _validate_concat(self) -> None:
@@ -211,9 +209,7 @@ class ItemEmbeddingConfig:
         for weight in self.concat_weights:
             is_number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
             if not is_number or not math.isfinite(weight) or weight <= 0:
-                raise ValueError(
-                    f"`concat_weights` must be positive finite numbers, got {self.concat_weights}."
-                )
+                raise ValueError(f"`concat_weights` must be positive finite numbers, got {self.concat_weights}.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,9 +353,7 @@ def _load_sentence_transformer(model_path: Path, device: str):
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as error:
-        raise ImportError(
-            "Text embeddings need `sentence-transformers`: `pip install 'onerec-hf[text]'`."
-        ) from error
+        raise ImportError("Text embeddings need `sentence-transformers`: `pip install 'onerec-hf[text]'`.") from error
     return SentenceTransformer(str(model_path), device=device, local_files_only=True)
 
 
@@ -581,9 +575,7 @@ def _positive_pmi(cooccurrence: scipy.sparse.csr_matrix) -> scipy.sparse.csr_mat
     coo = cooccurrence.tocoo()
     pmi = np.log(coo.data * total / (row_totals[coo.row] * row_totals[coo.col]))
     positive = pmi > 0
-    return scipy.sparse.csr_matrix(
-        (pmi[positive], (coo.row[positive], coo.col[positive])), shape=cooccurrence.shape
-    )
+    return scipy.sparse.csr_matrix((pmi[positive], (coo.row[positive], coo.col[positive])), shape=cooccurrence.shape)
 
 
 def _truncated_svd(matrix: scipy.sparse.csr_matrix, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -811,9 +803,7 @@ def _single_source_embeddings(
             seed=config.seed,
         )
     if array is not None and config.array_path is not None:
-        raise ValueError(
-            f"Both `array=` and `config.array_path={config.array_path!r}` are set: pass only one of them."
-        )
+        raise ValueError(f"Both `array=` and `config.array_path={config.array_path!r}` are set: pass only one of them.")
     array = array if array is not None else config.array_path
     array = _require(array, "array", source, "a matrix or file path via `array=` (or set `config.array_path`)")
     return load_embedding_array(array, num_items=len(item_ids))

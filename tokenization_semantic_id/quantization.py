@@ -229,13 +229,18 @@ def balanced_kmeans(
     centroids = _random_centroids(points, num_clusters, generator)
     capacities = balanced_capacities(points.shape[0], num_clusters)
     assignment, iterations, converged, changed_fraction = _sweep_until_stable(
-        lambda: _balanced_sweep(points, centroids, capacities, block_size), max_iterations,
-        f"balanced k-means K={num_clusters}", progress)
+        lambda: _balanced_sweep(points, centroids, capacities, block_size),
+        max_iterations,
+        f"balanced k-means K={num_clusters}",
+        progress,
+    )
     if not converged:
         logger.info(
             "balanced k-means (K=%d) stopped after %d sweeps without full convergence (%.2f%% of items "
             "still moving); raise max_iterations for a tighter fit.",
-            num_clusters, iterations, 100 * (changed_fraction[-1] if changed_fraction else 1.0),
+            num_clusters,
+            iterations,
+            100 * (changed_fraction[-1] if changed_fraction else 1.0),
         )
     return KMeansResult(centroids, assignment, iterations, converged, changed_fraction)
 
@@ -245,7 +250,7 @@ def nearest_centroid(points: torch.Tensor, centroids: torch.Tensor, chunk_size: 
     centroid_sq_norm = centroids.pow(2).sum(dim=1)
     out = []
     for start in range(0, points.shape[0], chunk_size):
-        chunk = points[start:start + chunk_size]
+        chunk = points[start : start + chunk_size]
         out.append((centroid_sq_norm[None, :] - 2.0 * chunk @ centroids.T).argmin(dim=1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=points.device)
 
@@ -278,7 +283,8 @@ def kmeans(
         return new_assignment
 
     _, iterations, converged, changed_fraction = _sweep_until_stable(
-        lloyd_sweep, max_iterations, f"k-means K={num_clusters}", progress)
+        lloyd_sweep, max_iterations, f"k-means K={num_clusters}", progress
+    )
     # Codes must be the nearest final centroid, the rule used for items added later.
     assignment = nearest_centroid(points, centroids)
     return KMeansResult(centroids, assignment, iterations, converged, changed_fraction)
@@ -308,15 +314,27 @@ def fit_residual_kmeans(
     for level, size in enumerate(tqdm(config.codebook_sizes, desc="residual k-means levels", disable=not progress)):
         residual_norm.append(residual.norm(dim=1).mean().item())
         if config.balanced:
-            result = balanced_kmeans(residual, size, max_iterations=config.max_iterations,
-                                     seed=config.seed + level, block_size=config.cluster_block_size)
+            result = balanced_kmeans(
+                residual,
+                size,
+                max_iterations=config.max_iterations,
+                seed=config.seed + level,
+                block_size=config.cluster_block_size,
+            )
         else:
             result = kmeans(residual, size, max_iterations=config.max_iterations, seed=config.seed + level)
         residual = residual - result.centroids[result.assignment]
         codebooks.append(result.centroids.cpu())
         codes.append(result.assignment.cpu())
-        levels.append(KMeansResult(result.centroids.cpu(), result.assignment.cpu(), result.iterations,
-                                   result.converged, result.changed_fraction))
+        levels.append(
+            KMeansResult(
+                result.centroids.cpu(),
+                result.assignment.cpu(),
+                result.iterations,
+                result.converged,
+                result.changed_fraction,
+            )
+        )
     residual_norm.append(residual.norm(dim=1).mean().item())
     return ResidualQuantization(codebooks, torch.stack(codes, dim=1), levels, residual_norm)
 

@@ -26,17 +26,19 @@ def level_statistics(codes: torch.Tensor, codebook_sizes: Sequence[int]) -> List
         counts = torch.bincount(codes[:, level], minlength=size).double()
         used = counts[counts > 0]
         mean = counts.mean().item()
-        stats.append({
-            "level": level,
-            "codebook_size": int(size),
-            "used_codes": int(used.numel()),
-            "utilisation": used.numel() / size,
-            "min_cluster": int(used.min().item()) if used.numel() else 0,
-            "max_cluster": int(used.max().item()) if used.numel() else 0,
-            "mean_cluster": mean,
-            "std_cluster": counts.std(unbiased=False).item(),
-            "max_over_mean": counts.max().item() / mean if mean > 0 else 0.0,
-        })
+        stats.append(
+            {
+                "level": level,
+                "codebook_size": int(size),
+                "used_codes": int(used.numel()),
+                "utilisation": used.numel() / size,
+                "min_cluster": int(used.min().item()) if used.numel() else 0,
+                "max_cluster": int(used.max().item()) if used.numel() else 0,
+                "mean_cluster": mean,
+                "std_cluster": counts.std(unbiased=False).item(),
+                "max_over_mean": counts.max().item() / mean if mean > 0 else 0.0,
+            }
+        )
     return stats
 
 
@@ -48,8 +50,9 @@ def prefix_statistics(codes: torch.Tensor) -> List[Dict[str, float]]:
     out = []
     for depth in range(1, codes.shape[1] + 1):
         _, counts = torch.unique(codes[:, :depth], dim=0, return_counts=True)
-        out.append({"depth": depth, "distinct_prefixes": int(counts.numel()),
-                    "max_items_per_prefix": int(counts.max().item())})
+        out.append(
+            {"depth": depth, "distinct_prefixes": int(counts.numel()), "max_items_per_prefix": int(counts.max().item())}
+        )
     return out
 
 
@@ -103,8 +106,11 @@ def plot_codebook_report(
             stats = report["levels"][level]
             counts = torch.bincount(codes[name][:, level], minlength=stats["codebook_size"])
             sizes = torch.sort(counts, descending=True).values.numpy()
-            ax.plot(range(1, len(sizes) + 1), sizes,
-                    label=f"{name}: {100 * stats['utilisation']:.0f}% used, max {stats['max_cluster']}")
+            ax.plot(
+                range(1, len(sizes) + 1),
+                sizes,
+                label=f"{name}: {100 * stats['utilisation']:.0f}% used, max {stats['max_cluster']}",
+            )
         ax.set_xlabel("code (sorted by size)")
         ax.set_ylabel("items per code")
         ax.set_title(f"level {level + 1} (K={first['levels'][level]['codebook_size']})")

@@ -55,6 +55,7 @@ def level_offsets(codebook_sizes: List[int]) -> List[int]:
         start += size
     return offsets
 
+
 _CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")
 
 
@@ -115,25 +116,36 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         self.num_semantic_levels = int(num_semantic_levels)
         self.max_history_items = int(max_history_items)
         self.build_info = build_info or {}
-        self._set_catalogue(list(item_ids), torch.as_tensor(item_codes, dtype=torch.long),
-                            [torch.as_tensor(c, dtype=torch.float32) for c in (codebooks or [])])
+        self._set_catalogue(
+            list(item_ids),
+            torch.as_tensor(item_codes, dtype=torch.long),
+            [torch.as_tensor(c, dtype=torch.float32) for c in (codebooks or [])],
+        )
         self._added_tokens_decoder = {
             index: token if isinstance(token, AddedToken) else AddedToken(token, special=True)
             for index, token in enumerate((pad_token, eos_token, bos_token))
         }
         kwargs.setdefault("model_max_length", self.max_history_items * self.num_levels + 1)
         super().__init__(
-            pad_token=pad_token, eos_token=eos_token, bos_token=bos_token,
-            codebook_sizes=self.codebook_sizes, num_semantic_levels=self.num_semantic_levels,
-            max_history_items=self.max_history_items, build_info=self.build_info, **kwargs,
+            pad_token=pad_token,
+            eos_token=eos_token,
+            bos_token=bos_token,
+            codebook_sizes=self.codebook_sizes,
+            num_semantic_levels=self.num_semantic_levels,
+            max_history_items=self.max_history_items,
+            build_info=self.build_info,
+            **kwargs,
         )
 
     # ------------------------------------------------------------------ catalogue and layout
     @staticmethod
     def _load_catalogue(semantic_ids_file, item_ids_file, kwargs):
         directory = kwargs.get("name_or_path", "the tokenizer directory")
-        missing = [name for name, path in ((SEMANTIC_IDS_FILE, semantic_ids_file), (ITEM_IDS_FILE, item_ids_file))
-                   if path is None or not os.path.isfile(path)]
+        missing = [
+            name
+            for name, path in ((SEMANTIC_IDS_FILE, semantic_ids_file), (ITEM_IDS_FILE, item_ids_file))
+            if path is None or not os.path.isfile(path)
+        ]
         if missing:
             # A ValueError, not FileNotFoundError: transformers replaces OSErrors raised here with a vaguer message.
             raise ValueError(
@@ -143,7 +155,9 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             )
         tensors = load_file(semantic_ids_file)
         if "item_codes" not in tensors:
-            raise ValueError(f"{semantic_ids_file} has no 'item_codes' tensor; it was not written by SemanticIDTokenizer.")
+            raise ValueError(
+                f"{semantic_ids_file} has no 'item_codes' tensor; it was not written by SemanticIDTokenizer."
+            )
         codebooks = [tensors[f"codebook_{level}"] for level in range(len(tensors)) if f"codebook_{level}" in tensors]
         with open(item_ids_file, encoding="utf-8") as handle:
             item_ids = json.load(handle)
@@ -234,7 +248,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         raise ValueError(
             f"Unknown token {token!r}: valid code tokens are <{LEVEL_NAMES[0]}_0> ... "
             f"<{LEVEL_NAMES[self.num_levels - 1]}_{self.codebook_sizes[-1] - 1}> (levels "
-            f"{', '.join(f'{LEVEL_NAMES[l]}: {k}' for l, k in enumerate(self.codebook_sizes))})."
+            f"{', '.join(f'{LEVEL_NAMES[level]}: {k}' for level, k in enumerate(self.codebook_sizes))})."
         )
 
     def _convert_id_to_token(self, index: int) -> str:
@@ -330,7 +344,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         period = self.num_levels + 1
         items = []
         for start in range(0, len(tokens), period):
-            chunk = tokens[start:start + period]
+            chunk = tokens[start : start + period]
             if not chunk or chunk[0] != self.bos_token_id:
                 break  # EOS or padding: the session has ended
             items.append(self.decode_items([chunk[1:]], strict=False)[0] if len(chunk) == period else None)
@@ -370,9 +384,14 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             exclude_items: Per input row, item ids never to generate (for example the history).
         """
         return SessionConstrainedLogitsProcessor(
-            self.trie, bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id, num_items=num_items, prefix_length=prefix_length,
-            forbid_repeats=forbid_repeats, excluded_items=self._excluded_indices(exclude_items),
+            self.trie,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            num_items=num_items,
+            prefix_length=prefix_length,
+            forbid_repeats=forbid_repeats,
+            excluded_items=self._excluded_indices(exclude_items),
         )
 
     def prefix_allowed_tokens_fn(
@@ -386,9 +405,14 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         """The reference constraint for ``generate(prefix_allowed_tokens_fn=...)``; same arguments
         and results as :meth:`session_logits_processor`, but a Python call per beam (slow)."""
         return SessionPrefixAllowedTokensFn(
-            self.item_tokens, bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id, num_items=num_items, prefix_length=prefix_length,
-            forbid_repeats=forbid_repeats, excluded_items=self._excluded_indices(exclude_items),
+            self.item_tokens,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            num_items=num_items,
+            prefix_length=prefix_length,
+            forbid_repeats=forbid_repeats,
+            excluded_items=self._excluded_indices(exclude_items),
         )
 
     # ------------------------------------------------------------------ building and cold start
@@ -424,7 +448,9 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         embeddings = validate_item_embeddings(embeddings, num_items=len(item_ids))
         fit = fit_residual_kmeans(embeddings, config, progress=progress)
         codes, collisions = resolve_collisions(fit.codes, disambiguation_size)
-        codebook_sizes = config.codebook_sizes + ([collisions.disambiguation_size] if codes.shape[1] > fit.codes.shape[1] else [])
+        codebook_sizes = config.codebook_sizes + (
+            [collisions.disambiguation_size] if codes.shape[1] > fit.codes.shape[1] else []
+        )
         build_info = {
             "quantizer": config.to_dict(),
             "embedding_dim": int(embeddings.shape[1]),
@@ -433,9 +459,15 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             "residual_norm": fit.residual_norm,
             **(extra_build_info or {}),
         }
-        return cls(codebook_sizes=codebook_sizes, num_semantic_levels=config.num_levels,
-                   max_history_items=max_history_items, build_info=build_info,
-                   item_ids=item_ids, item_codes=codes, codebooks=fit.codebooks)
+        return cls(
+            codebook_sizes=codebook_sizes,
+            num_semantic_levels=config.num_levels,
+            max_history_items=max_history_items,
+            build_info=build_info,
+            item_ids=item_ids,
+            item_codes=codes,
+            codebooks=fit.codebooks,
+        )
 
     def add_items(self, item_ids: Sequence, embeddings) -> torch.Tensor:
         """Cold start: codes for new items from the frozen codebooks, decodable at once.
@@ -461,7 +493,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         semantic = quantize_with_codebooks(embeddings, self.codebooks)
         new_codes = self._disambiguate(semantic)
         self._set_catalogue(self._item_ids + item_ids, torch.cat([self.item_codes, new_codes]), self.codebooks)
-        return self.item_tokens[-len(item_ids):]
+        return self.item_tokens[-len(item_ids) :]
 
     def _disambiguate(self, semantic: torch.Tensor) -> torch.Tensor:
         """Appends the first free disambiguation code to each new ``[n, L]`` semantic code."""

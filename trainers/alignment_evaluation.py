@@ -23,26 +23,47 @@ import numpy as np
 from .evaluation import ranking_metrics
 
 
-def sessions_from_ranking(ranked: Sequence[Sequence[str]], num_sessions: int,
-                          session_length: int) -> List[List[List[str]]]:
+def sessions_from_ranking(
+    ranked: Sequence[Sequence[str]], num_sessions: int, session_length: int
+) -> List[List[List[str]]]:
     """``S`` sessions per user from a point-wise ranking: items ``[s*m, (s+1)*m)`` of the ranked list make session
     ``s``. ``ranked``: per user, at least ``S*m`` items best first (fewer give fewer sessions). Shape of the result:
     ``(users, <= S, m)``."""
-    return [[items[start:start + session_length] for start in range(0, len(items), session_length)
-             if len(items[start:start + session_length]) == session_length][:num_sessions] for items in ranked]
+    return [
+        [
+            items[start : start + session_length]
+            for start in range(0, len(items), session_length)
+            if len(items[start : start + session_length]) == session_length
+        ][:num_sessions]
+        for items in ranked
+    ]
 
 
-def generated_sessions(model, tokenizer, histories: Sequence[Sequence[str]], num_sessions: int,
-                       session_length: int, num_beams: int, batch_size: int = 16) -> List[List[List[str]]]:
+def generated_sessions(
+    model,
+    tokenizer,
+    histories: Sequence[Sequence[str]],
+    num_sessions: int,
+    session_length: int,
+    num_beams: int,
+    batch_size: int = 16,
+) -> List[List[List[str]]]:
     """The ``S`` best sessions per user from OneRec's session beam search (history excluded, no repeats)."""
-    found = model.recommend(tokenizer, [list(h) for h in histories], num_sessions=num_sessions,
-                            num_beams=max(num_beams, num_sessions), session_length=session_length,
-                            exclude_history=True, batch_size=batch_size)
+    found = model.recommend(
+        tokenizer,
+        [list(h) for h in histories],
+        num_sessions=num_sessions,
+        num_beams=max(num_beams, num_sessions),
+        session_length=session_length,
+        exclude_history=True,
+        batch_size=batch_size,
+    )
     return [[list(session.items) for session in user] for user in found]
 
 
-def reward_summary(scorer, histories: Sequence[Sequence[str]],
-                   sessions: Sequence[Sequence[Sequence[str]]]) -> Dict[str, float]:
+def reward_summary(
+    scorer, histories: Sequence[Sequence[str]], sessions: Sequence[Sequence[Sequence[str]]]
+) -> Dict[str, float]:
     """``{tower}_mean`` and ``{tower}_max`` (see the module docstring) from a ``SessionRewardScorer``; users
     without any session are skipped and counted in ``users_without_sessions``."""
     keep = [u for u, user_sessions in enumerate(sessions) if len(user_sessions)]
@@ -55,8 +76,9 @@ def reward_summary(scorer, histories: Sequence[Sequence[str]],
     return summary
 
 
-def ground_truth_summary(ranked: Sequence[Sequence[str]], sessions: Sequence[Sequence[Sequence[str]]],
-                         targets: Sequence[str]) -> Dict[str, float]:
+def ground_truth_summary(
+    ranked: Sequence[Sequence[str]], sessions: Sequence[Sequence[Sequence[str]]], targets: Sequence[str]
+) -> Dict[str, float]:
     """Recall/NDCG@10 of the ranking and the best session's hit rate against the held-out test items."""
     metrics: Dict[str, Any] = ranking_metrics(ranked, targets, ks=(10,))
     hits = [bool(user and str(target) in set(user[0])) for user, target in zip(sessions, targets)]

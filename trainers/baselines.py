@@ -30,7 +30,6 @@ import scipy.sparse as sp
 
 from .evaluation import evaluate_recommender
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SUCCESSOR_GRID", "MostPopularRecommender", "SuccessorRecommender", "tune_successor"]
@@ -114,8 +113,11 @@ class _SparseScoringRecommender:
             rows.extend([row] * len(known))
             items.extend(known)
             from_end.extend(range(len(known) - 1, -1, -1))
-        return (np.asarray(rows, dtype=np.int64), np.asarray(items, dtype=np.int64),
-                np.asarray(from_end, dtype=np.int64))
+        return (
+            np.asarray(rows, dtype=np.int64),
+            np.asarray(items, dtype=np.int64),
+            np.asarray(from_end, dtype=np.int64),
+        )
 
     def _scores(self, rows: np.ndarray, items: np.ndarray, from_end: np.ndarray, batch: int) -> sp.csr_matrix | None:
         """Sparse `(batch, num_items)` candidate scores; `None` for popularity only."""
@@ -350,17 +352,26 @@ def tune_successor(
     table: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] | None = None
     for max_gap, normalize in itertools.product(grid["max_gap"], grid["normalize"]):
-        fitted = SuccessorRecommender(rows, window=1, decay=1.0, max_gap=max_gap, normalize=normalize,
-                                      catalogue=catalogue)
+        fitted = SuccessorRecommender(
+            rows, window=1, decay=1.0, max_gap=max_gap, normalize=normalize, catalogue=catalogue
+        )
         for window in grid["window"]:
             for decay in grid["decay"][:1] if window == 1 else grid["decay"]:
                 recommender = fitted.with_query(window=window, decay=decay)
                 start = time.perf_counter()
-                metrics, _ = evaluate_recommender(recommender, validation_samples, ks,
-                                                  exclude_history=exclude_history, batch_size=batch_size,
-                                                  progress=progress)
-                row = {**recommender.params, **{name: metrics[name] for name in metrics if "@" in name},
-                       "seconds": time.perf_counter() - start}
+                metrics, _ = evaluate_recommender(
+                    recommender,
+                    validation_samples,
+                    ks,
+                    exclude_history=exclude_history,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+                row = {
+                    **recommender.params,
+                    **{name: metrics[name] for name in metrics if "@" in name},
+                    "seconds": time.perf_counter() - start,
+                }
                 table.append(row)
                 logger.info("successor %s: validation %s=%.4f", recommender.params, metric, metrics[metric])
                 if best is None or metrics[metric] > best[0]:

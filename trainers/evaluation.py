@@ -32,7 +32,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-
 __all__ = [
     "PUBLISHED_BEAUTY",
     "RECALL_NDCG_METRIC_PATH",
@@ -120,9 +119,7 @@ def ranking_metrics(
     ranks = np.full(len(targets), max_k, dtype=np.int64)  # max_k = "not in any top-k"
     for user, (items, target) in enumerate(zip(ranked, targets)):
         if isinstance(items, (str, bytes)):
-            raise ValueError(
-                f"User {user}: the ranked list is the string {items!r}; pass a list of item ids per user."
-            )
+            raise ValueError(f"User {user}: the ranked list is the string {items!r}; pass a list of item ids per user.")
         items = [str(item) for item in items]
         if len(set(items)) != len(items):
             seen, duplicated = set(), []
@@ -352,9 +349,7 @@ def evaluate_recommender(
     return metrics, ranked
 
 
-def write_topk_json(
-    path: str | Path, user_ids: Sequence[Any], ranked: Sequence[Sequence[str]], k: int = 10
-) -> Path:
+def write_topk_json(path: str | Path, user_ids: Sequence[Any], ranked: Sequence[Sequence[str]], k: int = 10) -> Path:
     """Write `{user_id: [item_id, ...]}` (the first `k` items per user, original dataset ids) as JSON.
 
     Args:
@@ -392,8 +387,9 @@ def read_topk_json(path: str | Path) -> dict[str, list[str]]:
     try:
         raw = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
     except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a readable top-k file ({type(error).__name__}: {error}); write it with "
-                         "write_topk_json.") from None
+        raise ValueError(
+            f"{path} is not a readable top-k file ({type(error).__name__}: {error}); write it with write_topk_json."
+        ) from None
     if not isinstance(raw, dict) or not all(isinstance(items, list) for items in raw.values()):
         raise ValueError(f"{path} is not a {{user_id: [item_id, ...]}} JSON object as written by write_topk_json.")
     return {str(user): [str(item) for item in items] for user, items in raw.items()}
@@ -427,7 +423,6 @@ def metrics_table(
         cells = list(labels) + [f"{metrics[column]:.4f}" if column in metrics else "-" for column in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
 
 
 def sample_users(samples: Any, num_users: int | None, seed: int = 0) -> Any:
@@ -468,13 +463,22 @@ def held_out_sessions(validation: Any, test: Any) -> list[dict[str, Any]]:
         `list[dict]`: rows `{"user_id", "history", "target": [validation item, test item]}`.
     """
     if len(validation) != len(test):
-        raise ValueError(f"validation has {len(validation)} users and test {len(test)}; pass the two splits of one "
-                         "build_session_samples(...) call.")
+        raise ValueError(
+            f"validation has {len(validation)} users and test {len(test)}; pass the two splits of one "
+            "build_session_samples(...) call."
+        )
     rows = []
     for val, tst in zip(validation, test):
         if str(val["user_id"]) != str(tst["user_id"]):
-            raise ValueError(f"User order differs between validation ({val['user_id']!r}) and test "
-                             f"({tst['user_id']!r}); pass the two splits of one build_session_samples(...) call.")
-        rows.append({"user_id": val["user_id"], "history": list(val["history"]),
-                     "target": list(val["target"]) + list(tst["target"])})
+            raise ValueError(
+                f"User order differs between validation ({val['user_id']!r}) and test "
+                f"({tst['user_id']!r}); pass the two splits of one build_session_samples(...) call."
+            )
+        rows.append(
+            {
+                "user_id": val["user_id"],
+                "history": list(val["history"]),
+                "target": list(val["target"]) + list(tst["target"]),
+            }
+        )
     return rows

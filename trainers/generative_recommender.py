@@ -26,8 +26,11 @@ class GenerativeRecommender:
     def __init__(self, model, tokenizer, num_beams: Optional[int] = None, batch_size: int = 16):
         model.config.check_tokenizer(tokenizer)
         self.model, self.tokenizer = model, tokenizer
-        first_level = tokenizer.level_offsets[1] - tokenizer.level_offsets[0] if tokenizer.num_levels > 1 else \
-            tokenizer.vocab_size - tokenizer.level_offsets[0]
+        first_level = (
+            tokenizer.level_offsets[1] - tokenizer.level_offsets[0]
+            if tokenizer.num_levels > 1
+            else tokenizer.vocab_size - tokenizer.level_offsets[0]
+        )
         self.num_beams = num_beams if num_beams is not None else first_level
         self.batch_size = batch_size
 
@@ -36,9 +39,16 @@ class GenerativeRecommender:
         exhausted). With ``exclude_history`` the user's own history items are never returned.
 
         The ranking is ``model.recommend`` with one-item sessions: the beams of the first item, best first."""
-        found = self.model.recommend(self.tokenizer, histories, num_sessions=k, num_beams=max(k, self.num_beams),
-                                     session_length=1, exclude_history=exclude_history, forbid_repeats=False,
-                                     batch_size=self.batch_size)
+        found = self.model.recommend(
+            self.tokenizer,
+            histories,
+            num_sessions=k,
+            num_beams=max(k, self.num_beams),
+            session_length=1,
+            exclude_history=exclude_history,
+            forbid_repeats=False,
+            batch_size=self.batch_size,
+        )
         return [[session.items[0] for session in sessions] for sessions in found]
 
 
@@ -73,8 +83,10 @@ def evaluate_generative_model(
     """
     unknown = sorted(set(history_settings) - {"exclude_history", "all_items"})
     if unknown or not history_settings:
-        raise ValueError(f"history_settings={list(history_settings)} is invalid; pick one or both of "
-                         "'exclude_history' and 'all_items'.")
+        raise ValueError(
+            f"history_settings={list(history_settings)} is invalid; pick one or both of "
+            "'exclude_history' and 'all_items'."
+        )
     recommender = GenerativeRecommender(model, tokenizer, num_beams=num_beams, batch_size=batch_size)
     report: Dict[str, Dict[str, Any]] = {}
     ranked: Dict[str, List[List[str]]] = {}
@@ -83,10 +95,13 @@ def evaluate_generative_model(
             continue
         exclude = name == "exclude_history"
         start = time.perf_counter()
-        metrics, ranked[name] = evaluate_recommender(recommender, test_samples, ks, exclude_history=exclude,
-                                                     batch_size=batch_size * 4, progress=progress)
-        report[name] = metrics | {"num_beams": max(max(ks), recommender.num_beams),
-                                  "seconds": round(time.perf_counter() - start, 1)}
+        metrics, ranked[name] = evaluate_recommender(
+            recommender, test_samples, ks, exclude_history=exclude, batch_size=batch_size * 4, progress=progress
+        )
+        report[name] = metrics | {
+            "num_beams": max(max(ks), recommender.num_beams),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
     if session_rows:
         length = session_length or model.config.session_length
         histories = [row["history"] for row in session_rows]
@@ -98,11 +113,21 @@ def evaluate_generative_model(
             sessions = recommender.rank(histories, length, exclude_history=True)
         else:
             mode = "generated (session beam search)"
-            found = model.recommend(tokenizer, histories, num_sessions=1, num_beams=session_beams,
-                                    session_length=length, exclude_history=True)
+            found = model.recommend(
+                tokenizer,
+                histories,
+                num_sessions=1,
+                num_beams=session_beams,
+                session_length=length,
+                exclude_history=True,
+            )
             sessions = [user[0].items if user else [] for user in found]
-        report["session"] = session_metrics(sessions, [row["target"] for row in session_rows],
-                                            item_categories=tokenizer) | {
-            "session_length": length, "session_mode": mode, "num_beams": session_beams,
-            "seconds": round(time.perf_counter() - start, 1)}
+        report["session"] = session_metrics(
+            sessions, [row["target"] for row in session_rows], item_categories=tokenizer
+        ) | {
+            "session_length": length,
+            "session_mode": mode,
+            "num_beams": session_beams,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
     return report, ranked

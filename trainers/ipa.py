@@ -60,8 +60,7 @@ class SessionRewardFn(Protocol):
     batches (``mining_batch_size``); every user passed has at least two candidates.
     """
 
-    def __call__(self, histories: List[List[str]], sessions: List[List[List[str]]]) -> Sequence[Sequence[float]]:
-        ...
+    def __call__(self, histories: List[List[str]], sessions: List[List[List[str]]]) -> Sequence[Sequence[float]]: ...
 
 
 class PreferencePairs(list):
@@ -74,35 +73,53 @@ class PreferencePairs(list):
         seconds: Wall time of the mining.
     """
 
-    def __init__(self, rows=(), *, num_users: int = 0, skipped_users: int = 0, tied_users: int = 0,
-                 seconds: float = 0.0):
+    def __init__(
+        self, rows=(), *, num_users: int = 0, skipped_users: int = 0, tied_users: int = 0, seconds: float = 0.0
+    ):
         super().__init__(rows)
-        self.num_users, self.skipped_users, self.tied_users, self.seconds = (num_users, skipped_users, tied_users,
-                                                                            seconds)
+        self.num_users, self.skipped_users, self.tied_users, self.seconds = (
+            num_users,
+            skipped_users,
+            tied_users,
+            seconds,
+        )
 
 
 def _check_rewards(rewards, sessions: List[List[List[str]]], user_indices: List[int]) -> List[List[float]]:
     if not isinstance(rewards, Sequence) and not hasattr(rewards, "__len__"):
         raise TypeError(f"reward_fn must return one list of scores per user, got {type(rewards).__name__}.")
     if len(rewards) != len(sessions):
-        raise ValueError(f"reward_fn returned {len(rewards)} score lists for {len(sessions)} users (histories "
-                         f"{user_indices}): return one list per user.")
+        raise ValueError(
+            f"reward_fn returned {len(rewards)} score lists for {len(sessions)} users (histories "
+            f"{user_indices}): return one list per user."
+        )
     checked = []
     for user, (scores, candidates) in enumerate(zip(rewards, sessions)):
         scores = [float(score) for score in scores]
         if len(scores) != len(candidates):
-            raise ValueError(f"reward_fn returned {len(scores)} scores for the {len(candidates)} candidate sessions "
-                             f"of user {user_indices[user]}: return one score per session.")
+            raise ValueError(
+                f"reward_fn returned {len(scores)} scores for the {len(candidates)} candidate sessions "
+                f"of user {user_indices[user]}: return one score per session."
+            )
         if not all(math.isfinite(score) for score in scores):
             raise ValueError(f"reward_fn returned a non-finite score for user {user_indices[user]}: {scores[:8]}.")
         checked.append(scores)
     return checked
 
 
-def mine_preference_pairs(model, tokenizer, histories: Sequence[Sequence], reward_fn: SessionRewardFn, *,
-                          num_candidates: int = 128, session_length: Optional[int] = None,
-                          exclude_history: bool = True, batch_size: int = 8, min_reward_gap: float = 0.0,
-                          progress: bool = True) -> PreferencePairs:
+def mine_preference_pairs(
+    model,
+    tokenizer,
+    histories: Sequence[Sequence],
+    reward_fn: SessionRewardFn,
+    *,
+    num_candidates: int = 128,
+    session_length: Optional[int] = None,
+    exclude_history: bool = True,
+    batch_size: int = 8,
+    min_reward_gap: float = 0.0,
+    progress: bool = True,
+) -> PreferencePairs:
     """Preference pairs from the current snapshot (paper Eq. 8-9, Algorithm 2 lines 4-11).
 
     Args:
@@ -123,8 +140,9 @@ def mine_preference_pairs(model, tokenizer, histories: Sequence[Sequence], rewar
         the beam search ranked higher), with the counts of skipped and tied users.
     """
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 2:
-        raise ValueError(f"num_candidates must be an int >= 2 (a pair needs a best and a worst session), got "
-                         f"{num_candidates!r}.")
+        raise ValueError(
+            f"num_candidates must be an int >= 2 (a pair needs a best and a worst session), got {num_candidates!r}."
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
     if session_length is not None and (not isinstance(session_length, int) or session_length < 1):
@@ -141,28 +159,43 @@ def mine_preference_pairs(model, tokenizer, histories: Sequence[Sequence], rewar
     batches = length_sorted_batches(histories, batch_size, model.config.max_history_items)
     for indices in tqdm(batches, desc="Mining preference pairs", unit="batch", disable=not progress):
         batch = [histories[index] for index in indices]
-        recommendations = model.recommend(tokenizer, batch, num_sessions=num_candidates,
-                                          num_beams=num_candidates, session_length=session_length,
-                                          exclude_history=exclude_history, batch_size=len(batch))
+        recommendations = model.recommend(
+            tokenizer,
+            batch,
+            num_sessions=num_candidates,
+            num_beams=num_candidates,
+            session_length=session_length,
+            exclude_history=exclude_history,
+            batch_size=len(batch),
+        )
         users = [u for u, sessions in enumerate(recommendations) if len(sessions) >= 2]
         skipped += len(batch) - len(users)
         if not users:
             continue
         sessions = [[list(s.items) for s in recommendations[u]] for u in users]
-        rewards = _check_rewards(reward_fn([list(batch[u]) for u in users], sessions), sessions,
-                                 [indices[u] for u in users])
+        rewards = _check_rewards(
+            reward_fn([list(batch[u]) for u in users], sessions), sessions, [indices[u] for u in users]
+        )
         for u, candidates, scores in zip(users, sessions, rewards):
             best = max(range(len(scores)), key=scores.__getitem__)  # first of equals: the higher-ranked beam
             worst = min(range(len(scores)), key=scores.__getitem__)
             if scores[best] - scores[worst] <= min_reward_gap:
                 tied += 1
                 continue
-            rows.append({"index": indices[u], "history": list(batch[u]), "chosen": candidates[best],
-                         "rejected": candidates[worst], "chosen_reward": scores[best],
-                         "rejected_reward": scores[worst]})
+            rows.append(
+                {
+                    "index": indices[u],
+                    "history": list(batch[u]),
+                    "chosen": candidates[best],
+                    "rejected": candidates[worst],
+                    "chosen_reward": scores[best],
+                    "rejected_reward": scores[worst],
+                }
+            )
     rows.sort(key=lambda row: row["index"])
-    return PreferencePairs(rows, num_users=len(histories), skipped_users=skipped, tied_users=tied,
-                           seconds=time.perf_counter() - started)
+    return PreferencePairs(
+        rows, num_users=len(histories), skipped_users=skipped, tied_users=tied, seconds=time.perf_counter() - started
+    )
 
 
 @dataclass
@@ -250,9 +283,15 @@ def _load_snapshot(model, path: Path):
     return loaded.to(model.device)
 
 
-def run_ipa(model, tokenizer, train_samples: Union[Dataset, List[Dict[str, Any]]], reward_fn: SessionRewardFn,
-            config: Optional[IPAConfig] = None, output_dir: Union[str, os.PathLike] = "onerec-ipa",
-            resume: bool = True) -> IPAResult:
+def run_ipa(
+    model,
+    tokenizer,
+    train_samples: Union[Dataset, List[Dict[str, Any]]],
+    reward_fn: SessionRewardFn,
+    config: Optional[IPAConfig] = None,
+    output_dir: Union[str, os.PathLike] = "onerec-ipa",
+    resume: bool = True,
+) -> IPAResult:
     """Iterative Preference Alignment (Algorithm 2) from the seed model ``M_0 = model``.
 
     Args:
@@ -280,17 +319,21 @@ def run_ipa(model, tokenizer, train_samples: Union[Dataset, List[Dict[str, Any]]
         raise ValueError("train_samples is empty.")
     existing = sorted(p.name for p in output_dir.glob("iteration-*")) if output_dir.is_dir() else []
     if existing and not resume:
-        raise FileExistsError(f"{output_dir} already holds {existing}; pass resume=True to continue that run, or "
-                              "choose an empty output_dir.")
+        raise FileExistsError(
+            f"{output_dir} already holds {existing}; pass resume=True to continue that run, or "
+            "choose an empty output_dir."
+        )
 
     first_todo = 1
     while first_todo <= config.num_iterations and _is_complete(output_dir, first_todo):
         first_todo += 1
     stale = [k for k in range(first_todo + 1, config.num_iterations + 1) if _is_complete(output_dir, k)]
     if stale:
-        raise ValueError(f"iteration-{first_todo} is incomplete but later iterations {stale} are complete: they were "
-                         f"trained from a different iteration-{first_todo}. Delete them to redo the run from "
-                         f"iteration-{first_todo}.")
+        raise ValueError(
+            f"iteration-{first_todo} is incomplete but later iterations {stale} are complete: they were "
+            f"trained from a different iteration-{first_todo}. Delete them to redo the run from "
+            f"iteration-{first_todo}."
+        )
     states = [_read_json(_iteration_dir(output_dir, k) / STATE_FILE) for k in range(1, first_todo)]
     for state in states:
         logger.info("IPA iteration %d already complete: skipped.", state["iteration"])
@@ -302,8 +345,9 @@ def run_ipa(model, tokenizer, train_samples: Union[Dataset, List[Dict[str, Any]]
     return IPAResult(model=current, iterations=states, output_dir=output_dir)
 
 
-def _mine_iteration(model, tokenizer, train_samples: Dataset, reward_fn, config: IPAConfig, k: int,
-                    parent: str) -> Dict[str, Any]:
+def _mine_iteration(
+    model, tokenizer, train_samples: Dataset, reward_fn, config: IPAConfig, k: int, parent: str
+) -> Dict[str, Any]:
     t = k - 1
     total = len(train_samples)
     size = min(total, max(1, int(round(config.dpo_sample_ratio * total))))
@@ -311,21 +355,44 @@ def _mine_iteration(model, tokenizer, train_samples: Dataset, reward_fn, config:
     indices = np.sort(rng.choice(total, size=size, replace=False)).tolist()
     sampled = train_samples.select(indices)
     histories, targets = sampled["history"], sampled["target"]
-    pairs = mine_preference_pairs(model, tokenizer, histories, reward_fn, num_candidates=config.num_candidates,
-                                  session_length=config.session_length, exclude_history=config.exclude_history,
-                                  batch_size=config.mining_batch_size, min_reward_gap=config.min_reward_gap,
-                                  progress=config.progress)
-    rows = [{"sample_index": indices[pair["index"]], "history": pair["history"],
-             "target": [str(item) for item in targets[pair["index"]]], "chosen": pair["chosen"],
-             "rejected": pair["rejected"], "chosen_reward": pair["chosen_reward"],
-             "rejected_reward": pair["rejected_reward"]} for pair in pairs]
-    return {"iteration": k, "mined_with": parent, "seed": config.seed, "sampled_rows": size,
-            "num_candidates": config.num_candidates, "skipped_users": pairs.skipped_users,
-            "tied_users": pairs.tied_users, "mining_seconds": round(pairs.seconds, 3), "pairs": rows}
+    pairs = mine_preference_pairs(
+        model,
+        tokenizer,
+        histories,
+        reward_fn,
+        num_candidates=config.num_candidates,
+        session_length=config.session_length,
+        exclude_history=config.exclude_history,
+        batch_size=config.mining_batch_size,
+        min_reward_gap=config.min_reward_gap,
+        progress=config.progress,
+    )
+    rows = [
+        {
+            "sample_index": indices[pair["index"]],
+            "history": pair["history"],
+            "target": [str(item) for item in targets[pair["index"]]],
+            "chosen": pair["chosen"],
+            "rejected": pair["rejected"],
+            "chosen_reward": pair["chosen_reward"],
+            "rejected_reward": pair["rejected_reward"],
+        }
+        for pair in pairs
+    ]
+    return {
+        "iteration": k,
+        "mined_with": parent,
+        "seed": config.seed,
+        "sampled_rows": size,
+        "num_candidates": config.num_candidates,
+        "skipped_users": pairs.skipped_users,
+        "tied_users": pairs.tied_users,
+        "mining_seconds": round(pairs.seconds, 3),
+        "pairs": rows,
+    }
 
 
-def _run_iteration(current, tokenizer, train_samples: Dataset, reward_fn, config: IPAConfig, output_dir: Path,
-                   k: int):
+def _run_iteration(current, tokenizer, train_samples: Dataset, reward_fn, config: IPAConfig, output_dir: Path, k: int):
     """Trains ``M_k`` from ``current`` = ``M_{k-1}``; returns ``(M_k, state)``."""
     started = time.perf_counter()
     snapshot = _iteration_dir(output_dir, k)
@@ -337,9 +404,16 @@ def _run_iteration(current, tokenizer, train_samples: Dataset, reward_fn, config
         record = _read_json(pairs_path)
         logger.info("IPA iteration %d: reusing %d mined pairs from %s.", k, len(record["pairs"]), pairs_path)
         if (record.get("num_candidates"), record.get("seed")) != (config.num_candidates, config.seed):
-            logger.warning("IPA iteration %d: %s was mined with num_candidates=%s, seed=%s (now %s, %s); reusing it "
-                           "anyway. Delete it to mine again.", k, pairs_path, record.get("num_candidates"),
-                           record.get("seed"), config.num_candidates, config.seed)
+            logger.warning(
+                "IPA iteration %d: %s was mined with num_candidates=%s, seed=%s (now %s, %s); reusing it "
+                "anyway. Delete it to mine again.",
+                k,
+                pairs_path,
+                record.get("num_candidates"),
+                record.get("seed"),
+                config.num_candidates,
+                config.seed,
+            )
     else:
         record = _mine_iteration(current, tokenizer, train_samples, reward_fn, config, k, parent)
         _write_json_atomically(pairs_path, record)  # before training: a killed run never mines these again
@@ -347,14 +421,20 @@ def _run_iteration(current, tokenizer, train_samples: Dataset, reward_fn, config
 
     train_seconds, resumed_from, train_metrics, last_log = 0.0, None, {}, {}
     if rows:
-        template = config.training_args or OneRecDPOConfig(output_dir=str(output_dir), report_to="none",
-                                                           save_steps=200, save_total_limit=2)
-        args = dataclasses.replace(template, output_dir=str(snapshot / CHECKPOINTS_DIR),
-                                   num_train_epochs=config.epochs_per_iteration, seed=config.seed + k - 1)
+        template = config.training_args or OneRecDPOConfig(
+            output_dir=str(output_dir), report_to="none", save_steps=200, save_total_limit=2
+        )
+        args = dataclasses.replace(
+            template,
+            output_dir=str(snapshot / CHECKPOINTS_DIR),
+            num_train_epochs=config.epochs_per_iteration,
+            seed=config.seed + k - 1,
+        )
         reference = copy.deepcopy(current)  # frozen M_t for Eq. 10; the trainer updates `current` into M_{t+1}
         dataset = Dataset.from_list([{column: row[column] for column in TRAIN_COLUMNS} for row in rows])
-        trainer = OneRecDPOTrainer(model=current, ref_model=reference, args=args, train_dataset=dataset,
-                                   processing_class=tokenizer)
+        trainer = OneRecDPOTrainer(
+            model=current, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer
+        )
         if os.path.isdir(args.output_dir):
             resumed_from = get_last_checkpoint(args.output_dir)
         train_started = time.perf_counter()
@@ -369,14 +449,23 @@ def _run_iteration(current, tokenizer, train_samples: Dataset, reward_fn, config
     current.save_pretrained(str(snapshot))
     tokenizer.save_pretrained(str(snapshot))
     state = {
-        "iteration": k, "trained_from": parent, "sampled_rows": record["sampled_rows"], "pairs_mined": len(rows),
-        "skipped_users": record["skipped_users"], "tied_users": record["tied_users"],
+        "iteration": k,
+        "trained_from": parent,
+        "sampled_rows": record["sampled_rows"],
+        "pairs_mined": len(rows),
+        "skipped_users": record["skipped_users"],
+        "tied_users": record["tied_users"],
         "mean_chosen_reward": float(np.mean([r["chosen_reward"] for r in rows])) if rows else None,
         "mean_rejected_reward": float(np.mean([r["rejected_reward"] for r in rows])) if rows else None,
-        "pairs_reused": reused, "resumed_from_checkpoint": resumed_from,
-        "timings": {"mining_seconds": record["mining_seconds"], "training_seconds": round(train_seconds, 3),
-                    "iteration_seconds": round(time.perf_counter() - started, 3)},
-        "train_metrics": train_metrics, "last_train_log": last_log,
+        "pairs_reused": reused,
+        "resumed_from_checkpoint": resumed_from,
+        "timings": {
+            "mining_seconds": record["mining_seconds"],
+            "training_seconds": round(train_seconds, 3),
+            "iteration_seconds": round(time.perf_counter() - started, 3),
+        },
+        "train_metrics": train_metrics,
+        "last_train_log": last_log,
     }
     _write_json_atomically(snapshot / STATE_FILE, state)  # last: marks the iteration complete
     if not config.keep_checkpoints:

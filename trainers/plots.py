@@ -45,8 +45,17 @@ def plot_training_curves(log_history: Sequence[Dict[str, float]], path: Union[st
         if (data := series(key)) is not None:
             axes[1].plot(*data, label=key)
     axes[1].set_title("MoE auxiliary losses (aux = 1.0 is balanced)")
-    eval_keys = sorted({k for entry in log_history for k in entry if k.startswith("eval_") and k != "eval_loss"
-                        and not k.endswith(("runtime", "per_second", "steps_per_second")) and k != "eval_epoch"})
+    eval_keys = sorted(
+        {
+            k
+            for entry in log_history
+            for k in entry
+            if k.startswith("eval_")
+            and k != "eval_loss"
+            and not k.endswith(("runtime", "per_second", "steps_per_second"))
+            and k != "eval_epoch"
+        }
+    )
     for key in eval_keys:
         axes[2].plot(*series(key), label=key, marker=".")
     axes[2].set_title("validation metrics")
@@ -57,8 +66,9 @@ def plot_training_curves(log_history: Sequence[Dict[str, float]], path: Union[st
     return _save(figure, path)
 
 
-def plot_expert_load(expert_load: Union[torch.Tensor, List[List[float]]], path: Union[str, Path],
-                     title: str = "expert load") -> Path:
+def plot_expert_load(
+    expert_load: Union[torch.Tensor, List[List[float]]], path: Union[str, Path], title: str = "expert load"
+) -> Path:
     """Heat map of ``[sparse layers, experts]`` assignment counts or shares, normalised per layer to
     ``share * num_experts`` (1.0 = perfectly balanced; 0 = a dead expert)."""
     plt = _pyplot()
@@ -70,7 +80,8 @@ def plot_expert_load(expert_load: Union[torch.Tensor, List[List[float]]], path: 
     axis.set_xlabel("expert")
     axis.set_ylabel("sparse decoder layer")
     axis.set_yticks(range(load.shape[0]))
-    axis.set_title(f"{title}: share x experts (1.0 = balanced)\nmin {relative.min():.2f}, max {relative.max():.2f}",
-                   fontsize=9)
+    axis.set_title(
+        f"{title}: share x experts (1.0 = balanced)\nmin {relative.min():.2f}, max {relative.max():.2f}", fontsize=9
+    )
     figure.colorbar(image, ax=axis)
     return _save(figure, path)

@@ -106,8 +106,15 @@ class CodeTokenScores:
     log_sum_sq_probs: Optional[torch.Tensor] = None
 
 
-def code_token_scores(logits: torch.Tensor, labels: torch.Tensor, level_offsets: Sequence[int], vocab_size: int, *,
-                      level_restricted: bool = True, statistics: bool = False) -> CodeTokenScores:
+def code_token_scores(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    level_offsets: Sequence[int],
+    vocab_size: int,
+    *,
+    level_restricted: bool = True,
+    statistics: bool = False,
+) -> CodeTokenScores:
     """Log-probability of every code-token label, normalised as the model's NTP loss normalises it.
 
     Args:
@@ -122,8 +129,11 @@ def code_token_scores(logits: torch.Tensor, labels: torch.Tensor, level_offsets:
     labels = labels.to(logits.device)
     mask = (labels >= bounds[0]) & (labels < bounds[-1])
     # (label range, normalisation range) per segment: one per level, or all codes against the full vocabulary.
-    segments = ([(lo, hi, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])] if level_restricted
-                else [(bounds[0], bounds[-1], 0, logits.shape[-1])])
+    segments = (
+        [(lo, hi, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        if level_restricted
+        else [(bounds[0], bounds[-1], 0, logits.shape[-1])]
+    )
     zeros = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
     log_probs = zeros
     stats = {name: zeros for name in ("entropy", "mean_logits", "log_sum_sq_probs")} if statistics else None
@@ -143,7 +153,8 @@ def code_token_scores(logits: torch.Tensor, labels: torch.Tensor, level_offsets:
                 stats["entropy"] = stats["entropy"].masked_scatter(selected, -(lp.exp() * lp).sum(-1))
                 stats["mean_logits"] = stats["mean_logits"].masked_scatter(selected, segment_logits.detach().mean(-1))
                 stats["log_sum_sq_probs"] = stats["log_sum_sq_probs"].masked_scatter(
-                    selected, torch.logsumexp(2 * lp, dim=-1))
+                    selected, torch.logsumexp(2 * lp, dim=-1)
+                )
                 is_top1 = is_top1.masked_scatter(selected, segment_logits.detach().argmax(-1) == codes)
     if not statistics:
         return CodeTokenScores(log_probs=log_probs, mask=mask)
@@ -160,14 +171,20 @@ def _layout(model, tokenizer=None) -> Dict[str, Any]:
         if tokenizer is None:
             raise ValueError("The model config has no semantic-ID layout (codebook_sizes); pass the tokenizer.")
         level_offsets = list(tokenizer.level_offsets)
-    return dict(level_offsets=list(level_offsets), vocab_size=int(config.vocab_size),
-                level_restricted=bool(getattr(config, "level_restricted_loss", True)
-                                      and getattr(config, "codebook_sizes", None) is not None),
-                decoder_start_token_id=int(config.decoder_start_token_id), pad_token_id=int(config.pad_token_id))
+    return dict(
+        level_offsets=list(level_offsets),
+        vocab_size=int(config.vocab_size),
+        level_restricted=bool(
+            getattr(config, "level_restricted_loss", True) and getattr(config, "codebook_sizes", None) is not None
+        ),
+        decoder_start_token_id=int(config.decoder_start_token_id),
+        pad_token_id=int(config.pad_token_id),
+    )
 
 
-def session_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                      tokenizer=None) -> torch.Tensor:
+def session_log_probs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, tokenizer=None
+) -> torch.Tensor:
     """``log M(S | H)`` of each row: summed code-token log-probabilities (see the module docstring).
 
     Args:
@@ -180,8 +197,9 @@ def session_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """
     layout = _layout(model, tokenizer)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
-    scores = code_token_scores(logits, labels, layout["level_offsets"], layout["vocab_size"],
-                               level_restricted=layout["level_restricted"])
+    scores = code_token_scores(
+        logits, labels, layout["level_offsets"], layout["vocab_size"], level_restricted=layout["level_restricted"]
+    )
     return scores.log_probs.sum(dim=1)
 
 
@@ -212,8 +230,15 @@ class SessionScorer:
             the adapter disabled).
     """
 
-    def __init__(self, model, layout: Dict[str, Any], encoder_hidden_states: Optional[torch.Tensor] = None,
-                 router_loss: bool = False, statistics: bool = True, context=None):
+    def __init__(
+        self,
+        model,
+        layout: Dict[str, Any],
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        router_loss: bool = False,
+        statistics: bool = True,
+        context=None,
+    ):
         self.model = model
         self.context = context
         self.layout = layout
@@ -229,10 +254,16 @@ class SessionScorer:
         with self.context() if self.context is not None else nullcontext():
             return self._score(*args, **kwargs)
 
-    def _score(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-               labels: Optional[torch.Tensor] = None, fused_lm_head: bool = False,
-               encoder_input_ids: Optional[torch.Tensor] = None,
-               encoder_attention_mask: Optional[torch.Tensor] = None, **ignored):
+    def _score(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        fused_lm_head: bool = False,
+        encoder_input_ids: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        **ignored,
+    ):
         if encoder_input_ids is None or encoder_attention_mask is None:
             raise ValueError("SessionScorer needs encoder_input_ids and encoder_attention_mask in the batch.")
         rows, histories = input_ids.shape[0], encoder_input_ids.shape[0]
@@ -240,28 +271,46 @@ class SessionScorer:
             raise ValueError(f"{rows} decoder rows for {histories} histories: expected chosen and rejected per row.")
         encoder_hidden = self.encoder_hidden_states
         if encoder_hidden is None:
-            encoder_hidden = _unwrap(self.model).get_encoder()(
-                input_ids=encoder_input_ids, attention_mask=encoder_attention_mask).last_hidden_state
+            encoder_hidden = (
+                _unwrap(self.model)
+                .get_encoder()(input_ids=encoder_input_ids, attention_mask=encoder_attention_mask)
+                .last_hidden_state
+            )
         copies = rows // histories  # rows are [chosen; rejected]: repeat the whole batch, not each row
         encoder_hidden = encoder_hidden.repeat(copies, 1, 1)
         encoder_mask = encoder_attention_mask.repeat(copies, 1)
         if labels is None:
             labels = input_ids.masked_fill(attention_mask == 0, -100) if attention_mask is not None else input_ids
         targets = labels[:, 1:]  # [R, T]
-        outputs = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-                             attention_mask=encoder_mask, decoder_input_ids=input_ids[:, :-1],
-                             labels=targets if self.compute_router_loss else None, use_cache=False)
+        outputs = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
+            attention_mask=encoder_mask,
+            decoder_input_ids=input_ids[:, :-1],
+            labels=targets if self.compute_router_loss else None,
+            use_cache=False,
+        )
         if self.compute_router_loss and outputs.loss is not None:
             self.router_loss = outputs.loss - outputs.ntp_loss
             self.aux_loss, self.z_loss = outputs.aux_loss, outputs.z_loss
         if not fused_lm_head:
             return outputs
-        scores = code_token_scores(outputs.logits, targets, self.layout["level_offsets"], self.layout["vocab_size"],
-                                   level_restricted=self.layout["level_restricted"], statistics=self.statistics)
+        scores = code_token_scores(
+            outputs.logits,
+            targets,
+            self.layout["level_offsets"],
+            self.layout["vocab_size"],
+            level_restricted=self.layout["level_restricted"],
+            statistics=self.statistics,
+        )
         self.sequence_log_probs = scores.log_probs.sum(dim=1)
-        return FusedCausalLMOutput(log_probs=scores.log_probs, entropy=scores.entropy,
-                                   log_sum_sq_probs=scores.log_sum_sq_probs, mean_logits=scores.mean_logits,
-                                   is_top1=scores.is_top1, label_mask=scores.mask)
+        return FusedCausalLMOutput(
+            log_probs=scores.log_probs,
+            entropy=scores.entropy,
+            log_sum_sq_probs=scores.log_sum_sq_probs,
+            mean_logits=scores.mean_logits,
+            is_top1=scores.is_top1,
+            label_mask=scores.mask,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -339,8 +388,12 @@ class PreferenceDataCollator:
         chosen = [encode(row, "chosen", f["chosen"]) for row, f in enumerate(features)]
         rejected = [encode(row, "rejected", f["rejected"]) for row, f in enumerate(features)]
         width = max(len(s) for s in chosen + rejected)
-        batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                 "chosen_labels": pad_labels(chosen, width), "rejected_labels": pad_labels(rejected, width)}
+        batch = {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "chosen_labels": pad_labels(chosen, width),
+            "rejected_labels": pad_labels(rejected, width),
+        }
 
         if any(f.get("target") for f in features):
             targets = []
@@ -379,31 +432,57 @@ class OneRecDPOConfig(DPOConfig):
     value. ``robust`` is rDPO. A ``label_smoothing`` that no chosen loss type reads is an error, not silently ignored.
     """
 
-    ntp_weight: float = field(default=1.0, metadata={
-        "help": "Weight of the next-token loss on the real next session ('target' column) of each preference row."})
+    ntp_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the next-token loss on the real next session ('target' column) of each preference row."
+        },
+    )
     dpo_weight: float = field(default=1.0, metadata={"help": "λ of the paper: weight of the preference loss."})
-    max_history_items: Optional[int] = field(default=None, metadata={
-        "help": "History items the encoder reads (newest kept); default the model's config.max_history_items."})
-    session_length: Optional[int] = field(default=None, metadata={
-        "help": "Target sessions are cut to this many items for the NTP term; default the model's "
-                "config.session_length."})
+    max_history_items: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "History items the encoder reads (newest kept); default the model's config.max_history_items."
+        },
+    )
+    session_length: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Target sessions are cut to this many items for the NTP term; default the model's "
+            "config.session_length."
+        },
+    )
     # Overridden defaults
-    learning_rate: float = field(default=2e-4, metadata={
-        "help": "DPOConfig: 1e-6. Here the paper's 2e-4 (§5.1): IPA keeps training the model with NTP + λ DPO."})
-    remove_unused_columns: bool = field(default=False, metadata={
-        "help": "The collator reads history/target/chosen/rejected item-id columns."})
-    gradient_checkpointing: Optional[bool] = field(default=None, metadata={
-        "help": "DPOConfig: True. None here, so activation checkpointing stays off (transformers' default): sessions "
-                "are short (m*(L+1)+1 tokens) and checkpointing would save little and cost time. (Deprecated alias of "
-                "activation_checkpointing in transformers 5.)"})
-    bf16: Optional[bool] = field(default=None, metadata={
-        "help": "None (default): bf16 mixed precision only on a CUDA device that supports it (DPOConfig turns it on "
-                "everywhere, which fails on CPU)."})
+    learning_rate: float = field(
+        default=2e-4,
+        metadata={
+            "help": "DPOConfig: 1e-6. Here the paper's 2e-4 (§5.1): IPA keeps training the model with NTP + λ DPO."
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "The collator reads history/target/chosen/rejected item-id columns."}
+    )
+    gradient_checkpointing: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "DPOConfig: True. None here, so activation checkpointing stays off (transformers' default): sessions "
+            "are short (m*(L+1)+1 tokens) and checkpointing would save little and cost time. (Deprecated alias of "
+            "activation_checkpointing in transformers 5.)"
+        },
+    )
+    bf16: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "None (default): bf16 mixed precision only on a CUDA device that supports it (DPOConfig turns it on "
+            "everywhere, which fails on CPU)."
+        },
+    )
 
     def __post_init__(self):
         if self.bf16 is None:
-            self.bf16 = bool(not self.fp16 and not self.use_cpu and torch.cuda.is_available()
-                             and torch.cuda.is_bf16_supported())
+            self.bf16 = bool(
+                not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            )
         if self.ntp_weight < 0 or self.dpo_weight < 0:
             raise ValueError(f"ntp_weight and dpo_weight must be >= 0, got {self.ntp_weight} and {self.dpo_weight}.")
         if self.ntp_weight == 0 and self.dpo_weight == 0:
@@ -414,15 +493,19 @@ class OneRecDPOConfig(DPOConfig):
             raise ValueError(f"session_length must be >= 1 or None, got {self.session_length}.")
         super().__post_init__()  # turns a single loss_type string into a list
         if self.label_smoothing and not set(self.loss_type) & SMOOTHED_LOSS_TYPES:
-            raise ValueError(f"label_smoothing={self.label_smoothing} has no effect with loss_type={self.loss_type} "
-                             f"(TRL's 'sigmoid' ignores it): use loss_type='cdpo' (conservative DPO) or 'robust' "
-                             f"(rDPO), or label_smoothing=0.")
+            raise ValueError(
+                f"label_smoothing={self.label_smoothing} has no effect with loss_type={self.loss_type} "
+                f"(TRL's 'sigmoid' ignores it): use loss_type='cdpo' (conservative DPO) or 'robust' "
+                f"(rDPO), or label_smoothing=0."
+            )
         if "cdpo" in self.loss_type:
             if not 0 <= self.label_smoothing < 0.5:
                 raise ValueError(f"loss_type 'cdpo' needs label_smoothing in [0, 0.5), got {self.label_smoothing}.")
             if self.f_divergence_type != "reverse_kl" or self.ld_alpha is not None or self.use_weighting:
-                raise ValueError("loss_type 'cdpo' supports only f_divergence_type='reverse_kl', ld_alpha=None and "
-                                 "use_weighting=False.")
+                raise ValueError(
+                    "loss_type 'cdpo' supports only f_divergence_type='reverse_kl', ld_alpha=None and "
+                    "use_weighting=False."
+                )
 
 
 def disable_stochastic_layers(model) -> None:
@@ -462,8 +545,17 @@ class OneRecDPOTrainer(DPOTrainer):
     ``ntp_loss``, ``aux_loss``, ``z_loss``.
     """
 
-    def __init__(self, model, ref_model=None, args: Optional[DPOConfig] = None, data_collator=None,
-                 train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: Optional[DPOConfig] = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        **kwargs,
+    ):
         if processing_class is None:
             raise ValueError("processing_class is required: pass the SemanticIDTokenizer the model was built with.")
         if isinstance(model, str):
@@ -477,9 +569,12 @@ class OneRecDPOTrainer(DPOTrainer):
         if isinstance(eval_dataset, list):
             eval_dataset = Dataset.from_list(eval_dataset)
         if Version(trl.__version__).release[:2] != Version(TESTED_TRL).release[:2]:
-            warnings.warn(f"OneRecDPOTrainer was written against trl {TESTED_TRL}.x (it reuses DPOTrainer internals); "
-                          f"trl {trl.__version__} is installed. Run tests/test_preference.py before trusting its "
-                          "losses.", stacklevel=2)
+            warnings.warn(
+                f"OneRecDPOTrainer was written against trl {TESTED_TRL}.x (it reuses DPOTrainer internals); "
+                f"trl {trl.__version__} is installed. Run tests/test_preference.py before trusting its "
+                "losses.",
+                stacklevel=2,
+            )
         uses_peft = is_peft_model(model) or kwargs.get("peft_config") is not None
         if ref_model is None and not args.precompute_ref_log_probs and not uses_peft:
             # TRL would rebuild the reference from a hub path, which this model does not have. (With PEFT, TRL's own
@@ -496,14 +591,22 @@ class OneRecDPOTrainer(DPOTrainer):
             data_collator = PreferenceDataCollator(
                 processing_class,
                 max_history_items=getattr(args, "max_history_items", None) or config.max_history_items,
-                session_length=getattr(args, "session_length", None) or getattr(config, "session_length", None))
+                session_length=getattr(args, "session_length", None) or getattr(config, "session_length", None),
+            )
         self.ntp_weight = float(getattr(args, "ntp_weight", 1.0))
         self.dpo_weight = float(getattr(args, "dpo_weight", 1.0))
         had_forward = {id(m): "forward" in vars(m) for m in (model, ref_model) if m is not None}
 
-        super().__init__(model=model, ref_model=ref_model, args=args, data_collator=data_collator,
-                         train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
-                         **kwargs)
+        super().__init__(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
 
         for module in (model, ref_model):
             if module is not None and not had_forward[id(module)]:
@@ -534,20 +637,23 @@ class OneRecDPOTrainer(DPOTrainer):
         columns = dataset.column_names if isinstance(dataset, Dataset) else list(next(iter(dataset)).keys())
         missing = [column for column in PAIR_COLUMNS if column not in (columns or [])]
         if missing:
-            raise KeyError(f"The {dataset_name} dataset needs {list(PAIR_COLUMNS)} item-id columns (optional "
-                           f"'target'); it lacks {missing} (columns: {columns}).")
+            raise KeyError(
+                f"The {dataset_name} dataset needs {list(PAIR_COLUMNS)} item-id columns (optional "
+                f"'target'); it lacks {missing} (columns: {columns})."
+            )
         if isinstance(dataset, IterableDataset):
             return dataset  # checked batch by batch by the collator
         wanted = [c for c in (*PAIR_COLUMNS, "target") if c in dataset.column_names]
         for start in range(0, len(dataset), 1024):
-            block = dataset[start:start + 1024]
+            block = dataset[start : start + 1024]
             for offset in range(len(block["history"])):
                 for column in wanted:
                     value = block[column][offset]
                     if column == "target" and not value:
                         continue
-                    check_item_list(value, f"{dataset_name} dataset, row {start + offset}, column '{column}'",
-                                    processing_class)
+                    check_item_list(
+                        value, f"{dataset_name} dataset, row {start + offset}, column '{column}'", processing_class
+                    )
         return dataset
 
     def _set_signature_columns_if_needed(self):
@@ -563,14 +669,18 @@ class OneRecDPOTrainer(DPOTrainer):
         chosen, rejected = (F.pad(x, (0, width - x.shape[1]), value=-100) for x in (chosen, rejected))
         pair = torch.cat([chosen, rejected])  # [2B, T]
         real = pair != -100
-        start = torch.full((pair.shape[0], 1), self._layout["decoder_start_token_id"], dtype=pair.dtype,
-                           device=pair.device)
+        start = torch.full(
+            (pair.shape[0], 1), self._layout["decoder_start_token_id"], dtype=pair.dtype, device=pair.device
+        )
         offsets, vocab = self._layout["level_offsets"], self._layout["vocab_size"]
         is_code = (pair >= offsets[0]) & (pair < vocab)
-        out = {"input_ids": torch.cat([start, pair.masked_fill(~real, self._layout["pad_token_id"])], dim=1),
-               "attention_mask": torch.cat([torch.ones_like(start), real.long()], dim=1),
-               "completion_mask": torch.cat([torch.zeros_like(start), is_code.long()], dim=1),
-               "encoder_input_ids": inputs["input_ids"], "encoder_attention_mask": inputs["attention_mask"]}
+        out = {
+            "input_ids": torch.cat([start, pair.masked_fill(~real, self._layout["pad_token_id"])], dim=1),
+            "attention_mask": torch.cat([torch.ones_like(start), real.long()], dim=1),
+            "completion_mask": torch.cat([torch.zeros_like(start), is_code.long()], dim=1),
+            "encoder_input_ids": inputs["input_ids"],
+            "encoder_attention_mask": inputs["attention_mask"],
+        }
         for key in REF_COLUMNS:
             if key in inputs:
                 out[key] = inputs[key]
@@ -589,9 +699,12 @@ class OneRecDPOTrainer(DPOTrainer):
             scorer = SessionScorer(reference, self._layout, statistics=False)
         elif is_peft_model(self.model) and not self.precompute_ref_logps:
             peft_model = self.accelerator.unwrap_model(self.model)
-            scorer = SessionScorer(peft_model, self._layout, statistics=False,
-                                   context=lambda: use_adapter(peft_model, "ref" if "ref" in peft_model.peft_config
-                                                               else None))
+            scorer = SessionScorer(
+                peft_model,
+                self._layout,
+                statistics=False,
+                context=lambda: use_adapter(peft_model, "ref" if "ref" in peft_model.peft_config else None),
+            )
         if scorer is not None:
             self.ref_model = scorer
         try:
@@ -602,20 +715,32 @@ class OneRecDPOTrainer(DPOTrainer):
     def compute_ref_log_probs(self, model, inputs):
         """``(ref_chosen_logps [B], ref_rejected_logps [B])`` for one collated batch (used by
         ``precompute_ref_log_probs``); TRL's own code, with the model presented as a scorer."""
-        return super().compute_ref_log_probs(SessionScorer(model, self._layout, statistics=False),
-                                             self._trl_inputs(inputs))
+        return super().compute_ref_log_probs(
+            SessionScorer(model, self._layout, statistics=False), self._trl_inputs(inputs)
+        )
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        encoder_hidden = _unwrap(model).get_encoder()(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state  # once per row
+        encoder_hidden = (
+            _unwrap(model)
+            .get_encoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            .last_hidden_state
+        )  # once per row
         target_outputs = None
         if "target_labels" in inputs and bool((inputs["target_labels"] != -100).any()):
-            target_outputs = model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-                                   attention_mask=inputs["attention_mask"], labels=inputs["target_labels"])
-        scorer = SessionScorer(model, self._layout, encoder_hidden_states=encoder_hidden,
-                               router_loss=target_outputs is None, statistics=True)
+            target_outputs = model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
+                attention_mask=inputs["attention_mask"],
+                labels=inputs["target_labels"],
+            )
+        scorer = SessionScorer(
+            model,
+            self._layout,
+            encoder_hidden_states=encoder_hidden,
+            router_loss=target_outputs is None,
+            statistics=True,
+        )
         with self._reference_scorer() as reference:
             dpo_loss = super()._compute_loss(scorer, self._trl_inputs(inputs), return_outputs=False)
         if self.cdpo_weight:
@@ -631,8 +756,11 @@ class OneRecDPOTrainer(DPOTrainer):
         metrics["dpo_loss"].append(float(dpo_loss.detach()))
         if target_outputs is not None:
             loss = loss + self.ntp_weight * target_outputs.ntp_loss
-            router_loss, aux, z = (target_outputs.loss - target_outputs.ntp_loss, target_outputs.aux_loss,
-                                   target_outputs.z_loss)
+            router_loss, aux, z = (
+                target_outputs.loss - target_outputs.ntp_loss,
+                target_outputs.aux_loss,
+                target_outputs.z_loss,
+            )
             metrics["ntp_loss"].append(float(target_outputs.ntp_loss.detach()))
         else:
             router_loss, aux, z = scorer.router_loss, scorer.aux_loss, scorer.z_loss
@@ -652,6 +780,13 @@ class OneRecDPOTrainer(DPOTrainer):
 
 
 __all__ = [
-    "CodeTokenScores", "OneRecDPOConfig", "OneRecDPOTrainer", "PreferenceDataCollator", "SessionScorer",
-    "check_item_list", "code_token_scores", "disable_stochastic_layers", "session_log_probs",
+    "CodeTokenScores",
+    "OneRecDPOConfig",
+    "OneRecDPOTrainer",
+    "PreferenceDataCollator",
+    "SessionScorer",
+    "check_item_list",
+    "code_token_scores",
+    "disable_stochastic_layers",
+    "session_log_probs",
 ]

@@ -39,8 +39,9 @@ class SessionDataCollator:
         if max_history_items is None:
             max_history_items = tokenizer.max_history_items
         if max_history_items < 1 or session_length < 1:
-            raise ValueError(f"max_history_items and session_length must be >= 1, got {max_history_items} and "
-                             f"{session_length}.")
+            raise ValueError(
+                f"max_history_items and session_length must be >= 1, got {max_history_items} and {session_length}."
+            )
         self.tokenizer = tokenizer
         self.max_history_items = max_history_items
         self.session_length = session_length
@@ -50,13 +51,19 @@ class SessionDataCollator:
             raise ValueError("Empty batch.")
         missing = [key for key in ("history", "target") if key not in features[0]]
         if missing:
-            raise KeyError(f"Samples need 'history' and 'target' item-id lists; missing {missing}. Build them with "
-                           "trainers.data.build_session_samples(...).")
-        encoded = self.tokenizer.batch_encode_histories([f["history"] for f in features],
-                                                        max_items=self.max_history_items)
+            raise KeyError(
+                f"Samples need 'history' and 'target' item-id lists; missing {missing}. Build them with "
+                "trainers.data.build_session_samples(...)."
+            )
+        encoded = self.tokenizer.batch_encode_histories(
+            [f["history"] for f in features], max_items=self.max_history_items
+        )
         sessions = [self.tokenizer.encode_session(list(f["target"])[: self.session_length]) for f in features]
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                "labels": pad_labels(sessions)}
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "labels": pad_labels(sessions),
+        }
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_value: int, width: Optional[int] = None):
@@ -97,8 +104,10 @@ class TokenizedSessionCollator:
         if not features:
             raise ValueError("Empty batch.")
         if "input_ids" not in features[0] or "labels" not in features[0]:
-            raise KeyError(f"Samples need 'input_ids' and 'labels' token rows; got {sorted(features[0])}. Add them "
-                           "with trainers.data.tokenize_session_samples(samples, tokenizer, ...).")
+            raise KeyError(
+                f"Samples need 'input_ids' and 'labels' token rows; got {sorted(features[0])}. Add them "
+                "with trainers.data.tokenize_session_samples(samples, tokenizer, ...)."
+            )
         input_ids, attention_mask = pad_rows([f["input_ids"] for f in features], self.pad_token_id)
         labels, _ = pad_rows([f["labels"] for f in features], -100)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
@@ -123,8 +132,11 @@ def history_lengths(dataset) -> list:
 def with_history_lengths(dataset, column: str = "num_history_items"):
     """``dataset`` with a ``column`` of history lengths (the sort key the Trainer's length-grouped sampler reads, via
     ``length_column_name``); returned unchanged if it already has one or is not a ``datasets.Dataset`` of samples."""
-    if getattr(dataset, "column_names", None) is None or column in dataset.column_names \
-            or "history" not in dataset.column_names:
+    if (
+        getattr(dataset, "column_names", None) is None
+        or column in dataset.column_names
+        or "history" not in dataset.column_names
+    ):
         return dataset
     return dataset.add_column(column, history_lengths(dataset))
 
@@ -135,22 +147,36 @@ class OneRecPretrainingConfig(Seq2SeqTrainingArguments):
     (Adam-style optimiser at 2e-4) and keep dataset columns the collator needs."""
 
     learning_rate: float = field(default=2e-4, metadata={"help": "Paper §5.1: 2e-4."})
-    train_sampling_strategy: str = field(default="group_by_length", metadata={
-        "help": "Batches of similar history lengths (the number of history items, column length_column_name). "
-                "Histories are short-tailed (Beauty: median 4 items, 3% at the 50-item cap), so random "
-                "batches pad nearly every row to the cap: grouping trained 3.9x faster on Beauty (benchmarks/"
-                "RESULTS.md). 'random' restores plain shuffling.",
-        "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]})
-    length_column_name: str = field(default="num_history_items", metadata={
-        "help": "History items per sample, the sort key of length-grouped batches: a column of tokenised samples "
-                "(tokenize_session_samples); OneRecPretrainer adds it to item-id samples."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Batches of similar history lengths (the number of history items, column length_column_name). "
+            "Histories are short-tailed (Beauty: median 4 items, 3% at the 50-item cap), so random "
+            "batches pad nearly every row to the cap: grouping trained 3.9x faster on Beauty (benchmarks/"
+            "RESULTS.md). 'random' restores plain shuffling.",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    length_column_name: str = field(
+        default="num_history_items",
+        metadata={
+            "help": "History items per sample, the sort key of length-grouped batches: a column of tokenised samples "
+            "(tokenize_session_samples); OneRecPretrainer adds it to item-id samples."
+        },
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator reads history/target."})
-    early_stopping_patience: Optional[int] = field(default=None, metadata={
-        "help": "Stop when metric_for_best_model has not improved for this many evaluations (transformers' "
-                "EarlyStoppingCallback; needs load_best_model_at_end, so the best checkpoint is restored). "
-                "None: train for the full budget."})
-    expert_load_plot: bool = field(default=True, metadata={"help": "Save expert_load.png and training_curves.png "
-                                                                   "in output_dir at the end of training."})
+    early_stopping_patience: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Stop when metric_for_best_model has not improved for this many evaluations (transformers' "
+            "EarlyStoppingCallback; needs load_best_model_at_end, so the best checkpoint is restored). "
+            "None: train for the full budget."
+        },
+    )
+    expert_load_plot: bool = field(
+        default=True,
+        metadata={"help": "Save expert_load.png and training_curves.png in output_dir at the end of training."},
+    )
 
 
 class OneRecPretrainer(Seq2SeqTrainer):
@@ -159,8 +185,15 @@ class OneRecPretrainer(Seq2SeqTrainer):
     ``expert_load_min`` (the busiest / idlest expert's share of assignments times the number of experts, worst
     over sparse layers: 1.0 is perfect balance)."""
 
-    def __init__(self, *args, ranking_eval_samples=None, ranking_ks: Sequence[int] = (5, 10),
-                 ranking_num_beams: Optional[int] = None, ranking_exclude_history: bool = False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        ranking_eval_samples=None,
+        ranking_ks: Sequence[int] = (5, 10),
+        ranking_num_beams: Optional[int] = None,
+        ranking_exclude_history: bool = False,
+        **kwargs,
+    ):
         """Arguments as ``Seq2SeqTrainer`` (pass the tokenizer as ``processing_class``), plus:
 
         Args:
@@ -183,9 +216,11 @@ class OneRecPretrainer(Seq2SeqTrainer):
         patience = getattr(self.args, "early_stopping_patience", None)
         if patience is not None:
             if patience < 1 or not self.args.load_best_model_at_end or self.args.metric_for_best_model is None:
-                raise ValueError(f"early_stopping_patience={patience} needs a value >= 1, --load_best_model_at_end "
-                                 "true and --metric_for_best_model (e.g. recall@10 with --ranking_eval_users > 0, "
-                                 "or loss).")
+                raise ValueError(
+                    f"early_stopping_patience={patience} needs a value >= 1, --load_best_model_at_end "
+                    "true and --metric_for_best_model (e.g. recall@10 with --ranking_eval_users > 0, "
+                    "or loss)."
+                )
             self.add_callback(EarlyStoppingCallback(early_stopping_patience=patience))
         self.ranking_eval_samples = ranking_eval_samples
         self.ranking_ks = tuple(ranking_ks)
@@ -219,15 +254,26 @@ class OneRecPretrainer(Seq2SeqTrainer):
                 plot_expert_load(self.expert_load_total.cpu(), f"{self.args.output_dir}/expert_load.png")
         return result
 
-    def evaluation_loop(self, dataloader, description: str, prediction_loss_only: Optional[bool] = None,
-                        ignore_keys=None, metric_key_prefix: str = "eval"):
+    def evaluation_loop(
+        self,
+        dataloader,
+        description: str,
+        prediction_loss_only: Optional[bool] = None,
+        ignore_keys=None,
+        metric_key_prefix: str = "eval",
+    ):
         """The Trainer's loop (the loss), plus ``recall@k`` / ``ndcg@k`` on ``ranking_eval_samples`` when evaluating.
 
         Added here, inside the loop's metrics, so that everything that reads evaluation metrics sees them: the log,
         the best-checkpoint choice (``metric_for_best_model="recall@10"``) and ``EarlyStoppingCallback``.
         """
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
-                                         ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        output = super().evaluation_loop(
+            dataloader,
+            description,
+            prediction_loss_only=prediction_loss_only,
+            ignore_keys=ignore_keys,
+            metric_key_prefix=metric_key_prefix,
+        )
         if self.ranking_eval_samples is not None and description == "Evaluation":  # not for predict()
             from .evaluation import ranking_metrics
             from .generative_recommender import GenerativeRecommender
@@ -269,5 +315,12 @@ class OneRecPretrainer(Seq2SeqTrainer):
         super().log(logs, start_time)
 
 
-__all__ = ["OneRecPretrainer", "OneRecPretrainingConfig", "SessionDataCollator", "TokenizedSessionCollator",
-           "history_lengths", "pad_labels", "pad_rows"]
+__all__ = [
+    "OneRecPretrainer",
+    "OneRecPretrainingConfig",
+    "SessionDataCollator",
+    "TokenizedSessionCollator",
+    "history_lengths",
+    "pad_labels",
+    "pad_rows",
+]

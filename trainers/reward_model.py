@@ -32,12 +32,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Features, List as ListFeature, Value
+from datasets import Dataset, DatasetDict, Features, Value
+from datasets import List as ListFeature
 from scipy.stats import rankdata
 from transformers import Trainer, TrainingArguments
 
 from .data import natural_order, split_sessions_by_gap
-
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,10 @@ class RewardItemVocabulary:
         try:
             return [self._index[item] for item in item_ids]
         except KeyError as error:
-            raise KeyError(f"Item {error.args[0]!r} is not in the reward model's vocabulary ({len(self)} items); "
-                           "score only catalogue items the vocabulary was built from.") from None
+            raise KeyError(
+                f"Item {error.args[0]!r} is not in the reward model's vocabulary ({len(self)} items); "
+                "score only catalogue items the vocabulary was built from."
+            ) from None
 
     def decode(self, indices: Sequence[int]) -> List[str]:
         """Indices -> item ids, skipping padding (0)."""
@@ -112,8 +114,10 @@ class RewardItemVocabulary:
     def from_pretrained(cls, directory: Union[str, os.PathLike]) -> "RewardItemVocabulary":
         path = Path(directory) / cls.FILE_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"No {cls.FILE_NAME} in {directory}; save the vocabulary with "
-                                    "vocabulary.save_pretrained(model_dir) (RewardModelTrainer.save_model does).")
+            raise FileNotFoundError(
+                f"No {cls.FILE_NAME} in {directory}; save the vocabulary with "
+                "vocabulary.save_pretrained(model_dir) (RewardModelTrainer.save_model does)."
+            )
         return cls(json.loads(path.read_text())["item_ids"])
 
 
@@ -127,8 +131,13 @@ def default_reward_names(sequences: Dataset) -> Tuple[str, ...]:
     return KNOWN_REWARDS if "ratings" in sequences.column_names else (ENGAGED,)
 
 
-def _session_ranges(length: int, timestamps: Optional[Sequence[float]], max_gap_seconds: Optional[float],
-                    session_length: int, min_history: int) -> List[Tuple[int, int]]:
+def _session_ranges(
+    length: int,
+    timestamps: Optional[Sequence[float]],
+    max_gap_seconds: Optional[float],
+    session_length: int,
+    min_history: int,
+) -> List[Tuple[int, int]]:
     """Consecutive pieces of at most ``session_length`` items, cut inside time sessions when there are timestamps,
     starting at or after position ``min_history`` so that every piece has history."""
     if timestamps is not None and max_gap_seconds is not None:
@@ -161,8 +170,10 @@ class _PopularitySampler:
                     chosen.append(item)
                     if len(chosen) == length:
                         return chosen
-        raise ValueError(f"Could not sample {length} distinct unseen items: the user has interacted with almost "
-                         "every popular item. Lower session_length or negatives_per_session.")
+        raise ValueError(
+            f"Could not sample {length} distinct unseen items: the user has interacted with almost "
+            "every popular item. Lower session_length or negatives_per_session."
+        )
 
 
 def build_reward_samples(
@@ -210,9 +221,16 @@ def build_reward_samples(
     """
     sequences = data["sequences"] if isinstance(data, DatasetDict) else data
     names = tuple(reward_names) if reward_names is not None else default_reward_names(sequences)
-    _check_sample_arguments(sequences, names, session_length=session_length, max_history=max_history,
-                            min_history=min_history, negatives_per_session=negatives_per_session,
-                            test_user_fraction=test_user_fraction, rating_range=rating_range)
+    _check_sample_arguments(
+        sequences,
+        names,
+        session_length=session_length,
+        max_history=max_history,
+        min_history=min_history,
+        negatives_per_session=negatives_per_session,
+        test_user_fraction=test_user_fraction,
+        rating_range=rating_range,
+    )
     columns = sequences.column_names
     users = list(sequences["user_id"])
     item_lists = list(sequences["item_ids"])
@@ -230,22 +248,25 @@ def build_reward_samples(
     sampler = _PopularitySampler(counts, rng) if ENGAGED in names else None
 
     position = {name: t for t, name in enumerate(names)}
-    rows: Dict[str, Dict[str, list]] = {split: {key: [] for key in ("user_id", "history", "session", "labels",
-                                                                    "label_mask", "sampled")}
-                                        for split in ("train", "test")}
+    rows: Dict[str, Dict[str, list]] = {
+        split: {key: [] for key in ("user_id", "history", "session", "labels", "label_mask", "sampled")}
+        for split in ("train", "test")
+    }
     low, high = rating_range
     for row, (user, items) in enumerate(zip(users, item_lists)):
         split = rows["test" if row in test_rows else "train"]
         ratings, times = rating_lists[row], time_lists[row]
         seen = set(items)
         for start, end in _session_ranges(len(items), times, max_gap_seconds, session_length, min_history):
-            history, session = items[max(0, start - max_history):start], items[start:end]
+            history, session = items[max(0, start - max_history) : start], items[start:end]
             labels, mask = [0.0] * len(names), [1.0] * len(names)
             if ratings is not None:
                 scores = np.asarray(ratings[start:end], dtype=np.float64)
-                values = {"liked": float(np.mean(scores >= like_threshold) > 0.5),
-                          "loved": float(np.mean(scores >= love_threshold) > 0.5),
-                          "rating": float(np.clip((scores.mean() - low) / (high - low), 0.0, 1.0))}
+                values = {
+                    "liked": float(np.mean(scores >= like_threshold) > 0.5),
+                    "loved": float(np.mean(scores >= love_threshold) > 0.5),
+                    "rating": float(np.clip((scores.mean() - low) / (high - low), 0.0, 1.0)),
+                }
                 for name in RATING_REWARDS:
                     if name in position:
                         labels[position[name]] = values[name]
@@ -258,11 +279,17 @@ def build_reward_samples(
             negative_labels = [0.0] * len(names)
             negative_mask = [1.0 if name == ENGAGED else 0.0 for name in names]
             for _ in range(negatives_per_session):
-                _append(split, user, history, sampler.session(len(session), seen), negative_labels, negative_mask,
-                        True)
-    features = Features({"user_id": Value("string"), "history": ListFeature(Value("string")),
-                         "session": ListFeature(Value("string")), "labels": ListFeature(Value("float32")),
-                         "label_mask": ListFeature(Value("float32")), "sampled": Value("bool")})
+                _append(split, user, history, sampler.session(len(session), seen), negative_labels, negative_mask, True)
+    features = Features(
+        {
+            "user_id": Value("string"),
+            "history": ListFeature(Value("string")),
+            "session": ListFeature(Value("string")),
+            "labels": ListFeature(Value("float32")),
+            "label_mask": ListFeature(Value("float32")),
+            "sampled": Value("bool"),
+        }
+    )
     result = DatasetDict({split: Dataset.from_dict(rows[split], features=features) for split in ("train", "test")})
     if result["train"].num_rows == 0:
         raise ValueError("No training sample: every sequence is shorter than min_history + 1 items.")
@@ -270,13 +297,26 @@ def build_reward_samples(
 
 
 def _append(split: Dict[str, list], user, history, session, labels, mask, sampled) -> None:
-    for key, value in (("user_id", user), ("history", list(history)), ("session", list(session)),
-                       ("labels", labels), ("label_mask", mask), ("sampled", sampled)):
+    for key, value in (
+        ("user_id", user),
+        ("history", list(history)),
+        ("session", list(session)),
+        ("labels", labels),
+        ("label_mask", mask),
+        ("sampled", sampled),
+    ):
         split[key].append(value)
 
 
-def _check_sample_arguments(sequences: Dataset, names: Tuple[str, ...], *, rating_range, test_user_fraction,
-                            negatives_per_session, **positive: int) -> None:
+def _check_sample_arguments(
+    sequences: Dataset,
+    names: Tuple[str, ...],
+    *,
+    rating_range,
+    test_user_fraction,
+    negatives_per_session,
+    **positive: int,
+) -> None:
     for name, value in positive.items():
         minimum = 0 if name == "min_history" else 1
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
@@ -286,11 +326,15 @@ def _check_sample_arguments(sequences: Dataset, names: Tuple[str, ...], *, ratin
         raise ValueError(f"reward_names {list(names)} must be a non-empty subset of {list(KNOWN_REWARDS)}.")
     needs_ratings = [name for name in names if name in RATING_REWARDS]
     if needs_ratings and "ratings" not in sequences.column_names:
-        raise ValueError(f"Targets {needs_ratings} need a 'ratings' column, which these sequences lack (implicit "
-                         "feedback such as the Amazon sets); pass reward_names=('engaged',).")
+        raise ValueError(
+            f"Targets {needs_ratings} need a 'ratings' column, which these sequences lack (implicit "
+            "feedback such as the Amazon sets); pass reward_names=('engaged',)."
+        )
     if ENGAGED in names and (not isinstance(negatives_per_session, int) or negatives_per_session < 1):
-        raise ValueError(f"negatives_per_session={negatives_per_session!r}: the 'engaged' target needs sampled "
-                         "sessions as negatives; pass an integer >= 1.")
+        raise ValueError(
+            f"negatives_per_session={negatives_per_session!r}: the 'engaged' target needs sampled "
+            "sessions as negatives; pass an integer >= 1."
+        )
     if not 0 <= test_user_fraction < 1:
         raise ValueError(f"test_user_fraction={test_user_fraction!r} must be in [0, 1).")
     if not rating_range[1] > rating_range[0]:
@@ -324,8 +368,10 @@ class RewardDataCollator:
 
     def __init__(self, vocabulary: RewardItemVocabulary, max_history_items: int = 50, max_session_items: int = 5):
         if max_history_items < 1 or max_session_items < 1:
-            raise ValueError(f"max_history_items and max_session_items must be >= 1, got {max_history_items} and "
-                             f"{max_session_items}.")
+            raise ValueError(
+                f"max_history_items and max_session_items must be >= 1, got {max_history_items} and "
+                f"{max_session_items}."
+            )
         self.vocabulary = vocabulary
         self.max_history_items = max_history_items
         self.max_session_items = max_session_items
@@ -335,13 +381,17 @@ class RewardDataCollator:
             raise ValueError("Empty batch.")
         missing = [key for key in ("history", "session") if key not in features[0]]
         if missing:
-            raise KeyError(f"Samples need 'history' and 'session' item-id lists; missing {missing}. Build them with "
-                           "trainers.reward_model.build_reward_samples(...).")
+            raise KeyError(
+                f"Samples need 'history' and 'session' item-id lists; missing {missing}. Build them with "
+                "trainers.reward_model.build_reward_samples(...)."
+            )
         batch = {
-            "history_ids": _pad([self.vocabulary.encode(list(f["history"])[-self.max_history_items:])
-                                 for f in features]),
-            "session_ids": _pad([self.vocabulary.encode(list(f["session"])[: self.max_session_items])
-                                 for f in features]),
+            "history_ids": _pad(
+                [self.vocabulary.encode(list(f["history"])[-self.max_history_items :]) for f in features]
+            ),
+            "session_ids": _pad(
+                [self.vocabulary.encode(list(f["session"])[: self.max_session_items]) for f in features]
+            ),
         }
         for key in ("labels", "label_mask"):
             if key in features[0]:
@@ -363,8 +413,10 @@ class RewardModelTrainingConfig(TrainingArguments):
     save_strategy: str = field(default="no", metadata={"help": "'no', 'steps' or 'epoch' checkpoints."})
     logging_steps: float = field(default=20, metadata={"help": "Log the loss every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator reads history/session."})
-    label_names: Optional[List[str]] = field(default_factory=lambda: ["labels", "label_mask"], metadata={
-        "help": "Both reach compute_metrics, so AUC skips samples that lack a target."})
+    label_names: Optional[List[str]] = field(
+        default_factory=lambda: ["labels", "label_mask"],
+        metadata={"help": "Both reach compute_metrics, so AUC skips samples that lack a target."},
+    )
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -385,9 +437,13 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - num_positive * (num_positive + 1) / 2) / (num_positive * num_negative))
 
 
-def reward_metrics(logits: np.ndarray, labels: np.ndarray, label_mask: Optional[np.ndarray],
-                   reward_names: Sequence[str],
-                   positive_thresholds: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
+def reward_metrics(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    label_mask: Optional[np.ndarray],
+    reward_names: Sequence[str],
+    positive_thresholds: Optional[Mapping[str, float]] = None,
+) -> Dict[str, float]:
     """Per-tower ROC AUC over the samples that have the target.
 
     Args:
@@ -444,20 +500,28 @@ class RewardModelTrainer(Trainer):
     next to the weights. Without ``compute_metrics``, evaluation reports per-tower AUC (:class:`RewardMetrics`).
     """
 
-    def __init__(self, model=None, args: Optional[TrainingArguments] = None, *, vocabulary=None,
-                 data_collator=None, compute_metrics=None, **kwargs):
+    def __init__(
+        self,
+        model=None,
+        args: Optional[TrainingArguments] = None,
+        *,
+        vocabulary=None,
+        data_collator=None,
+        compute_metrics=None,
+        **kwargs,
+    ):
         if model is None:
             raise ValueError("RewardModelTrainer needs a model (an OneRecRewardModel).")
         if data_collator is None:
             if vocabulary is None:
                 raise ValueError("Pass vocabulary=RewardItemVocabulary(...) or a data_collator.")
-            data_collator = RewardDataCollator(vocabulary, model.config.max_history_items,
-                                               model.config.max_session_items)
+            data_collator = RewardDataCollator(
+                vocabulary, model.config.max_history_items, model.config.max_session_items
+            )
         if compute_metrics is None:
             compute_metrics = RewardMetrics(model.config.reward_names)
         self.vocabulary = vocabulary if vocabulary is not None else getattr(data_collator, "vocabulary", None)
-        super().__init__(model=model, args=args, data_collator=data_collator, compute_metrics=compute_metrics,
-                         **kwargs)
+        super().__init__(model=model, args=args, data_collator=data_collator, compute_metrics=compute_metrics, **kwargs)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
         super()._save(output_dir, state_dict)
@@ -471,15 +535,29 @@ def format_auc_table(metrics: Mapping[str, float], reward_names: Sequence[str], 
     lines = ["| tower | held-out samples | positive rate | ROC AUC | Pearson r |", "|---|---|---|---|---|"]
     for name in reward_names:
         pearson = metrics.get(f"{prefix}pearson_{name}")
-        lines.append(f"| {name} | {int(metrics[f'{prefix}samples_{name}'])} | "
-                     f"{metrics[f'{prefix}positive_rate_{name}']:.3f} | {metrics[f'{prefix}auc_{name}']:.4f} | "
-                     f"{'' if pearson is None else f'{pearson:.4f}'} |")
+        lines.append(
+            f"| {name} | {int(metrics[f'{prefix}samples_{name}'])} | "
+            f"{metrics[f'{prefix}positive_rate_{name}']:.3f} | {metrics[f'{prefix}auc_{name}']:.4f} | "
+            f"{'' if pearson is None else f'{pearson:.4f}'} |"
+        )
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_POSITIVE_THRESHOLDS", "KNOWN_REWARDS", "RewardDataCollator", "RewardItemVocabulary", "SessionRewardScorer",
-           "RewardMetrics", "RewardModelTrainer", "RewardModelTrainingConfig", "build_reward_samples",
-           "default_reward_names", "format_auc_table", "reward_metrics", "roc_auc"]
+__all__ = [
+    "DEFAULT_POSITIVE_THRESHOLDS",
+    "KNOWN_REWARDS",
+    "RewardDataCollator",
+    "RewardItemVocabulary",
+    "SessionRewardScorer",
+    "RewardMetrics",
+    "RewardModelTrainer",
+    "RewardModelTrainingConfig",
+    "build_reward_samples",
+    "default_reward_names",
+    "format_auc_table",
+    "reward_metrics",
+    "roc_auc",
+]
 
 
 class SessionRewardScorer:
@@ -496,8 +574,13 @@ class SessionRewardScorer:
     every tower (for Table-1 style reports: mean and max of each reward over the generated sessions).
     """
 
-    def __init__(self, model, vocabulary: RewardItemVocabulary, weights: Optional[Mapping[str, float]] = None,
-                 batch_size: int = 4096):
+    def __init__(
+        self,
+        model,
+        vocabulary: RewardItemVocabulary,
+        weights: Optional[Mapping[str, float]] = None,
+        batch_size: int = 4096,
+    ):
         names = list(model.config.reward_names)
         weights = dict(weights) if weights is not None else {name: 1.0 for name in names}
         unknown = sorted(set(weights) - set(names))
@@ -515,19 +598,21 @@ class SessionRewardScorer:
         """Load a folder written by ``examples/train_reward_model.py`` (model + ``reward_item_vocab.json``)."""
         from modeling_onerec import OneRecRewardModel
 
-        return cls(OneRecRewardModel.from_pretrained(directory), RewardItemVocabulary.from_pretrained(directory),
-                   **kwargs)
+        return cls(
+            OneRecRewardModel.from_pretrained(directory), RewardItemVocabulary.from_pretrained(directory), **kwargs
+        )
 
     @torch.no_grad()
-    def tower_rewards(self, histories: Sequence[Sequence[str]],
-                      sessions: Sequence[Sequence[Sequence[str]]]) -> List[np.ndarray]:
+    def tower_rewards(
+        self, histories: Sequence[Sequence[str]], sessions: Sequence[Sequence[Sequence[str]]]
+    ) -> List[np.ndarray]:
         """Per user ``u``, an array ``(len(sessions[u]), T)`` of every tower's reward for each candidate session."""
         if len(histories) != len(sessions):
             raise ValueError(f"Got {len(histories)} histories and candidate sessions for {len(sessions)} users.")
         config = self.model.config
         rows_history, rows_session, owners = [], [], []
         for user, (history, candidates) in enumerate(zip(histories, sessions)):
-            encoded_history = self.vocabulary.encode(list(history)[-config.max_history_items:])
+            encoded_history = self.vocabulary.encode(list(history)[-config.max_history_items :])
             for session in candidates:
                 if len(session) == 0:
                     raise ValueError(f"User {user} has an empty candidate session; score only real sessions.")
@@ -537,12 +622,16 @@ class SessionRewardScorer:
         rewards = torch.empty(len(rows_session), len(self.reward_names))
         for start in range(0, len(rows_session), self.batch_size):
             stop = start + self.batch_size
-            rewards[start:stop] = self.model.score_sessions(_pad(rows_history[start:stop]),
-                                                            _pad(rows_session[start:stop])).float().cpu()
+            rewards[start:stop] = (
+                self.model.score_sessions(_pad(rows_history[start:stop]), _pad(rows_session[start:stop])).float().cpu()
+            )
         owners = np.asarray(owners, dtype=np.int64)
         return [rewards[owners == user].numpy() for user in range(len(histories))]
 
-    def __call__(self, histories: Sequence[Sequence[str]],
-                 sessions: Sequence[Sequence[Sequence[str]]]) -> List[List[float]]:
-        return [(torch.from_numpy(towers) @ self.weights).tolist() if len(towers) else []
-                for towers in self.tower_rewards(histories, sessions)]
+    def __call__(
+        self, histories: Sequence[Sequence[str]], sessions: Sequence[Sequence[Sequence[str]]]
+    ) -> List[List[float]]:
+        return [
+            (torch.from_numpy(towers) @ self.weights).tolist() if len(towers) else []
+            for towers in self.tower_rewards(histories, sessions)
+        ]

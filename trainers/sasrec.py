@@ -52,7 +52,6 @@ from modeling_onerec.generation_onerec import eval_mode
 
 from .data import natural_order
 
-
 logger = logging.getLogger(__name__)
 
 PAD_ID = 0
@@ -78,23 +77,41 @@ class SASRecConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     batch_size: int = field(default=128, metadata={"help": "Users per training batch."})
     epochs: int = field(default=200, metadata={"help": "Most training epochs (early stopping usually ends first)."})
-    patience: int = field(default=10, metadata={
-        "help": "Stop after this many epochs without a better validation NDCG@10 (0: never stop early)."})
-    loss: str = field(default="ce", metadata={
-        "help": "'ce': full softmax over all items (strong, default); 'bce': original, one sampled negative."})
+    patience: int = field(
+        default=10,
+        metadata={"help": "Stop after this many epochs without a better validation NDCG@10 (0: never stop early)."},
+    )
+    loss: str = field(
+        default="ce",
+        metadata={
+            "help": "'ce': full softmax over all items (strong, default); 'bce': original, one sampled negative."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, shuffling, dropout and negatives."})
     device: Optional[str] = field(default=None, metadata={"help": "cuda / cpu (default: cuda when available)."})
     eval_batch_size: int = field(default=1024, metadata={"help": "Users per batch when ranking."})
-    validation_exclude_history: bool = field(default=True, metadata={
-        "help": "Drop history items from the validation ranking (the S3-Rec full-ranking evaluation)."})
-    max_train_minutes: Optional[float] = field(default=None, metadata={
-        "help": "Wall-time budget of training; stops after the epoch that exceeds it (best weights kept)."})
+    validation_exclude_history: bool = field(
+        default=True,
+        metadata={"help": "Drop history items from the validation ranking (the S3-Rec full-ranking evaluation)."},
+    )
+    max_train_minutes: Optional[float] = field(
+        default=None,
+        metadata={"help": "Wall-time budget of training; stops after the epoch that exceeds it (best weights kept)."},
+    )
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r} is invalid; choose one of {LOSSES}.")
-        for name in ("hidden_size", "num_blocks", "num_heads", "ffn_size", "max_len", "batch_size", "epochs",
-                     "eval_batch_size"):
+        for name in (
+            "hidden_size",
+            "num_blocks",
+            "num_heads",
+            "ffn_size",
+            "max_len",
+            "batch_size",
+            "epochs",
+            "eval_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
         if self.hidden_size % self.num_heads:
@@ -128,8 +145,13 @@ class SASRec(nn.Module):
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(
-                d_model=d, nhead=config.num_heads, dim_feedforward=config.ffn_size, dropout=config.dropout,
-                activation="gelu", batch_first=True, norm_first=True,
+                d_model=d,
+                nhead=config.num_heads,
+                dim_feedforward=config.ffn_size,
+                dropout=config.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
             )
             for _ in range(config.num_blocks)
         )
@@ -171,8 +193,13 @@ class SASRec(nn.Module):
         """Scores of every real item: `(..., hidden_size)` -> `(..., num_items)`; column `j` is item index `j + 1`."""
         return hidden @ self.item_embedding.weight[1:].T
 
-    def loss(self, input_ids: torch.LongTensor, target_ids: torch.LongTensor, kind: str = "ce",
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        input_ids: torch.LongTensor,
+        target_ids: torch.LongTensor,
+        kind: str = "ce",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Next-item loss averaged over every non-padding target.
 
         Args:
@@ -230,12 +257,13 @@ def left_pad(sequences: Sequence[Sequence[int]], length: int) -> torch.LongTenso
     for row, sequence in enumerate(sequences):
         newest = list(sequence)[-length:] if length else []
         if newest:
-            out[row, length - len(newest):] = torch.as_tensor(newest, dtype=torch.long)
+            out[row, length - len(newest) :] = torch.as_tensor(newest, dtype=torch.long)
     return out
 
 
-def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
-                            bucket_batches: int = 32) -> list[torch.LongTensor]:
+def length_bucketed_batches(
+    lengths: torch.Tensor, batch_size: int, generator: torch.Generator, bucket_batches: int = 32
+) -> list[torch.LongTensor]:
     """Shuffled training batches of rows of similar length (less padding to run through the blocks).
 
     The rows are shuffled, cut into pools of `bucket_batches * batch_size` rows, each pool is sorted by length
@@ -246,7 +274,7 @@ def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: t
     pool = batch_size * bucket_batches
     batches = []
     for start in range(0, len(order), pool):
-        chunk = order[start:start + pool]
+        chunk = order[start : start + pool]
         chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
         batches.extend(chunk.split(batch_size))
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
@@ -324,7 +352,7 @@ class SASRecRecommender:
         out = []
         with eval_mode(self.model):
             for start in range(0, len(histories), self.config.eval_batch_size):
-                chunk = histories[start:start + self.config.eval_batch_size]
+                chunk = histories[start : start + self.config.eval_batch_size]
                 (inputs,) = trim_padding(left_pad(chunk, self.config.max_len))
                 hidden = self.model(inputs.to(self.device))[:, -1]
                 scores = self.model.item_scores(hidden)
@@ -351,8 +379,13 @@ class SASRecRecommender:
         top = self.rank_indices(encoded, k, exclude_history).tolist()
         return [[self.item_ids[index - 1] for index in row if index != PAD_ID] for row in top]
 
-    def evaluate(self, histories: Sequence[Sequence[int]], targets: Sequence[int], ks: Sequence[int] = (5, 10),
-                 exclude_history: bool = True) -> dict[str, float]:
+    def evaluate(
+        self,
+        histories: Sequence[Sequence[int]],
+        targets: Sequence[int],
+        ks: Sequence[int] = (5, 10),
+        exclude_history: bool = True,
+    ) -> dict[str, float]:
         """Leave-one-out Recall@k / NDCG@k of encoded histories and target indices (validation during `fit`).
 
         The definitions of `trainers.evaluation.ranking_metrics` (Recall@k = hit rate, NDCG@k = `1 / log2(rank + 2)`),
@@ -372,8 +405,9 @@ class SASRecRecommender:
     # --- training -------------------------------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, splits, config: SASRecConfig | None = None, item_ids: Sequence[str] | None = None,
-            progress: bool = True) -> SASRecRecommender:
+    def fit(
+        cls, splits, config: SASRecConfig | None = None, item_ids: Sequence[str] | None = None, progress: bool = True
+    ) -> SASRecRecommender:
         """Train SASRec on `splits["train"]`, early-stopping on `splits["validation"]`; best weights restored.
 
         Args:
@@ -408,11 +442,18 @@ class SASRecRecommender:
             raise ValueError("No training sequence has two items: nothing to learn from.")
         val_histories = [recommender.encode(row[:-1]) for row in validation_rows if row]
         val_targets = [recommender.index.get(row[-1], -1) for row in validation_rows if row]  # -1: never hit
-        logger.info("SASRec: %d items, %d training rows (%d targets), %d validation users, device %s",
-                    len(item_ids), len(inputs), int((targets != PAD_ID).sum()), len(val_histories), device)
+        logger.info(
+            "SASRec: %d items, %d training rows (%d targets), %d validation users, device %s",
+            len(item_ids),
+            len(inputs),
+            int((targets != PAD_ID).sum()),
+            len(val_histories),
+            device,
+        )
 
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                      betas=(0.9, 0.98))
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)
+        )
         generator = torch.Generator().manual_seed(config.seed)
         best_score, best_epoch, best_state, stale = -1.0, 0, None, 0
         started = time.perf_counter()
@@ -431,8 +472,14 @@ class SASRecRecommender:
                 batches += 1
             record: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(batches, 1)}
             if val_histories:
-                record.update({f"val_{name}": value for name, value in recommender.evaluate(
-                    val_histories, val_targets, ks=(10,), exclude_history=config.validation_exclude_history).items()})
+                record.update(
+                    {
+                        f"val_{name}": value
+                        for name, value in recommender.evaluate(
+                            val_histories, val_targets, ks=(10,), exclude_history=config.validation_exclude_history
+                        ).items()
+                    }
+                )
             record["seconds"] = time.perf_counter() - started
             recommender.history.append(record)
             score = record.get("val_ndcg@10", -record["train_loss"])
@@ -441,8 +488,11 @@ class SASRecRecommender:
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 stale += 1
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}",
-                            ndcg10=f"{record.get('val_ndcg@10', float('nan')):.4f}", best=best_epoch)
+            bar.set_postfix(
+                loss=f"{record['train_loss']:.3f}",
+                ndcg10=f"{record.get('val_ndcg@10', float('nan')):.4f}",
+                best=best_epoch,
+            )
             logger.info("epoch %d: %s", epoch, {key: round(value, 5) for key, value in record.items()})
             if val_histories and config.patience and stale >= config.patience:
                 stop_reason = f"early stopping (no better validation NDCG@10 for {config.patience} epochs)"
@@ -455,8 +505,11 @@ class SASRecRecommender:
             model.load_state_dict(best_state)
         model.eval()
         recommender.training_summary = {
-            "epochs_run": len(recommender.history), "best_epoch": best_epoch, "stop_reason": stop_reason,
-            "train_seconds": time.perf_counter() - started, "device": str(device),
+            "epochs_run": len(recommender.history),
+            "best_epoch": best_epoch,
+            "stop_reason": stop_reason,
+            "train_seconds": time.perf_counter() - started,
+            "device": str(device),
             "best_val_ndcg@10": best_score if val_histories else None,
         }
         logger.info("SASRec training done: %s", recommender.training_summary)
@@ -465,7 +518,7 @@ class SASRecRecommender:
     def _training_tensors(self, rows: Sequence[Sequence[str]]) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Inputs / next-item targets `(num_rows, max_len)` from the newest `max_len + 1` items of each row."""
         sequences = [self.encode(row) for row in rows]
-        sequences = [sequence[-(self.config.max_len + 1):] for sequence in sequences if len(sequence) >= 2]
+        sequences = [sequence[-(self.config.max_len + 1) :] for sequence in sequences if len(sequence) >= 2]
         inputs = left_pad([sequence[:-1] for sequence in sequences], self.config.max_len)
         targets = left_pad([sequence[1:] for sequence in sequences], self.config.max_len)
         return inputs, targets

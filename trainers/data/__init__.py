@@ -9,12 +9,12 @@ from .arguments import DatasetArguments, named_paths
 from .loaders import (
     BUNDLED_DATASET_NAMES,
     MAX_ITEM_TEXT_CHARS,
+    NAMED_DATASETS,
     describe,
     load_bundled,
     load_inter_json,
-    load_named_dataset,
-    NAMED_DATASETS,
     load_interactions,
+    load_named_dataset,
     load_recbole,
     load_s3rec,
     natural_order,
@@ -22,7 +22,6 @@ from .loaders import (
 from .sessions import build_session_samples, build_time_sessions, split_sessions_by_gap
 from .splits import leave_one_out_split
 from .tokenized import TOKENIZED_COLUMNS, tokenize_session_samples
-
 
 __all__ = [
     "BUNDLED_DATASET_NAMES",

@@ -15,7 +15,6 @@ from datasets import DatasetDict
 
 from .loaders import BUNDLED_DATASET_NAMES, NAMED_DATASETS, load_named_dataset, load_s3rec
 
-
 # The names of `load_named_dataset` that read `data_path` (the other names are bundled datasets).
 FILE_FORMATS: tuple[str, ...] = tuple(name for name in NAMED_DATASETS if name not in BUNDLED_DATASET_NAMES)
 
@@ -31,16 +30,25 @@ class DatasetArguments:
       (``user item item ...``, time order), ``dataset`` being only its label.
     """
 
-    dataset: str = field(default="beauty", metadata={
-        "help": f"Bundled {' or '.join(repr(name) for name in BUNDLED_DATASET_NAMES)}; or a format read from "
-                "--data_path: 'ml-100k' / 'recbole' (RecBole atomic files), 's3rec' ('user item item ...' lines), "
-                "'inter-json' ({user: [items]} JSON); with --data_path any other name is only a label for an S3-Rec "
-                "line file."})
-    data_path: Optional[str] = field(default=None, metadata={
-        "help": "Data file or folder in the --dataset format; with a bundled or label --dataset, an S3-Rec line file "
-                "('user item item ...', time order) instead of the bundled dataset."})
-    item_path: Optional[str] = field(default=None, metadata={
-        "help": "Optional item-metadata file (s3rec, inter-json)."})
+    dataset: str = field(
+        default="beauty",
+        metadata={
+            "help": f"Bundled {' or '.join(repr(name) for name in BUNDLED_DATASET_NAMES)}; or a format read from "
+            "--data_path: 'ml-100k' / 'recbole' (RecBole atomic files), 's3rec' ('user item item ...' lines), "
+            "'inter-json' ({user: [items]} JSON); with --data_path any other name is only a label for an S3-Rec "
+            "line file."
+        },
+    )
+    data_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Data file or folder in the --dataset format; with a bundled or label --dataset, an S3-Rec line file "
+            "('user item item ...', time order) instead of the bundled dataset."
+        },
+    )
+    item_path: Optional[str] = field(
+        default=None, metadata={"help": "Optional item-metadata file (s3rec, inter-json)."}
+    )
 
     def load(self) -> DatasetDict:
         """The dataset as the loaders return it (``"sequences"`` and ``"items"`` splits).

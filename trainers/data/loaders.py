@@ -34,7 +34,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-
 logger = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -216,9 +215,7 @@ def load_recbole(directory_or_prefix: str | Path) -> DatasetDict:
         )
     unused = [name for name in inter.columns if name not in ("user_id", "item_id", "timestamp", "rating")]
     if unused:
-        logger.warning(
-            "%s: ignoring %d column(s) not part of the sequence schema: %s", inter_path, len(unused), unused
-        )
+        logger.warning("%s: ignoring %d column(s) not part of the sequence schema: %s", inter_path, len(unused), unused)
     timestamps = _required_floats(inter, "timestamp") if "timestamp" in inter.columns else None
     ratings = _required_floats(inter, "rating") if "rating" in inter.columns else None
     users = [_as_id(value, inter.where(row, "user_id")) for row, value in enumerate(inter.columns["user_id"])]
@@ -365,8 +362,9 @@ def load_bundled(name: str) -> DatasetDict:
 NAMED_DATASETS = ("beauty", "scientific", "ml-100k", "s3rec", "inter-json", "recbole")
 
 
-def load_named_dataset(dataset: str, data_path: str | Path | None = None,
-                       item_path: str | Path | None = None) -> DatasetDict:
+def load_named_dataset(
+    dataset: str, data_path: str | Path | None = None, item_path: str | Path | None = None
+) -> DatasetDict:
     """One entry point for the example scripts: a bundled name (`beauty`, `scientific`), or a format name with
     `data_path`: `ml-100k` / `recbole` (RecBole atomic files), `s3rec` (`user item item ...` lines),
     `inter-json` (`{user: [items]}` JSON), each with an optional item-metadata file."""
@@ -375,8 +373,9 @@ def load_named_dataset(dataset: str, data_path: str | Path | None = None,
     if dataset not in NAMED_DATASETS:
         raise ValueError(f"Unknown dataset {dataset!r}; choose one of {', '.join(NAMED_DATASETS)}.")
     if data_path is None:
-        raise ValueError(f"dataset {dataset!r} needs a data path (--data_path); only "
-                         f"{', '.join(BUNDLED_DATASET_NAMES)} are bundled.")
+        raise ValueError(
+            f"dataset {dataset!r} needs a data path (--data_path); only {', '.join(BUNDLED_DATASET_NAMES)} are bundled."
+        )
     if dataset in ("ml-100k", "recbole"):
         return load_recbole(data_path)
     if dataset == "s3rec":
@@ -395,9 +394,7 @@ def describe(dataset_dict: DatasetDict) -> dict[str, Any]:
         `median_length`, `min_length`, `max_length`, `items_with_text`, `has_timestamps` and `has_ratings`.
     """
     if "sequences" not in dataset_dict:
-        raise KeyError(
-            f"describe() needs the 'sequences' split of a loader's output; got splits {list(dataset_dict)}."
-        )
+        raise KeyError(f"describe() needs the 'sequences' split of a loader's output; got splits {list(dataset_dict)}.")
     sequences = dataset_dict["sequences"]
     item_lists = sequences.with_format("arrow")[:].column("item_ids")
     lengths = np.asarray(pc.list_value_length(item_lists).to_numpy(zero_copy_only=False), dtype=np.int64)

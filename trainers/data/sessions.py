@@ -23,7 +23,6 @@ from datasets import Dataset, DatasetDict, Features, List, Value
 
 from .splits import _FlatSequences, _flatten_sequences, _gather
 
-
 logger = logging.getLogger(__name__)
 
 _SPLITS = ("train", "validation", "test")
@@ -37,9 +36,7 @@ _TARGET_COLUMNS = (
 )
 
 
-def build_session_samples(
-    splits: DatasetDict, *, max_history: int = 50, session_length: int = 5
-) -> DatasetDict:
+def build_session_samples(splits: DatasetDict, *, max_history: int = 50, session_length: int = 5) -> DatasetDict:
     """Turn leave-one-out splits into `(history, target)` samples.
 
     - `train`: one sample per position `t >= 1` of each training row `items`: `history = items[:t][-max_history:]`,

@@ -17,7 +17,6 @@ from datasets import Dataset, DatasetDict, Features
 
 from .loaders import PER_INTERACTION_COLUMNS, _list_array
 
-
 logger = logging.getLogger(__name__)
 
 

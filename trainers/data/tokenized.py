@@ -24,12 +24,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-
 TOKENIZED_COLUMNS = ("input_ids", "labels", "num_history_items")
 
 
-def tokenize_session_samples(samples, tokenizer, *, max_history_items: int, session_length: int,
-                             batch_size: int = 10_000, num_proc: Optional[int] = None, **map_kwargs):
+def tokenize_session_samples(
+    samples,
+    tokenizer,
+    *,
+    max_history_items: int,
+    session_length: int,
+    batch_size: int = 10_000,
+    num_proc: Optional[int] = None,
+    **map_kwargs,
+):
     """Add the integer columns `input_ids`, `labels` and `num_history_items` to session samples.
 
     Same tokens as `tokenizer.encode_history(history, max_items=max_history_items)` and
@@ -56,22 +63,41 @@ def tokenize_session_samples(samples, tokenizer, *, max_history_items: int, sess
             raise ValueError(f"{name}={value!r} is invalid; pass an integer >= 1.")
     item_tokens = tokenizer.item_tokens.numpy().astype(np.int32)  # [N, L'] token ids of every catalogue item
     if item_tokens.size and int(item_tokens.max()) >= tokenizer.vocab_size:
-        raise ValueError(f"The tokenizer's code table holds token ids >= its vocabulary ({tokenizer.vocab_size}); "
-                         "rebuild the tokenizer.")
-    encoder = _SampleEncoder(pa.array(tokenizer.item_ids, pa.string()), item_tokens, tokenizer.eos_token_id,
-                             tokenizer.bos_token_id, int(max_history_items), int(session_length))
+        raise ValueError(
+            f"The tokenizer's code table holds token ids >= its vocabulary ({tokenizer.vocab_size}); "
+            "rebuild the tokenizer."
+        )
+    encoder = _SampleEncoder(
+        pa.array(tokenizer.item_ids, pa.string()),
+        item_tokens,
+        tokenizer.eos_token_id,
+        tokenizer.bos_token_id,
+        int(max_history_items),
+        int(session_length),
+    )
 
     def add_columns(dataset: Dataset) -> Dataset:
         missing = [name for name in ("history", "target") if name not in dataset.column_names]
         if missing:
-            raise ValueError(f"tokenize_session_samples needs 'history' and 'target' item-id columns; {missing} "
-                             f"missing from {dataset.column_names}. Build samples with "
-                             "trainers.data.build_session_samples(...).")
-        features = Features({**dataset.features, "input_ids": List(Value("int32")), "labels": List(Value("int32")),
-                             "num_history_items": Value("int32")})
+            raise ValueError(
+                f"tokenize_session_samples needs 'history' and 'target' item-id columns; {missing} "
+                f"missing from {dataset.column_names}. Build samples with "
+                "trainers.data.build_session_samples(...)."
+            )
+        features = Features(
+            {
+                **dataset.features,
+                "input_ids": List(Value("int32")),
+                "labels": List(Value("int32")),
+                "num_history_items": Value("int32"),
+            }
+        )
         map_kwargs.setdefault("desc", "Tokenising session samples")
-        return dataset.with_format("arrow").map(encoder, batched=True, batch_size=batch_size, num_proc=num_proc,
-                                                features=features, **map_kwargs).with_format(None)
+        return (
+            dataset.with_format("arrow")
+            .map(encoder, batched=True, batch_size=batch_size, num_proc=num_proc, features=features, **map_kwargs)
+            .with_format(None)
+        )
 
     if isinstance(samples, DatasetDict):
         return DatasetDict({name: add_columns(split) for name, split in samples.items()})
@@ -81,8 +107,9 @@ def tokenize_session_samples(samples, tokenizer, *, max_history_items: int, sess
 class _SampleEncoder:
     """The batched `map` function of `tokenize_session_samples` (a class so that `datasets` can hash it)."""
 
-    def __init__(self, catalogue: pa.Array, item_tokens: np.ndarray, eos: int, bos: int, max_items: int,
-                 session_length: int):
+    def __init__(
+        self, catalogue: pa.Array, item_tokens: np.ndarray, eos: int, bos: int, max_items: int, session_length: int
+    ):
         self.catalogue, self.item_tokens = catalogue, item_tokens
         self.eos, self.bos, self.max_items, self.session_length = eos, bos, max_items, session_length
 
@@ -95,8 +122,11 @@ class _SampleEncoder:
         input_ids = _rows_with_eos(self.item_tokens[history].reshape(-1), history_offsets * codes_per_item, self.eos)
         with_bos = np.concatenate([np.full((len(target), 1), self.bos, np.int32), self.item_tokens[target]], axis=1)
         labels = _rows_with_eos(with_bos.reshape(-1), target_offsets * (codes_per_item + 1), self.eos)
-        return batch.append_column("input_ids", input_ids).append_column("labels", labels).append_column(
-            "num_history_items", pa.array(np.diff(history_offsets), pa.int32()))
+        return (
+            batch.append_column("input_ids", input_ids)
+            .append_column("labels", labels)
+            .append_column("num_history_items", pa.array(np.diff(history_offsets), pa.int32()))
+        )
 
     def _item_rows(self, column, users, name: str, newest: Optional[int] = None, first: Optional[int] = None):
         """Catalogue rows of each sample's items (the newest `newest` or the first `first` of them), as a ragged
@@ -106,16 +136,20 @@ class _SampleEncoder:
         empty = np.flatnonzero(lengths == 0)
         if len(empty):
             who = f" (user {users[empty[0]]!r})" if users else ""
-            raise ValueError(f"Sample {int(empty[0])} of this batch{who} has an empty {name}: every sample needs at "
-                             "least one history item and one target item.")
+            raise ValueError(
+                f"Sample {int(empty[0])} of this batch{who} has an empty {name}: every sample needs at "
+                "least one history item and one target item."
+            )
         values = pc.index_in(lists.flatten(), value_set=self.catalogue)
         if values.null_count:
             position = int(np.flatnonzero(pc.is_null(values).to_numpy(zero_copy_only=False))[0])
             row = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
             who = f" of user {users[row]!r}" if users else ""
-            raise ValueError(f"Unknown item id {lists.flatten()[position].as_py()!r} in the {name}{who}: it is not in "
-                             f"the tokenizer's catalogue of {len(self.catalogue)} items. Add it with "
-                             "tokenizer.add_items(item_ids, embeddings) or drop it from the data.")
+            raise ValueError(
+                f"Unknown item id {lists.flatten()[position].as_py()!r} in the {name}{who}: it is not in "
+                f"the tokenizer's catalogue of {len(self.catalogue)} items. Add it with "
+                "tokenizer.add_items(item_ids, embeddings) or drop it from the data."
+            )
         values = values.to_numpy().astype(np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         kept = np.minimum(lengths, newest if newest is not None else first)

@@ -18,7 +18,6 @@ import datasets
 import evaluate
 import numpy as np
 
-
 _CITATION = """\
 @inproceedings{rajput2023tiger,
   title={Recommender Systems with Generative Retrieval},
