@@ -11,7 +11,7 @@ The reference point for the generative models of this project on the leave-one-o
   original `"bce"` (one sampled negative per position, also available) because every item is a negative at
   every step: see Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?"
   (RecSys 2023) and Petrov & Macdonald, "gSASRec" (RecSys 2023). With ~12k items it stays affordable on a CPU.
-- Batches of users of similar length (`length_bucketed_batches`), so short sequences do not pay for the padding
+- Batches of users of similar length (`length_grouped_batches`), so short sequences do not pay for the padding
   of long ones; the full softmax (a `(targets, num_items)` score matrix per batch) is most of the cost on CPU.
 - Validation Recall@10 / NDCG@10 after every epoch, early stopping with `patience`, best weights restored.
 - With the input and output embeddings tied, the last history item itself usually gets the highest score (on
@@ -35,7 +35,6 @@ import copy
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -47,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from modeling_onerec.generation_onerec import eval_mode
 
@@ -240,12 +241,6 @@ def attention_mask(input_ids: torch.LongTensor, num_heads: int) -> torch.Tensor:
     return blocked.repeat_interleave(num_heads, dim=0)
 
 
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Encoding item ids
 # ---------------------------------------------------------------------------------------------------------
@@ -261,23 +256,14 @@ def left_pad(sequences: Sequence[Sequence[int]], length: int) -> torch.LongTenso
     return out
 
 
-def length_bucketed_batches(
-    lengths: torch.Tensor, batch_size: int, generator: torch.Generator, bucket_batches: int = 32
+def length_grouped_batches(
+    lengths: torch.Tensor, batch_size: int, generator: torch.Generator
 ) -> list[torch.LongTensor]:
-    """Shuffled training batches of rows of similar length (less padding to run through the blocks).
-
-    The rows are shuffled, cut into pools of `bucket_batches * batch_size` rows, each pool is sorted by length
-    and cut into batches, and the batch order is shuffled: every row appears exactly once per epoch and batches
-    stay random, but a batch rarely mixes a 3-item row with a 50-item one (Amazon Beauty: median 4, max 50).
-    """
-    order = torch.randperm(len(lengths), generator=generator)
-    pool = batch_size * bucket_batches
-    batches = []
-    for start in range(0, len(order), pool):
-        chunk = order[start : start + pool]
-        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
-        batches.extend(chunk.split(batch_size))
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    """Shuffled training batches of rows of similar length (less padding to run through the blocks): the order of
+    transformers' ``LengthGroupedSampler`` (the one the OneRec Trainer uses), cut into batches. Every row appears
+    exactly once per epoch; a batch rarely mixes a 3-item row with a 50-item one (Amazon Beauty: median 4, max 50)."""
+    order = torch.tensor(list(LengthGroupedSampler(batch_size, lengths=lengths.tolist(), generator=generator)))
+    return list(order.split(batch_size))
 
 
 def trim_padding(*tensors: torch.LongTensor) -> tuple[torch.LongTensor, ...]:
@@ -462,7 +448,7 @@ class SASRecRecommender:
         for epoch in bar:
             model.train()
             total, batches = 0.0, 0
-            for batch in length_bucketed_batches(lengths, config.batch_size, generator):
+            for batch in length_grouped_batches(lengths, config.batch_size, generator):
                 batch_inputs, batch_targets = trim_padding(inputs[batch], targets[batch])
                 loss = model.loss(batch_inputs.to(device), batch_targets.to(device), config.loss, generator)
                 optimizer.zero_grad(set_to_none=True)
