@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .data import index_items
 from .evaluation import evaluate_recommender
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class _SparseScoringRecommender:
         rows = _training_rows(train_sequences)
         self.item_ids = _catalogue_ids(catalogue, rows)
         self._item_array = np.asarray(self.item_ids, dtype=object)
-        self.item_index = {item: position for position, item in enumerate(self.item_ids)}
+        self.item_index = index_items(self.item_ids)
         lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
         self._flat = np.fromiter(
             (self.item_index[item] for row in rows for item in row), dtype=np.int64, count=int(lengths.sum())

@@ -37,7 +37,10 @@ from datasets import List as ListFeature
 from scipy.stats import rankdata
 from transformers import Trainer, TrainingArguments
 
-from .data import natural_order, split_sessions_by_gap
+from modeling_onerec.configuration_reward import REWARD_PAD_INDEX
+
+from .data import index_items, natural_order, split_sessions_by_gap
+from .pretraining import pad_rows
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +67,7 @@ class RewardItemVocabulary:
 
     def __init__(self, item_ids: Sequence[str]):
         self.item_ids: List[str] = [str(item) for item in item_ids]
-        self._index = {item: position + 1 for position, item in enumerate(self.item_ids)}
-        if len(self._index) != len(self.item_ids):
-            duplicates = [item for item, count in Counter(self.item_ids).items() if count > 1]
-            raise ValueError(f"item_ids must be distinct; {len(duplicates)} repeat, e.g. {duplicates[:3]}.")
+        self._index = index_items(self.item_ids, start=1)
 
     @classmethod
     def from_dataset(cls, data: Union[DatasetDict, Dataset]) -> "RewardItemVocabulary":
@@ -347,11 +347,8 @@ def _check_sample_arguments(
 
 
 def _pad(rows: Sequence[Sequence[int]]) -> torch.Tensor:
-    width = max(1, max(len(row) for row in rows))
-    out = torch.zeros(len(rows), width, dtype=torch.long)
-    for position, row in enumerate(rows):
-        out[position, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
+    """Index rows right-padded with the padding index, at least one column wide (a batch of empty sessions)."""
+    return pad_rows(rows, REWARD_PAD_INDEX, width=max(1, max(map(len, rows), default=0)))[0]
 
 
 class RewardDataCollator:

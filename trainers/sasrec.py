@@ -51,7 +51,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from modeling_onerec.generation_onerec import eval_mode
 
-from .data import natural_order
+from .data import index_items, natural_order
 
 logger = logging.getLogger(__name__)
 
@@ -291,11 +291,9 @@ class SASRecRecommender:
         item_ids = [str(item) for item in item_ids]
         if len(item_ids) != model.num_items:
             raise ValueError(f"{len(item_ids)} item ids for a model of {model.num_items} items.")
-        if len(set(item_ids)) != len(item_ids):
-            raise ValueError("item_ids contains duplicates; each catalogue item must appear once.")
         self.model = model
         self.item_ids = item_ids
-        self.index = {item: position + 1 for position, item in enumerate(item_ids)}
+        self.index = index_items(item_ids, start=1)  # 0 is padding
         self.history = history or []
         self._warned_unknown = False
 

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -415,6 +416,20 @@ def describe(dataset_dict: DatasetDict) -> dict[str, Any]:
         texts = dataset_dict["items"].with_format("arrow")[:].column("text")
         stats["items_with_text"] = int(pc.sum(pc.greater(pc.utf8_length(texts), 0)).as_py() or 0)
     return stats
+
+
+def index_items(item_ids: Iterable[str], start: int = 0) -> dict[str, int]:
+    """``{item_id: start + position}`` for a catalogue (``start=1`` keeps 0 free for padding).
+
+    Raises:
+        ValueError: naming repeated ids; each catalogue item must appear once.
+    """
+    item_ids = list(item_ids)
+    index = {item: start + position for position, item in enumerate(item_ids)}
+    if len(index) != len(item_ids):
+        repeated = [item for item, count in Counter(item_ids).items() if count > 1]
+        raise ValueError(f"item_ids must be distinct; {len(repeated)} repeat, e.g. {repeated[:3]}.")
+    return index
 
 
 def natural_order(ids: Iterable[str]) -> list[str]:
