@@ -33,6 +33,7 @@ from transformers import HfArgumentParser, set_seed
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
+from trainers.evaluation import markdown_table
 from trainers.ipa import IPAConfig, run_ipa
 from trainers.preference import OneRecDPOConfig
 from trainers.reward_model import SessionRewardScorer
@@ -128,18 +129,32 @@ def main(argv=None) -> dict:
         f"{training_args.beta}, r_DPO {args.dpo_sample_ratio}, N {args.num_candidates}, "
         f"{report['wall_seconds'] / 60:.1f} min in all"
     )
-    print(
-        "| iteration | pairs | skipped / tied users | chosen reward | rejected reward | final margin | mining s | "
-        "training s |\n|---:|---:|---|---:|---:|---:|---:|---:|"
-    )
+    rows = []
     for state in result.iterations:
         margin = state.get("last_train_log", {}).get("rewards/margins")
-        print(
-            f"| {state['iteration']} | {state['pairs_mined']} | {state['skipped_users']} / {state['tied_users']} | "
-            f"{state['mean_chosen_reward'] or float('nan'):.4f} | {state['mean_rejected_reward'] or float('nan'):.4f} | "
-            f"{'-' if margin is None else f'{margin:.3f}'} | {state['timings']['mining_seconds']:.0f} | "
-            f"{state['timings']['training_seconds']:.0f} |"
+        rows.append(
+            [
+                state["iteration"],
+                state["pairs_mined"],
+                f"{state['skipped_users']} / {state['tied_users']}",
+                f"{state['mean_chosen_reward'] or float('nan'):.4f}",
+                f"{state['mean_rejected_reward'] or float('nan'):.4f}",
+                "-" if margin is None else f"{margin:.3f}",
+                f"{state['timings']['mining_seconds']:.0f}",
+                f"{state['timings']['training_seconds']:.0f}",
+            ]
         )
+    header = [
+        "iteration",
+        "pairs",
+        "skipped / tied users",
+        "chosen reward",
+        "rejected reward",
+        "final margin",
+        "mining s",
+        "training s",
+    ]
+    print(markdown_table(header, rows, align="rrlrrrrr"))
     print(f"final model -> {output_dir / f'iteration-{args.num_iterations}'}")
     return report
 

@@ -30,6 +30,7 @@ from tokenization_semantic_id import (
     plot_codebook_report,
 )
 from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
+from trainers.evaluation import markdown_table
 
 logger = logging.getLogger("build_semantic_ids")
 
@@ -71,19 +72,25 @@ class RunArguments:
 
 
 def format_table(rows: List[dict], num_semantic_levels: int) -> str:
-    header = "| variant | level | used / K | smallest | largest | std | collisions before | after | build s |"
-    lines = [header, "|" + "---|" * 9]
+    header = ["variant", "level", "used / K", "smallest", "largest", "std", "collisions before", "after", "build s"]
+    table = []
     for row in rows:
         stats, name = row["stats"], row["name"]
         for level in stats["levels"]:
-            lines.append(
-                f"| {name} | {level['level'] + 1}{' (collisions)' if level['level'] >= num_semantic_levels else ''} "
-                f"| {level['used_codes']} / {level['codebook_size']} "
-                f"| {level['min_cluster']} | {level['max_cluster']} | {level['std_cluster']:.1f} "
-                f"| {100 * stats['collision_rate_before']:.2f}% | {100 * stats['collision_rate_after']:.2f}% "
-                f"| {row['seconds']:.1f} |"
+            table.append(
+                [
+                    name,
+                    f"{level['level'] + 1}{' (collisions)' if level['level'] >= num_semantic_levels else ''}",
+                    f"{level['used_codes']} / {level['codebook_size']}",
+                    level["min_cluster"],
+                    level["max_cluster"],
+                    f"{level['std_cluster']:.1f}",
+                    f"{100 * stats['collision_rate_before']:.2f}%",
+                    f"{100 * stats['collision_rate_after']:.2f}%",
+                    f"{row['seconds']:.1f}",
+                ]
             )
-    return "\n".join(lines)
+    return markdown_table(header, table)
 
 
 def main(argv=None) -> dict:

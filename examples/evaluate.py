@@ -36,6 +36,7 @@ from trainers.evaluation import (
     PUBLISHED_BEAUTY,
     evaluate_recommender,
     held_out_sessions,
+    markdown_table,
     metrics_table,
     ranking_metrics,
     read_topk_json,
@@ -211,16 +212,20 @@ def main(argv=None) -> dict:
         print("(published rows: the TIGER paper's Table 1 on all 22,363 test users)")
     if sessions:
         print("\nSessions generated from the training history vs the two held-out items (history excluded):")
-        print(
-            "| model | m | how | hit rate | consumed items | coverage | intra-session diversity |\n"
-            "|---|---:|---|---:|---:|---:|---:|"
-        )
-        for row in sessions:
-            print(
-                f"| {row['model']} | {row['session_length']} | {row['session_mode']} | {row['session_hit_rate']:.4f} "
-                f"| {row['session_consumed_items']:.4f} | {row['coverage']:.4f} | "
-                f"{row['intra_session_diversity']:.3f} |"
-            )
+        header = ["model", "m", "how", "hit rate", "consumed items", "coverage", "intra-session diversity"]
+        rows = [
+            [
+                row["model"],
+                row["session_length"],
+                row["session_mode"],
+                f"{row['session_hit_rate']:.4f}",
+                f"{row['session_consumed_items']:.4f}",
+                f"{row['coverage']:.4f}",
+                f"{row['intra_session_diversity']:.3f}",
+            ]
+            for row in sessions
+        ]
+        print(markdown_table(header, rows, align="lrlrrrr"))
     print(f"metrics -> {output_dir / 'metrics.json'}")
     return report
 

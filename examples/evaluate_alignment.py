@@ -34,7 +34,7 @@ from trainers.alignment_evaluation import (
 )
 from trainers.baselines import SuccessorRecommender, tune_successor
 from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split, named_paths
-from trainers.evaluation import sample_users
+from trainers.evaluation import markdown_table, sample_users
 from trainers.generative_recommender import GenerativeRecommender
 from trainers.reward_model import SessionRewardScorer
 from trainers.sasrec import SASRecRecommender
@@ -144,13 +144,14 @@ def main(argv=None) -> dict:
         f"\n{args.dataset}: {len(test)} random test users (seed {args.users_seed}), S={args.num_sessions} sessions "
         f"of m={args.session_length} per user, history excluded; rewards from {args.reward_model_dir}"
     )
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    table_rows = []
     for row in rows:
         cells = [row["model"], row["sessions_from"]] + [
             f"{row[f'{n}_{s}']:.4f}" for n in names for s in ("mean", "max")
         ]
         cells += [f"{row['recall@10']:.4f}", f"{row['ndcg@10']:.4f}", f"{row['session_hit_rate']:.4f}"]
-        print("| " + " | ".join(cells) + " |")
+        table_rows.append(cells)
+    print(markdown_table(header, table_rows))
     print(f"metrics -> {output_dir / 'metrics.json'}")
     return report
 

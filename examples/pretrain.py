@@ -34,7 +34,7 @@ from trainers.data import (
     leave_one_out_split,
     tokenize_session_samples,
 )
-from trainers.evaluation import held_out_sessions, sample_users, write_topk_json
+from trainers.evaluation import held_out_sessions, markdown_table, sample_users, write_topk_json
 from trainers.generative_recommender import evaluate_generative_model
 from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, TokenizedSessionCollator
 
@@ -53,7 +53,7 @@ class ModelArguments:
     dropout_rate: float = field(
         default=0.0,
         metadata={
-            "help": "T5 dropout. 0 won on Beauty validation at a 3-epoch budget (README, issue 11) and trains 1.4x faster "
+            "help": "T5 dropout. 0 won on Beauty validation at a 3-epoch budget (docs/results.md) and trains 1.4x faster "
             "on a CPU (dropout's random numbers are 30% of a step); long runs to early stopping may want 0.1."
         },
     )
@@ -238,17 +238,14 @@ def main(argv=None) -> dict:
 def format_results(results: dict, num_users: int) -> str:
     """Markdown lines for the ranking (both history settings) and, when present, the session metrics."""
     ranking = results["exclude_history"]
+    rows = [
+        [label] + [f"{results[name][metric]:.4f}" for metric in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")]
+        for name, label in (("exclude_history", "excluded"), ("all_items", "allowed"))
+    ]
     lines = [
         f"test: {num_users} random users, full ranking, beam {ranking['num_beams']}",
-        "| history items | Recall@5 | NDCG@5 | Recall@10 | NDCG@10 |",
-        "|---|---:|---:|---:|---:|",
+        markdown_table(["history items", "Recall@5", "NDCG@5", "Recall@10", "NDCG@10"], rows, align="lrrrr"),
     ]
-    for name, label in (("exclude_history", "excluded"), ("all_items", "allowed")):
-        values = results[name]
-        lines.append(
-            f"| {label} | {values['recall@5']:.4f} | {values['ndcg@5']:.4f} | {values['recall@10']:.4f} | "
-            f"{values['ndcg@10']:.4f} |"
-        )
     if "session" in results:
         session = results["session"]
         lines.append(

@@ -8,7 +8,7 @@
 #   TOKENIZER_DIR=outputs/beauty/tokenizer bash scripts/gpu_beauty.sh   # reuse semantic IDs built elsewhere
 #   DRY_RUN=1 bash scripts/gpu_beauty.sh                        # CPU, a few steps and users (tests/test_gpu_script.py)
 #
-# Set-up: wheels in .whl/ are installed offline (a machine without internet; see the device notes in README);
+# Set-up: wheels in .whl/ are installed offline (a machine without internet; see benchmarks/README.md);
 # otherwise a missing stack is installed with pip. Knobs (environment): OUT_DIR, TOKENIZER_DIR, EMBEDDING_SOURCE
 # (collaborative: no text model needed), PRESET, BATCH, LR, DROPOUT, EPOCHS, PATIENCE, VAL_USERS, TEST_USERS
 # (empty = all), WORKERS, COMPILE (1 = torch.compile), SEED.
@@ -32,7 +32,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTH
 OUT=${OUT_DIR:-outputs/gpu_beauty}
 PRESET=${PRESET:-small}
 BATCH=${BATCH:-256}          # the peers' batch (TIGER, ActionPiece, RPG)
-LR=${LR:-2e-3}               # chosen on validation at batch 64 on the CPU (README); re-check on the GPU's validation
+LR=${LR:-2e-3}               # chosen on validation at batch 64 on the CPU (docs/results.md); re-check on the GPU's validation
 DROPOUT=${DROPOUT:-0.1}      # 0 won on the CPU at a 3-epoch budget; a run to early stopping over many epochs needs regularising
 EPOCHS=${EPOCHS:-100}
 PATIENCE=${PATIENCE:-5}

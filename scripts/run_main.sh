@@ -3,7 +3,7 @@
 # Amazon Beauty data: semantic IDs -> session-wise pretraining (a few CPU minutes, `small` preset) -> evaluation
 # of OneRec against the baselines on the same random test users -> a few recommended sessions -> a short preference
 # alignment stage (session reward model, one IPA iteration) scored in the paper's Table-1 form.
-# A demo budget: the numbers it prints are far from a converged model (see README, "Training and evaluation").
+# A demo budget: the numbers it prints are far from a converged model (see docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

@@ -295,3 +295,13 @@ def test_evaluate_baselines_example_on_an_s3rec_file(tmp_path):
     assert saved["results"][1]["test"]["ndcg@3"] == report["results"][1]["test"]["ndcg@3"]
     top = read_topk_json(tmp_path / "out" / "top10_successor_exclude_history.json")
     assert sorted(top) == ["1", "2", "3", "4", "5"] and all(len(items) <= 10 for items in top.values())
+
+
+def test_markdown_table_aligns_and_checks_its_columns():
+    from trainers.evaluation import markdown_table
+
+    table = markdown_table(["model", "Recall@10"], [["a", "0.1000"], ["b", 2]], align="lr")
+    assert table.splitlines() == ["| model | Recall@10 |", "|---|---:|", "| a | 0.1000 |", "| b | 2 |"]
+    assert markdown_table(["x"], []).splitlines() == ["| x |", "|---|"]
+    with pytest.raises(ValueError, match="one 'l' or 'r' per column"):
+        markdown_table(["a", "b"], [], align="l")

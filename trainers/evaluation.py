@@ -395,6 +395,17 @@ def read_topk_json(path: str | Path) -> dict[str, list[str]]:
     return {str(user): [str(item) for item in items] for user, items in raw.items()}
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """A Markdown table: `header` cells, then one line per row (cells through `str`). `align` gives one character
+    per column, `"l"` or `"r"` (numbers read best right-aligned); default: all left."""
+    align = align or "l" * len(header)
+    if len(align) != len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align={align!r} needs one 'l' or 'r' per column ({len(header)} columns).")
+    lines = ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def metrics_table(
     rows: Iterable[tuple[Sequence[str], Mapping[str, Any]]],
     ks: Iterable[int],
@@ -416,13 +427,15 @@ def metrics_table(
     """
     columns = [f"{name}@{k}" for k in sorted(ks) for name in ("recall", "ndcg")]
     header = list(label_columns) + [column.replace("recall", "Recall").replace("ndcg", "NDCG") for column in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     blanks = ["-"] * (len(label_columns) - 1)
     references = [([name, *blanks], metrics) for name, metrics in (references or {}).items()]
-    for labels, metrics in [*rows, *references]:
-        cells = list(labels) + [f"{metrics[column]:.4f}" if column in metrics else "-" for column in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(
+        header,
+        [
+            list(labels) + [f"{metrics[column]:.4f}" if column in metrics else "-" for column in columns]
+            for labels, metrics in [*rows, *references]
+        ],
+    )
 
 
 def sample_users(samples: Any, num_users: int | None, seed: int = 0) -> Any:

@@ -40,6 +40,7 @@ from transformers import Trainer, TrainingArguments
 from modeling_onerec.configuration_reward import REWARD_PAD_INDEX
 
 from .data import index_items, natural_order, split_sessions_by_gap
+from .evaluation import markdown_table
 from .pretraining import pad_rows
 
 logger = logging.getLogger(__name__)
@@ -529,15 +530,19 @@ class RewardModelTrainer(Trainer):
 def format_auc_table(metrics: Mapping[str, float], reward_names: Sequence[str], prefix: str = "") -> str:
     """Markdown table: one row per tower with held-out samples, positive rate, ROC AUC and (soft targets)
     Pearson r. ``prefix`` is the metric-key prefix, e.g. ``"test_"`` for ``Trainer.predict`` metrics."""
-    lines = ["| tower | held-out samples | positive rate | ROC AUC | Pearson r |", "|---|---|---|---|---|"]
+    rows = []
     for name in reward_names:
         pearson = metrics.get(f"{prefix}pearson_{name}")
-        lines.append(
-            f"| {name} | {int(metrics[f'{prefix}samples_{name}'])} | "
-            f"{metrics[f'{prefix}positive_rate_{name}']:.3f} | {metrics[f'{prefix}auc_{name}']:.4f} | "
-            f"{'' if pearson is None else f'{pearson:.4f}'} |"
+        rows.append(
+            [
+                name,
+                int(metrics[f"{prefix}samples_{name}"]),
+                f"{metrics[f'{prefix}positive_rate_{name}']:.3f}",
+                f"{metrics[f'{prefix}auc_{name}']:.4f}",
+                "" if pearson is None else f"{pearson:.4f}",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(["tower", "held-out samples", "positive rate", "ROC AUC", "Pearson r"], rows)
 
 
 __all__ = [
