@@ -1,4 +1,4 @@
-"""Build time and codebook health of ``SemanticIDTokenizer.build`` on the bundled real Amazon catalogues.
+"""Build time and codebook health of ``build_semantic_ids`` on the bundled real Amazon catalogues.
 
 For each dataset (Amazon 2014 Beauty, 12,101 items; Amazon 2018 Industrial & Scientific, 4,344 items) this
 
@@ -6,7 +6,7 @@ For each dataset (Amazon 2014 Beauty, 12,101 items; Amazon 2018 Industrial & Sci
    with at least 3 items are dropped, as in ``trainers.data.leave_one_out_split``): collaborative PPMI-SVD
    embeddings by default, or ``--embeddings concat`` (sentence-encoder text + collaborative; the text part is
    cached under ``--output-dir``/embedding_cache so that later runs skip it),
-2. times ``SemanticIDTokenizer.build`` (median of ``--repeats`` after an untimed warm-up on a subset) with
+2. times ``build_semantic_ids`` (median of ``--repeats`` after an untimed warm-up on a subset) with
    ``--num-levels`` x ``--codebook-size`` codes, balanced (the paper's Algorithm 1) and unbalanced (plain
    k-means) residual k-means,
 3. reports per variant: iterations and convergence per level, code utilisation, largest / smallest cluster,
@@ -53,6 +53,7 @@ from tokenization_semantic_id import (
     ResidualKMeansConfig,
     SemanticIDTokenizer,
     build_item_embeddings,
+    build_semantic_ids,
     codebook_report,
     plot_codebook_report,
 )
@@ -81,7 +82,7 @@ _INTEGER_ID = re.compile(r"[+-]?\d+\Z")
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Time SemanticIDTokenizer.build (balanced vs unbalanced residual k-means) on real Amazon data.",
+        description="Time build_semantic_ids (balanced vs unbalanced residual k-means) on real Amazon data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -249,9 +250,7 @@ def warm_up(embeddings: torch.Tensor, args: argparse.Namespace, device: torch.de
     subset = embeddings[: max(WARMUP_ITEMS, args.codebook_size)]
     item_ids = [str(index) for index in range(subset.shape[0])]
     for balanced in VARIANTS.values():
-        SemanticIDTokenizer.build(
-            item_ids, subset, quantizer_config(args, device, balanced, max_iterations=2), progress=False
-        )
+        build_semantic_ids(item_ids, subset, quantizer_config(args, device, balanced, max_iterations=2), progress=False)
     synchronize(device)
 
 
@@ -263,7 +262,7 @@ def timed_builds(
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
-        built = SemanticIDTokenizer.build(catalogue.item_ids, embeddings, config, progress=False)
+        built = build_semantic_ids(catalogue.item_ids, embeddings, config, progress=False)
         synchronize(device)
         times.append(time.perf_counter() - start)
         if tokenizer is not None and not torch.equal(built.item_codes, tokenizer.item_codes):
@@ -366,7 +365,7 @@ def markdown_table(results: List[dict], args: argparse.Namespace) -> str:
     lines = [
         f"{args.num_levels} levels x {args.codebook_size} codes, {args.embeddings} embeddings from training "
         f"interactions (leave-one-out), max {args.max_iterations} sweeps per level, seed {args.seed}; build time = "
-        f"median of {args.repeats} `SemanticIDTokenizer.build` calls. Per-level values are level 1 / 2 / 3.",
+        f"median of {args.repeats} `build_semantic_ids` calls. Per-level values are level 1 / 2 / 3.",
         "",
         "| dataset | items | variant | build (s) | sweeps / level | converged | utilisation | largest / smallest "
         "cluster | collisions before -> after | disambiguation size |",

@@ -25,8 +25,8 @@ from transformers import HfArgumentParser
 from tokenization_semantic_id import (
     ItemEmbeddingConfig,
     ResidualKMeansConfig,
-    SemanticIDTokenizer,
     build_item_embeddings,
+    build_semantic_ids,
     plot_codebook_report,
 )
 from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
             device=sid_args.device,
         )
         start = time.perf_counter()
-        tokenizer = SemanticIDTokenizer.build(
+        tokenizer = build_semantic_ids(
             item_ids,
             embeddings,
             config,

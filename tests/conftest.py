@@ -23,10 +23,10 @@ def clustered_embeddings(num_items: int, dim: int = 16, num_centres: int = 12, s
 
 @pytest.fixture(scope="session")
 def small_tokenizer():
-    from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
+    from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
 
     embeddings = clustered_embeddings(240)
-    return SemanticIDTokenizer.build(
+    return build_semantic_ids(
         [f"item{i}" for i in range(240)],
         embeddings,
         ResidualKMeansConfig(num_levels=3, codebook_size=6),

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import T5Config, T5ForConditionalGeneration
 
-from tokenization_semantic_id import SemanticIDTrie
+from tokenization_semantic_id import SemanticIDTrie, build_semantic_ids
 
 BOS, EOS, PAD = 2, 1, 0
 
@@ -152,9 +152,9 @@ def test_generate_paths_agree_and_every_item_is_real(small_tokenizer, seed, num_
 
 def test_more_beams_than_reachable_items_is_flagged_not_junk():
     from tests.conftest import clustered_embeddings
-    from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
+    from tokenization_semantic_id import ResidualKMeansConfig
 
-    tokenizer = SemanticIDTokenizer.build(
+    tokenizer = build_semantic_ids(
         [str(i) for i in range(6)],
         clustered_embeddings(6, seed=1),
         ResidualKMeansConfig(num_levels=2, codebook_size=2),

@@ -5,14 +5,14 @@ import torch
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tests.conftest import clustered_embeddings
-from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
+from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
 from trainers.generative_recommender import GenerativeRecommender
 
 
 def test_rank_returns_each_users_list_in_the_callers_order():
     # rank() batches users by history length; each result must still land on its own user. Distinct lengths make
     # the length order (so every batch) the same for both input orders, so the lists must match exactly.
-    tokenizer = SemanticIDTokenizer.build(
+    tokenizer = build_semantic_ids(
         [f"i{i}" for i in range(60)],
         clustered_embeddings(60),
         ResidualKMeansConfig(num_levels=2, codebook_size=4),
@@ -58,7 +58,7 @@ def test_beam_ranking_against_exhaustive_scoring_of_every_item():
     # The beam approximation behind every Recall/NDCG number: with a beam as wide as the catalogue the ranking IS the
     # exhaustive one; with a narrow beam (here the default for k = 10: max(k, first-level codebook size) = 10) every
     # returned item carries its exact score, best first, and most of the exhaustive top-k is found.
-    tokenizer = SemanticIDTokenizer.build(
+    tokenizer = build_semantic_ids(
         [f"i{i}" for i in range(48)],
         clustered_embeddings(48),
         ResidualKMeansConfig(num_levels=3, codebook_size=4),

@@ -5,7 +5,7 @@ import torch
 
 from tests.conftest import clustered_embeddings
 from tests.test_constrained_decoding import _random_prefix, tiny_model
-from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, balanced_kmeans
+from tokenization_semantic_id import ResidualKMeansConfig, balanced_kmeans, build_semantic_ids
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -43,7 +43,7 @@ def test_balanced_kmeans_on_gpu_is_balanced_and_deterministic():
 
 
 def test_generate_on_gpu_gives_only_real_items():
-    tokenizer = SemanticIDTokenizer.build(
+    tokenizer = build_semantic_ids(
         [f"i{i}" for i in range(500)],
         clustered_embeddings(500),
         ResidualKMeansConfig(num_levels=3, codebook_size=8, device="cuda"),

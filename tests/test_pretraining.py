@@ -6,13 +6,13 @@ from datasets import Dataset
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tests.conftest import clustered_embeddings
-from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer
+from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
 from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator, history_lengths
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return SemanticIDTokenizer.build(
+    return build_semantic_ids(
         [f"i{i}" for i in range(40)],
         clustered_embeddings(40),
         ResidualKMeansConfig(num_levels=2, codebook_size=4),

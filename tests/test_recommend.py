@@ -9,13 +9,13 @@ from hypothesis import strategies as st
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tests.conftest import clustered_embeddings
-from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, UnknownItemError
+from tokenization_semantic_id import ResidualKMeansConfig, UnknownItemError, build_semantic_ids
 
 
 @pytest.fixture(scope="module")
 def catalogue():
     item_ids = [f"sku{i}" for i in range(80)]
-    tokenizer = SemanticIDTokenizer.build(
+    tokenizer = build_semantic_ids(
         item_ids, clustered_embeddings(80), ResidualKMeansConfig(num_levels=3, codebook_size=4), progress=False
     )
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def test_recommend_bad_input_is_a_clear_error(catalogue):
         model.recommend(tokenizer, "sku1")
     with pytest.raises(ValueError, match="num_sessions <= num_beams"):
         model.recommend(tokenizer, [["sku1"]], num_sessions=5, num_beams=2)
-    other = SemanticIDTokenizer.build(
+    other = build_semantic_ids(
         [f"x{i}" for i in range(40)],
         clustered_embeddings(40),
         ResidualKMeansConfig(num_levels=2, codebook_size=4),

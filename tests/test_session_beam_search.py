@@ -19,9 +19,9 @@ from tests.conftest import clustered_embeddings
 from tests.test_constrained_decoding import tiny_model
 from tokenization_semantic_id import (
     ResidualKMeansConfig,
-    SemanticIDTokenizer,
     SemanticIDTrie,
     SessionPrefixAllowedTokensFn,
+    build_semantic_ids,
 )
 
 BOS, EOS, PAD = 2, 1, 0
@@ -219,7 +219,7 @@ def test_onerec_model_matches_generate(small_tokenizer):
 # ---------------------------------------------------------------------------------------------- tiny catalogues
 @pytest.fixture(scope="module")
 def six_item_tokenizer():
-    return SemanticIDTokenizer.build(
+    return build_semantic_ids(
         [str(i) for i in range(6)],
         clustered_embeddings(6, seed=1),
         ResidualKMeansConfig(num_levels=2, codebook_size=2),

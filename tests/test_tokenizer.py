@@ -11,11 +11,17 @@ import torch
 from transformers import AutoTokenizer
 
 from tests.conftest import clustered_embeddings
-from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, UnknownItemError
+from tokenization_semantic_id import (
+    ResidualKMeansConfig,
+    SemanticIDTokenizer,
+    UnknownItemError,
+    build_semantic_ids,
+    plot_semantic_ids,
+)
 
 
 def build(num_items=240, codebook_size=6, seed=0, **kwargs):
-    return SemanticIDTokenizer.build(
+    return build_semantic_ids(
         [f"item{i}" for i in range(num_items)],
         clustered_embeddings(num_items, seed=seed),
         ResidualKMeansConfig(num_levels=3, codebook_size=codebook_size),
@@ -103,6 +109,9 @@ def test_auto_tokenizer_registered_for_the_onerec_config():
 
 def test_remote_code_load_in_a_fresh_process_without_the_package(tmp_path, small_tokenizer):
     small_tokenizer.save_pretrained(tmp_path / "tok")
+    # The offline build (k-means fitting orchestration, embeddings) is not part of the served tokenizer.
+    copied = {name for name in os.listdir(tmp_path / "tok") if name.endswith(".py")}
+    assert "tokenization_semantic_id.py" in copied and not {"builder.py", "embeddings.py"} & copied
     script = textwrap.dedent(f"""
         import importlib.abc, json, sys
         class Block(importlib.abc.MetaPathFinder):
@@ -137,21 +146,21 @@ def test_build_rejects_bad_input():
     good = clustered_embeddings(20)
     config = ResidualKMeansConfig(num_levels=2, codebook_size=4)
     with pytest.raises(ValueError, match="empty catalogue"):
-        SemanticIDTokenizer.build([], torch.zeros(0, 16), config, progress=False)
+        build_semantic_ids([], torch.zeros(0, 16), config, progress=False)
     with pytest.raises(ValueError, match="larger than the catalogue"):
-        SemanticIDTokenizer.build(ids, good, ResidualKMeansConfig(num_levels=2, codebook_size=64), progress=False)
+        build_semantic_ids(ids, good, ResidualKMeansConfig(num_levels=2, codebook_size=64), progress=False)
     nan = good.clone()
     nan[3, 1] = float("nan")
     with pytest.raises(ValueError, match="(?i)nan"):
-        SemanticIDTokenizer.build(ids, nan, config, progress=False)
+        build_semantic_ids(ids, nan, config, progress=False)
     inf = good.clone()
     inf[0, 0] = float("inf")
     with pytest.raises(ValueError, match="(?i)inf"):
-        SemanticIDTokenizer.build(ids, inf, config, progress=False)
+        build_semantic_ids(ids, inf, config, progress=False)
     with pytest.raises(ValueError, match="20"):
-        SemanticIDTokenizer.build(ids, good[:10], config, progress=False)
+        build_semantic_ids(ids, good[:10], config, progress=False)
     with pytest.raises(ValueError, match="unique"):
-        SemanticIDTokenizer.build(ids[:-1] + ["i0"], good, config, progress=False)
+        build_semantic_ids(ids[:-1] + ["i0"], good, config, progress=False)
 
 
 def test_cold_start_items_are_decodable_and_generable_at_once():
@@ -194,8 +203,8 @@ def test_build_is_deterministic_and_records_how_it_was_built():
         assert level["min_cluster"] == level["max_cluster"] == 40
 
 
-def test_plot_statistics(tmp_path, small_tokenizer, saved_figures):
-    path = small_tokenizer.plot_statistics(tmp_path / "codebooks.png", title="tiny")
+def test_plot_semantic_ids(tmp_path, small_tokenizer, saved_figures):
+    path = plot_semantic_ids(small_tokenizer, tmp_path / "codebooks.png", title="tiny")
     assert path.stat().st_size > 1000
     (figure,) = saved_figures
     assert len(figure.axes) == small_tokenizer.num_levels

@@ -4,6 +4,7 @@ from transformers import AutoTokenizer
 
 from modeling_onerec.configuration_onerec import OneRecConfig
 
+from .builder import build_semantic_ids, plot_semantic_ids
 from .collisions import CollisionReport, collision_rate, resolve_collisions
 from .constrained_decoding import SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
 from .embeddings import (
@@ -12,7 +13,6 @@ from .embeddings import (
     collaborative_item_embeddings,
     load_embedding_array,
     text_item_embeddings,
-    validate_item_embeddings,
 )
 from .quantization import (
     KMeansResult,
@@ -22,6 +22,7 @@ from .quantization import (
     fit_residual_kmeans,
     kmeans,
     quantize_with_codebooks,
+    validate_item_embeddings,
 )
 from .statistics import codebook_report, plot_codebook_report
 from .tokenization_semantic_id import SemanticIDTokenizer, UnknownItemError
@@ -49,6 +50,7 @@ __all__ = [
     "SessionPrefixAllowedTokensFn",
     "UnknownItemError",
     "balanced_kmeans",
+    "build_semantic_ids",
     "build_item_embeddings",
     "codebook_report",
     "collaborative_item_embeddings",
@@ -57,6 +59,7 @@ __all__ = [
     "kmeans",
     "load_embedding_array",
     "plot_codebook_report",
+    "plot_semantic_ids",
     "quantize_with_codebooks",
     "register_auto_classes",
     "resolve_collisions",

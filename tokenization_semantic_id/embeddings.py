@@ -45,6 +45,8 @@ import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
+from .quantization import validate_item_embeddings
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -215,76 +217,6 @@ class ItemEmbeddingConfig:
 # --------------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------------
-
-
-def validate_item_embeddings(
-    embeddings: Any,
-    num_items: Optional[int] = None,
-    dim: Optional[int] = None,
-    name: str = "embeddings",
-) -> torch.Tensor:
-    """Check an item-embedding matrix and return it as a float32 contiguous tensor.
-
-    Args:
-        embeddings (`torch.Tensor`, `np.ndarray` or nested lists of shape `[num_items, dim]`):
-            One row per item. Integer values are converted to float.
-        num_items (`int`, *optional*):
-            Expected number of rows (size of the catalogue).
-        dim (`int`, *optional*):
-            Expected number of columns.
-        name (`str`, *optional*, defaults to `"embeddings"`):
-            How the matrix is called in error messages.
-
-    Returns:
-        `torch.Tensor` of shape `[num_items, dim]`, dtype float32, contiguous, on the input's device
-        (may share memory with the input when no conversion was needed).
-
-    Raises:
-        ValueError: if the input is not a 2-D numeric matrix, holds NaN or inf, or its shape does not
-            match `num_items` / `dim`.
-    """
-    if isinstance(embeddings, torch.Tensor):
-        tensor = embeddings.detach()
-    else:
-        try:
-            array = np.asarray(embeddings)
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                f"`{name}` could not be read as a numeric matrix ({error}); pass a 2-D numpy array or "
-                f"torch tensor with one row per item."
-            ) from error
-        if array.dtype.kind not in "biuf":
-            raise ValueError(
-                f"`{name}` has dtype {array.dtype}, which does not convert to float; pass a 2-D numeric "
-                f"matrix with one row per item."
-            )
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if tensor.is_complex():
-        raise ValueError(f"`{name}` is complex ({tensor.dtype}); pass real-valued embeddings.")
-    if tensor.dim() != 2:
-        raise ValueError(
-            f"`{name}` must be 2-D [num_items, dim], got shape {tuple(tensor.shape)}. Reshape it so that "
-            f"each row is one item's embedding."
-        )
-    rows, columns = tensor.shape
-    if columns == 0:
-        raise ValueError(f"`{name}` has shape {tuple(tensor.shape)}: an embedding needs at least one column.")
-    if num_items is not None and rows != num_items:
-        raise ValueError(
-            f"`{name}` has {rows} rows but the catalogue has {num_items} items: pass one row per item, "
-            f"in the order of `item_ids`."
-        )
-    if dim is not None and columns != dim:
-        raise ValueError(f"`{name}` has dimension {columns} but {dim} was expected: pass {dim}-d embeddings.")
-    tensor = tensor.to(torch.float32).contiguous()
-    finite_rows = torch.isfinite(tensor).all(dim=1)
-    if not bool(finite_rows.all()):
-        bad_rows = (~finite_rows).nonzero().flatten()
-        raise ValueError(
-            f"`{name}` has NaN or inf values in {bad_rows.numel()} of {rows} rows (first bad row: "
-            f"{int(bad_rows[0])}); fix or drop those items before building semantic ids."
-        )
-    return tensor
 
 
 def _l2_normalize_rows(embeddings: torch.Tensor) -> torch.Tensor:

@@ -20,19 +20,16 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import BatchEncoding
 from transformers.tokenization_python import AddedToken, PreTrainedTokenizer
 
-from .collisions import resolve_collisions
 from .constrained_decoding import SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
-from .embeddings import validate_item_embeddings
-from .quantization import ResidualKMeansConfig, fit_residual_kmeans, quantize_with_codebooks
-from .statistics import codebook_report, plot_codebook_report
+from .quantization import quantize_with_codebooks, validate_item_embeddings
+from .statistics import codebook_report
 from .trie import SemanticIDTrie
 
 logger = logging.getLogger(__name__)
@@ -69,7 +66,7 @@ class UnknownItemError(KeyError):
 class SemanticIDTokenizer(PreTrainedTokenizer):
     """Maps catalogue items to semantic-ID tokens and back.
 
-    Build one from item embeddings with :meth:`build`; load a saved one with ``from_pretrained``
+    Build one from item embeddings with :func:`~tokenization_semantic_id.builder.build_semantic_ids` (offline); load a saved one with ``from_pretrained``
     (or ``AutoTokenizer.from_pretrained(dir, trust_remote_code=True)``).
 
     Args:
@@ -80,7 +77,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         max_history_items: ``n``, the newest items a history keeps (paper: 256).
         build_info: JSON-serialisable record of how the codes were built (quantiser config,
             statistics); informational.
-        item_ids / item_codes / codebooks: In-memory catalogue, used by :meth:`build` instead of files:
+        item_ids / item_codes / codebooks: In-memory catalogue, used by ``build_semantic_ids`` instead of files:
             ``item_ids`` (``N`` strings), ``item_codes`` (``[N, L']`` long), ``codebooks``
             (``L`` tensors ``[K_l, D]``).
     """
@@ -110,7 +107,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         if codebook_sizes is None or num_semantic_levels is None:
             raise ValueError(
                 "SemanticIDTokenizer needs codebook_sizes and num_semantic_levels; they are stored in "
-                "tokenizer_config.json by save_pretrained. Build a tokenizer with SemanticIDTokenizer.build(...)."
+                "tokenizer_config.json by save_pretrained. Build a tokenizer with tokenization_semantic_id.build_semantic_ids(...)."
             )
         self.codebook_sizes = [int(size) for size in codebook_sizes]
         self.num_semantic_levels = int(num_semantic_levels)
@@ -151,7 +148,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             raise ValueError(
                 f"{directory} is missing {', '.join(missing)}. A SemanticIDTokenizer directory holds "
                 f"tokenizer_config.json, {SEMANTIC_IDS_FILE} and {ITEM_IDS_FILE}, as written by "
-                "save_pretrained(); copy the whole directory, or rebuild with SemanticIDTokenizer.build(...)."
+                "save_pretrained(); copy the whole directory, or rebuild with tokenization_semantic_id.build_semantic_ids(...)."
             )
         tensors = load_file(semantic_ids_file)
         if "item_codes" not in tensors:
@@ -415,60 +412,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             excluded_items=self._excluded_indices(exclude_items),
         )
 
-    # ------------------------------------------------------------------ building and cold start
-    @classmethod
-    def build(
-        cls,
-        item_ids: Sequence,
-        embeddings,
-        config: Optional[ResidualKMeansConfig] = None,
-        *,
-        disambiguation_size: Optional[int] = None,
-        max_history_items: int = 50,
-        progress: bool = True,
-        extra_build_info: Optional[dict] = None,
-    ) -> "SemanticIDTokenizer":
-        """Learns semantic IDs for a catalogue.
-
-        Args:
-            item_ids: ``N`` item ids (strings or ints; stored as strings), one per embedding row.
-            embeddings: ``[N, D]`` item embeddings (array or tensor; no NaN/inf).
-            config: Quantiser settings (default: 3 balanced levels of 256).
-            disambiguation_size: See :func:`~tokenization_semantic_id.collisions.resolve_collisions`.
-            max_history_items: ``n``, the newest items a history keeps.
-            progress: Show progress bars.
-            extra_build_info: More JSON-serialisable facts to record (for example the embedding config).
-        Returns:
-            The tokenizer; ``tokenizer.build_info`` holds the collision report and per-level fit details.
-        """
-        config = config or ResidualKMeansConfig()
-        item_ids = [str(item) for item in item_ids]
-        if len(item_ids) == 0:
-            raise ValueError("Cannot build semantic IDs for an empty catalogue: item_ids is empty.")
-        embeddings = validate_item_embeddings(embeddings, num_items=len(item_ids))
-        fit = fit_residual_kmeans(embeddings, config, progress=progress)
-        codes, collisions = resolve_collisions(fit.codes, disambiguation_size)
-        codebook_sizes = config.codebook_sizes + (
-            [collisions.disambiguation_size] if codes.shape[1] > fit.codes.shape[1] else []
-        )
-        build_info = {
-            "quantizer": config.to_dict(),
-            "embedding_dim": int(embeddings.shape[1]),
-            "collisions": collisions.to_dict(),
-            "levels": [{"iterations": level.iterations, "converged": level.converged} for level in fit.levels],
-            "residual_norm": fit.residual_norm,
-            **(extra_build_info or {}),
-        }
-        return cls(
-            codebook_sizes=codebook_sizes,
-            num_semantic_levels=config.num_levels,
-            max_history_items=max_history_items,
-            build_info=build_info,
-            item_ids=item_ids,
-            item_codes=codes,
-            codebooks=fit.codebooks,
-        )
-
+    # ------------------------------------------------------------------ cold start
     def add_items(self, item_ids: Sequence, embeddings) -> torch.Tensor:
         """Cold start: codes for new items from the frozen codebooks, decodable at once.
 
@@ -528,7 +472,3 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         """Per-level utilisation and cluster sizes, prefix counts and collision rates (see
         :func:`~tokenization_semantic_id.statistics.codebook_report`)."""
         return codebook_report(self.item_codes, self.codebook_sizes, self.num_semantic_levels)
-
-    def plot_statistics(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
-        """Saves a PNG of the cluster sizes per level."""
-        return plot_codebook_report(self.statistics(), self.item_codes, path, title=title)

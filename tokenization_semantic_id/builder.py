@@ -1,0 +1,80 @@
+"""The offline build of semantic IDs, apart from the tokenizer that serves them (as STATIC builds its index offline,
+apart from the per-step decoding code).
+
+    item embeddings -> balanced residual k-means (paper Algorithm 1) -> collision resolution -> codes
+                    -> a ``SemanticIDTokenizer`` holding the catalogue, its code table and the codebooks
+
+The tokenizer only loads, encodes, decodes and places cold-start items under its frozen codebooks; it neither
+trains k-means nor plots, so a saved tokenizer loads with ``trust_remote_code`` without this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from .collisions import resolve_collisions
+from .quantization import ResidualKMeansConfig, fit_residual_kmeans, validate_item_embeddings
+from .statistics import plot_codebook_report
+from .tokenization_semantic_id import SemanticIDTokenizer
+
+
+def build_semantic_ids(
+    item_ids: Sequence,
+    embeddings,
+    config: Optional[ResidualKMeansConfig] = None,
+    *,
+    disambiguation_size: Optional[int] = None,
+    max_history_items: int = 50,
+    progress: bool = True,
+    extra_build_info: Optional[dict] = None,
+) -> SemanticIDTokenizer:
+    """Learns semantic IDs for a catalogue.
+
+    Args:
+        item_ids: ``N`` item ids (strings or ints; stored as strings), one per embedding row.
+        embeddings: ``[N, D]`` item embeddings (array or tensor; no NaN/inf).
+        config: Quantiser settings (default: 3 balanced levels of 256).
+        disambiguation_size: See :func:`~tokenization_semantic_id.collisions.resolve_collisions`.
+        max_history_items: ``n``, the newest items a history keeps.
+        progress: Show progress bars.
+        extra_build_info: More JSON-serialisable facts to record (for example the embedding config).
+    Returns:
+        The tokenizer; ``tokenizer.build_info`` holds the collision report and per-level fit details.
+    """
+    config = config or ResidualKMeansConfig()
+    item_ids = [str(item) for item in item_ids]
+    if len(item_ids) == 0:
+        raise ValueError("Cannot build semantic IDs for an empty catalogue: item_ids is empty.")
+    embeddings = validate_item_embeddings(embeddings, num_items=len(item_ids))
+    fit = fit_residual_kmeans(embeddings, config, progress=progress)
+    codes, collisions = resolve_collisions(fit.codes, disambiguation_size)
+    codebook_sizes = config.codebook_sizes + (
+        [collisions.disambiguation_size] if codes.shape[1] > fit.codes.shape[1] else []
+    )
+    build_info = {
+        "quantizer": config.to_dict(),
+        "embedding_dim": int(embeddings.shape[1]),
+        "collisions": collisions.to_dict(),
+        "levels": [{"iterations": level.iterations, "converged": level.converged} for level in fit.levels],
+        "residual_norm": fit.residual_norm,
+        **(extra_build_info or {}),
+    }
+    return SemanticIDTokenizer(
+        codebook_sizes=codebook_sizes,
+        num_semantic_levels=config.num_levels,
+        max_history_items=max_history_items,
+        build_info=build_info,
+        item_ids=item_ids,
+        item_codes=codes,
+        codebooks=fit.codebooks,
+    )
+
+
+def plot_semantic_ids(tokenizer: SemanticIDTokenizer, path: Union[str, Path], title: Optional[str] = None) -> Path:
+    """Saves a PNG of the cluster sizes per level of a tokenizer's codes (see
+    :func:`~tokenization_semantic_id.statistics.plot_codebook_report`)."""
+    return plot_codebook_report(tokenizer.statistics(), tokenizer.item_codes, path, title=title)
+
+
+__all__ = ["build_semantic_ids", "plot_semantic_ids"]
