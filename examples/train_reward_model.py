@@ -1,7 +1,7 @@
 """Train the OneRec session reward model R(u, S) (paper §3.3.1) on real feedback and report held-out AUC.
 
 Samples are ``(user history, session of m items, labels)`` from each user's time-ordered interactions
-(:func:`trainers.reward_model.build_reward_samples`); users are split into training and held-out users. MovieLens
+(:func:`trainers.data.build_reward_samples`); users are split into training and held-out users. MovieLens
 (explicit ratings) gives the towers ``liked``, ``loved``, ``rating`` and ``engaged``; implicit datasets (the Amazon
 sets) only ``engaged`` (real next session vs a popularity-sampled one).
 
@@ -29,15 +29,9 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_onerec.configuration_reward import OneRecRewardConfig
 from modeling_onerec.modeling_reward import OneRecRewardModel, register_reward_auto_classes
-from trainers.data import DatasetArguments, leave_one_out_split
-from trainers.reward_model import (
-    RewardItemVocabulary,
-    RewardModelTrainer,
-    RewardModelTrainingConfig,
-    build_reward_samples,
-    default_reward_names,
-    format_auc_table,
-)
+from trainers.data import DatasetArguments, build_reward_samples, default_reward_names, leave_one_out_split
+from trainers.evaluation import format_auc_table
+from trainers.reward_model import RewardItemVocabulary, RewardModelTrainer, RewardModelTrainingConfig
 
 logger = logging.getLogger("train_reward_model")
 

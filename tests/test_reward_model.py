@@ -20,16 +20,13 @@ from modeling_onerec.modeling_reward import (
     register_reward_auto_classes,
     reward_bce_loss,
 )
+from trainers.data import build_reward_samples, default_reward_names
+from trainers.evaluation import format_auc_table, reward_metrics, roc_auc
 from trainers.reward_model import (
     RewardDataCollator,
     RewardItemVocabulary,
     RewardModelTrainer,
     RewardModelTrainingConfig,
-    build_reward_samples,
-    default_reward_names,
-    format_auc_table,
-    reward_metrics,
-    roc_auc,
 )
 
 ML_100K = Path("/work/shared/data/ml-100k")

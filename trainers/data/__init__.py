@@ -20,6 +20,7 @@ from .loaders import (
     load_s3rec,
     natural_order,
 )
+from .reward_samples import build_reward_samples, default_reward_names
 from .sessions import build_session_samples, build_time_sessions, split_sessions_by_gap
 from .splits import leave_one_out_split
 from .tokenized import TOKENIZED_COLUMNS, tokenize_session_samples
@@ -43,6 +44,8 @@ __all__ = [
     "named_paths",
     "index_items",
     "natural_order",
+    "build_reward_samples",
+    "default_reward_names",
     "split_sessions_by_gap",
     "tokenize_session_samples",
 ]
