@@ -161,7 +161,7 @@ def test_bad_rows_raise_errors_naming_row_and_column(tokenizer, tmp_path):
         collator([{**good, "rejected": ["i1", "nope"]}])
     with pytest.raises(KeyError, match=r"Row 0, column 'history'.*Unknown item id"):
         collator([{**good, "history": ["zzz"]}])
-    with pytest.raises(TypeError, match=r"column 'history': expected a list"):
+    with pytest.raises(TypeError, match=r"column 'history' must be a list of item ids"):
         collator([{**good, "history": "i1"}])
     with pytest.raises(KeyError, match="rejected"):
         collator([{"history": ["i1"], "chosen": ["i2"]}])

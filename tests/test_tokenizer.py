@@ -215,3 +215,23 @@ def test_plot_semantic_ids(tmp_path, small_tokenizer, saved_figures):
             .values
         )
         assert [line.get_ydata().tolist() for line in axis.lines] == [expected.tolist()]
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda tok: tok.encode_history("item3"), TypeError, "the history must be a list of item ids"),
+        (lambda tok: tok.encode_session("item3"), TypeError, "the session must be a list of item ids"),
+        (lambda tok: tok.encode_items(7), TypeError, "item_ids must be a list"),
+        (lambda tok: tok.batch_encode_histories(["item3", "item9"]), TypeError, r"histories\[0\] must be a list"),
+        (lambda tok: tok.batch_encode_histories("item3"), TypeError, "histories must be a list"),
+        (lambda tok: tok.batch_encode_histories([]), ValueError, "histories is empty"),
+        (lambda tok: tok.batch_encode_histories([["item3"], []]), ValueError, r"histories\[1\]: Empty history"),
+        (lambda tok: tok.session_logits_processor(1, exclude_items=["item3"]), TypeError, r"exclude_items\[0\]"),
+    ],
+)
+def test_strings_and_empty_batches_are_clear_errors_not_other_items(small_tokenizer, call, error, match):
+    # Regression: a string was read as a list of one-character item ids and encoded as other real items.
+    with pytest.raises(error, match=match):
+        call(small_tokenizer)
+    assert small_tokenizer.encode_history(("item3", "item9")) == small_tokenizer.encode_history(["item3", "item9"])

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Mapping
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -41,6 +42,18 @@ ITEM_IDS_FILE = "item_ids.json"
 # Copied from modeling_onerec.configuration_onerec.NUM_SPECIAL_TOKENS
 NUM_SPECIAL_TOKENS = 3
 LEVEL_NAMES = "abcdefghijklmnopqrstuvwxyz"
+
+
+def check_item_list(value, where: str) -> list:
+    """``value`` as a list of item ids. A string (it would be read as one item id per character), a mapping or a
+    non-iterable is a ``TypeError`` naming ``where``: usually one history passed where a list of histories was
+    expected, or the reverse."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{where} must be a list of item ids, e.g. ['12', '7'], got {type(value).__name__} {value!r:.60}. "
+            "(A string would be read as one item id per character.)"
+        )
+    return list(value)
 
 
 # Copied from modeling_onerec.configuration_onerec.level_offsets
@@ -288,6 +301,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
 
     def encode_items(self, item_ids: Sequence) -> torch.Tensor:
         """``n`` item ids -> ``[n, L']`` token ids."""
+        item_ids = check_item_list(item_ids, "item_ids")
         rows = torch.tensor([self.item_index(item) for item in item_ids], dtype=torch.long)
         return self.item_tokens[rows] if len(rows) else torch.zeros((0, self.num_levels), dtype=torch.long)
 
@@ -313,6 +327,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
     def encode_history(self, item_ids: Sequence, max_items: Optional[int] = None, add_eos: bool = True) -> List[int]:
         """Token ids of a history: the newest ``max_items`` items (default ``max_history_items``) in
         time order, then EOS. An empty history is a ValueError (the model needs some context)."""
+        item_ids = check_item_list(item_ids, "the history")
         if len(item_ids) == 0:
             raise ValueError("Empty history: a user needs at least one past item to be encoded.")
         limit = self.max_history_items if max_items is None else max_items
@@ -323,6 +338,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
 
     def encode_session(self, item_ids: Sequence, add_eos: bool = True) -> List[int]:
         """Token ids of a session (paper Eq. 3): ``BOS c1..cL'`` per item, then EOS."""
+        item_ids = check_item_list(item_ids, "the session")
         if len(item_ids) == 0:
             raise ValueError("Empty session: pass at least one item.")
         codes = self.encode_items(list(item_ids))
@@ -352,7 +368,15 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
     ) -> BatchEncoding:
         """Right-padded encoder inputs for a batch of histories: ``input_ids`` and ``attention_mask``,
         each ``[B, T]`` with ``T`` the longest encoded history."""
-        encoded = [self.encode_history(history, max_items=max_items) for history in histories]
+        histories = check_item_list(histories, "histories")
+        if not histories:
+            raise ValueError("histories is empty: pass one list of item ids per user, e.g. [['12', '7'], ['3']].")
+        encoded = []
+        for user, history in enumerate(histories):
+            try:
+                encoded.append(self.encode_history(check_item_list(history, f"histories[{user}]"), max_items=max_items))
+            except ValueError as error:  # e.g. an empty history: name the user
+                raise type(error)(f"histories[{user}]: {error}") from None
         width = max(len(row) for row in encoded)
         input_ids = [row + [self.pad_token_id] * (width - len(row)) for row in encoded]
         attention = [[1] * len(row) + [0] * (width - len(row)) for row in encoded]
@@ -362,7 +386,11 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
     def _excluded_indices(self, exclude_items: Optional[Sequence[Sequence]]) -> Optional[List[List[int]]]:
         if exclude_items is None:
             return None
-        return [[self.item_index(item) for item in items] for items in exclude_items]
+        rows = check_item_list(exclude_items, "exclude_items")
+        return [
+            [self.item_index(item) for item in check_item_list(items, f"exclude_items[{row}]")]
+            for row, items in enumerate(rows)
+        ]
 
     def session_logits_processor(
         self,

@@ -69,6 +69,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import FusedCausalLMOutput, use_adapter
 
+from tokenization_semantic_id.tokenization_semantic_id import check_item_list as check_item_ids
+
 from .pretraining import pad_labels
 
 logger = logging.getLogger(__name__)
@@ -320,9 +322,9 @@ class SessionScorer:
 
 def check_item_list(value, where: str, tokenizer=None, allow_empty: bool = False) -> List[str]:
     """``value`` as a list of item-id strings, or an error that starts with ``where`` (e.g. ``"Row 3, column
-    'chosen'"``) for a non-list, an empty list (unless ``allow_empty``) or, given a tokenizer, an unknown item id."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"{where}: expected a list of item ids, got {type(value).__name__} {str(value)[:40]!r}.")
+    'chosen'"``) for a non-list (the tokenizer's :func:`~tokenization_semantic_id.tokenization_semantic_id.
+    check_item_list`), an empty list (unless ``allow_empty``) or, given a tokenizer, an unknown item id."""
+    value = check_item_ids(value, where)
     if not value and not allow_empty:
         raise ValueError(f"{where} is empty: it needs at least one item id.")
     if tokenizer is not None:
