@@ -284,6 +284,14 @@ def session_beam_search(
     head_weight = model.lm_head.weight  # [V_model, d]
     head_bias = getattr(model.lm_head, "bias", None)  # None for T5
     model_vocab = head_weight.shape[0]
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+    low, high = int(input_ids.min()), int(input_ids.max())  # one host sync, before any work
+    if low < 0 or high >= model_vocab:
+        raise ValueError(
+            f"input_ids holds token ids outside the model's vocabulary [0, {model_vocab}) (min {low}, max {high}): "
+            "encode histories with the tokenizer the model was built with (tokenizer.batch_encode_histories)."
+        )
     device = input_ids.device
     trie_t = _Trie(trie, device)
     if trie_t.vocab_size > model_vocab:
@@ -393,6 +401,12 @@ def session_beam_search(
             if head_bias is not None:
                 level_logits = level_logits + head_bias[lo:hi]
             level_logits = level_logits.float()
+            if not bool(torch.isfinite(level_logits).all()):
+                raise ValueError(
+                    f"The model's scores at code level {level} are not finite (NaN or inf): its weights (or, in "
+                    "half precision, its activations) overflowed or hold NaN. Check the checkpoint, e.g. "
+                    "all(torch.isfinite(p).all() for p in model.parameters()), or run in float32."
+                )
 
             # -------------------------------------------------- CSR expansion of each beam's children
             flat_nodes = nodes.view(-1)

@@ -669,6 +669,9 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
             raise TypeError("histories must be a list of item-id lists, one per user, e.g. [['12', '7'], ['3']].")
         num_beams = num_sessions if num_beams is None else num_beams
+        for name, value in (("num_sessions", num_sessions), ("num_beams", num_beams), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
         if num_sessions < 1 or num_beams < num_sessions:
             raise ValueError(
                 f"Need 1 <= num_sessions <= num_beams, got num_sessions={num_sessions}, num_beams={num_beams}."

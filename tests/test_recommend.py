@@ -215,3 +215,47 @@ def test_max_history_items_has_one_source_of_truth(catalogue):
     assert encoded["input_ids"].shape[1] == config.max_history_items * tokenizer.num_levels + 1
     with pytest.warns(UserWarning, match="tokenizer keeps .* history items but the model reads 7"):
         OneRecConfig.from_tokenizer(tokenizer, preset="tiny", max_history_items=7).check_tokenizer(tokenizer)
+
+
+def test_recommend_rejects_non_integer_counts(catalogue):
+    tokenizer, model = catalogue
+    for kwargs, name in (
+        ({"num_sessions": 2.5}, "num_sessions"),
+        ({"num_beams": 4.0}, "num_beams"),
+        ({"batch_size": "8"}, "batch_size"),
+    ):
+        with pytest.raises(TypeError, match=f"{name} must be an int"):
+            model.recommend(tokenizer, [["sku1"]], **kwargs)
+    with pytest.raises(ValueError, match="num_sessions <= num_beams"):
+        model.recommend(tokenizer, [["sku1"]], num_sessions=4, num_beams=0)
+
+
+def test_nan_weights_are_an_error_not_an_empty_list(catalogue):
+    # Regression: a checkpoint with NaN weights gave [] for every user without a word.
+    import copy
+
+    tokenizer, model = catalogue
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.lm_head.weight[5, 0] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        broken.recommend(tokenizer, [["sku1", "sku2"]], num_sessions=2)
+
+
+def test_session_beam_search_names_out_of_vocabulary_ids(catalogue):
+    from modeling_onerec.generation_onerec import session_beam_search
+
+    tokenizer, model = catalogue
+    bad = torch.tensor([[3, 4, model.config.vocab_size + 7, 1]])
+    with pytest.raises(ValueError, match=r"outside the model's vocabulary .*max \d+"):
+        session_beam_search(
+            model,
+            bad,
+            torch.ones_like(bad),
+            tokenizer.trie,
+            num_beams=2,
+            num_items=1,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
