@@ -47,23 +47,35 @@ class ModelArguments:
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Start from a saved OneRec model instead of a fresh one."}
     )
-    session_length: int = field(default=5, metadata={"help": "m: items per target session (1 = TIGER-style)."})
-    max_history_items: int = field(default=50, metadata={"help": "n: newest history items the encoder reads."})
-    num_experts: Optional[int] = field(default=None, metadata={"help": "Override the preset's experts."})
-    dropout_rate: float = field(
-        default=0.0,
+    # The shape/regularisation arguments below default to None: a new model takes the stated default, a model loaded
+    # with --model_name_or_path keeps its own value unless the argument is given (then its config is updated, so
+    # what is trained is what is saved).
+    session_length: Optional[int] = field(
+        default=None, metadata={"help": "m: items per target session (1 = TIGER-style). New model: 5."}
+    )
+    max_history_items: Optional[int] = field(
+        default=None, metadata={"help": "n: newest history items the encoder reads. New model: the tokenizer's (50)."}
+    )
+    num_experts: Optional[int] = field(default=None, metadata={"help": "Override the preset's experts (new model)."})
+    dropout_rate: Optional[float] = field(
+        default=None,
         metadata={
-            "help": "T5 dropout. 0 won on Beauty validation at a 3-epoch budget (docs/results.md) and trains 1.4x faster "
-            "on a CPU (dropout's random numbers are 30% of a step); long runs to early stopping may want 0.1."
+            "help": "T5 dropout. New model: 0.0, which won on Beauty validation at a 3-epoch budget (docs/results.md) "
+            "and trains 1.4x faster on a CPU (dropout's random numbers are 30% of a step); long runs to early "
+            "stopping may want 0.1."
         },
     )
-    expert_dispatch: str = field(
-        default="grouped",
+    expert_dispatch: Optional[str] = field(
+        default=None,
         metadata={
-            "help": "grouped (chosen experts' FLOPs only; CPU) or dense (fixed shapes, no host sync; GPU, torch.compile).",
+            "help": "grouped (chosen experts' FLOPs only; CPU) or dense (fixed shapes, no host sync; GPU, "
+            "torch.compile). New model: grouped.",
             "choices": ["grouped", "dense"],
         },
     )
+
+
+NEW_MODEL_DEFAULTS = {"session_length": 5, "dropout_rate": 0.0, "expert_dispatch": "grouped"}
 
 
 @dataclass
@@ -105,10 +117,31 @@ def main(argv=None) -> dict:
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
 
+    check_output_dir(output_dir, training_args)
+    tokenizer = SemanticIDTokenizer.from_pretrained(data_args.tokenizer_dir)
+    given = {
+        name: getattr(model_args, name)
+        for name in ("session_length", "max_history_items", "dropout_rate", "expert_dispatch", "num_experts")
+        if getattr(model_args, name) is not None
+    }
+    if model_args.model_name_or_path:
+        if "num_experts" in given:
+            raise ValueError(
+                f"--num_experts {given['num_experts']} cannot change the experts of the saved model "
+                f"{model_args.model_name_or_path}; drop the argument (or upcycle a dense model instead)."
+            )
+        # Config attributes passed to from_pretrained update the loaded config before the modules are built.
+        model = OneRecForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **given)
+        model.config.check_tokenizer(tokenizer)
+    else:
+        model = OneRecForConditionalGeneration(
+            OneRecConfig.from_tokenizer(tokenizer, preset=model_args.preset, **{**NEW_MODEL_DEFAULTS, **given})
+        )
+
     data = data_args.load()
     splits = leave_one_out_split(data["sequences"])
     samples = build_session_samples(
-        splits, max_history=model_args.max_history_items, session_length=model_args.session_length
+        splits, max_history=model.config.max_history_items, session_length=model.config.session_length
     )
     train = samples["train"].shuffle(seed=training_args.seed)
     if data_args.max_train_samples is not None:
@@ -121,22 +154,6 @@ def main(argv=None) -> dict:
     if data_args.ranking_eval_users > 0:
         ranking_eval = validation.shuffle(seed=0).select(range(min(data_args.ranking_eval_users, len(validation))))
 
-    tokenizer = SemanticIDTokenizer.from_pretrained(data_args.tokenizer_dir)
-    if model_args.model_name_or_path:
-        model = OneRecForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
-        model.config.check_tokenizer(tokenizer)
-    else:
-        overrides = {
-            "session_length": model_args.session_length,
-            "max_history_items": model_args.max_history_items,
-            "dropout_rate": model_args.dropout_rate,
-            "expert_dispatch": model_args.expert_dispatch,
-        }
-        if model_args.num_experts is not None:
-            overrides["num_experts"] = model_args.num_experts
-        model = OneRecForConditionalGeneration(
-            OneRecConfig.from_tokenizer(tokenizer, preset=model_args.preset, **overrides)
-        )
     counts = model.config.parameter_counts()
     logger.info(
         "model %s: %.2fM parameters, %.2fM activated; %d training samples, %d validation users",
@@ -176,7 +193,7 @@ def main(argv=None) -> dict:
     report = {
         "dataset": data_args.dataset,
         "preset": model_args.preset,
-        "session_length": model_args.session_length,
+        "session_length": model.config.session_length,
         "parameters": counts,
         "train_samples": len(train),
         "steps": train_result.global_step,
@@ -214,7 +231,7 @@ def main(argv=None) -> dict:
         report |= {"test_users": len(chosen), "users_seed": data_args.users_seed, "test": results}
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     card = trainer.model.model_card(
-        model_name=f"{data_args.dataset}, {model_args.preset}, m = {model_args.session_length}",
+        model_name=f"{data_args.dataset}, {model_args.preset}, m = {model.config.session_length}",
         data_summary=f"`{data_args.dataset}` (leave-one-out split): {len(train):,} training windows.",
         training_summary=(
             f"{train_result.global_step:,} steps x batch {training_args.per_device_train_batch_size}, "
@@ -225,7 +242,7 @@ def main(argv=None) -> dict:
     )
     card.save(str(output_dir / "final" / "README.md"))
     print(
-        f"\nOneRec ({model_args.preset}, m={model_args.session_length}) on {data_args.dataset}: "
+        f"\nOneRec ({model_args.preset}, m={model.config.session_length}) on {data_args.dataset}: "
         f"{train_result.global_step} steps in {train_seconds / 60:.1f} min on {report['device']}, "
         f"seed {training_args.seed}"
     )
@@ -233,6 +250,17 @@ def main(argv=None) -> dict:
         print(format_results(report["test"], report["test_users"]))
     print(f"metrics -> {output_dir / 'metrics.json'}")
     return report
+
+
+def check_output_dir(output_dir: Path, training_args) -> None:
+    """A finished run in ``output_dir`` (its ``final/`` model or ``metrics.json``) is never replaced silently: resume it
+    with ``--resume_from_checkpoint``, or pass ``--overwrite_output_dir true``."""
+    finished = [name for name in ("final", "metrics.json") if (output_dir / name).exists()]
+    if finished and not training_args.overwrite_output_dir and not training_args.resume_from_checkpoint:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({', '.join(finished)}); it would be overwritten. Choose another "
+            "--output_dir, resume with --resume_from_checkpoint, or pass --overwrite_output_dir true."
+        )
 
 
 def format_results(results: dict, num_users: int) -> str:

@@ -65,6 +65,6 @@ stage "pretraining $PRESET, batch $BATCH, lr $LR, dropout $DROPOUT, <= $EPOCHS e
     --learning_rate "$LR" --warmup_steps 100 --lr_scheduler_type linear --per_device_train_batch_size "$BATCH" \
     --per_device_eval_batch_size 1024 "${STRATEGY[@]}" --save_total_limit 2 --load_best_model_at_end true \
     --metric_for_best_model recall@10 --early_stopping_patience "$PATIENCE" --ranking_eval_users "$VAL_USERS" \
-    --logging_steps 50 --report_to none --disable_tqdm true --seed "$SEED" \
+    --logging_steps 50 --report_to none --disable_tqdm true --seed "$SEED" --overwrite_output_dir true \
     ${TEST_USERS:+--test_users "$TEST_USERS"} "${EXTRA[@]}" "${LIMITS[@]}"
 stage "done: $OUT/onerec/metrics.json, top-10 lists in $OUT/onerec/topk_test_*.json"

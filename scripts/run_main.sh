@@ -22,7 +22,7 @@ echo "== 2/6 session-wise pretraining (small preset, $MAX_STEPS steps)"
 python examples/pretrain.py --dataset beauty --tokenizer_dir $OUT/tokenizer --output_dir $OUT/onerec \
     --preset small --max_steps "$MAX_STEPS" --per_device_train_batch_size 64 --learning_rate 2e-3 \
     --warmup_steps 50 --logging_steps 50 --eval_strategy no --save_strategy no --ranking_eval_users 0 \
-    --test_users 0 --report_to none --seed 0
+    --test_users 0 --report_to none --seed 0 --overwrite_output_dir true  # a demo, rerunnable
 echo "== 3/6 evaluation on $TEST_USERS random test users"
 python examples/evaluate.py --dataset beauty --test_users "$TEST_USERS" --output_dir $OUT/evaluation \
     --model_dirs OneRec=$OUT/onerec/final

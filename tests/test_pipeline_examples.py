@@ -329,3 +329,68 @@ def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
         )
     with pytest.raises(ValueError, match="NAME=WEIGHT"):
         load_example("align_ipa").parse_weights(["liked"])
+
+
+def test_pretrain_never_replaces_a_finished_run_and_saves_what_it_trains(trained_run):
+    root, _ = trained_run
+    common = [
+        "--dataset",
+        "scientific",
+        "--tokenizer_dir",
+        str(root / "sid" / "tokenizer"),
+        "--preset",
+        "tiny",
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--ranking_eval_users",
+        "0",
+        "--test_users",
+        "0",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "true",
+    ]
+    before = (root / "run" / "metrics.json").read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+        load_example("pretrain").main(common + ["--output_dir", str(root / "run")])
+    assert (root / "run" / "metrics.json").read_bytes() == before  # untouched
+    # Regression: values given with --model_name_or_path were trained with but the old ones were saved.
+    report = load_example("pretrain").main(
+        common
+        + [
+            "--output_dir",
+            str(root / "continued"),
+            "--model_name_or_path",
+            str(root / "run" / "final"),
+            "--session_length",
+            "1",
+            "--max_history_items",
+            "7",
+            "--dropout_rate",
+            "0.2",
+        ]
+    )
+    saved = json.loads((root / "continued" / "final" / "config.json").read_text())
+    assert (saved["session_length"], saved["max_history_items"], saved["dropout_rate"]) == (1, 7, 0.2)
+    assert report["session_length"] == 1 and report["dropout_rate"] == 0.2
+    with pytest.raises(ValueError, match="--num_experts 2 cannot change"):
+        load_example("pretrain").main(
+            common
+            + [
+                "--output_dir",
+                str(root / "other"),
+                "--model_name_or_path",
+                str(root / "run" / "final"),
+                "--num_experts",
+                "2",
+            ]
+        )

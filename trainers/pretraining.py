@@ -164,6 +164,13 @@ class OneRecPretrainingConfig(Seq2SeqTrainingArguments):
             "(tokenize_session_samples); OneRecPretrainer adds it to item-id samples."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Let examples/pretrain.py replace a finished run (final/, metrics.json) in output_dir; otherwise it "
+            "refuses (resume with --resume_from_checkpoint instead)."
+        },
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator reads history/target."})
     early_stopping_patience: Optional[int] = field(
         default=None,
