@@ -161,6 +161,11 @@ class OneRecConfig(T5Config):
         max_history_items (`int`, defaults to 50): History items ``n`` the encoder reads (the newest are kept);
             :meth:`from_tokenizer` copies the tokenizer's, so that ``recommend()`` (which truncates at this value) and
             ``tokenizer.batch_encode_histories`` (which truncates at the tokenizer's) agree. The paper reads 256.
+        catalogue_size (`int`, *optional*): Items in the tokenizer's catalogue when the model was built
+            (:meth:`from_tokenizer` fills it).
+        catalogue_fingerprint (`str`, *optional*): ``tokenizer.catalogue_fingerprint(catalogue_size)`` at that time:
+            :meth:`check_tokenizer` refuses a tokenizer with the same layout but another catalogue or other codes
+            (items added later with ``add_items`` are allowed).
     """
 
     model_type = "onerec"
@@ -181,6 +186,8 @@ class OneRecConfig(T5Config):
     level_restricted_loss: bool = True
     session_length: int = 5
     max_history_items: int = 50
+    catalogue_size: Optional[int] = None
+    catalogue_fingerprint: Optional[str] = None
 
     def __post_init__(self, **kwargs):
         kwargs.setdefault("decoder_start_token_id", self.pad_token_id)  # T5 starts decoding from <pad>
@@ -230,6 +237,13 @@ class OneRecConfig(T5Config):
             )
         if self.session_length < 1:
             problems.append(f"session_length must be >= 1, got {self.session_length}")
+        if (self.catalogue_fingerprint is None) != (self.catalogue_size is None) or (
+            self.catalogue_size is not None and self.catalogue_size < 1
+        ):
+            problems.append(
+                f"catalogue_size ({self.catalogue_size}) and catalogue_fingerprint ({self.catalogue_fingerprint}) go "
+                "together (OneRecConfig.from_tokenizer sets both)"
+            )
         if self.max_history_items < 1:
             problems.append(f"max_history_items must be >= 1, got {self.max_history_items}")
         if self.codebook_sizes is not None:
@@ -345,6 +359,9 @@ class OneRecConfig(T5Config):
         )
         if getattr(tokenizer, "max_history_items", None) is not None:
             layout["max_history_items"] = int(tokenizer.max_history_items)
+        if hasattr(tokenizer, "catalogue_fingerprint"):
+            layout["catalogue_size"] = int(tokenizer.num_items)
+            layout["catalogue_fingerprint"] = tokenizer.catalogue_fingerprint()
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
         shape = PRESETS[preset] if preset is not None else {}
@@ -378,6 +395,17 @@ class OneRecConfig(T5Config):
         for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
             if getattr(self, name, None) is not None and getattr(tokenizer, name) != getattr(self, name):
                 problems.append(f"{name}: tokenizer {getattr(tokenizer, name)}, model {getattr(self, name)}")
+        if not problems and self.catalogue_fingerprint is not None and hasattr(tokenizer, "catalogue_fingerprint"):
+            if tokenizer.num_items < self.catalogue_size:
+                problems.append(
+                    f"the tokenizer has {tokenizer.num_items} items, the model was trained on a catalogue "
+                    f"of {self.catalogue_size}"
+                )
+            elif tokenizer.catalogue_fingerprint(self.catalogue_size) != self.catalogue_fingerprint:
+                problems.append(
+                    "the tokenizer holds another catalogue (other item ids or codes) than the one the "
+                    f"model was trained on (fingerprint {self.catalogue_fingerprint})"
+                )
         if problems:
             raise ValueError(
                 "The tokenizer does not match this OneRec model: "

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tests.conftest import clustered_embeddings
-from tokenization_semantic_id import ResidualKMeansConfig, UnknownItemError, build_semantic_ids
+from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, UnknownItemError, build_semantic_ids
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +259,33 @@ def test_session_beam_search_names_out_of_vocabulary_ids(catalogue):
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
+
+
+def test_a_tokenizer_with_the_same_layout_but_another_catalogue_is_refused(catalogue):
+    # Regression: only the layout was compared, so another catalogue of the same size loaded silently and every
+    # recommended item id was wrong.
+    tokenizer, _ = catalogue
+    config = OneRecConfig.from_tokenizer(tokenizer, preset="tiny")
+    assert config.catalogue_size == 80 and config.catalogue_fingerprint == tokenizer.catalogue_fingerprint()
+    renamed = build_semantic_ids(
+        [f"other{i}" for i in range(80)],
+        clustered_embeddings(80),
+        ResidualKMeansConfig(num_levels=3, codebook_size=4),
+        progress=False,
+    )
+    assert renamed.level_offsets == tokenizer.level_offsets and renamed.vocab_size == tokenizer.vocab_size
+    with pytest.raises(ValueError, match="another catalogue"):
+        config.check_tokenizer(renamed)
+    # Cold-start items appended later keep the trained catalogue's fingerprint.
+    grown = SemanticIDTokenizer.from_pretrained(_saved(tokenizer))
+    grown.add_items(["new-sku"], clustered_embeddings(81)[80:])
+    config.check_tokenizer(grown)
+    assert grown.catalogue_fingerprint() != tokenizer.catalogue_fingerprint()
+
+
+def _saved(tokenizer):
+    import tempfile
+
+    directory = tempfile.mkdtemp()
+    tokenizer.save_pretrained(directory)
+    return directory

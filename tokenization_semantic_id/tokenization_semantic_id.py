@@ -16,6 +16,7 @@ Files written by ``save_pretrained``: ``tokenizer_config.json`` (layout and buil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -194,6 +195,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         self.item_codes = item_codes
         self.codebooks = codebooks
         self._trie: Optional[SemanticIDTrie] = None
+        self._fingerprints: Dict[int, str] = {}
 
     @property
     def num_levels(self) -> int:
@@ -222,6 +224,19 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
     def item_tokens(self) -> torch.Tensor:
         """``[N, L']`` vocabulary token ids of every item's code."""
         return self.item_codes + torch.tensor(self.level_offsets)
+
+    def catalogue_fingerprint(self, num_items: Optional[int] = None) -> str:
+        """A short hash of the first ``num_items`` items (default: all) and their codes. A model records it when
+        its config is built (``OneRecConfig.from_tokenizer``), so that a tokenizer with the same layout but another
+        catalogue, or other codes, is told apart; items added later with :meth:`add_items` do not change it."""
+        num_items = self.num_items if num_items is None else int(num_items)
+        if not 0 < num_items <= self.num_items:
+            raise ValueError(f"num_items={num_items} must be in [1, {self.num_items}] (this catalogue's size).")
+        if num_items not in self._fingerprints:
+            digest = hashlib.sha256("\n".join(self._item_ids[:num_items]).encode("utf-8"))
+            digest.update(self.item_codes[:num_items].to(torch.int64).contiguous().numpy().tobytes())
+            self._fingerprints[num_items] = digest.hexdigest()[:16]
+        return self._fingerprints[num_items]
 
     @property
     def trie(self) -> SemanticIDTrie:
