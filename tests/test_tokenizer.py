@@ -235,3 +235,17 @@ def test_strings_and_empty_batches_are_clear_errors_not_other_items(small_tokeni
     with pytest.raises(error, match=match):
         call(small_tokenizer)
     assert small_tokenizer.encode_history(("item3", "item9")) == small_tokenizer.encode_history(["item3", "item9"])
+
+
+def test_corrupt_files_and_too_many_levels_are_named(tmp_path, small_tokenizer):
+    small_tokenizer.save_pretrained(tmp_path / "tok")
+    (tmp_path / "tok" / "item_ids.json").write_text('["item0", "ite')  # truncated
+    with pytest.raises(ValueError, match=r"item_ids.json is not valid UTF-8 JSON"):
+        SemanticIDTokenizer.from_pretrained(tmp_path / "tok")
+    small_tokenizer.save_pretrained(tmp_path / "tok2")
+    data = (tmp_path / "tok2" / "semantic_ids.safetensors").read_bytes()
+    (tmp_path / "tok2" / "semantic_ids.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"semantic_ids.safetensors is not a readable safetensors file"):
+        SemanticIDTokenizer.from_pretrained(tmp_path / "tok2")
+    with pytest.raises(ValueError, match=r"num_levels must be an int in \[1, 25\]"):
+        ResidualKMeansConfig(num_levels=30, codebook_size=4)

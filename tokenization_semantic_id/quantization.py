@@ -125,8 +125,11 @@ class ResidualKMeansConfig:
     cluster_block_size: int = 256
 
     def __post_init__(self):
-        if not isinstance(self.num_levels, int) or self.num_levels < 1:
-            raise ValueError(f"num_levels must be a positive int, got {self.num_levels!r}.")
+        if not isinstance(self.num_levels, int) or not 1 <= self.num_levels <= 25:
+            raise ValueError(
+                f"num_levels must be an int in [1, 25], got {self.num_levels!r}: code tokens are named <a_..> to "
+                "<z_..>, one letter per level, and a 26th is kept for the disambiguation level."
+            )
         sizes = self.codebook_sizes
         if len(sizes) != self.num_levels:
             raise ValueError(

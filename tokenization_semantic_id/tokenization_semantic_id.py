@@ -123,6 +123,11 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
                 "SemanticIDTokenizer needs codebook_sizes and num_semantic_levels; they are stored in "
                 "tokenizer_config.json by save_pretrained. Build a tokenizer with tokenization_semantic_id.build_semantic_ids(...)."
             )
+        if len(codebook_sizes) > len(LEVEL_NAMES):
+            raise ValueError(
+                f"{len(codebook_sizes)} code levels, but code tokens are named <a_..> to <z_..>: at most "
+                f"{len(LEVEL_NAMES)} levels (including a disambiguation level); use fewer, larger codebooks."
+            )
         self.codebook_sizes = [int(size) for size in codebook_sizes]
         self.num_semantic_levels = int(num_semantic_levels)
         self.max_history_items = int(max_history_items)
@@ -164,14 +169,28 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
                 f"tokenizer_config.json, {SEMANTIC_IDS_FILE} and {ITEM_IDS_FILE}, as written by "
                 "save_pretrained(); copy the whole directory, or rebuild with tokenization_semantic_id.build_semantic_ids(...)."
             )
-        tensors = load_file(semantic_ids_file)
+        try:
+            tensors = load_file(semantic_ids_file)
+        except Exception as error:  # safetensors raises its own error types, naming no file
+            raise ValueError(
+                f"{semantic_ids_file} is not a readable safetensors file ({error}); it may be truncated or "
+                "corrupted. Copy it again from where the tokenizer was saved, or rebuild the tokenizer."
+            ) from error
         if "item_codes" not in tensors:
             raise ValueError(
                 f"{semantic_ids_file} has no 'item_codes' tensor; it was not written by SemanticIDTokenizer."
             )
         codebooks = [tensors[f"codebook_{level}"] for level in range(len(tensors)) if f"codebook_{level}" in tensors]
-        with open(item_ids_file, encoding="utf-8") as handle:
-            item_ids = json.load(handle)
+        try:
+            with open(item_ids_file, encoding="utf-8") as handle:
+                item_ids = json.load(handle)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"{item_ids_file} is not valid UTF-8 JSON ({error}); it may be truncated or corrupted. Copy it "
+                "again from where the tokenizer was saved, or rebuild the tokenizer."
+            ) from error
+        if not isinstance(item_ids, list):
+            raise ValueError(f"{item_ids_file} must hold a JSON list of item ids, got a {type(item_ids).__name__}.")
         return item_ids, tensors["item_codes"], codebooks
 
     def _set_catalogue(self, item_ids: List[str], item_codes: torch.Tensor, codebooks: List[torch.Tensor]) -> None:
