@@ -32,7 +32,7 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
-from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split
+from trainers.data import DatasetArguments, build_session_samples, check_local_dir, leave_one_out_split
 from trainers.evaluation import markdown_table
 from trainers.ipa import IPAConfig, run_ipa
 from trainers.preference import OneRecDPOConfig
@@ -87,6 +87,8 @@ def main(argv=None) -> dict:
     set_seed(training_args.seed)
     started = time.perf_counter()
 
+    check_local_dir(args.model_dir, "--model_dir")
+    check_local_dir(args.reward_model_dir, "--reward_model_dir")
     model = OneRecForConditionalGeneration.from_pretrained(args.model_dir)
     tokenizer = SemanticIDTokenizer.from_pretrained(args.model_dir)
     scorer = SessionRewardScorer.from_pretrained(args.reward_model_dir, weights=parse_weights(args.reward_weights))

@@ -33,7 +33,7 @@ from trainers.alignment_evaluation import (
     sessions_from_ranking,
 )
 from trainers.baselines import SuccessorRecommender, tune_successor
-from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split, named_paths
+from trainers.data import DatasetArguments, build_session_samples, check_local_dir, leave_one_out_split, named_paths
 from trainers.evaluation import markdown_table, sample_users
 from trainers.generative_recommender import GenerativeRecommender
 from trainers.reward_model import SessionRewardScorer
@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     (args,) = HfArgumentParser(AlignmentEvaluationArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     models = named_paths(args.models, "--models")
-    scorer = SessionRewardScorer.from_pretrained(args.reward_model_dir)
+    scorer = SessionRewardScorer.from_pretrained(check_local_dir(args.reward_model_dir, "--reward_model_dir"))
     data = args.load()
     splits = leave_one_out_split(data["sequences"])
     samples = build_session_samples(splits, max_history=args.max_history, session_length=1)

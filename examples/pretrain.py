@@ -31,6 +31,7 @@ from trainers.data import (
     TOKENIZED_COLUMNS,
     DatasetArguments,
     build_session_samples,
+    check_local_dir,
     leave_one_out_split,
     tokenize_session_samples,
 )
@@ -118,7 +119,7 @@ def main(argv=None) -> dict:
     output_dir = Path(training_args.output_dir)
 
     check_output_dir(output_dir, training_args)
-    tokenizer = SemanticIDTokenizer.from_pretrained(data_args.tokenizer_dir)
+    tokenizer = SemanticIDTokenizer.from_pretrained(check_local_dir(data_args.tokenizer_dir, "--tokenizer_dir"))
     given = {
         name: getattr(model_args, name)
         for name in ("session_length", "max_history_items", "dropout_rate", "expert_dispatch", "num_experts")
@@ -131,7 +132,9 @@ def main(argv=None) -> dict:
                 f"{model_args.model_name_or_path}; drop the argument (or upcycle a dense model instead)."
             )
         # Config attributes passed to from_pretrained update the loaded config before the modules are built.
-        model = OneRecForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **given)
+        model = OneRecForConditionalGeneration.from_pretrained(
+            check_local_dir(model_args.model_name_or_path, "--model_name_or_path"), **given
+        )
         model.config.check_tokenizer(tokenizer)
     else:
         model = OneRecForConditionalGeneration(

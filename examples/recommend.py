@@ -25,7 +25,7 @@ from transformers import HfArgumentParser
 
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
-from trainers.data import DatasetArguments
+from trainers.data import DatasetArguments, check_local_dir
 
 
 @dataclass
@@ -65,6 +65,7 @@ def main(argv=None) -> dict:
             raise KeyError(f"User id(s) {unknown[:5]} are not in {args.dataset}; e.g. {list(by_user)[:3]} are.")
         users, histories = list(args.user_ids), [by_user[user] for user in args.user_ids]
 
+    check_local_dir(args.model_dir, "--model_dir")
     model = OneRecForConditionalGeneration.from_pretrained(args.model_dir).eval()
     tokenizer = SemanticIDTokenizer.from_pretrained(args.model_dir)
     if torch.cuda.is_available():

@@ -494,3 +494,13 @@ def test_unknown_bundled_name_lists_valid_names():
 def test_package_import_stays_light():
     code = "import sys, trainers, trainers.data; assert 'trl' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_a_missing_local_directory_is_named_not_a_hub_repo_error(tmp_path):
+    from trainers.data import check_local_dir
+
+    assert check_local_dir(str(tmp_path), "--model_dir") == str(tmp_path)
+    for missing in (str(tmp_path / "nope"), "./outputs/nope", "tests/nope", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match=r"--model_dir .*no such directory"):
+            check_local_dir(missing, "--model_dir")
+    assert check_local_dir("some-org/onerec-beauty", "--model_dir") == "some-org/onerec-beauty"  # a Hub repo id

@@ -62,6 +62,23 @@ class DatasetArguments:
         return load_named_dataset(self.dataset, self.data_path, self.item_path)
 
 
+def check_local_dir(path: str, option: str) -> str:
+    """``path`` if it is a directory, or if it can only be a Hub repo id (``org/name`` whose first part is no local
+    folder); a missing local directory is a ``FileNotFoundError`` naming ``option`` (transformers would report it as
+    a malformed Hub repo id)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_dir():
+        return path
+    first = Path(path).parts[0] if Path(path).parts else path
+    looks_local = path.startswith(("/", ".", "~")) or Path(first).exists() or len(Path(path).parts) != 2
+    if looks_local:
+        raise FileNotFoundError(
+            f"{option} {path}: no such directory. Pass the folder a run saved (e.g. outputs/run/final for "
+            "examples/pretrain.py, the tokenizer folder of examples/build_semantic_ids.py)."
+        )
+    return path
+
+
 def named_paths(values: Sequence[str], option: str) -> List[Tuple[str, Path]]:
     """``["OneRec=outputs/run/final", ...]`` -> ``[("OneRec", Path("outputs/run/final")), ...]``.
 
