@@ -106,7 +106,14 @@ def main(argv=None) -> dict:
         training_args=training_args,
     )
     output_dir = Path(training_args.output_dir)
-    result = run_ipa(model, tokenizer, train, scorer, config, output_dir=output_dir)
+    run_inputs = {
+        "dataset": args.dataset,
+        "data_path": args.data_path,
+        "model_dir": str(Path(args.model_dir).resolve()),
+        "reward_model_dir": str(Path(args.reward_model_dir).resolve()),
+        "reward_weights": args.reward_weights,
+    }
+    result = run_ipa(model, tokenizer, train, scorer, config, output_dir=output_dir, run_inputs=run_inputs)
 
     report = {
         "dataset": args.dataset,

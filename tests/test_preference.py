@@ -643,3 +643,57 @@ def test_peft_run_uses_trls_adapter_disabled_reference(tokenizer, tmp_path):
     expected = expected + target.ntp_loss.double() + (target.loss - target.ntp_loss).double()
     assert abs(float(loss) - float(expected)) < 1e-4
     assert trainer.ref_model is None  # restored after the call
+
+
+def test_run_ipa_refuses_to_resume_from_other_inputs(tokenizer, tmp_path):
+    # Regression: re-running into a folder with another seed model or beta skipped the finished iterations and
+    # reported the new inputs as if they had produced them.
+    out = tmp_path / "ipa"
+    config = ipa_config(num_iterations=1)
+    run_ipa(
+        make_model(tokenizer),
+        tokenizer,
+        ipa_samples(),
+        RecordingReward(),
+        config,
+        out,
+        run_inputs={"model_dir": "/models/a"},
+    )
+    stored = json.loads((out / "ipa_inputs.json").read_text())
+    assert (
+        stored["inputs"] == {"model_dir": "/models/a"} and stored["config"]["num_candidates"] == config.num_candidates
+    )
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(ValueError, match=r"inputs.model_dir: '/models/a' -> '/models/b'"):
+        run_ipa(
+            make_model(tokenizer),
+            tokenizer,
+            ipa_samples(),
+            RecordingReward(),
+            config,
+            out,
+            run_inputs={"model_dir": "/models/b"},
+        )
+    other = ipa_config(num_iterations=1, training_args=dpo_args(tmp_path, beta=0.5))
+    with pytest.raises(ValueError, match=r"config.training_args"):
+        run_ipa(
+            make_model(tokenizer),
+            tokenizer,
+            ipa_samples(),
+            RecordingReward(),
+            other,
+            out,
+            run_inputs={"model_dir": "/models/a"},
+        )
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing written by the refused calls
+    # The same inputs resume (here: nothing left to do).
+    result = run_ipa(
+        make_model(tokenizer),
+        tokenizer,
+        ipa_samples(),
+        RecordingReward(),
+        config,
+        out,
+        run_inputs={"model_dir": "/models/a"},
+    )
+    assert [state["iteration"] for state in result.iterations] == [1]

@@ -45,6 +45,7 @@ from .preference import OneRecDPOConfig, OneRecDPOTrainer, check_item_list
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "ipa_state.json"
+INPUTS_FILE = "ipa_inputs.json"  # what the run in a folder was started from; a resume must match it
 PAIRS_FILE = "pairs.json"
 CHECKPOINTS_DIR = "checkpoints"
 TRAIN_COLUMNS = ("history", "target", "chosen", "rejected")
@@ -265,6 +266,62 @@ def _write_json_atomically(path: Path, payload: Dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def _config_record(config: IPAConfig) -> Dict[str, Any]:
+    """The settings that change what a run computes (not progress bars or checkpoint housekeeping); ``T`` is left
+    out so that a run can be extended with more iterations."""
+    record = {
+        name: getattr(config, name)
+        for name in (
+            "dpo_sample_ratio",
+            "num_candidates",
+            "seed",
+            "session_length",
+            "exclude_history",
+            "min_reward_gap",
+            "epochs_per_iteration",
+        )
+    }
+    arguments = config.training_args
+    if arguments is not None:
+        record["training_args"] = {
+            name: getattr(arguments, name, None)
+            for name in (
+                "beta",
+                "loss_type",
+                "loss_weights",
+                "label_smoothing",
+                "dpo_weight",
+                "ntp_weight",
+                "learning_rate",
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+            )
+        }
+    return json.loads(json.dumps(record, default=str))
+
+
+def _check_run_inputs(output_dir: Path, record: Dict[str, Any]) -> None:
+    """Stores ``record`` for a new run; for an existing one, raises naming every setting that differs."""
+    path = output_dir / INPUTS_FILE
+    record = json.loads(json.dumps(record, default=str))
+    if path.is_file():
+        stored = _read_json(path)
+        differing = sorted(
+            f"{section}.{name}: {stored.get(section, {}).get(name)!r} -> {record[section].get(name)!r}"
+            for section in ("config", "inputs")
+            for name in set(stored.get(section, {})) | set(record[section])
+            if stored.get(section, {}).get(name) != record[section].get(name)
+        )
+        if differing:
+            raise ValueError(
+                f"{output_dir} holds an IPA run started from other inputs ({'; '.join(differing)}); resuming would "
+                "mix two runs. Use another output_dir, or the original inputs to continue that run."
+            )
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomically(path, record)
+
+
 def _read_json(path: Path) -> Dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
@@ -291,6 +348,7 @@ def run_ipa(
     config: Optional[IPAConfig] = None,
     output_dir: Union[str, os.PathLike] = "onerec-ipa",
     resume: bool = True,
+    run_inputs: Optional[Dict[str, Any]] = None,
 ) -> IPAResult:
     """Iterative Preference Alignment (Algorithm 2) from the seed model ``M_0 = model``.
 
@@ -304,6 +362,10 @@ def run_ipa(
         config: :class:`IPAConfig`.
         output_dir: Where snapshots, mined pairs and checkpoints go (layout in the module docstring).
         resume: Continue a previous run in ``output_dir``. ``False`` refuses a folder that already holds iterations.
+        run_inputs: JSON-serialisable description of the inputs the caller chose (e.g. the seed model and reward
+            model folders). With the alignment settings (``config``: ``r_DPO``, ``N``, ``T``, seed, ``beta``,
+            loss, ...) it is stored in ``output_dir/ipa_inputs.json``; resuming a run started from other inputs
+            is a ``ValueError`` naming them, never a silent mix of two runs.
     Returns:
         :class:`IPAResult` with ``M_T`` and every iteration's state (pairs mined, skipped users, mean chosen /
         rejected rewards, timings, training metrics).
@@ -323,6 +385,8 @@ def run_ipa(
             f"{output_dir} already holds {existing}; pass resume=True to continue that run, or "
             "choose an empty output_dir."
         )
+
+    _check_run_inputs(output_dir, {"config": _config_record(config), "inputs": run_inputs or {}})
 
     first_todo = 1
     while first_todo <= config.num_iterations and _is_complete(output_dir, first_todo):
