@@ -38,6 +38,14 @@ def test_held_out_sessions_joins_validation_and_test():
         held_out_sessions(validation, test.select([1, 0]))
 
 
+def pretrain_arguments(root, max_steps: int, test_users: int) -> list:
+    """A tiny, fast examples/pretrain.py run on the tokenizer of ``root / "sid"`` (add --output_dir)."""
+    return ["--dataset", "scientific", "--tokenizer_dir", str(root / "sid" / "tokenizer"), "--preset", "tiny",
+            "--max_steps", str(max_steps), "--per_device_train_batch_size", "8", "--ranking_eval_users", "0",
+            "--test_users", str(test_users), "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+            "--disable_tqdm", "true", "--use_cpu", "true"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
@@ -56,36 +64,7 @@ def trained_run(tmp_path_factory):
         ]
     )
     report = load_example("pretrain").main(
-        [
-            "--dataset",
-            "scientific",
-            "--tokenizer_dir",
-            str(root / "sid" / "tokenizer"),
-            "--output_dir",
-            str(root / "run"),
-            "--preset",
-            "tiny",
-            "--max_steps",
-            "3",
-            "--per_device_train_batch_size",
-            "8",
-            "--ranking_eval_users",
-            "0",
-            "--test_users",
-            "12",
-            "--num_beams",
-            "16",
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-            "--use_cpu",
-            "true",
-        ]
+        pretrain_arguments(root, max_steps=3, test_users=12) + ["--output_dir", str(root / "run"), "--num_beams", "16"]
     )
     return root, report
 
@@ -333,32 +312,7 @@ def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
 
 def test_pretrain_never_replaces_a_finished_run_and_saves_what_it_trains(trained_run):
     root, _ = trained_run
-    common = [
-        "--dataset",
-        "scientific",
-        "--tokenizer_dir",
-        str(root / "sid" / "tokenizer"),
-        "--preset",
-        "tiny",
-        "--max_steps",
-        "1",
-        "--per_device_train_batch_size",
-        "8",
-        "--ranking_eval_users",
-        "0",
-        "--test_users",
-        "0",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--use_cpu",
-        "true",
-    ]
+    common = pretrain_arguments(root, max_steps=1, test_users=0)
     before = (root / "run" / "metrics.json").read_bytes()
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
         load_example("pretrain").main(common + ["--output_dir", str(root / "run")])

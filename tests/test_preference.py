@@ -109,6 +109,16 @@ def hand_session_logps(model, batch, labels, tokenizer):
     return torch.stack(totals), torch.tensor(counts, dtype=torch.float64)
 
 
+def pair_logps(policy, reference, batch, tokenizer):
+    """``(policy chosen, policy rejected), (reference chosen, reference rejected), (chosen code counts, rejected
+    code counts)``, each by :func:`hand_session_logps`."""
+    policy_c, counts_c = hand_session_logps(policy, batch, batch["chosen_labels"], tokenizer)
+    policy_r, counts_r = hand_session_logps(policy, batch, batch["rejected_labels"], tokenizer)
+    ref_c, _ = hand_session_logps(reference, batch, batch["chosen_labels"], tokenizer)
+    ref_r, _ = hand_session_logps(reference, batch, batch["rejected_labels"], tokenizer)
+    return (policy_c, policy_r), (ref_c, ref_r), (counts_c, counts_r)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Collator
 # ----------------------------------------------------------------------------------------------------
@@ -295,10 +305,7 @@ def test_loss_matches_hand_computation(tokenizer, tmp_path, loss_type, smoothing
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch)
         logged = trainer._metrics["eval"]
-        policy_c, counts_c = hand_session_logps(policy, batch, batch["chosen_labels"], tokenizer)
-        policy_r, counts_r = hand_session_logps(policy, batch, batch["rejected_labels"], tokenizer)
-        ref_c, _ = hand_session_logps(reference, batch, batch["chosen_labels"], tokenizer)
-        ref_r, _ = hand_session_logps(reference, batch, batch["rejected_labels"], tokenizer)
+        (policy_c, policy_r), (ref_c, ref_r), (counts_c, counts_r) = pair_logps(policy, reference, batch, tokenizer)
         expected_dpo = dpo_formula(
             loss_type, 0.5, smoothing, (policy_c, policy_r), (ref_c, ref_r), (counts_c, counts_r)
         )
@@ -324,10 +331,7 @@ def test_precomputed_reference_and_rows_without_target(tokenizer, tmp_path):
     with torch.no_grad():
         loss = live.compute_loss(live.model, batch)
         # No target: the DPO loss plus the model's router terms of the chosen/rejected pass, no NTP.
-        policy_c, _ = hand_session_logps(policy, batch, batch["chosen_labels"], tokenizer)
-        policy_r, _ = hand_session_logps(policy, batch, batch["rejected_labels"], tokenizer)
-        ref_c, _ = hand_session_logps(reference, batch, batch["chosen_labels"], tokenizer)
-        ref_r, _ = hand_session_logps(reference, batch, batch["rejected_labels"], tokenizer)
+        (policy_c, policy_r), (ref_c, ref_r), _ = pair_logps(policy, reference, batch, tokenizer)
         pair_labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
         code_only = pair_labels.masked_fill(pair_labels < tokenizer.level_offsets[0], -100)
         pair_pass = policy(
@@ -631,10 +635,7 @@ def test_peft_run_uses_trls_adapter_disabled_reference(tokenizer, tmp_path):
     batch = trainer.data_collator(rows)
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch)
-        policy_c, _ = hand_session_logps(policy, batch, batch["chosen_labels"], tokenizer)
-        policy_r, _ = hand_session_logps(policy, batch, batch["rejected_labels"], tokenizer)
-        ref_c, _ = hand_session_logps(base, batch, batch["chosen_labels"], tokenizer)
-        ref_r, _ = hand_session_logps(base, batch, batch["rejected_labels"], tokenizer)
+        (policy_c, policy_r), (ref_c, ref_r), _ = pair_logps(policy, base, batch, tokenizer)
         target = policy(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["target_labels"]
         )
