@@ -101,6 +101,14 @@ def main(argv=None) -> dict:
     files = named_paths(args.topk_files, "--topk_files")
     if not models and not files and not args.baselines:
         raise ValueError("Nothing to evaluate: pass --model_dirs, --topk_files or --baselines true.")
+    slugs: dict = {}
+    for name in [name for name, _ in models]:
+        if _slug(name) in slugs:
+            raise ValueError(
+                f"--model_dirs names {slugs[_slug(name)]!r} and {name!r} share the file name topk_{_slug(name)}_*.json "
+                "(names are reduced to letters, digits and '_'): rename one so that neither overwrites the other."
+            )
+        slugs[_slug(name)] = name
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     label = Path(args.data_path).stem if args.data_path and args.dataset not in ("ml-100k", "recbole") else args.dataset
