@@ -348,3 +348,24 @@ def test_pretrain_never_replaces_a_finished_run_and_saves_what_it_trains(trained
                 "2",
             ]
         )
+
+
+def test_evaluate_refuses_model_names_that_share_a_file(trained_run):
+    # Regression: "One-Rec" and "one rec" both wrote topk_one_rec_*.json, the second overwriting the first.
+    root, _ = trained_run
+    final = root / "run" / "final"
+    with pytest.raises(ValueError, match="share the file name topk_one_rec"):
+        load_example("evaluate").main(
+            [
+                "--dataset",
+                "scientific",
+                "--output_dir",
+                str(root / "ev"),
+                "--test_users",
+                "2",
+                "--model_dirs",
+                f"One-Rec={final}",
+                f"one rec={final}",
+            ]  # fmt: skip
+        )
+    assert not (root / "ev").exists() or not list((root / "ev").glob("topk_*"))
