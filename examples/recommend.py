@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
         tokenizer,
         histories,
         num_sessions=args.num_sessions,
-        num_beams=args.num_beams or 4 * args.num_sessions,
+        num_beams=4 * args.num_sessions if args.num_beams is None else args.num_beams,
         session_length=args.session_length,
         exclude_history=not args.keep_history,
     )

@@ -504,3 +504,22 @@ def test_a_missing_local_directory_is_named_not_a_hub_repo_error(tmp_path):
         with pytest.raises(FileNotFoundError, match=r"--model_dir .*no such directory"):
             check_local_dir(missing, "--model_dir")
     assert check_local_dir("some-org/onerec-beauty", "--model_dir") == "some-org/onerec-beauty"  # a Hub repo id
+
+
+def test_silent_misreads_of_logs_are_errors(tmp_path):
+    from trainers.data import load_interactions, load_s3rec
+
+    # A header line in an S3-Rec file would become a user named "user_id".
+    (tmp_path / "seq.txt").write_text("user_id item_id item_id\n1 10 11\n2 12 13\n")
+    with pytest.raises(ValueError, match=r"line 1: .* looks like a header line"):
+        load_s3rec(tmp_path / "seq.txt")
+    # ", " separators make " B1" another item than "B1".
+    (tmp_path / "log.csv").write_text("user_id, item_id, timestamp\nu1, B1, 1\nu1,B1,2\n")
+    with pytest.raises(ValueError, match=r"id ' B1' has spaces around it.*sep=', '"):
+        load_interactions(tmp_path / "log.csv")
+    # Seconds and milliseconds mixed would sort silently wrong.
+    (tmp_path / "mixed.csv").write_text("user_id,item_id,timestamp\nu1,a,1600000000\nu1,b,1600000001000\n")
+    with pytest.raises(ValueError, match="mix seconds .* and milliseconds"):
+        load_interactions(tmp_path / "mixed.csv")
+    (tmp_path / "ms.csv").write_text("user_id,item_id,timestamp\nu1,a,1600000002000\nu1,b,1600000001000\n")
+    assert load_interactions(tmp_path / "ms.csv")["sequences"][0]["item_ids"] == ["b", "a"]  # one unit: fine

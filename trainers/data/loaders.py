@@ -119,6 +119,11 @@ def load_s3rec(sequences_path: str | Path, item_meta_path: str | Path | None = N
                     "logs use `load_interactions`, for JSON `{user: [items]}` use `load_inter_json`."
                 )
             user, *items = fields
+            if not first_line_of_user and _looks_like_header(fields):
+                raise ValueError(
+                    f"{path}, line {line_number}: {line.strip()[:60]!r} looks like a header line, which S3-Rec files "
+                    f"do not have (it would become a user named {user!r}). Remove it. Expected {_S3REC_FORMAT}."
+                )
             if not items:
                 raise ValueError(
                     f"{path}, line {line_number}: user {user!r} has zero items. Expected {_S3REC_FORMAT}; "
@@ -318,6 +323,8 @@ def load_interactions(
             _as_timestamp(value, table.where(row, timestamp_column))
             for row, value in enumerate(table.columns[timestamp_column])
         ]
+    if timestamps:
+        _check_timestamp_units(timestamps, source)
     ratings = None
     if rating_column is not None:
         ratings = [
@@ -980,8 +987,23 @@ def _read_item_table(
 # ---------------------------------------------------------------------------------------------------------
 
 
+_HEADER_WORDS = {"user", "user_id", "userid", "uid", "user_id:token", "item", "item_id", "itemid", "iid", "items"}
+
+
+def _looks_like_header(fields: Sequence[str]) -> bool:
+    """A first line whose first two fields are column names (``user_id item_id ...``) rather than ids."""
+    return len(fields) >= 2 and fields[0].lower() in _HEADER_WORDS and fields[1].lower() in _HEADER_WORDS
+
+
 def _as_id(value: Any, where: str) -> str:
-    """A user or item id as a string: strings stay as they are, integers (and integral floats) are printed."""
+    """A user or item id as a string: strings stay as they are, integers (and integral floats) are printed. Spaces
+    around an id are an error: they come from a separator such as ``", "`` and would make ``" B1"`` and ``"B1"`` two
+    items."""
+    if isinstance(value, str) and value.strip() != value and value.strip():
+        raise ValueError(
+            f"{where}: id {value!r} has spaces around it, which would make it another id than {value.strip()!r}. "
+            "If the file separates fields with ', ', pass sep=', '; otherwise strip the ids."
+        )
     if isinstance(value, str) and value != "":
         return value
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -989,6 +1011,21 @@ def _as_id(value: Any, where: str) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))  # integer ids that went through a float column (e.g. pandas with missing values)
     raise ValueError(f"{where}: invalid id {value!r}. Ids must be non-empty strings or integers; fix or drop the row.")
+
+
+# Unix seconds pass 1e11 only in the year 5138; milliseconds are above it from 1973 on.
+_MILLISECONDS_FROM = 1e11
+
+
+def _check_timestamp_units(timestamps: Sequence[float], source: Path) -> None:
+    """Seconds and milliseconds mixed in one log would sort silently wrong: an error naming both ranges."""
+    values = np.asarray(timestamps, dtype=np.float64)
+    large = values >= _MILLISECONDS_FROM
+    if large.any() and (~large).any() and values[~large].max() > 1e8:  # 1e8 s: 1973; smaller values are not epochs
+        raise ValueError(
+            f"{source}: timestamps mix seconds (e.g. {values[~large].max():.0f}) and milliseconds (e.g. "
+            f"{values[large].min():.0f}); they would sort wrongly. Convert them to one unit."
+        )
 
 
 def _as_float(value: Any, where: str) -> float:
