@@ -38,3 +38,21 @@ def test_expert_load_map_is_share_times_experts(tmp_path, saved_figures):
     assert image.tolist() == [[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]]  # 1.0 = balanced, 0 = a dead expert
     assert "min 0.00, max 4.00" in figure.axes[0].get_title()
     assert image.shape == (2, 4) and pytest.approx(image.sum()) == 8.0
+
+
+def test_validation_curves_put_runs_side_by_side(tmp_path, saved_figures):
+    from trainers.plots import plot_validation_curves
+
+    runs = {
+        "OneRec m=5": [
+            {"epoch": 1.0, "eval_loss": 2.4, "eval_recall@10": 0.05},
+            {"epoch": 2.0, "eval_loss": 2.2, "eval_recall@10": 0.06},
+        ],
+        "TIGER-style m=1": [{"epoch": 1.0, "eval_loss": 2.8, "eval_recall@10": 0.04}, {"loss": 3.0, "step": 5}],
+    }
+    plot_validation_curves(runs, tmp_path / "curves.png")
+    (figure,) = saved_figures
+    loss, recall = figure.axes
+    assert {line.get_label(): line.get_xydata().tolist() for line in loss.lines} == {
+        "OneRec m=5": [[1.0, 2.4], [2.0, 2.2]], "TIGER-style m=1": [[1.0, 2.8]]}  # fmt: skip
+    assert [line.get_xydata().tolist() for line in recall.lines] == [[[1.0, 0.05], [2.0, 0.06]], [[1.0, 0.04]]]

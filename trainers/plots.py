@@ -85,3 +85,24 @@ def plot_expert_load(
     )
     figure.colorbar(image, ax=axis)
     return _save(figure, path)
+
+
+def plot_validation_curves(
+    runs: Dict[str, Sequence[Dict[str, float]]], path: Union[str, Path], metric: str = "eval_recall@10"
+) -> Path:
+    """Validation loss (left) and ``metric`` (right) per epoch for several runs side by side, from each run's
+    ``Trainer`` ``state.log_history`` (``{run name: log_history}``), e.g. OneRec m = 5 against TIGER-style m = 1."""
+    plt = _pyplot()
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, history in runs.items():
+        for axis, key in ((loss_axis, "eval_loss"), (metric_axis, metric)):
+            points = [(entry["epoch"], entry[key]) for entry in history if key in entry and "epoch" in entry]
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    loss_axis.set_title("validation loss (all validation windows)")
+    metric_axis.set_title(f"validation {metric.removeprefix('eval_')}")
+    for axis in (loss_axis, metric_axis):
+        axis.set_xlabel("epoch")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    return _save(figure, path)
