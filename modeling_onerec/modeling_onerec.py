@@ -553,7 +553,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                 attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
             )
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
-            decoder_input_ids = self._shift_right(labels)
+            decoder_input_ids = self._shift_right(labels)  # T5's own shift (no public name in transformers 5.24)
         record_routing = labels is not None or output_router_logits
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,

@@ -390,6 +390,8 @@ def test_tiny_training_learns_a_learnable_task(tmp_path):
         learning_rate=1e-2,
         eval_strategy="no",
         logging_steps=1000,
+        save_strategy="steps",
+        save_steps=36,
         use_cpu=True,
         disable_tqdm=True,
         report_to="none",
@@ -403,6 +405,8 @@ def test_tiny_training_learns_a_learnable_task(tmp_path):
     assert metrics["test_auc_liked"] > 0.8, metrics
     trainer.save_model(str(tmp_path / "final"))
     assert (tmp_path / "final" / RewardItemVocabulary.FILE_NAME).is_file()
+    # Checkpoints carry it too (the vocabulary is the Trainer's processing_class), so a resumed run can be served.
+    assert (tmp_path / f"checkpoint-{trainer.state.global_step}" / RewardItemVocabulary.FILE_NAME).is_file()
 
 
 # ---------------------------------------------------------------------------------------------------- real data

@@ -209,12 +209,10 @@ class RewardModelTrainer(Trainer):
         if compute_metrics is None:
             compute_metrics = RewardMetrics(model.config.reward_names)
         self.vocabulary = vocabulary if vocabulary is not None else getattr(data_collator, "vocabulary", None)
+        # The vocabulary is the Trainer's processing_class: the Trainer saves it (save_pretrained) next to the
+        # weights in every checkpoint and in save_model, as it would a tokenizer.
+        kwargs.setdefault("processing_class", self.vocabulary)
         super().__init__(model=model, args=args, data_collator=data_collator, compute_metrics=compute_metrics, **kwargs)
-
-    def _save(self, output_dir: Optional[str] = None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        if self.vocabulary is not None:
-            self.vocabulary.save_pretrained(output_dir if output_dir is not None else self.args.output_dir)
 
 
 class SessionRewardScorer:
