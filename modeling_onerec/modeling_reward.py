@@ -31,9 +31,9 @@ class OneRecRewardOutput(ModelOutput):
     """Output of :class:`OneRecRewardModel`.
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): Eq. (7), returned when ``labels`` are given.
-        logits (`torch.FloatTensor` of shape `(B, T)`): One logit per reward tower, in ``config.reward_names`` order.
-        rewards (`torch.FloatTensor` of shape `(B, T)`): ``sigmoid(logits)``, the estimated rewards ``r^xtr``.
+        loss (`torch.FloatTensor` (a scalar), *optional*): Eq. (7), returned when ``labels`` are given.
+        logits (`torch.FloatTensor` of shape ``[B, T]``): One logit per reward tower, in ``config.reward_names`` order.
+        rewards (`torch.FloatTensor` of shape ``[B, T]``): ``sigmoid(logits)``, the estimated rewards ``r^xtr``.
     """
 
     loss: Optional[torch.FloatTensor] = None
@@ -47,14 +47,14 @@ def reward_bce_loss(
     """Eq. (7): binary cross-entropy summed over the reward towers, averaged over the batch.
 
     Args:
-        logits (`torch.Tensor` of shape `(B, T)`): Tower logits (before the sigmoid).
-        labels (`torch.Tensor` of shape `(B, T)`): Targets in ``[0, 1]``; soft labels (e.g. a normalised
+        logits (`torch.Tensor` of shape ``[B, T]``): Tower logits (before the sigmoid).
+        labels (`torch.Tensor` of shape ``[B, T]``): Targets in ``[0, 1]``; soft labels (e.g. a normalised
             rating) are allowed.
-        label_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 where the label exists, 0 where the sample
+        label_mask (`torch.Tensor` of shape ``[B, T]``, *optional*): 1 where the label exists, 0 where the sample
             lacks that target (its term is dropped). Default: every label exists.
 
     Returns:
-        `torch.Tensor` of shape `()`: ``sum_b sum_t mask * BCE(logits, labels) / B``.
+        `torch.Tensor` (a scalar): ``sum_b sum_t mask * BCE(logits, labels) / B``.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (batch, num_rewards), got {tuple(logits.shape)}.")
@@ -92,12 +92,12 @@ class TargetAwareItemEncoder(nn.Module):
     ) -> torch.Tensor:
         """
         Args:
-            session_embeds (`torch.Tensor` of shape `(B, M, D)`): Item embeddings ``v_i``.
-            history_embeds (`torch.Tensor` of shape `(B, H, D)`): History item embeddings.
-            history_mask (`torch.BoolTensor` of shape `(B, H)`): True at real history items.
+            session_embeds (`torch.Tensor` of shape ``[B, M, D]``): Item embeddings ``v_i``.
+            history_embeds (`torch.Tensor` of shape ``[B, H, D]``): History item embeddings.
+            history_mask (`torch.BoolTensor` of shape ``[B, H]``): True at real history items.
 
         Returns:
-            `torch.Tensor` of shape `(B, M, D)`: ``e_i``.
+            `torch.Tensor` of shape ``[B, M, D]``: ``e_i``.
         """
         batch, length, width = session_embeds.shape
         has_history = history_mask.any(dim=1)  # [B]
@@ -126,12 +126,12 @@ class RewardTower(nn.Module):
         self.out = nn.Linear(tower_hidden_size, 1)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """`(B, D)` -> `(B,)` logits."""
+        """``[B, D]`` -> ``[B]`` logits."""
         return self.out(self.dropout(F.gelu(self.dense(pooled)))).squeeze(-1)
 
 
 def masked_sum_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``Sum(h_f)`` over the real session items: `(B, M, D)`, `(B, M)` bool -> `(B, D)`. Padded slots add nothing
+    """``Sum(h_f)`` over the real session items: ``[B, M, D]``, ``[B, M]`` bool -> ``[B, D]``. Padded slots add nothing
     whatever their hidden state holds."""
     return torch.where(mask[..., None], hidden, torch.zeros_like(hidden)).sum(dim=1)
 
@@ -276,18 +276,18 @@ class OneRecRewardModel(PreTrainedModel):
         """Rewards of sessions for users.
 
         Args:
-            history_ids (`torch.LongTensor` of shape `(B, H)`): The user's history item indices, 0 = padding
+            history_ids (`torch.LongTensor` of shape ``[B, H]``): The user's history item indices, 0 = padding
                 (anywhere; rows may be all padding for users without history).
-            session_ids (`torch.LongTensor` of shape `(B, M)`): Session item indices, 0 = padding; every row
+            session_ids (`torch.LongTensor` of shape ``[B, M]``): Session item indices, 0 = padding; every row
                 needs at least one item.
-            labels (`torch.FloatTensor` of shape `(B, T)`, *optional*): Targets in ``[0, 1]`` in
+            labels (`torch.FloatTensor` of shape ``[B, T]``, *optional*): Targets in ``[0, 1]`` in
                 ``config.reward_names`` order; gives ``loss`` (Eq. 7).
-            label_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 where a label exists (see
+            label_mask (`torch.Tensor` of shape ``[B, T]``, *optional*): 1 where a label exists (see
                 :func:`reward_bce_loss`).
             return_dict (`bool`, *optional*): Return a :class:`OneRecRewardOutput` (default) or a tuple.
 
         Returns:
-            :class:`OneRecRewardOutput` with ``loss`` (with labels), ``logits`` `(B, T)` and ``rewards`` `(B, T)`.
+            :class:`OneRecRewardOutput` with ``loss`` (with labels), ``logits`` ``[B, T]`` and ``rewards`` ``[B, T]``.
         """
         self._check_inputs(history_ids, session_ids, labels, label_mask)
         history_ids, session_ids = history_ids.long(), session_ids.long()
@@ -306,11 +306,11 @@ class OneRecRewardModel(PreTrainedModel):
 
     @torch.no_grad()
     def score_sessions(self, history_ids: torch.Tensor, session_ids: torch.Tensor) -> torch.Tensor:
-        """Rewards ``R(u, S)`` `(B, T)` in eval mode without gradients (the training mode is restored after).
+        """Rewards ``R(u, S)`` ``[B, T]`` in eval mode without gradients (the training mode is restored after).
 
         Args:
-            history_ids (`torch.Tensor` of shape `(B, H)`): History item indices, 0 = padding.
-            session_ids (`torch.Tensor` of shape `(B, M)`): Session item indices, 0 = padding.
+            history_ids (`torch.Tensor` of shape ``[B, H]``): History item indices, 0 = padding.
+            session_ids (`torch.Tensor` of shape ``[B, M]``): Session item indices, 0 = padding.
         """
         with eval_mode(self):
             device = self.item_embeddings.weight.device

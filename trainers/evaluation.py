@@ -101,9 +101,9 @@ def ranking_metrics(
     strings, so `1` and `"1"` are the same item.
 
     Args:
-        ranked (`Sequence[Sequence[str]]` of shape `(num_users, <= max(ks))`):
+        ranked (`Sequence[Sequence[str]]` of shape ``[num_users, <= max(ks)]``):
             Per user, recommended item ids, best first. Longer lists are fine (only the first `k` count).
-        targets (`Sequence[str]` of shape `(num_users,)`):
+        targets (`Sequence[str]` of shape ``[num_users]``):
             Per user, the held-out item id (a one-item list such as a sample's `target` column is accepted).
         ks (`Sequence[int]`, defaults to `(5, 10)`):
             Cut-offs.
@@ -191,10 +191,10 @@ def session_metrics(
     - `mean_session_length` = mean of `len(S_u)`, and `num_users`.
 
     Args:
-        sessions (`Sequence` of shape `(num_users, num_sessions, session_length)`):
+        sessions (`Sequence` of shape ``[num_users, num_sessions, session_length]``):
             Per user, the generated sessions best first (each a list of item ids). A user's entry may also be a
             single session, a flat list of item ids.
-        targets (`Sequence` of shape `(num_users,)`):
+        targets (`Sequence` of shape ``[num_users]``):
             Per user, the true future items: one id, or a list of ids (e.g. the leave-one-out target, or the
             next `m` items of a real session).
         item_categories (`Mapping[str, Hashable]` or `SemanticIDTokenizer`, *optional*):
@@ -517,8 +517,8 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
     count 1/2), computed from average ranks (Mann-Whitney U). NaN when one class is missing.
 
     Args:
-        scores (`np.ndarray` of shape `(N,)`): Higher means more likely positive.
-        positives (`np.ndarray` of shape `(N,)`): Boolean outcomes.
+        scores (`np.ndarray` of shape ``[N]``): Higher means more likely positive.
+        positives (`np.ndarray` of shape ``[N]``): Boolean outcomes.
     """
     scores = np.asarray(scores, dtype=np.float64)
     positives = np.asarray(positives, dtype=bool)
@@ -540,9 +540,9 @@ def reward_metrics(
     """Per-tower ROC AUC over the samples that have the target.
 
     Args:
-        logits (`np.ndarray` of shape `(N, T)`): Tower logits (or rewards; AUC only uses their order).
-        labels (`np.ndarray` of shape `(N, T)`): Targets in ``[0, 1]``.
-        label_mask (`np.ndarray` of shape `(N, T)`, *optional*): 1 where the target exists.
+        logits (`np.ndarray` of shape ``[N, T]``): Tower logits (or rewards; AUC only uses their order).
+        labels (`np.ndarray` of shape ``[N, T]``): Targets in ``[0, 1]``.
+        label_mask (`np.ndarray` of shape ``[N, T]``, *optional*): 1 where the target exists.
         reward_names (`Sequence[str]`): The ``T`` tower names.
         positive_thresholds (`Mapping[str, float]`, *optional*): A label counts as positive from this value;
             default 0.5, and 0.75 for ``rating`` (:data:`DEFAULT_POSITIVE_THRESHOLDS`: a mean rating >= 4 of 5).

@@ -457,7 +457,7 @@ def _mine_iteration(
 
 
 def _run_iteration(current, tokenizer, train_samples: Dataset, reward_fn, config: IPAConfig, output_dir: Path, k: int):
-    """Trains ``M_k`` from ``current`` = ``M_{k-1}``; returns ``(M_k, state)``."""
+    """Trains ``M_k`` from ``current`` = ``M_{k-1}``; returns ```[M_k, state]```."""
     started = time.perf_counter()
     snapshot = _iteration_dir(output_dir, k)
     snapshot.mkdir(parents=True, exist_ok=True)

@@ -123,8 +123,8 @@ class RewardDataCollator:
         max_history_items (`int`, defaults to 50): Newest history items kept.
         max_session_items (`int`, defaults to 5): First session items kept.
 
-    Returns ``history_ids`` `(B, H)` and ``session_ids`` `(B, M)` (right-padded with 0) and, when the samples have
-    them, ``labels`` / ``label_mask`` `(B, T)` float32.
+    Returns ``history_ids`` ``[B, H]`` and ``session_ids`` ``[B, M]`` (right-padded with 0) and, when the samples have
+    them, ``labels`` / ``label_mask`` ``[B, T]`` float32.
     """
 
     def __init__(self, vocabulary: RewardItemVocabulary, max_history_items: int = 50, max_session_items: int = 5):

@@ -169,13 +169,13 @@ class SASRec(nn.Module):
         """Hidden states of every position.
 
         Args:
-            input_ids (`torch.LongTensor` of shape `(batch, length)`): Item indices, left-padded with 0, with
+            input_ids (`torch.LongTensor` of shape ``[batch, length]``): Item indices, left-padded with 0, with
                 `length <= max_len`. A shorter `length` is read as the last `length` columns of the full
                 `max_len` window (positions `max_len - length .. max_len - 1`), so trimming leading all-padding
                 columns does not change the output.
 
         Returns:
-            `torch.Tensor` of shape `(batch, length, hidden_size)`; position `t` depends on `input_ids[:, :t + 1]`
+            `torch.Tensor` of shape ``[batch, length, hidden_size]``; position `t` depends on `input_ids[:, :t + 1]`
             only.
         """
         batch, length = input_ids.shape
@@ -204,7 +204,7 @@ class SASRec(nn.Module):
         """Next-item loss averaged over every non-padding target.
 
         Args:
-            input_ids, target_ids (`torch.LongTensor` of shape `(batch, length)`): `target_ids[:, t]` is the item
+            input_ids, target_ids (`torch.LongTensor` of shape ``[batch, length]``): `target_ids[:, t]` is the item
                 after `input_ids[:, t]`, 0 where there is none.
             kind (`str`): `"ce"` (softmax over all items) or `"bce"` (one uniformly sampled negative per target).
             generator (`torch.Generator`, *optional*): Source of the `"bce"` negatives.
@@ -229,7 +229,7 @@ def _embedding_std(hidden_size: int) -> float:
 
 
 def attention_mask(input_ids: torch.LongTensor, num_heads: int) -> torch.Tensor:
-    """Boolean mask (`True` = blocked) of shape `(batch * num_heads, length, length)`: causal and no padding keys.
+    """Boolean mask (`True` = blocked) of shape ``[batch * num_heads, length, length]``: causal and no padding keys.
 
     Every position may attend to itself, so that all-padding rows never see an empty softmax (their output is
     zeroed afterwards anyway).

@@ -75,7 +75,7 @@ def split_sessions_by_gap(timestamps: Sequence[float], max_gap_seconds: float) -
     """Cut a time-ordered interaction list into sessions at gaps longer than `max_gap_seconds`.
 
     Args:
-        timestamps (`Sequence[float]` of shape `(num_interactions,)`):
+        timestamps (`Sequence[float]` of shape ``[num_interactions]``):
             Non-decreasing unix seconds of one user's interactions.
         max_gap_seconds (`float`):
             Largest gap between consecutive interactions of one session (`>= 0`). Equal timestamps (MovieLens
@@ -261,9 +261,9 @@ def _windows(
 
     Args:
         flat (`_FlatSequences`): The flattened sequences.
-        rows (`np.ndarray` of shape `(num_samples,)`): The sequence row (user) of each sample.
-        history_starts, target_starts, target_ends (`np.ndarray` of shape `(num_samples,)`): Flat positions.
-        session_sizes (`np.ndarray` of shape `(num_samples,)`, *optional*): Added as the `session_size` column.
+        rows (`np.ndarray` of shape ``[num_samples]``): The sequence row (user) of each sample.
+        history_starts, target_starts, target_ends (`np.ndarray` of shape ``[num_samples]``): Flat positions.
+        session_sizes (`np.ndarray` of shape ``[num_samples]``, *optional*): Added as the `session_size` column.
 
     Returns:
         `Dataset` with `num_samples` rows.

@@ -77,9 +77,9 @@ class _FlatSequences:
 
     Attributes:
         table (`pa.Table`): The per-user table, `num_users` rows (dataset indices already applied).
-        offsets (`np.ndarray` of shape `(num_users + 1,)`): User `u` owns flat positions
+        offsets (`np.ndarray` of shape ``[num_users + 1]``): User `u` owns flat positions
             `offsets[u]:offsets[u + 1]`.
-        values (`dict[str, pa.Array]`): Per-interaction column name -> flat values of shape `(offsets[-1],)`.
+        values (`dict[str, pa.Array]`): Per-interaction column name -> flat values of shape ``[offsets[-1]]``.
         features (`Features`): The features of the original dataset.
     """
 
@@ -131,8 +131,8 @@ def _gather(values: pa.Array, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     """Cut flat `values` into one list per row: row `r` gets `values[starts[r]:ends[r]]`.
 
     Args:
-        values (`pa.Array` of shape `(num_values,)`): Flat values.
-        starts, ends (`np.ndarray` of shape `(num_rows,)`): Half-open ranges into `values`.
+        values (`pa.Array` of shape ``[num_values]``): Flat values.
+        starts, ends (`np.ndarray` of shape ``[num_rows]``): Half-open ranges into `values`.
 
     Returns:
         `pa.ListArray` with `num_rows` lists.
