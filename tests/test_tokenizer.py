@@ -249,3 +249,29 @@ def test_corrupt_files_and_too_many_levels_are_named(tmp_path, small_tokenizer):
         SemanticIDTokenizer.from_pretrained(tmp_path / "tok2")
     with pytest.raises(ValueError, match=r"num_levels must be an int in \[1, 25\]"):
         ResidualKMeansConfig(num_levels=30, codebook_size=4)
+
+
+def test_save_is_staged_and_a_folder_mixing_two_saves_is_refused(tmp_path, small_tokenizer):
+    target = tmp_path / "tok"
+    written = small_tokenizer.save_pretrained(target)
+    assert all(str(path).startswith(str(target)) for path in written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]  # no staging folder left behind
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    assert config["semantic_ids_fingerprint"] == small_tokenizer.catalogue_fingerprint()
+    # Another tokenizer's item list next to this one's codes and config (an interrupted save over an older one):
+    other = build_semantic_ids(
+        [f"other{i}" for i in range(240)],
+        torch.randn(240, 16),
+        ResidualKMeansConfig(num_levels=3, codebook_size=6),
+        progress=False,
+    )
+    other.save_pretrained(tmp_path / "other")
+    (target / "item_ids.json").write_bytes((tmp_path / "other" / "item_ids.json").read_bytes())
+    with pytest.raises(ValueError, match="do not belong together"):
+        SemanticIDTokenizer.from_pretrained(target)
+    # A failing save leaves the existing folder as it was.
+    small_tokenizer.save_pretrained(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    with pytest.raises(ValueError, match="is a file"):
+        small_tokenizer.save_pretrained(target / "item_ids.json")
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before

@@ -21,7 +21,10 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -116,7 +119,9 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         codebooks: Optional[Sequence[torch.Tensor]] = None,
         **kwargs,
     ):
-        if item_ids is None or item_codes is None:
+        saved_fingerprint = kwargs.pop("semantic_ids_fingerprint", None)
+        from_files = item_ids is None or item_codes is None
+        if from_files:
             item_ids, item_codes, codebooks = self._load_catalogue(semantic_ids_file, item_ids_file, kwargs)
         if codebook_sizes is None or num_semantic_levels is None:
             raise ValueError(
@@ -137,6 +142,14 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             torch.as_tensor(item_codes, dtype=torch.long),
             [torch.as_tensor(c, dtype=torch.float32) for c in (codebooks or [])],
         )
+        if from_files and saved_fingerprint is not None and saved_fingerprint != self.catalogue_fingerprint():
+            raise ValueError(
+                f"The tokenizer files in {kwargs.get('name_or_path', 'the tokenizer directory')} do not belong "
+                f"together: {ITEM_IDS_FILE} and {SEMANTIC_IDS_FILE} hold another catalogue than the one "
+                f"tokenizer_config.json was saved with (fingerprint {saved_fingerprint}, files "
+                f"{self.catalogue_fingerprint()}), e.g. after an interrupted save over an older tokenizer. Copy the "
+                "whole folder again from where it was saved, or rebuild the tokenizer."
+            )
         self._added_tokens_decoder = {
             index: token if isinstance(token, AddedToken) else AddedToken(token, special=True)
             for index, token in enumerate((pad_token, eos_token, bos_token))
@@ -152,6 +165,27 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             build_info=self.build_info,
             **kwargs,
         )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``, made safe for an existing folder: the files are written to a staging
+        folder beside it and moved in only when all of them are complete, and ``tokenizer_config.json`` records the
+        catalogue's fingerprint, so that a folder mixing files of two saves is refused on load."""
+        self.init_kwargs["semantic_ids_fingerprint"] = self.catalogue_fingerprint()
+        target = Path(save_directory)
+        if target.is_file():
+            raise ValueError(f"save_directory {target} is a file; pass a folder.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", target.name)  # not the staging folder's name
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+        try:
+            written = super().save_pretrained(str(staging), *args, **kwargs)
+            target.mkdir(exist_ok=True)
+            for path in sorted(staging.iterdir()):
+                os.replace(path, target / path.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return tuple(str(target / Path(path).name) for path in written)
 
     # ------------------------------------------------------------------ catalogue and layout
     @staticmethod
