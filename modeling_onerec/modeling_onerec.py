@@ -677,6 +677,13 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                 f"Need 1 <= num_sessions <= num_beams, got num_sessions={num_sessions}, num_beams={num_beams}."
             )
         session_length = self.config.session_length if session_length is None else session_length
+        if isinstance(session_length, bool) or not isinstance(session_length, int):
+            raise TypeError(f"session_length must be an int, got {type(session_length).__name__} {session_length!r}.")
+        if session_length < 1 or batch_size < 1:
+            raise ValueError(
+                f"session_length and batch_size must be >= 1, got session_length={session_length}, "
+                f"batch_size={batch_size}."
+            )
         excluded = []
         for user, history in enumerate(histories):
             if isinstance(history, (str, bytes)) or len(history) == 0:

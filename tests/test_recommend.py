@@ -289,3 +289,17 @@ def _saved(tokenizer):
     directory = tempfile.mkdtemp()
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(["num_sessions", "num_beams", "session_length", "batch_size"]),
+    value=st.one_of(st.integers(-3, 0), st.floats(0.5, 4.5), st.text(max_size=3), st.booleans()),
+)
+def test_every_invalid_count_is_a_clear_error_naming_it(catalogue, name, value):
+    # Property: any non-positive, non-integer or boolean count raises a TypeError/ValueError naming the argument
+    # (num_beams=0 also breaks num_sessions <= num_beams, which names both).
+    tokenizer, model = catalogue
+    kwargs = {"num_sessions": 2, "num_beams": 4, name: value}
+    with pytest.raises((TypeError, ValueError), match=name):
+        model.recommend(tokenizer, [["sku1", "sku2"]], **kwargs)
