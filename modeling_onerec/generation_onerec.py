@@ -401,7 +401,9 @@ def session_beam_search(
             if head_bias is not None:
                 level_logits = level_logits + head_bias[lo:hi]
             level_logits = level_logits.float()
-            if not bool(torch.isfinite(level_logits).all()):
+            # Checked once, at the first step: NaN weights (or a half-precision overflow) show there already, and a
+            # check per level would add a full pass and a host sync to every step of the search.
+            if slot == 0 and level == 0 and not bool(torch.isfinite(level_logits).all()):
                 raise ValueError(
                     f"The model's scores at code level {level} are not finite (NaN or inf): its weights (or, in "
                     "half precision, its activations) overflowed or hold NaN. Check the checkpoint, e.g. "

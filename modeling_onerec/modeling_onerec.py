@@ -721,9 +721,11 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                     level_offsets=tokenizer.level_offsets,
                     excluded_items=[excluded[user] for user in users] if exclude_history else None,
                 )
-                # One transfer per batch; beams are sorted with the valid ones first.
-                valid, scores = search.valid.tolist(), search.scores.tolist()
-                item_indices, item_scores = search.item_indices.tolist(), search.item_scores.tolist()
+                # One transfer per batch, of the kept beams only: the valid beams of a row come first, best first.
+                kept = min(num_sessions, num_beams)
+                valid = search.valid[:, :kept].tolist()
+                scores, item_scores = search.scores[:, :kept].tolist(), search.item_scores[:, :kept].tolist()
+                item_indices = search.item_indices[:, :kept].tolist()
                 for row, user in enumerate(users):
                     results[user] = [
                         SessionRecommendation(
@@ -731,9 +733,9 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                             score=scores[row][beam],
                             item_scores=item_scores[row][beam],
                         )
-                        for beam in range(num_beams)
+                        for beam in range(kept)
                         if valid[row][beam]
-                    ][:num_sessions]
+                    ]
         return results
 
 
