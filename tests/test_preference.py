@@ -651,50 +651,20 @@ def test_run_ipa_refuses_to_resume_from_other_inputs(tokenizer, tmp_path):
     # reported the new inputs as if they had produced them.
     out = tmp_path / "ipa"
     config = ipa_config(num_iterations=1)
-    run_ipa(
-        make_model(tokenizer),
-        tokenizer,
-        ipa_samples(),
-        RecordingReward(),
-        config,
-        out,
-        run_inputs={"model_dir": "/models/a"},
-    )
+
+    def run(config, model_dir):
+        return run_ipa(make_model(tokenizer), tokenizer, ipa_samples(), RecordingReward(), config, out,
+                       run_inputs={"model_dir": model_dir})  # fmt: skip
+
+    run(config, "/models/a")
     stored = json.loads((out / "ipa_inputs.json").read_text())
-    assert (
-        stored["inputs"] == {"model_dir": "/models/a"} and stored["config"]["num_candidates"] == config.num_candidates
-    )
+    assert stored["inputs"] == {"model_dir": "/models/a"}
+    assert stored["config"]["num_candidates"] == config.num_candidates
     before = sorted(p.name for p in out.rglob("*"))
     with pytest.raises(ValueError, match=r"inputs.model_dir: '/models/a' -> '/models/b'"):
-        run_ipa(
-            make_model(tokenizer),
-            tokenizer,
-            ipa_samples(),
-            RecordingReward(),
-            config,
-            out,
-            run_inputs={"model_dir": "/models/b"},
-        )
-    other = ipa_config(num_iterations=1, training_args=dpo_args(tmp_path, beta=0.5))
+        run(config, "/models/b")
     with pytest.raises(ValueError, match=r"config.training_args"):
-        run_ipa(
-            make_model(tokenizer),
-            tokenizer,
-            ipa_samples(),
-            RecordingReward(),
-            other,
-            out,
-            run_inputs={"model_dir": "/models/a"},
-        )
+        run(ipa_config(num_iterations=1, training_args=dpo_args(tmp_path, beta=0.5)), "/models/a")
     assert sorted(p.name for p in out.rglob("*")) == before  # nothing written by the refused calls
     # The same inputs resume (here: nothing left to do).
-    result = run_ipa(
-        make_model(tokenizer),
-        tokenizer,
-        ipa_samples(),
-        RecordingReward(),
-        config,
-        out,
-        run_inputs={"model_dir": "/models/a"},
-    )
-    assert [state["iteration"] for state in result.iterations] == [1]
+    assert [state["iteration"] for state in run(config, "/models/a").iterations] == [1]

@@ -369,7 +369,10 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
 
     def encode_items(self, item_ids: Sequence) -> torch.Tensor:
         """``n`` item ids -> ``[n, L']`` token ids."""
-        item_ids = check_item_list(item_ids, "item_ids")
+        return self._item_token_rows(check_item_list(item_ids, "item_ids"))
+
+    def _item_token_rows(self, item_ids: List) -> torch.Tensor:
+        """``encode_items`` of an already checked list."""
         rows = torch.tensor([self.item_index(item) for item in item_ids], dtype=torch.long)
         return self.item_tokens[rows] if len(rows) else torch.zeros((0, self.num_levels), dtype=torch.long)
 
@@ -395,13 +398,16 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
     def encode_history(self, item_ids: Sequence, max_items: Optional[int] = None, add_eos: bool = True) -> List[int]:
         """Token ids of a history: the newest ``max_items`` items (default ``max_history_items``) in
         time order, then EOS. An empty history is a ValueError (the model needs some context)."""
-        item_ids = check_item_list(item_ids, "the history")
+        return self._encode_history(check_item_list(item_ids, "the history"), max_items, add_eos)
+
+    def _encode_history(self, item_ids: List, max_items: Optional[int], add_eos: bool) -> List[int]:
+        """``encode_history`` of an already checked list."""
         if len(item_ids) == 0:
             raise ValueError("Empty history: a user needs at least one past item to be encoded.")
         limit = self.max_history_items if max_items is None else max_items
         if limit < 1:
             raise ValueError(f"max_items must be >= 1, got {limit}.")
-        tokens = self.encode_items(list(item_ids)[-limit:]).reshape(-1).tolist()
+        tokens = self._item_token_rows(item_ids[-limit:]).reshape(-1).tolist()
         return tokens + [self.eos_token_id] if add_eos else tokens
 
     def encode_session(self, item_ids: Sequence, add_eos: bool = True) -> List[int]:
@@ -409,7 +415,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         item_ids = check_item_list(item_ids, "the session")
         if len(item_ids) == 0:
             raise ValueError("Empty session: pass at least one item.")
-        codes = self.encode_items(list(item_ids))
+        codes = self._item_token_rows(item_ids)
         bos = torch.full((codes.shape[0], 1), self.bos_token_id, dtype=torch.long)
         tokens = torch.cat([bos, codes], dim=1).reshape(-1).tolist()
         return tokens + [self.eos_token_id] if add_eos else tokens
@@ -442,7 +448,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         encoded = []
         for user, history in enumerate(histories):
             try:
-                encoded.append(self.encode_history(check_item_list(history, f"histories[{user}]"), max_items=max_items))
+                encoded.append(self._encode_history(check_item_list(history, f"histories[{user}]"), max_items, True))
             except ValueError as error:  # e.g. an empty history: name the user
                 raise type(error)(f"histories[{user}]: {error}") from None
         width = max(len(row) for row in encoded)
