@@ -62,7 +62,7 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "T5 dropout. New model: 0.0, which won on Beauty validation at a 3-epoch budget (docs/results.md) "
-            "and trains 1.4x faster on a CPU (dropout's random numbers are 30% of a step); long runs to early "
+            "and trains 1.4x faster on a CPU (dropout's random numbers are 30%% of a step); long runs to early "
             "stopping may want 0.1."
         },
     )

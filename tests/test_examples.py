@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -47,3 +48,12 @@ def test_build_semantic_ids_on_scientific(tmp_path):
     assert (tmp_path / "codebook_balance.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "semantic_id_report.json").read_text())
     assert saved["samples"]["test"] == 8317
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in EXAMPLES.glob("*.py")))
+def test_every_example_prints_its_help(name, capsys):
+    # argparse %-formats each help string: one bare "%" in a field's help broke `pretrain.py --help`.
+    with pytest.raises(SystemExit) as exit_info:
+        load_example(name).main(["--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")

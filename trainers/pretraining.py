@@ -151,7 +151,7 @@ class OneRecPretrainingConfig(Seq2SeqTrainingArguments):
         default="group_by_length",
         metadata={
             "help": "Batches of similar history lengths (the number of history items, column length_column_name). "
-            "Histories are short-tailed (Beauty: median 4 items, 3% at the 50-item cap), so random "
+            "Histories are short-tailed (Beauty: median 4 items, 3%% at the 50-item cap), so random "
             "batches pad nearly every row to the cap: grouping trained 3.9x faster on Beauty (benchmarks/"
             "RESULTS.md). 'random' restores plain shuffling.",
             "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
