@@ -347,7 +347,6 @@ def run_codebook_size(
     reference_fn = SessionPrefixAllowedTokensFn(item_tokens, forbid_repeats=True, excluded_items=[history], **layout)
     trie_stats["reference_build_s"] = time.perf_counter() - start
     reference_plain_fn = SessionPrefixAllowedTokensFn(item_tokens, forbid_repeats=False, **layout)
-    fast = SessionConstrainedLogitsProcessor(trie, forbid_repeats=True, excluded_items=[history], **layout)
     fast_plain = SessionConstrainedLogitsProcessor(trie, forbid_repeats=False, **layout)
     print(
         f"K={codebook_size}: {args.num_codes} codes, trie of {trie_stats['num_nodes']} nodes built in "
@@ -365,6 +364,9 @@ def run_codebook_size(
         scores = torch.randn((beams, vocab_size), generator=generator).log_softmax(dim=-1).to(device)
         reference = PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn=reference_fn, num_beams=beams)
         reference_plain = PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn=reference_plain_fn, num_beams=beams)
+        fast = SessionConstrainedLogitsProcessor(
+            trie, forbid_repeats=True, excluded_items=[history], num_beams=beams, **layout
+        )
         positions = {}
         for offset, name in enumerate(position_names(args.num_levels)):
             label = f"K={codebook_size} beams={beams} {name}"

@@ -233,6 +233,7 @@ def make_methods(
             prefix_length=1,
             forbid_repeats=True,
             excluded_items=histories,
+            num_beams=beams,
         )
         out = model.generate(
             **inputs, logits_processor=LogitsProcessorList([processor]), renormalize_logits=True, **common

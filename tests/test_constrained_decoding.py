@@ -85,7 +85,7 @@ def test_fast_mask_equals_reference_allowed_tokens(small_tokenizer, seed, slot, 
             [tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (150,), generator=generator)]
             for _ in range(6)
         ]
-    fast = tokenizer.session_logits_processor(3, forbid_repeats=forbid, exclude_items=history)
+    fast = tokenizer.session_logits_processor(3, forbid_repeats=forbid, exclude_items=history, num_beams=1)
     reference = tokenizer.prefix_allowed_tokens_fn(3, forbid_repeats=forbid, exclude_items=history)
     mask = fast.allowed_mask(torch.tensor(rows))
     for row, tokens in enumerate(rows):
@@ -96,7 +96,7 @@ def test_fast_mask_equals_reference_allowed_tokens(small_tokenizer, seed, slot, 
 
 def test_excluding_everything_allows_only_pad(small_tokenizer):
     tokenizer = small_tokenizer
-    processor = tokenizer.session_logits_processor(1, exclude_items=[tokenizer.item_ids])
+    processor = tokenizer.session_logits_processor(1, exclude_items=[tokenizer.item_ids], num_beams=1)
     mask = processor.allowed_mask(torch.tensor([[PAD, BOS]]))
     assert (mask[0] == 0).nonzero().flatten().tolist() == [PAD]
 
@@ -112,7 +112,7 @@ def _generate(model, tokenizer, histories, num_items, beams, use_processor, **co
         max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
     )
     if use_processor:
-        kwargs["logits_processor"] = [tokenizer.session_logits_processor(num_items, **constraint)]
+        kwargs["logits_processor"] = [tokenizer.session_logits_processor(num_items, num_beams=beams, **constraint)]
     else:
         kwargs["prefix_allowed_tokens_fn"] = tokenizer.prefix_allowed_tokens_fn(num_items, **constraint)
     return model.generate(**inputs, **kwargs)
@@ -173,9 +173,21 @@ def test_more_beams_than_reachable_items_is_flagged_not_junk():
 
 
 def test_processor_rejects_wrong_exclusion_batch(small_tokenizer):
-    processor = small_tokenizer.session_logits_processor(1, exclude_items=[["item0"], ["item1"], ["item2"]])
-    with pytest.raises(ValueError, match="one list per input row"):
-        processor(torch.tensor([[PAD, BOS]] * 4), torch.zeros(4, small_tokenizer.vocab_size))
+    exclude = [["item0"], ["item1"]]
+    processor = small_tokenizer.session_logits_processor(1, exclude_items=exclude, num_beams=2)
+    # 4 users x 2 beams: 8 rows divide evenly by 2 exclusion rows, which used to spread
+    # user 0's exclusions over users 0-1 and user 1's over users 2-3 without a word.
+    with pytest.raises(ValueError, match="one exclusion list per input row"):
+        processor(torch.tensor([[PAD, BOS]] * 8), torch.zeros(8, small_tokenizer.vocab_size))
+    assert processor(torch.tensor([[PAD, BOS]] * 4), torch.zeros(4, small_tokenizer.vocab_size)).shape == (
+        4,
+        small_tokenizer.vocab_size,
+    )
+    with pytest.raises(ValueError, match="num_beams=None: excluded_items needs num_beams"):
+        small_tokenizer.session_logits_processor(1, exclude_items=exclude)
+    reference = small_tokenizer.prefix_allowed_tokens_fn(1, exclude_items=exclude)
+    with pytest.raises(ValueError, match="excluded_items has 2 rows but generate\\(\\) asks for input 2"):
+        reference(2, torch.tensor([PAD, BOS]))
 
 
 def test_forced_positions(small_tokenizer):
@@ -201,7 +213,7 @@ def test_item_both_in_history_and_generated_is_counted_once():
     kwargs = dict(
         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, num_items=2, forbid_repeats=True, excluded_items=[[0]]
     )
-    fast = SessionConstrainedLogitsProcessor(SemanticIDTrie(tokens, vocab_size=7), **kwargs)
+    fast = SessionConstrainedLogitsProcessor(SemanticIDTrie(tokens, vocab_size=7), num_beams=1, **kwargs)
     reference = SessionPrefixAllowedTokensFn(tokens, **kwargs)
     second_item_start = torch.tensor([[PAD, BOS, 3, 5, BOS]])
     allowed = (fast.allowed_mask(second_item_start)[0] == 0).nonzero().flatten().tolist()

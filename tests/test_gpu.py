@@ -17,7 +17,7 @@ def test_processor_on_gpu_equals_cpu(small_tokenizer):
         [tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (100,), generator=generator)]
         for _ in range(8)
     ]
-    cpu = tokenizer.session_logits_processor(3, exclude_items=history)
+    cpu = tokenizer.session_logits_processor(3, exclude_items=history, num_beams=1)
     cases = [
         torch.tensor([_random_prefix(tokenizer, generator, slot, level, 3) for _ in range(8)])
         for slot in range(3)
@@ -26,7 +26,7 @@ def test_processor_on_gpu_equals_cpu(small_tokenizer):
     expected = [cpu.allowed_mask(rows) for rows in cases]
     tokenizer.trie.to("cuda")
     try:
-        gpu = tokenizer.session_logits_processor(3, exclude_items=history)
+        gpu = tokenizer.session_logits_processor(3, exclude_items=history, num_beams=1)
         for rows, mask in zip(cases, expected):
             assert torch.equal(gpu.allowed_mask(rows.cuda()).cpu(), mask)
     finally:
@@ -55,7 +55,7 @@ def test_generate_on_gpu_gives_only_real_items():
     inputs = tokenizer.batch_encode_histories(histories).to("cuda")
     out = model.generate(
         **inputs,
-        logits_processor=[tokenizer.session_logits_processor(5, exclude_items=histories)],
+        logits_processor=[tokenizer.session_logits_processor(5, exclude_items=histories, num_beams=16)],
         num_beams=16,
         num_return_sequences=16,
         max_new_tokens=5 * (tokenizer.num_levels + 1) + 1,

@@ -26,7 +26,7 @@ def catalogue():
 
 
 def _generate(model, tokenizer, histories, num_items, beams, **kwargs):
-    processor = tokenizer.session_logits_processor(num_items, exclude_items=histories)
+    processor = tokenizer.session_logits_processor(num_items, exclude_items=histories, num_beams=beams)
     return model.generate(
         **tokenizer.batch_encode_histories(histories),
         logits_processor=[processor],

@@ -45,7 +45,9 @@ def _search(model, tokenizer, inputs, num_items, beams, forbid_repeats=True, exc
 
 
 def _generate(model, tokenizer, inputs, num_items, beams, forbid_repeats=True, exclude=None, length_penalty=0.0):
-    processor = tokenizer.session_logits_processor(num_items, forbid_repeats=forbid_repeats, exclude_items=exclude)
+    processor = tokenizer.session_logits_processor(
+        num_items, forbid_repeats=forbid_repeats, exclude_items=exclude, num_beams=beams
+    )
     return model.generate(
         **inputs,
         logits_processor=[processor],

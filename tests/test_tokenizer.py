@@ -174,7 +174,7 @@ def test_cold_start_items_are_decodable_and_generable_at_once():
     assert tokenizer.num_items == 230
     assert torch.unique(tokenizer.item_tokens, dim=0).shape[0] == 230
     assert tokenizer.decode_items(tokens) == new_ids
-    processor = tokenizer.session_logits_processor(1, exclude_items=[tokenizer.item_ids[:200]])
+    processor = tokenizer.session_logits_processor(1, exclude_items=[tokenizer.item_ids[:200]], num_beams=1)
     # with every old item excluded, the first-level tokens allowed are exactly those of new items
     mask = processor.allowed_mask(torch.tensor([[0, 2]]))
     assert set((mask[0] == 0).nonzero().flatten().tolist()) == set(tokens[:, 0].tolist())
@@ -227,7 +227,11 @@ def test_plot_semantic_ids(tmp_path, small_tokenizer, saved_figures):
         (lambda tok: tok.batch_encode_histories("item3"), TypeError, "histories must be a list"),
         (lambda tok: tok.batch_encode_histories([]), ValueError, "histories is empty"),
         (lambda tok: tok.batch_encode_histories([["item3"], []]), ValueError, r"histories\[1\]: Empty history"),
-        (lambda tok: tok.session_logits_processor(1, exclude_items=["item3"]), TypeError, r"exclude_items\[0\]"),
+        (
+            lambda tok: tok.session_logits_processor(1, exclude_items=["item3"], num_beams=1),
+            TypeError,
+            r"exclude_items\[0\]",
+        ),
     ],
 )
 def test_strings_and_empty_batches_are_clear_errors_not_other_items(small_tokenizer, call, error, match):

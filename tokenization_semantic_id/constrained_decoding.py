@@ -97,6 +97,10 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
         forbid_repeats: Forbid an item already generated earlier in the same session.
         excluded_items: Per batch row, item indices never to generate (typically the history):
             a list of lists, or a ``[batch, E]`` long tensor padded with ``-1``.
+        num_beams: Required with ``excluded_items``: the ``num_beams`` given to ``generate()``
+            (``num_return_sequences`` when sampling), i.e. how many rows ``generate()`` runs per input. A
+            processor sees only ``[batch * beams, ...]`` rows; without this it could not tell 4 users x 4
+            beams from 2 users x 8 beams, and would apply one user's exclusions to another.
 
     Call with ``input_ids [batch * beams, cur_len]`` and ``scores [batch * beams, V]``.
     """
@@ -112,7 +116,16 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
         prefix_length: int = 1,
         forbid_repeats: bool = True,
         excluded_items=None,
+        num_beams: Optional[int] = None,
     ):
+        if excluded_items is not None and (
+            isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1
+        ):
+            raise ValueError(
+                f"num_beams={num_beams!r}: excluded_items needs num_beams, the num_beams passed to generate() "
+                "(num_return_sequences when sampling), so that each input's exclusions reach that input's beams."
+            )
+        self.num_beams = num_beams
         self.trie = trie
         self.layout = _SessionLayout(trie.num_levels, num_items, prefix_length)
         self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
@@ -137,13 +150,14 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
         parts = []
         if self.excluded_items is not None:
             batch = self.excluded_items.shape[0]
-            if input_ids.shape[0] % batch:
+            if input_ids.shape[0] != batch * self.num_beams:
                 raise ValueError(
-                    f"excluded_items has {batch} rows but generate runs {input_ids.shape[0]} sequences; "
-                    "pass one list per input row (not per beam)."
+                    f"excluded_items has {batch} rows and num_beams={self.num_beams}, so {batch * self.num_beams} "
+                    f"sequences, but generate runs {input_ids.shape[0]}; pass one exclusion list per input row "
+                    "(not per beam) and the num_beams given to generate()."
                 )
             # .to(): the trie (and input_ids) may have moved to another device after this processor was built.
-            parts.append(self.excluded_items.to(input_ids.device).repeat_interleave(input_ids.shape[0] // batch, dim=0))
+            parts.append(self.excluded_items.to(input_ids.device).repeat_interleave(self.num_beams, dim=0))
         if self.forbid_repeats and slot > 0:
             for previous in range(slot):
                 leaf = self.trie.walk(input_ids[:, self.layout.item_columns(previous)])
@@ -262,6 +276,11 @@ class SessionPrefixAllowedTokensFn:
             return [self.eos_token_id]
         if kind != "code":
             return [self.pad_token_id]
+        if self.excluded_items is not None and batch_id >= len(self.excluded_items):
+            raise ValueError(
+                f"excluded_items has {len(self.excluded_items)} rows but generate() asks for input {batch_id}; "
+                "pass one exclusion list per input row."
+            )
         excluded = set(self.excluded_items[batch_id]) if self.excluded_items is not None else set()
         if self.forbid_repeats:
             for previous in range(slot):

@@ -473,6 +473,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         prefix_length: int = 1,
         forbid_repeats: bool = True,
         exclude_items: Optional[Sequence[Sequence]] = None,
+        num_beams: Optional[int] = None,
     ) -> SessionConstrainedLogitsProcessor:
         """The fast (vectorised) constraint for ``generate(logits_processor=[...])``.
 
@@ -481,6 +482,8 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             prefix_length: Decoder tokens before the session (1 for T5's decoder start token).
             forbid_repeats: No item twice in one session.
             exclude_items: Per input row, item ids never to generate (for example the history).
+            num_beams: Required with ``exclude_items``: the ``num_beams`` given to ``generate()``
+                (``num_return_sequences`` when sampling).
         """
         return SessionConstrainedLogitsProcessor(
             self.trie,
@@ -491,6 +494,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             prefix_length=prefix_length,
             forbid_repeats=forbid_repeats,
             excluded_items=self._excluded_indices(exclude_items),
+            num_beams=num_beams,
         )
 
     def prefix_allowed_tokens_fn(
@@ -502,7 +506,8 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         exclude_items: Optional[Sequence[Sequence]] = None,
     ) -> SessionPrefixAllowedTokensFn:
         """The reference constraint for ``generate(prefix_allowed_tokens_fn=...)``; same arguments
-        and results as :meth:`session_logits_processor`, but a Python call per beam (slow)."""
+        and results as :meth:`session_logits_processor` (no ``num_beams``: generate() passes each row's input), but a Python
+        call per beam (slow)."""
         return SessionPrefixAllowedTokensFn(
             self.item_tokens,
             bos_token_id=self.bos_token_id,
