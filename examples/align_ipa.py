@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import ClassVar, List, Mapping
 
 from transformers import HfArgumentParser, set_seed
 
@@ -61,6 +61,8 @@ class AlignmentArguments(DatasetArguments):
     num_candidates: int = field(default=128, metadata={"help": "N: sessions generated per sampled user."})
     num_iterations: int = field(default=1, metadata={"help": "T: snapshots (1 = single-round DPO)."})
     mining_batch_size: int = field(default=8, metadata={"help": "Users per beam search."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"num_candidates": 1, "num_iterations": 1, "mining_batch_size": 1}
 
 
 def parse_weights(values: List[str]) -> dict | None:

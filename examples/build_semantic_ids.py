@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import ClassVar, List, Mapping, Optional
 
 from transformers import HfArgumentParser
 
@@ -39,6 +39,8 @@ logger = logging.getLogger("build_semantic_ids")
 class DataArguments(DatasetArguments):
     max_history: int = field(default=50, metadata={"help": "n: newest history items a sample keeps."})
     session_length: int = field(default=5, metadata={"help": "m: target items per session sample (paper: 5)."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"max_history": 1, "session_length": 1}
 
 
 @dataclass
@@ -98,7 +100,30 @@ def main(argv=None) -> dict:
     data_args, sid_args, emb_args, run_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     output_dir = Path(run_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # Every setting is checked before the data is read (and the text model run for minutes).
+    variants = [("balanced" if sid_args.balanced else "unbalanced", sid_args.balanced)]
+    if sid_args.compare_unbalanced and sid_args.balanced:
+        variants.append(("unbalanced", False))
+    kmeans_configs = {
+        name: ResidualKMeansConfig(
+            num_levels=sid_args.num_levels,
+            codebook_size=sid_args.codebook_size,
+            balanced=balanced,
+            max_iterations=sid_args.max_iterations,
+            seed=sid_args.seed,
+            device=sid_args.device,
+        )
+        for name, balanced in variants
+    }
+    embedding_config = ItemEmbeddingConfig(
+        source=emb_args.embedding_source,
+        concat_sources=tuple(emb_args.concat_sources),
+        collaborative_dim=emb_args.collaborative_dim,
+        array_path=emb_args.embedding_array,
+        cache_dir=str(output_dir / "embedding_cache"),
+        seed=sid_args.seed,
+        device=sid_args.device,
+    )
 
     data = data_args.load()
     splits = leave_one_out_split(data["sequences"])
@@ -109,15 +134,6 @@ def main(argv=None) -> dict:
 
     items = data["items"]
     item_ids = list(items["item_id"])
-    embedding_config = ItemEmbeddingConfig(
-        source=emb_args.embedding_source,
-        concat_sources=tuple(emb_args.concat_sources),
-        collaborative_dim=emb_args.collaborative_dim,
-        array_path=emb_args.embedding_array,
-        cache_dir=str(output_dir / "embedding_cache"),
-        seed=sid_args.seed,
-        device=sid_args.device,
-    )
     start = time.perf_counter()
     # Only the training part of each sequence feeds the collaborative signal: no validation/test leakage.
     embeddings = build_item_embeddings(
@@ -126,19 +142,8 @@ def main(argv=None) -> dict:
     embedding_seconds = time.perf_counter() - start
     logger.info("item embeddings %s in %.1fs", tuple(embeddings.shape), embedding_seconds)
 
-    variants = [("balanced" if sid_args.balanced else "unbalanced", sid_args.balanced)]
-    if sid_args.compare_unbalanced and sid_args.balanced:
-        variants.append(("unbalanced", False))
     rows, tokenizers = [], {}
-    for name, balanced in variants:
-        config = ResidualKMeansConfig(
-            num_levels=sid_args.num_levels,
-            codebook_size=sid_args.codebook_size,
-            balanced=balanced,
-            max_iterations=sid_args.max_iterations,
-            seed=sid_args.seed,
-            device=sid_args.device,
-        )
+    for name, config in kmeans_configs.items():
         start = time.perf_counter()
         tokenizer = build_semantic_ids(
             item_ids,

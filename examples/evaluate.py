@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import ClassVar, List, Mapping, Optional
 
 from transformers import HfArgumentParser
 
@@ -89,6 +89,13 @@ class EvaluateArguments(DatasetArguments):
     max_history: int = field(default=50, metadata={"help": "Newest history items every model is given."})
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where metrics and top-k files go."})
 
+    minimum_values: ClassVar[Mapping[str, int]] = {
+        "test_users": 1,
+        "num_beams": 1,
+        "session_eval_length": 0,
+        "max_history": 1,
+    }
+
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
@@ -110,10 +117,10 @@ def main(argv=None) -> dict:
             )
         slugs[_slug(name)] = name
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     label = Path(args.data_path).stem if args.data_path and args.dataset not in ("ml-100k", "recbole") else args.dataset
 
     data = args.load()
+    output_dir.mkdir(parents=True, exist_ok=True)
     splits = leave_one_out_split(data["sequences"])
     samples = build_session_samples(splits, max_history=args.max_history, session_length=1)
     test = sample_users(samples["test"], args.test_users, seed=args.users_seed)

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import ClassVar, List, Mapping, Optional
 
 from transformers import HfArgumentParser
 
@@ -59,6 +59,14 @@ class AlignmentEvaluationArguments(DatasetArguments):
     session_beams: int = field(default=16, metadata={"help": "Beam of OneRec's session search (>= S)."})
     max_history: int = field(default=50, metadata={"help": "Newest history items every model is given."})
     output_dir: str = field(default="outputs/table1", metadata={"help": "Where metrics.json goes."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {
+        "test_users": 1,
+        "num_sessions": 1,
+        "session_length": 1,
+        "session_beams": 1,
+        "max_history": 1,
+    }
 
 
 def main(argv=None) -> dict:

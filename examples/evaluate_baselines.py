@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import ClassVar, List, Mapping
 
 from transformers import HfArgumentParser
 
@@ -48,6 +48,8 @@ class BaselineArguments(DatasetArguments):
     top_k_json: int = field(default=10, metadata={"help": "Items per user in the written top-k JSON files."})
     progress: bool = field(default=False, metadata={"help": "tqdm bars over test batches."})
 
+    minimum_values: ClassVar[Mapping[str, int]] = {"max_history": 1, "batch_size": 1, "top_k_json": 1}
+
 
 def format_table(rows: List[dict], ks: List[int], with_reference: bool) -> str:
     cells = [
@@ -66,11 +68,11 @@ def main(argv=None) -> dict:
     (args,) = HfArgumentParser(BaselineArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     label = Path(args.data_path).stem if args.data_path else args.dataset
     started = time.perf_counter()
 
     data = args.load()
+    output_dir.mkdir(parents=True, exist_ok=True)
     splits = leave_one_out_split(data["sequences"])
     samples = build_session_samples(splits, max_history=args.max_history, session_length=1)
     catalogue = data["items"].with_format("arrow")[:].column("item_id").to_pylist()

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Mapping, Optional
 
 import torch
 from transformers import HfArgumentParser, set_seed
@@ -109,6 +109,15 @@ class DataArguments(DatasetArguments):
         metadata={"help": "Beam width of the ranking beam search (default: the first level's codebook size)."},
     )
     topk_json: bool = field(default=True, metadata={"help": "Write each test user's top-10 item ids as JSON."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {
+        "max_train_samples": 1,
+        "max_eval_samples": 1,
+        "ranking_eval_users": 0,
+        "test_users": 0,
+        "session_eval_length": 0,
+        "num_beams": 1,
+    }
 
 
 def main(argv=None) -> dict:

@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import ClassVar, List, Mapping, Optional
 
 import torch
 from transformers import HfArgumentParser
@@ -49,6 +49,8 @@ class RecommendArguments(DatasetArguments):
     )
     keep_history: bool = field(default=False, metadata={"help": "Allow items of the user's own history."})
     output_json: Optional[str] = field(default=None, metadata={"help": "Also write the sessions to this JSON file."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"num_sessions": 1, "num_beams": 1, "session_length": 1}
 
 
 def main(argv=None) -> dict:

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Mapping, Optional
 
 from datasets import DatasetDict
 from transformers import HfArgumentParser, set_seed
@@ -54,6 +54,13 @@ class RewardDataArguments(DatasetArguments):
             "items), so that a reward model used to align OneRec never saw the validation/test targets."
         },
     )
+
+    minimum_values: ClassVar[Mapping[str, int]] = {
+        "session_length": 1,
+        "max_history": 1,
+        "negatives_per_session": 0,
+        "max_train_samples": 1,
+    }
 
 
 @dataclass

@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List
+from typing import ClassVar, List, Mapping
 
 import numpy as np
 import torch
@@ -62,6 +62,8 @@ class RunArguments(DatasetArguments):
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
     progress: bool = field(default=True, metadata={"help": "tqdm bar over epochs."})
 
+    minimum_values: ClassVar[Mapping[str, int]] = {"top_k_json": 1, "num_threads": 0}
+
 
 def format_table(rows: List[dict], ks: List[int], with_reference: bool) -> str:
     return metrics_table(
@@ -78,9 +80,9 @@ def main(argv=None) -> dict:
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
 
     data = args.load()
+    output_dir.mkdir(parents=True, exist_ok=True)
     summary = describe(data)
     splits = leave_one_out_split(data["sequences"])
     # The test histories the model is scored on: everything but the last item, newest `max_len` kept.

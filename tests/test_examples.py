@@ -57,3 +57,33 @@ def test_every_example_prints_its_help(name, capsys):
         load_example(name).main(["--help"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("usage:")
+
+
+@pytest.mark.parametrize(
+    "name, arguments, error, match",
+    [
+        ("build_semantic_ids", ["--codebook_size", "1"], ValueError, "codebook size must be an int >= 2"),
+        ("build_semantic_ids", ["--max_history", "0"], ValueError, "--max_history 0 is invalid"),
+        ("evaluate", ["--test_users", "-3"], ValueError, "--test_users -3 is invalid"),
+        ("evaluate_baselines", ["--top_k_json", "0"], ValueError, "--top_k_json 0 is invalid"),
+        ("evaluate_baselines", ["--data_path", "/nonexistent/seq.txt"], FileNotFoundError, "/nonexistent/seq.txt"),
+        ("train_sasrec", ["--lr", "-1"], ValueError, "lr=-1.0 must be > 0"),
+        ("pretrain", ["--ranking_eval_users", "-1"], ValueError, "--ranking_eval_users -1 is invalid"),
+        ("recommend", ["--num_sessions", "0"], ValueError, "--num_sessions 0 is invalid"),
+        ("align_ipa", ["--num_candidates", "0"], ValueError, "--num_candidates 0 is invalid"),
+        ("evaluate_alignment", ["--session_beams", "0"], ValueError, "--session_beams 0 is invalid"),
+        ("train_reward_model", ["--negatives_per_session", "-1"], ValueError, "--negatives_per_session -1 is invalid"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work_and_leave_no_output(tmp_path, name, arguments, error, match):
+    # Checked when parsed: build_semantic_ids used to embed every item text (minutes) before refusing
+    # --codebook_size 1, and the evaluation scripts created their output folder before failing.
+    output_dir = tmp_path / "out"
+    output = (
+        ["--output_json", str(output_dir / "sessions.json")]
+        if name == "recommend"
+        else ["--output_dir", str(output_dir)]
+    )
+    with pytest.raises(error, match=match):
+        load_example(name).main(["--dataset", "scientific"] + output + arguments)
+    assert not output_dir.exists()

@@ -121,6 +121,12 @@ class SASRecConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1).")
         if self.patience < 0:
             raise ValueError(f"patience={self.patience} must be >= 0 (0 disables early stopping).")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0.")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0.")
+        if self.max_train_minutes is not None and not self.max_train_minutes > 0:
+            raise ValueError(f"max_train_minutes={self.max_train_minutes} must be > 0 (or unset for no budget).")
 
     def resolved_device(self) -> torch.device:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -5,7 +5,7 @@ optional `timestamps` / `ratings`) and an `"items"` split (`item_id`, `text`, ra
 `trainers.data.loaders` and `docs/data_format.md`.
 """
 
-from .arguments import DatasetArguments, check_local_dir, named_paths
+from .arguments import DatasetArguments, check_local_dir, check_minimum_values, named_paths
 from .loaders import (
     BUNDLED_DATASET_NAMES,
     MAX_ITEM_TEXT_CHARS,
@@ -27,6 +27,7 @@ from .tokenized import TOKENIZED_COLUMNS, tokenize_session_samples
 
 __all__ = [
     "check_local_dir",
+    "check_minimum_values",
     "BUNDLED_DATASET_NAMES",
     "TOKENIZED_COLUMNS",
     "DatasetArguments",

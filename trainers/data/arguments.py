@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import ClassVar, List, Mapping, Optional, Sequence, Tuple
 
 from datasets import DatasetDict
 
@@ -49,6 +49,12 @@ class DatasetArguments:
     item_path: Optional[str] = field(
         default=None, metadata={"help": "Optional item-metadata file (s3rec, inter-json)."}
     )
+    # A subclass's integer flags and their smallest valid value, checked when the arguments are parsed: before a
+    # script loads data, trains for an hour or creates its output folder.
+    minimum_values: ClassVar[Mapping[str, int]] = {}
+
+    def __post_init__(self) -> None:
+        check_minimum_values(self, self.minimum_values)
 
     def load(self) -> DatasetDict:
         """The dataset as the loaders return it (``"sequences"`` and ``"items"`` splits).
@@ -60,6 +66,19 @@ class DatasetArguments:
         if self.data_path is not None and self.dataset not in FILE_FORMATS:
             return load_s3rec(self.data_path, self.item_path)
         return load_named_dataset(self.dataset, self.data_path, self.item_path)
+
+
+def check_minimum_values(arguments, minimum_values: Mapping[str, int]) -> None:
+    """Raise a ``ValueError`` naming the flag when an integer field of ``arguments`` is below its minimum.
+
+    ``None`` passes (optional flags left unset); a non-integer (a float, a bool) is an error.
+    """
+    for name, minimum in minimum_values.items():
+        value = getattr(arguments, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"--{name} {value!r} is invalid; pass an integer >= {minimum}.")
 
 
 def check_local_dir(path: str, option: str) -> str:
