@@ -33,6 +33,8 @@ from typing import Any, Dict, Optional, Protocol, runtime_checkable
 import numpy as np
 from scipy.stats import rankdata
 
+from .distributed import map_across_processes
+
 __all__ = [
     "DEFAULT_POSITIVE_THRESHOLDS",
     "PUBLISHED_BEAUTY",
@@ -299,7 +301,9 @@ def evaluate_recommender(
     """Rank every sample's history with `recommender` and score the top `max(ks)` with `ranking_metrics`.
 
     This is the single evaluation path of the project: OneRec, TIGER-style models, SASRec and the baselines
-    only differ by their `rank` method.
+    only differ by their `rank` method. Launched on several processes (`accelerate launch --num_processes N`,
+    `torchrun`), each ranks its share of the users and every process returns all users' lists, in sample order
+    (`trainers.distributed.map_across_processes`): the same metrics as one process.
 
     With `exclude_history=True`, items already in the user's history (the sample's `history` column, i.e. the
     newest `max_history` items the model sees) are never recommended; a recommender that returns one raises.
@@ -322,35 +326,32 @@ def evaluate_recommender(
         `exclude_history` and `max_k`; `ranked` the top-`max(ks)` item ids per sample, in sample order.
     """
     ks = _check_ks(ks)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is invalid; pass an integer >= 1.")
     if not callable(getattr(recommender, "rank", None)):
         raise TypeError(f"{type(recommender).__name__} has no rank(histories, k, exclude_history) method.")
     _, histories, targets = _sample_columns(samples)
     max_k = ks[-1]
-    ranked: list[list[str]] = []
-    starts = range(0, len(histories), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
+    name = type(recommender).__name__
 
-        starts = tqdm(starts, desc=f"ranking ({type(recommender).__name__})", unit="batch")
-    for start in starts:
-        batch = [[str(item) for item in history] for history in histories[start : start + batch_size]]
-        lists = recommender.rank(batch, max_k, exclude_history=exclude_history)
+    def rank_batch(batch: list[tuple[int, list[str]]]) -> list[list[str]]:
+        lists = recommender.rank([history for _, history in batch], max_k, exclude_history=exclude_history)
         if len(lists) != len(batch):
-            raise ValueError(
-                f"{type(recommender).__name__}.rank returned {len(lists)} lists for {len(batch)} histories."
-            )
-        for offset, (history, items) in enumerate(zip(batch, lists)):
+            raise ValueError(f"{name}.rank returned {len(lists)} lists for {len(batch)} histories.")
+        ranked_batch = []
+        for (user, history), items in zip(batch, lists):
             items = [str(item) for item in items[:max_k]]
             if exclude_history:
                 leaked = set(items) & set(history)
                 if leaked:
                     raise ValueError(
-                        f"{type(recommender).__name__}.rank recommended history item(s) {sorted(leaked)[:5]} to "
-                        f"user {start + offset} although exclude_history=True."
+                        f"{name}.rank recommended history item(s) {sorted(leaked)[:5]} to user {user} although "
+                        "exclude_history=True."
                     )
-            ranked.append(items)
+            ranked_batch.append(items)
+        return ranked_batch
+
+    # Under `accelerate launch` / `torchrun` each process ranks its share of the users (trainers.distributed).
+    rows = [(user, [str(item) for item in history]) for user, history in enumerate(histories)]
+    ranked = map_across_processes(rank_batch, rows, batch_size, progress=progress, description=f"ranking ({name})")
     metrics: dict[str, Any] = ranking_metrics(ranked, targets, ks)
     metrics.update(num_users=len(ranked), exclude_history=bool(exclude_history), max_k=max_k)
     return metrics, ranked

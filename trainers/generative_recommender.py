@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .distributed import map_across_processes
 from .evaluation import evaluate_recommender, session_metrics
 
 
@@ -110,18 +111,28 @@ def evaluate_generative_model(
             # A point-wise (TIGER-style) model was never trained to continue after its first item: its session is
             # its top-m ranked list, as for any point-wise recommender.
             mode = "top-m of the ranking (point-wise model)"
-            sessions = recommender.rank(histories, length, exclude_history=True)
+
+            def best_sessions(batch):
+                return recommender.rank(batch, length, exclude_history=True)
+
         else:
             mode = "generated (session beam search)"
-            found = model.recommend(
-                tokenizer,
-                histories,
-                num_sessions=1,
-                num_beams=session_beams,
-                session_length=length,
-                exclude_history=True,
-            )
-            sessions = [user[0].items if user else [] for user in found]
+
+            def best_sessions(batch):
+                found = model.recommend(
+                    tokenizer,
+                    batch,
+                    num_sessions=1,
+                    num_beams=session_beams,
+                    session_length=length,
+                    exclude_history=True,
+                )
+                return [user[0].items if user else [] for user in found]
+
+        # Each process (accelerate launch / torchrun) generates its share; all get every session, in order.
+        sessions = map_across_processes(
+            best_sessions, histories, batch_size * 4, progress=progress, description="sessions"
+        )
         report["session"] = session_metrics(
             sessions, [row["target"] for row in session_rows], item_categories=tokenizer
         ) | {

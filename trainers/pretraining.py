@@ -282,14 +282,20 @@ class OneRecPretrainer(Seq2SeqTrainer):
             metric_key_prefix=metric_key_prefix,
         )
         if self.ranking_eval_samples is not None and description == "Evaluation":  # not for predict()
-            from .evaluation import ranking_metrics
+            from .evaluation import evaluate_recommender
             from .generative_recommender import GenerativeRecommender
 
             recommender = GenerativeRecommender(self.model, self.processing_class, num_beams=self.ranking_num_beams)
-            samples = self.ranking_eval_samples
-            ranked = recommender.rank(list(samples["history"]), max(self.ranking_ks), self.ranking_exclude_history)
-            scores = ranking_metrics(ranked, [target[0] for target in samples["target"]], ks=self.ranking_ks)
-            output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in scores.items()})
+            # Each process ranks its share of the users; every process gets the same metrics.
+            scores, _ = evaluate_recommender(
+                recommender,
+                self.ranking_eval_samples,
+                self.ranking_ks,
+                exclude_history=self.ranking_exclude_history,
+                progress=False,
+            )
+            names = [f"{metric}@{k}" for k in self.ranking_ks for metric in ("recall", "ndcg")]
+            output.metrics.update({f"{metric_key_prefix}_{name}": scores[name] for name in names})
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

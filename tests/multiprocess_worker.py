@@ -1,0 +1,77 @@
+"""One process of the multi-process tests (`tests/test_multiprocess.py`): run alone with `python`, or as one of N
+processes under `torchrun`; the main process writes what it computed as JSON.
+
+    python tests/multiprocess_worker.py evaluate OUT.json
+    torchrun --nproc_per_node 2 tests/multiprocess_worker.py evaluate OUT.json
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration  # noqa: E402
+from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids  # noqa: E402
+from trainers.distributed import distributed_state  # noqa: E402
+from trainers.generative_recommender import evaluate_generative_model  # noqa: E402
+
+NUM_ITEMS, NUM_USERS = 90, 23  # 23 users: the two shares are uneven (12 + 11)
+
+
+def tokenizer_and_model():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 8, generator=generator) * 3
+    embeddings = centres[torch.randint(6, (NUM_ITEMS,), generator=generator)] + torch.randn(
+        NUM_ITEMS, 8, generator=generator
+    )
+    tokenizer = build_semantic_ids(
+        [f"item{i}" for i in range(NUM_ITEMS)],
+        embeddings,
+        ResidualKMeansConfig(num_levels=2, codebook_size=5),
+        progress=False,
+    )
+    torch.manual_seed(0)
+    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3))
+    return tokenizer, model.eval()
+
+
+def users():
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for user in range(NUM_USERS):
+        length = int(torch.randint(2, 9, (1,), generator=generator))
+        items = [f"item{int(i)}" for i in torch.randint(NUM_ITEMS, (length + 2,), generator=generator)]
+        rows.append({"user_id": str(user), "history": items[:-2], "target": items[-2:]})
+    return rows
+
+
+def evaluate(output: Path) -> None:
+    tokenizer, model = tokenizer_and_model()
+    rows = users()
+    test = [{"user_id": row["user_id"], "history": row["history"], "target": [row["target"][1]]} for row in rows]
+    report, ranked = evaluate_generative_model(
+        model,
+        tokenizer,
+        test,
+        num_beams=8,
+        session_rows=rows,
+        session_length=3,
+        session_beams=4,
+        batch_size=1,  # one user per search in both runs: the same arithmetic, so identical lists
+        progress=False,
+    )
+    for metrics in report.values():
+        metrics.pop("seconds")
+    state = distributed_state()
+    if state.is_main_process:
+        output.write_text(
+            json.dumps({"report": report, "ranked": ranked, "num_processes": state.num_processes}, sort_keys=True)
+        )
+
+
+if __name__ == "__main__":
+    task, path = sys.argv[1], Path(sys.argv[2])
+    {"evaluate": evaluate}[task](path)

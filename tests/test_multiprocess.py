@@ -1,0 +1,44 @@
+"""Two CPU processes (gloo) compute what one process computes.
+
+Each test launches `tests/multiprocess_worker.py` once alone and once as two processes under `torchrun` (the command the
+README documents for CPUs), then compares the JSON the main process wrote.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER = Path(__file__).with_name("multiprocess_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_worker(task: str, output: Path, num_processes: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    if num_processes == 1:
+        command = [sys.executable, str(WORKER), task, str(output)]
+    else:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes),
+            "--master_port", str(_free_port()), str(WORKER), task, str(output),
+        ]  # fmt: skip
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return json.loads(output.read_text())
+
+
+def test_evaluation_on_two_processes_equals_one(tmp_path):
+    one = run_worker("evaluate", tmp_path / "one.json", 1)
+    two = run_worker("evaluate", tmp_path / "two.json", 2)
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert len(one["ranked"]["exclude_history"]) == 23
+    assert two["ranked"] == one["ranked"]  # every user's list, in the callers' order
+    assert two["report"] == one["report"]  # ranking and session metrics
+    assert one["report"]["session"]["num_users"] == 23
