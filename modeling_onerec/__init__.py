@@ -20,6 +20,7 @@ from .modeling_onerec import (
     expert_load,
     level_restricted_cross_entropy,
     load_balancing_loss,
+    ntp_token_mask,
     route_tokens,
     router_z_loss,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "expert_load",
     "level_restricted_cross_entropy",
     "load_balancing_loss",
+    "ntp_token_mask",
     "register_auto_classes",
     "upcycle_dense_t5",
     "route_tokens",

@@ -148,6 +148,18 @@ def level_restricted_cross_entropy(
     return token_loss.sum() / is_code.sum().clamp(min=1)
 
 
+def ntp_token_mask(labels: torch.Tensor, config) -> torch.Tensor:
+    """``[B * T]`` bool: the label positions the next-token loss averages over.
+
+    The code tokens (ids from ``config.level_offsets[0]`` to the end of the vocabulary) under the level-restricted
+    loss (:func:`level_restricted_cross_entropy`); every labelled position (not ``-100``) otherwise.
+    """
+    flat = labels.reshape(-1)
+    if config.codebook_sizes is not None and config.level_restricted_loss:
+        return (flat >= config.level_offsets[0]) & (flat < config.vocab_size)
+    return flat != -100
+
+
 def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: Optional[float]) -> Optional[int]:
     """Most assignments one expert takes in a forward: ``ceil(factor * tokens * k / E)``; ``None`` = unlimited."""
     if capacity_factor is None:
@@ -469,11 +481,14 @@ class OneRecSeq2SeqLMOutput(Seq2SeqLMOutput):
             layout and ``level_restricted_loss``; otherwise over every labelled position and the whole vocabulary.
         aux_loss: Load-balancing loss averaged over sparse layers (1.0 = perfectly balanced).
         z_loss: Router z-loss averaged over sparse layers.
+        ntp_num_tokens: How many label tokens ``ntp_loss`` averages over (:func:`ntp_token_mask`); a trainer that
+            splits a batch over processes weights each process's ``ntp_loss`` by it.
         expert_load: ``[num_sparse_layers, num_experts]`` fraction of assignments per expert.
         router_logits: Per sparse layer ``[N, num_experts]`` (only with ``output_router_logits=True``).
     """
 
     ntp_loss: Optional[torch.FloatTensor] = None
+    ntp_num_tokens: Optional[torch.LongTensor] = None
     aux_loss: Optional[torch.FloatTensor] = None
     z_loss: Optional[torch.FloatTensor] = None
     expert_load: Optional[torch.FloatTensor] = None
@@ -573,7 +588,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
 
         router_logits = tuple(decoder_outputs.get("router_logits") or ()) if record_routing else ()
         token_mask = labels.reshape(-1).to(logits.device) != -100 if labels is not None else None
-        loss = ntp_loss = aux_loss = z_loss = load = None
+        loss = ntp_loss = ntp_num_tokens = aux_loss = z_loss = load = None
         if router_logits:
             load = expert_load(router_logits, self.config.num_experts_per_token, token_mask)
         if labels is not None:
@@ -587,6 +602,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                     labels.reshape(-1).to(logits.device),
                     ignore_index=-100,
                 )
+            ntp_num_tokens = ntp_token_mask(labels, self.config).sum()
             loss = ntp_loss
             if router_logits:
                 aux_terms = []
@@ -608,6 +624,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
             ntp_loss=ntp_loss,
+            ntp_num_tokens=ntp_num_tokens,
             aux_loss=aux_loss,
             z_loss=z_loss,
             expert_load=load,
@@ -754,6 +771,7 @@ __all__ = [
     "expert_load",
     "level_restricted_cross_entropy",
     "load_balancing_loss",
+    "ntp_token_mask",
     "route_tokens",
     "router_z_loss",
 ]

@@ -72,6 +72,52 @@ def evaluate(output: Path) -> None:
         )
 
 
+def pretrain(output: Path) -> None:
+    """Four steps at a global batch of 8 windows: 8 on one process, 4 + 4 on two (each process takes every other
+    batch of 4 of the same sequential order, so the global batches hold the same windows)."""
+    from datasets import Dataset
+
+    from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator
+
+    tokenizer, _ = tokenizer_and_model()
+    torch.manual_seed(0)
+    config = OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3, dropout_rate=0.0)
+    model = OneRecForConditionalGeneration(config)
+    rows = [{"history": row["history"], "target": row["target"]} for row in users()]
+    state = distributed_state()
+    args = OneRecPretrainingConfig(
+        output_dir=str(output.parent / f"trainer-{state.num_processes}"),
+        per_device_train_batch_size=8 // state.num_processes,
+        max_steps=4,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+        ddp_find_unused_parameters=True,
+    )
+    trainer = OneRecPretrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows * 2),
+        data_collator=SessionDataCollator(tokenizer, session_length=3),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    logs = [
+        {key: entry[key] for key in ("loss", "ntp_loss", "aux_loss", "z_loss", "grad_norm", "expert_load_max")}
+        for entry in trainer.state.log_history
+        if "loss" in entry
+    ]
+    weights = {name: tensor.detach().double().sum().item() for name, tensor in model.named_parameters()}
+    if state.is_main_process:
+        output.write_text(json.dumps({"logs": logs, "weights": weights, "num_processes": state.num_processes}))
+
+
 if __name__ == "__main__":
     task, path = sys.argv[1], Path(sys.argv[2])
-    {"evaluate": evaluate}[task](path)
+    {"evaluate": evaluate, "pretrain": pretrain}[task](path)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 
 
@@ -42,3 +44,16 @@ def test_evaluation_on_two_processes_equals_one(tmp_path):
     assert two["ranked"] == one["ranked"]  # every user's list, in the callers' order
     assert two["report"] == one["report"]  # ranking and session metrics
     assert one["report"]["session"]["num_users"] == 23
+
+
+def test_pretraining_on_two_processes_takes_the_steps_of_one(tmp_path):
+    # The same global batch of 8 windows per step, split 4 + 4: the logged losses (NTP, load balancing over the
+    # global batch, z), the gradient norms and the weights after 4 steps match one process to float tolerance.
+    one = run_worker("pretrain", tmp_path / "one.json", 1)
+    two = run_worker("pretrain", tmp_path / "two.json", 2)
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert len(one["logs"]) == len(two["logs"]) == 4
+    for single, split in zip(one["logs"], two["logs"]):
+        assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-5)
+    assert one["logs"][-1]["ntp_loss"] < one["logs"][0]["ntp_loss"]  # it trains

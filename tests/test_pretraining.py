@@ -7,7 +7,13 @@ from datasets import Dataset
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tests.conftest import clustered_embeddings
 from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
-from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator, history_lengths
+from trainers.pretraining import (
+    OneRecPretrainer,
+    OneRecPretrainingConfig,
+    SessionDataCollator,
+    global_batch_losses,
+    history_lengths,
+)
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +168,33 @@ def test_ranking_metrics_reach_callbacks_and_early_stopping_on_recall_stops(toke
     # lr 0: recall never improves, so patience 1 stops after the second evaluation, long before epoch 6.
     assert len(seen.keys) == 2 and trainer.state.epoch == pytest.approx(2.0)
     assert trainer.state.best_metric == trainer.state.log_history[0]["eval_recall@10"]
+
+
+def test_global_batch_losses_split_over_two_processes_sum_to_the_whole_batch(tokenizer):
+    torch.manual_seed(0)
+    model = OneRecForConditionalGeneration(
+        OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3, dropout_rate=0.0)
+    ).eval()
+    rows = [
+        {"history": [f"i{(s * 7 + j) % 40}" for j in range(1 + s % 4)], "target": [f"i{(s * 3 + j) % 40}" for j in range(1 + s % 3)]}
+        for s in range(10)
+    ]  # fmt: skip
+    batch = SessionDataCollator(tokenizer, session_length=3)(rows)
+    whole = model(**batch, output_router_logits=True)
+    alone = global_batch_losses(whole, batch["labels"], model.config, lambda tensor: tensor)
+    for name in ("ntp_loss", "aux_loss", "z_loss"):
+        torch.testing.assert_close(alone[name], getattr(whole, name))
+
+    # Two "processes" holding 4 and 6 of the rows (uneven token counts): each all-reduce returns the sum of both.
+    halves = [SessionDataCollator(tokenizer, session_length=3)(part) for part in (rows[:4], rows[4:])]
+    outputs = [model(**half, output_router_logits=True) for half in halves]
+    local = []
+    for half, output in zip(halves, outputs):
+        global_batch_losses(output, half["labels"], model.config, lambda tensor: local.append(tensor) or tensor)
+    total = local[0] + local[1]
+    shares = [global_batch_losses(o, h["labels"], model.config, lambda _: total) for h, o in zip(halves, outputs)]
+    for name in ("ntp_loss", "aux_loss", "z_loss"):
+        torch.testing.assert_close(shares[0][name] + shares[1][name], getattr(whole, name))
+    # What each process would compute alone (the per-process balance loss) is not the whole batch's.
+    per_process = (outputs[0].aux_loss + outputs[1].aux_loss) / 2
+    assert not torch.allclose(per_process, whole.aux_loss)

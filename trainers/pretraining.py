@@ -14,12 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import pyarrow.compute as pc
 import torch
+import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+from modeling_onerec.modeling_onerec import route_tokens
 
 
 class SessionDataCollator:
@@ -186,6 +189,53 @@ class OneRecPretrainingConfig(Seq2SeqTrainingArguments):
     )
 
 
+def global_batch_losses(
+    outputs, labels: torch.Tensor, config, sum_over_processes: Callable[[torch.Tensor], torch.Tensor]
+) -> Dict[str, torch.Tensor]:
+    """This process's share of the NTP, load-balancing and z losses of the batch that all processes hold together.
+
+    Summed over processes, each term equals the model's own term on one process holding the whole batch: the NTP and
+    z losses are token means over the global batch (each process weights its mean by its share of the tokens), and the
+    load-balancing loss ``E * sum_i f_i * P_i`` uses the global assignment fractions ``f_i`` (counts summed over
+    processes, no gradient) with each process's part of the global mean probability ``P_i``. The paper gives no
+    balance loss (only NTP); balancing over the global batch rather than each process's slice is what makes two
+    processes train exactly as one, and lets experts specialise by batch rather than by micro-batch (Qwen's
+    global-batch load balancing, arXiv 2501.11873).
+
+    Args:
+        outputs: The model's ``OneRecSeq2SeqLMOutput`` with ``router_logits`` (``output_router_logits=True``).
+        labels: ``[B, T]`` this process's labels (``-100`` = ignored), the router's token mask.
+        config: The model's ``OneRecConfig``.
+        sum_over_processes: All-reduce sum of a tensor over processes (the identity on one process).
+
+    Returns:
+        ``{"ntp_loss", "aux_loss", "z_loss"}``, each this process's share (no term when the model has no sparse layer).
+    """
+    token_mask = labels.reshape(-1).to(outputs.ntp_loss.device) != -100
+    weight = token_mask.float()
+    router_logits = outputs.router_logits or ()
+    top_k = config.num_experts_per_token
+    assignments, probability_sums, z_sums = [], [], []
+    for layer_logits in router_logits:
+        _, expert_index, router_probs = route_tokens(layer_logits, top_k)
+        chosen = F.one_hot(expert_index, router_probs.shape[-1]).sum(dim=1).float()  # [N, E]
+        assignments.append((chosen * weight[:, None]).sum(dim=0))
+        probability_sums.append((router_probs * weight[:, None]).sum(dim=0))
+        z_sums.append((torch.logsumexp(layer_logits.float(), dim=-1) ** 2 * weight).sum())
+    local_counts = [outputs.ntp_num_tokens.float().reshape(1), weight.sum().reshape(1)] + assignments
+    totals = sum_over_processes(torch.cat(local_counts).detach())
+    ntp_tokens, router_tokens = totals[0].clamp(min=1), totals[1].clamp(min=1)
+    terms = {"ntp_loss": outputs.ntp_loss * outputs.ntp_num_tokens.float() / ntp_tokens}
+    if router_logits:
+        global_assignments = totals[2:].reshape(len(router_logits), -1)  # [layers, E]
+        fraction_routed = global_assignments / (router_tokens * top_k)
+        mean_probability_share = torch.stack(probability_sums) / router_tokens
+        num_experts = fraction_routed.shape[-1]
+        terms["aux_loss"] = (num_experts * (fraction_routed * mean_probability_share).sum(dim=-1)).mean()
+        terms["z_loss"] = torch.stack(z_sums).mean() / router_tokens
+    return terms
+
+
 class OneRecPretrainer(Seq2SeqTrainer):
     """``Seq2SeqTrainer`` for OneRec: the loss is the model's ``NTP + aux + z``; every training log also reports
     ``ntp_loss``, ``aux_loss``, ``z_loss`` (means since the previous log) and ``expert_load_max`` /
@@ -253,6 +303,8 @@ class OneRecPretrainer(Seq2SeqTrainer):
 
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)
+        if self.expert_load_total is not None:
+            self.expert_load_total = self._sum_over_processes(self.expert_load_total)
         if getattr(self.args, "expert_load_plot", False) and self.is_world_process_zero():
             from .plots import plot_expert_load, plot_training_curves
 
@@ -299,12 +351,28 @@ class OneRecPretrainer(Seq2SeqTrainer):
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        """The model's loss, ``NTP + aux + z``. On several processes, the loss of the global batch: each process
+        returns its share (:func:`global_batch_losses`) times the number of processes, because DDP averages the
+        gradients over processes; the step is then the one a single process holding the whole batch would take."""
+        num_processes = self.accelerator.num_processes
+        if not model.training or num_processes == 1:
+            outputs = model(**inputs)
+            terms = {name: getattr(outputs, name, None) for name in ("ntp_loss", "aux_loss", "z_loss")}
+            loss = outputs.loss
+        else:
+            outputs = model(**inputs, output_router_logits=True)
+            config = self.accelerator.unwrap_model(model).config
+            terms = global_batch_losses(outputs, inputs["labels"], config, self._sum_over_processes)
+            loss = terms["ntp_loss"]
+            if "aux_loss" in terms:
+                loss = (
+                    loss + config.router_aux_loss_coef * terms["aux_loss"] + config.router_z_loss_coef * terms["z_loss"]
+                )
+            loss = loss * num_processes
         if model.training:
             # Sums stay on the model's device: a float()/.cpu() per step would stall the GPU at every step;
             # they are read once per logging interval.
-            for name in ("ntp_loss", "aux_loss", "z_loss"):
-                value = getattr(outputs, name, None)
+            for name, value in terms.items():
                 if value is not None:
                     value = value.detach().float()
                     self._term_sums[name] = value if name not in self._term_sums else self._term_sums[name] + value
@@ -314,14 +382,27 @@ class OneRecPretrainer(Seq2SeqTrainer):
                 load = load.detach().float()
                 self._load_sum = load if self._load_sum is None else self._load_sum + load
                 self.expert_load_total = load if self.expert_load_total is None else self.expert_load_total + load
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        return (loss, outputs) if return_outputs else loss
+
+    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce sum over the training processes (the tensor itself on one process)."""
+        if self.accelerator.num_processes == 1:
+            return tensor
+        return self.accelerator.reduce(tensor, reduction="sum")
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+        # Every process logs at the same steps (the Trainer gathers the loss there too), so the sums can be reduced:
+        # the logged terms and expert load are the global batch's, not one process's.
         if "loss" in logs and self._term_steps:
-            for name, total in self._term_sums.items():
-                logs[name] = round(float(total) / self._term_steps, 4)
+            names = sorted(self._term_sums)
+            if names:
+                # On several processes each sum is this process's share: summed over processes, the global term.
+                totals = self._sum_over_processes(torch.stack([self._term_sums[name] for name in names]))
+                for name, total in zip(names, totals):
+                    logs[name] = round(float(total) / self._term_steps, 4)
             if self._load_sum is not None:
-                share = (self._load_sum / self._load_sum.sum(dim=1, keepdim=True)).cpu()
+                load_sum = self._sum_over_processes(self._load_sum)
+                share = (load_sum / load_sum.sum(dim=1, keepdim=True)).cpu()
                 logs["expert_load_max"] = round(float((share.max(dim=1).values * share.shape[1]).max()), 3)
                 logs["expert_load_min"] = round(float((share.min(dim=1).values * share.shape[1]).min()), 3)
             self._term_sums, self._term_steps, self._load_sum = {}, 0, None
@@ -333,6 +414,7 @@ __all__ = [
     "OneRecPretrainingConfig",
     "SessionDataCollator",
     "TokenizedSessionCollator",
+    "global_batch_losses",
     "history_lengths",
     "pad_labels",
     "pad_rows",
