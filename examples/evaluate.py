@@ -13,6 +13,11 @@ history against the user's two held-out items (hit rate, consumed items, coverag
         --topk_files "SASRec=outputs/sasrec/scientific/topk_test.json"
 
 Writes `metrics.json` and per model and setting `topk_<model>_<setting>.json` (`{user_id: [item_id, ...]}`).
+
+Ranking every user is the slow part; it splits over processes (each ranks its share, the lists are gathered in the
+users' order, the metrics are those of one process; `docs/distributed.md`):
+
+    torchrun --nproc_per_node 2 examples/evaluate.py --dataset beauty --model_dirs OneRec=outputs/run/final ...
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.baselines import MostPopularRecommender, SuccessorRecommender, tune_successor
 from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split, named_paths
+from trainers.distributed import distributed_state
 from trainers.evaluation import (
     PUBLISHED_BEAUTY,
     evaluate_recommender,
@@ -120,7 +126,10 @@ def main(argv=None) -> dict:
     label = Path(args.data_path).stem if args.data_path and args.dataset not in ("ml-100k", "recbole") else args.dataset
 
     data = args.load()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # Under torchrun every process ranks its share of the users and gets every list back; the main one writes.
+    main_process = distributed_state().is_main_process
+    if main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
     splits = leave_one_out_split(data["sequences"])
     samples = build_session_samples(splits, max_history=args.max_history, session_length=1)
     test = sample_users(samples["test"], args.test_users, seed=args.users_seed)
@@ -137,7 +146,8 @@ def main(argv=None) -> dict:
         for key, _, setting in _SETTINGS:
             if key in results:
                 rows.append({"model": name, "history": setting, "detail": detail, "test": results[key]})
-                write_topk_json(output_dir / f"topk_{_slug(name)}_{key}.json", user_ids, ranked[key], k=10)
+                if main_process:
+                    write_topk_json(output_dir / f"topk_{_slug(name)}_{key}.json", user_ids, ranked[key], k=10)
 
     for name, folder in models:
         model = OneRecForConditionalGeneration.from_pretrained(folder)
@@ -209,6 +219,8 @@ def main(argv=None) -> dict:
         "rows": rows,
         "sessions": sessions,
     }
+    if not main_process:
+        return report
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     print(
         f"\n{label}: {len(test)} test users ({'all' if args.test_users is None else f'random, seed {args.users_seed}'}),"

@@ -199,8 +199,10 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - start
-    trainer.save_model(str(output_dir / "final"))
-    tokenizer.save_pretrained(str(output_dir / "final"))
+    trainer.save_model(str(output_dir / "final"))  # the main process writes (the Trainer's rule)
+    writes_files = trainer.is_world_process_zero()  # under torchrun every process evaluates; one writes
+    if writes_files:
+        tokenizer.save_pretrained(str(output_dir / "final"))
 
     report = {
         "dataset": data_args.dataset,
@@ -220,6 +222,10 @@ def main(argv=None) -> dict:
         "train_seconds": round(train_seconds, 1),
         "device": str(trainer.model.device),
         "torch_threads": torch.get_num_threads(),
+        "processes": training_args.world_size,
+        "global_batch_size": training_args.per_device_train_batch_size
+        * training_args.world_size
+        * training_args.gradient_accumulation_steps,
         "seed": training_args.seed,
     }
     if data_args.test_users != 0:
@@ -237,30 +243,32 @@ def main(argv=None) -> dict:
             session_rows=session_rows,
             session_length=data_args.session_eval_length or None,
         )
-        if data_args.topk_json:
+        if data_args.topk_json and writes_files:
             for name, lists in ranked.items():
                 write_topk_json(output_dir / f"topk_test_{name}.json", list(chosen["user_id"]), lists, k=10)
         report |= {"test_users": len(chosen), "users_seed": data_args.users_seed, "test": results}
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    card = trainer.model.model_card(
-        model_name=f"{data_args.dataset}, {model_args.preset}, m = {model.config.session_length}",
-        data_summary=f"`{data_args.dataset}` (leave-one-out split): {len(train):,} training windows.",
-        training_summary=(
-            f"{train_result.global_step:,} steps x batch {training_args.per_device_train_batch_size}, "
-            f"lr {training_args.learning_rate}, {report['epochs_trained']} epochs, "
-            f"{train_seconds / 60:.1f} min on {report['device']}, seed {training_args.seed}."
-        ),
-        results_table=format_results(report["test"], report["test_users"]) if "test" in report else None,
-    )
-    card.save(str(output_dir / "final" / "README.md"))
-    print(
-        f"\nOneRec ({model_args.preset}, m={model.config.session_length}) on {data_args.dataset}: "
-        f"{train_result.global_step} steps in {train_seconds / 60:.1f} min on {report['device']}, "
-        f"seed {training_args.seed}"
-    )
-    if "test" in report:
-        print(format_results(report["test"], report["test_users"]))
-    print(f"metrics -> {output_dir / 'metrics.json'}")
+    if writes_files:
+        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        card = trainer.model.model_card(
+            model_name=f"{data_args.dataset}, {model_args.preset}, m = {model.config.session_length}",
+            data_summary=f"`{data_args.dataset}` (leave-one-out split): {len(train):,} training windows.",
+            training_summary=(
+                f"{train_result.global_step:,} steps x batch {report['global_batch_size']}, "
+                f"lr {training_args.learning_rate}, {report['epochs_trained']} epochs, "
+                f"{train_seconds / 60:.1f} min on {report['device']}, seed {training_args.seed}."
+            ),
+            results_table=format_results(report["test"], report["test_users"]) if "test" in report else None,
+        )
+        card.save(str(output_dir / "final" / "README.md"))
+    if writes_files:
+        print(
+            f"\nOneRec ({model_args.preset}, m={model.config.session_length}) on {data_args.dataset}: "
+            f"{train_result.global_step} steps in {train_seconds / 60:.1f} min on {report['device']}, "
+            f"seed {training_args.seed}"
+        )
+        if "test" in report:
+            print(format_results(report["test"], report["test_users"]))
+        print(f"metrics -> {output_dir / 'metrics.json'}")
     return report
 
 

@@ -11,6 +11,7 @@ from trainers.pretraining import (
     OneRecPretrainer,
     OneRecPretrainingConfig,
     SessionDataCollator,
+    check_process_count,
     global_batch_losses,
     history_lengths,
 )
@@ -198,3 +199,13 @@ def test_global_batch_losses_split_over_two_processes_sum_to_the_whole_batch(tok
     # What each process would compute alone (the per-process balance loss) is not the whole batch's.
     per_process = (outputs[0].aux_loss + outputs[1].aux_loss) / 2
     assert not torch.allclose(per_process, whole.aux_loss)
+
+
+def test_processes_that_would_each_train_alone_are_refused(monkeypatch):
+    # torchrun on CPUs without --use_cpu: the Trainer sees one process in each of the N it was launched as.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="Launched as 2 processes .* --use_cpu true"):
+        check_process_count(1)
+    check_process_count(2)
+    monkeypatch.delenv("WORLD_SIZE")
+    check_process_count(1)

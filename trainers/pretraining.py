@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -189,6 +190,22 @@ class OneRecPretrainingConfig(Seq2SeqTrainingArguments):
     )
 
 
+def check_process_count(world_size: int) -> None:
+    """Fail when the script was launched as N processes (``WORLD_SIZE``) but the Trainer runs as one per process.
+
+    That happens on CPUs under ``torchrun`` without ``--use_cpu true`` (transformers 5.24 then sees no accelerator and
+    leaves the process group unused): every process would train the whole model on the whole data alone, N copies of
+    a one-process run, and nothing would say so.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and world_size != launched:
+        raise ValueError(
+            f"Launched as {launched} processes (WORLD_SIZE={launched}) but the Trainer trains on {world_size}: each "
+            "process would train alone. On CPUs pass --use_cpu true (use_cpu=True) so that the processes join one "
+            "gloo group; on GPUs launch with torchrun or accelerate launch --multi_gpu."
+        )
+
+
 def global_batch_losses(
     outputs, labels: torch.Tensor, config, sum_over_processes: Callable[[torch.Tensor], torch.Tensor]
 ) -> Dict[str, torch.Tensor]:
@@ -263,6 +280,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
             ranking_exclude_history: Never rank the user's own history items.
         """
         super().__init__(*args, **kwargs)
+        check_process_count(self.args.world_size)
         # Length-grouped batching is the Trainer's own: it reads the history lengths from args.length_column_name.
         column = self.args.length_column_name
         self.train_dataset = with_history_lengths(self.train_dataset, column)
@@ -414,6 +432,7 @@ __all__ = [
     "OneRecPretrainingConfig",
     "SessionDataCollator",
     "TokenizedSessionCollator",
+    "check_process_count",
     "global_batch_losses",
     "history_lengths",
     "pad_labels",
