@@ -48,7 +48,24 @@ def users():
     return rows
 
 
+def users_per_process_of(count: int) -> list:
+    """Every process's count, gathered: shows that the work was split, not done whole on each process."""
+    from accelerate.utils import gather_object
+
+    return gather_object([count]) if distributed_state().num_processes > 1 else [count]
+
+
 def evaluate(output: Path) -> None:
+    from trainers.generative_recommender import GenerativeRecommender
+
+    ranked_here = []
+    rank = GenerativeRecommender.rank
+
+    def counting_rank(self, histories, *args, **kwargs):
+        ranked_here.extend(histories)
+        return rank(self, histories, *args, **kwargs)
+
+    GenerativeRecommender.rank = counting_rank
     tokenizer, model = tokenizer_and_model()
     rows = users()
     test = [{"user_id": row["user_id"], "history": row["history"], "target": [row["target"][1]]} for row in rows]
@@ -66,10 +83,10 @@ def evaluate(output: Path) -> None:
     for metrics in report.values():
         metrics.pop("seconds")
     state = distributed_state()
+    users_per_process = users_per_process_of(len(ranked_here))
     if state.is_main_process:
-        output.write_text(
-            json.dumps({"report": report, "ranked": ranked, "num_processes": state.num_processes}, sort_keys=True)
-        )
+        result = {"report": report, "ranked": ranked, "num_processes": state.num_processes}
+        output.write_text(json.dumps(result | {"users_per_process": users_per_process}, sort_keys=True))
 
 
 def pretrain(output: Path) -> None:
@@ -118,6 +135,37 @@ def pretrain(output: Path) -> None:
         output.write_text(json.dumps({"logs": logs, "weights": weights, "num_processes": state.num_processes}))
 
 
+def mine(output: Path) -> None:
+    """IPA mining (beam search of 8 candidate sessions per user, then a reward) over 23 users in batches of 4."""
+    from trainers.ipa import mine_preference_pairs
+
+    tokenizer, model = tokenizer_and_model()
+
+    scored_here = []
+
+    def reward(histories, sessions):  # deterministic, prefers sessions of low-numbered items
+        scored_here.extend(histories)
+        return [[-sum(int(item[4:]) for item in session) for session in candidates] for candidates in sessions]
+
+    pairs = mine_preference_pairs(
+        model,
+        tokenizer,
+        [row["history"] for row in users()],
+        reward,
+        num_candidates=8,
+        session_length=2,
+        batch_size=4,
+        progress=False,
+    )
+    state = distributed_state()
+    users_per_process = users_per_process_of(len(scored_here))
+    if state.is_main_process:
+        result = {"rows": list(pairs), "skipped": pairs.skipped_users, "tied": pairs.tied_users}
+        output.write_text(
+            json.dumps(result | {"num_processes": state.num_processes, "users_per_process": users_per_process})
+        )
+
+
 if __name__ == "__main__":
     task, path = sys.argv[1], Path(sys.argv[2])
-    {"evaluate": evaluate, "pretrain": pretrain}[task](path)
+    {"evaluate": evaluate, "pretrain": pretrain, "mine": mine}[task](path)

@@ -41,6 +41,8 @@ def test_evaluation_on_two_processes_equals_one(tmp_path):
     two = run_worker("evaluate", tmp_path / "two.json", 2)
     assert (one["num_processes"], two["num_processes"]) == (1, 2)
     assert len(one["ranked"]["exclude_history"]) == 23
+    # Two ranking settings x 23 users; the two processes split them (12 + 11), neither ranks everyone.
+    assert one["users_per_process"] == [46] and two["users_per_process"] == [24, 22]
     assert two["ranked"] == one["ranked"]  # every user's list, in the callers' order
     assert two["report"] == one["report"]  # ranking and session metrics
     assert one["report"]["session"]["num_users"] == 23
@@ -57,3 +59,13 @@ def test_pretraining_on_two_processes_takes_the_steps_of_one(tmp_path):
         assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-5)
     assert one["logs"][-1]["ntp_loss"] < one["logs"][0]["ntp_loss"]  # it trains
+
+
+def test_ipa_mining_on_two_processes_finds_the_pairs_of_one(tmp_path):
+    one = run_worker("mine", tmp_path / "one.json", 1)
+    two = run_worker("mine", tmp_path / "two.json", 2)
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert len(one["rows"]) + one["skipped"] + one["tied"] == 23 and len(one["rows"]) > 10
+    assert [row["index"] for row in one["rows"]] == sorted(row["index"] for row in one["rows"])  # user order
+    assert sum(two["users_per_process"]) == one["users_per_process"][0] and min(two["users_per_process"]) > 0
+    assert {**two, "num_processes": 1, "users_per_process": None} == {**one, "users_per_process": None}

@@ -35,11 +35,11 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence, Union, runtime
 
 import numpy as np
 from datasets import Dataset
-from tqdm.auto import tqdm
 from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_onerec.generation_onerec import length_sorted_batches
 
+from .distributed import map_across_processes
 from .preference import OneRecDPOConfig, OneRecDPOTrainer, check_item_list
 
 logger = logging.getLogger(__name__)
@@ -155,10 +155,9 @@ def mine_preference_pairs(
     histories = [check_item_list(history, f"histories[{user}]", tokenizer) for user, history in enumerate(histories)]
 
     started = time.perf_counter()
-    rows, skipped, tied = [], 0, 0
-    # Similar lengths pad little; rows are put back in user order below.
-    batches = length_sorted_batches(histories, batch_size, model.config.max_history_items)
-    for indices in tqdm(batches, desc="Mining preference pairs", unit="batch", disable=not progress):
+
+    def mine_batch(indices: List[int]) -> List[Dict[str, Any]]:
+        """One outcome per user of the batch: a pair, or ``{"skipped": True}`` / ``{"tied": True}``."""
         batch = [histories[index] for index in indices]
         recommendations = model.recommend(
             tokenizer,
@@ -169,10 +168,10 @@ def mine_preference_pairs(
             exclude_history=exclude_history,
             batch_size=len(batch),
         )
+        outcomes: List[Dict[str, Any]] = [{"skipped": True}] * len(batch)
         users = [u for u, sessions in enumerate(recommendations) if len(sessions) >= 2]
-        skipped += len(batch) - len(users)
         if not users:
-            continue
+            return outcomes
         sessions = [[list(s.items) for s in recommendations[u]] for u in users]
         rewards = _check_rewards(
             reward_fn([list(batch[u]) for u in users], sessions), sessions, [indices[u] for u in users]
@@ -181,18 +180,32 @@ def mine_preference_pairs(
             best = max(range(len(scores)), key=scores.__getitem__)  # first of equals: the higher-ranked beam
             worst = min(range(len(scores)), key=scores.__getitem__)
             if scores[best] - scores[worst] <= min_reward_gap:
-                tied += 1
+                outcomes[u] = {"tied": True}
                 continue
-            rows.append(
-                {
-                    "index": indices[u],
-                    "history": list(batch[u]),
-                    "chosen": candidates[best],
-                    "rejected": candidates[worst],
-                    "chosen_reward": scores[best],
-                    "rejected_reward": scores[worst],
-                }
-            )
+            outcomes[u] = {
+                "index": indices[u],
+                "history": list(batch[u]),
+                "chosen": candidates[best],
+                "rejected": candidates[worst],
+                "chosen_reward": scores[best],
+                "rejected_reward": scores[worst],
+            }
+        return outcomes
+
+    # Similar lengths pad little; rows are put back in user order below. Under torchrun each process mines a share of
+    # whole batches (the same batches as one process) and every process gets all outcomes (trainers.distributed).
+    batches = length_sorted_batches(histories, batch_size, model.config.max_history_items)
+    outcomes = map_across_processes(
+        lambda share: [mine_batch(indices) for indices in share],
+        batches,
+        1,
+        progress=progress,
+        description="Mining preference pairs",
+    )
+    flat = [outcome for batch_outcomes in outcomes for outcome in batch_outcomes]
+    skipped = sum(1 for outcome in flat if outcome.get("skipped"))
+    tied = sum(1 for outcome in flat if outcome.get("tied"))
+    rows = [outcome for outcome in flat if "index" in outcome]
     rows.sort(key=lambda row: row["index"])
     return PreferencePairs(
         rows, num_users=len(histories), skipped_users=skipped, tied_users=tied, seconds=time.perf_counter() - started
