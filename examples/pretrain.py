@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import ClassVar, Mapping, Optional
 
 import torch
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser, pipeline, set_seed
 
-from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
+from modeling_onerec import RECOMMENDATION_TASK, OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
     TOKENIZED_COLUMNS,
@@ -202,7 +202,11 @@ def main(argv=None) -> dict:
     trainer.save_model(str(output_dir / "final"))  # the main process writes (the Trainer's rule)
     writes_files = trainer.is_world_process_zero()  # under torchrun every process evaluates; one writes
     if writes_files:
-        tokenizer.save_pretrained(str(output_dir / "final"))
+        # The recommendation pipeline's code, config entry and the tokenizer join the model's folder, so that
+        # pipeline("generative-recommendation", model=<final>, trust_remote_code=True) works anywhere.
+        pipeline(RECOMMENDATION_TASK, model=trainer.model, tokenizer=tokenizer).save_pretrained(
+            str(output_dir / "final")
+        )
 
     report = {
         "dataset": data_args.dataset,

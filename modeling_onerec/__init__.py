@@ -33,6 +33,8 @@ from .modeling_reward import (
     register_reward_auto_classes,
     reward_bce_loss,
 )
+from .pipeline_onerec import TASK as RECOMMENDATION_TASK
+from .pipeline_onerec import GenerativeRecommendationPipeline, register_pipeline
 
 
 def register_auto_classes() -> None:
@@ -45,6 +47,7 @@ def register_auto_classes() -> None:
     OneRecModel.register_for_auto_class("AutoModel")
     OneRecForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
     register_reward_auto_classes()
+    register_pipeline()
 
 
 register_auto_classes()
@@ -67,7 +70,10 @@ __all__ = [
     "level_restricted_cross_entropy",
     "load_balancing_loss",
     "ntp_token_mask",
+    "GenerativeRecommendationPipeline",
+    "RECOMMENDATION_TASK",
     "register_auto_classes",
+    "register_pipeline",
     "upcycle_dense_t5",
     "route_tokens",
     "router_z_loss",

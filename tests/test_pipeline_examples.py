@@ -7,6 +7,7 @@ import math
 import pytest
 from datasets import Dataset
 from test_examples import load_example  # tests/ is on sys.path under pytest
+from transformers import pipeline
 
 from trainers.evaluation import held_out_sessions, read_topk_json, sample_users
 
@@ -78,6 +79,13 @@ def test_pretrain_reports_ranking_and_sessions(trained_run):
     session = report["test"]["session"]
     assert session["num_users"] == 12 and session["mean_session_length"] == 5
     assert session["session_mode"].startswith("generated")
+    # The saved model folder carries the recommendation pipeline.
+    final = root / "run" / "final"
+    assert (final / "pipeline_onerec.py").exists()
+    recommend = pipeline("generative-recommendation", model=str(final), trust_remote_code=True)
+    catalogue = set(recommend.tokenizer.item_ids)
+    sessions = recommend([sorted(catalogue)[0]], num_sessions=2)
+    assert len(sessions) == 2 and all(set(s["items"]) <= catalogue for s in sessions)
 
 
 def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
