@@ -21,6 +21,7 @@ from pathlib import Path
 WORKER = """
 import json, sys, time, torch
 torch.set_num_threads(1)
+import modeling_onerec
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import build_session_samples, leave_one_out_split, load_bundled
@@ -34,7 +35,8 @@ histories = list(samples["history"])
 ranker.rank(histories[:32], 10, True)  # warm-up
 start = time.perf_counter()
 ranked = ranker.rank(histories, 10, True)
-print(json.dumps({"users_per_s": len(histories) / (time.perf_counter() - start), "ranked": ranked}))
+print(json.dumps({"users_per_s": len(histories) / (time.perf_counter() - start), "ranked": ranked,
+                  "module": modeling_onerec.__file__}))
 """
 
 
@@ -50,15 +52,19 @@ def main(argv=None) -> dict:
     for round_index in range(1, args.rounds + 1):
         results = []
         for tree in args.trees:
-            env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve()), "OMP_NUM_THREADS": "1"}
+            tree_path = Path(tree).resolve()
+            env = {**os.environ, "PYTHONPATH": str(tree_path), "OMP_NUM_THREADS": "1"}
             output = subprocess.run(
-                [sys.executable, "-c", WORKER, args.model_dir, str(args.users), str(args.beams)],
+                [sys.executable, "-c", WORKER, str(Path(args.model_dir).resolve()), str(args.users), str(args.beams)],
                 env=env,
+                cwd=tree_path,  # `python -c` puts the working directory first on sys.path, before PYTHONPATH
                 capture_output=True,
                 text=True,
                 check=True,
             ).stdout
             results.append(json.loads(output.strip().splitlines()[-1]))
+            if not Path(results[-1]["module"]).resolve().is_relative_to(tree_path):
+                raise RuntimeError(f"{tree}: the run imported {results[-1]['module']}, not this tree's code.")
         reference = results[0]
         for tree, result in zip(args.trees, results):
             rows.append(

@@ -33,10 +33,11 @@ def reference_balanced_kmeans(points, num_clusters, sweeps, seed):
     return centroids, torch.tensor(assignment)
 
 
-def test_balanced_kmeans_matches_reference_algorithm():
+@pytest.mark.parametrize("block_size", [256, 3, 1])  # one block; blocks that shrink the candidate set as they go
+def test_balanced_kmeans_matches_reference_algorithm(block_size):
     points = clustered_embeddings(53, dim=5, seed=3).double()
     for sweeps in (1, 3):
-        fast = balanced_kmeans(points, 7, max_iterations=sweeps, seed=11)
+        fast = balanced_kmeans(points, 7, max_iterations=sweeps, seed=11, block_size=block_size)
         centroids, assignment = reference_balanced_kmeans(points, 7, fast.iterations, seed=11)
         assert torch.equal(fast.assignment, assignment)
         assert torch.allclose(fast.centroids, centroids)
