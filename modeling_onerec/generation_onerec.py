@@ -103,6 +103,13 @@ class _Trie:
             for depth in range(1, self.num_levels + 1):
                 node_depth[self.item_path[:, depth]] = depth
         self.edge_depth = node_depth.to(device=device, dtype=torch.long)[1:]
+        # Per depth, the most children of any node (the fixed width of each step); a SemanticIDTrie has it precomputed.
+        level_max_children = getattr(trie, "level_max_children", None)
+        if level_max_children is None:
+            child_counts = self.indptr[1:] - self.indptr[:-1]
+            depth = node_depth.to(device=device, dtype=torch.long)
+            level_max_children = [int(child_counts[depth == d].max()) for d in range(self.num_levels)]
+        self.level_max_children = [max(int(count), 1) for count in level_max_children]
 
     def level_token_ranges(self) -> torch.Tensor:
         """``[L, 2]``: smallest and largest token id on the edges of each level."""
@@ -142,33 +149,52 @@ def length_sorted_batches(histories: Sequence[Sequence], batch_size: int, max_it
 # package's originals; tests/test_copies.py fails when a copy drifts from its original.
 
 
-# Copied from tokenization_semantic_id.trie.ChildExpansion
-class ChildExpansion(NamedTuple):
-    """Every (row, child) pair of a batch of trie nodes; ``T`` pairs in all, grouped by row."""
+# Copied from tokenization_semantic_id.trie.FixedChildren
+class FixedChildren(NamedTuple):
+    """Each row's children padded to a fixed count ``K`` (see :func:`fixed_children`)."""
 
-    rows: torch.Tensor  # [T] the row of each pair
-    within: torch.Tensor  # [T] the child's position among its row's children
+    nodes: torch.Tensor  # [B, K] child node ids, -1 where the row has fewer than K children
+    tokens: torch.Tensor  # [B, K] the token of each child's edge (a real but meaningless token where nodes == -1)
+    valid: torch.Tensor  # [B, K] bool, nodes >= 0
     starts: torch.Tensor  # [B] indptr of each row's node (its first child is node starts + 1)
-    counts: torch.Tensor  # [B] children per row (0 for rows whose node is -1)
-    first: torch.Tensor  # [B] index of each row's first pair
-
-    @property
-    def children(self) -> torch.Tensor:
-        """``[T]`` node ids of the children."""
-        return self.starts[self.rows] + self.within + 1
 
 
-# Copied from tokenization_semantic_id.trie.expand_children
-def expand_children(indptr: torch.Tensor, nodes: torch.Tensor) -> ChildExpansion:
-    """CSR expansion of ``nodes [B]`` (``-1``: no children) over ``indptr [M + 1]``, without a Python loop."""
+# Copied from tokenization_semantic_id.trie.fixed_children
+def fixed_children(
+    indptr: torch.Tensor, edge_token: torch.Tensor, nodes: torch.Tensor, max_children: int
+) -> FixedChildren:
+    """The children of ``nodes [B]`` (``-1``: none) as ``[B, max_children]`` tables, padded with ``-1``.
+
+    Fixed shapes and no host synchronisation (the same burst read as STATIC's CSR step): ``max_children`` must be at
+    least the largest child count among the nodes (``SemanticIDTrie.level_max_children[depth]``).
+    """
     alive = nodes >= 0
     safe = nodes.clamp(min=0)
     starts = indptr[safe]
     counts = torch.where(alive, indptr[safe + 1] - starts, torch.zeros_like(starts))
-    rows = torch.repeat_interleave(torch.arange(nodes.shape[0], device=nodes.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    within = torch.arange(rows.numel(), device=nodes.device) - first[rows]
-    return ChildExpansion(rows, within, starts, counts, first)
+    offsets = torch.arange(max_children, device=nodes.device)
+    valid = offsets[None, :] < counts[:, None]
+    edge = (starts[:, None] + offsets[None, :]).clamp(max=max(edge_token.numel() - 1, 0))
+    child_nodes = torch.where(valid, edge + 1, torch.full_like(edge, -1))
+    return FixedChildren(child_nodes, edge_token[edge], valid, starts)
+
+
+# Copied from tokenization_semantic_id.trie.excluded_below
+def excluded_below(children: FixedChildren, nodes: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+    """``[B, K]``: how many excluded items lie below each child of each row's node.
+
+    Args:
+        children: :func:`fixed_children` of ``nodes``.
+        nodes: ``[B]`` the rows' current nodes (``-1``: none).
+        paths: ``[B, X, 2]`` for each row's excluded items (deduplicated), the node at the current depth and at the
+            next one on the item's path (``item_path[:, depth : depth + 2]``), ``-1`` for padding.
+
+    A child whose count reaches its ``leaf_count`` has nothing left to offer. Fixed shapes, no host synchronisation.
+    """
+    on_path = (paths[..., 0] == nodes[:, None]) & (nodes[:, None] >= 0)  # [B, X]
+    position = (paths[..., 1] - children.starts[:, None] - 1).clamp(0, children.nodes.shape[1] - 1)
+    counts = torch.zeros(children.nodes.shape, dtype=torch.long, device=nodes.device)
+    return counts.scatter_add_(1, position, on_path.long())
 
 
 # Copied from tokenization_semantic_id.constrained_decoding.drop_duplicate_items
@@ -410,20 +436,13 @@ def session_beam_search(
                     "all(torch.isfinite(p).all() for p in model.parameters()), or run in float32."
                 )
 
-            # -------------------------------------------------- CSR expansion of each beam's children
+            # -------------------------------------------------- each beam's children, a fixed number per level
+            # [batch * W, K] tables with K the level's largest child count: no data-dependent shape, no host sync.
             flat_nodes = nodes.view(-1)
-            alive = flat_nodes >= 0
-            expansion = expand_children(trie_t.indptr, flat_nodes)
-            rows, within, starts, first = expansion.rows, expansion.within, expansion.starts, expansion.first
-            total = rows.numel()
-            max_children = int(expansion.counts.max()) if total else 0
-            if max_children == 0:  # no beam of any row can continue: nothing valid anywhere
-                beam_scores = torch.full_like(beam_scores, -math.inf)
-                nodes = torch.full_like(nodes, -1)
-                break
-            children = expansion.children  # node ids
-            child_tokens = trie_t.edge_token[children - 1]
-            child_logits = level_logits[rows, child_tokens - lo]
+            max_children = trie_t.level_max_children[level]
+            children = fixed_children(trie_t.indptr, trie_t.edge_token, flat_nodes, max_children)
+            child_logits = level_logits.gather(1, (children.tokens - lo).clamp(0, hi - lo - 1))
+            keep = children.valid
 
             # -------------------------------------------------- exclusions: prune exhausted subtrees
             parts = []
@@ -437,33 +456,27 @@ def session_beam_search(
                 previous = items[:, :, :slot].reshape(batch * width, slot)
                 previous_paths = trie_t.item_path[previous.clamp(min=0)][..., level : level + 2]
                 parts.append(previous_paths.masked_fill((previous < 0)[..., None], -1))
-            keep = torch.ones(total, dtype=torch.bool, device=device)
             if parts:
                 # With forbid_repeats, generated items are never in the (deduplicated) history: no double count.
                 paths = torch.cat(parts, dim=1)  # [batch * W, E', 2]: node at depth level, level + 1
-                on_path = (paths[..., 0] == flat_nodes[:, None]) & alive[:, None]
-                beam_of, _ = on_path.nonzero(as_tuple=True)
-                child_of = paths[..., 1][on_path]
-                position = first[beam_of] + child_of - starts[beam_of] - 1
-                excluded_below = torch.zeros(total, dtype=torch.long, device=device)
-                excluded_below.index_add_(0, position, torch.ones_like(position))
-                keep = excluded_below < trie_t.leaf_count[children]
+                below = excluded_below(children, flat_nodes, paths)
+                keep = keep & (below < trie_t.leaf_count[children.nodes.clamp(min=0)])
 
             # -------------------------------------------------- segment log-softmax, one top-k per row
-            padded = torch.full((batch * width, max_children), -math.inf, dtype=torch.float32, device=device)
-            padded[rows, within] = torch.where(keep, child_logits, torch.full_like(child_logits, -math.inf))
+            padded = torch.where(keep, child_logits, torch.full_like(child_logits, -math.inf))
             normaliser = torch.logsumexp(padded, dim=-1, keepdim=True)
             log_probs = padded - torch.where(torch.isfinite(normaliser), normaliser, torch.zeros_like(normaliser))
             candidates = (beam_scores.view(-1, 1) + log_probs).view(batch, width * max_children)
             k = min(num_beams, width * max_children)
             top_scores, top_index = torch.topk(candidates, k, dim=-1)  # sorted, best first
+            # Beams that found no valid continuation stay as -inf rows (not trimmed: trimming would read the
+            # number of valid beams back to the host at every step).
             chosen = torch.isfinite(top_scores)
-            new_width = max(int(chosen.sum(dim=1).max()), 1)
-            top_scores, top_index, chosen = top_scores[:, :new_width], top_index[:, :new_width], chosen[:, :new_width]
+            new_width = k
             source = top_index // max_children  # beam within the row
             column = top_index % max_children
             flat_source = batch_index[:, None] * width + source
-            child = torch.where(chosen, starts[flat_source] + column + 1, torch.full_like(column, -1))
+            child = torch.where(chosen, children.starts[flat_source] + column + 1, torch.full_like(column, -1))
             step_log_prob = log_probs[flat_source, column]
 
             # -------------------------------------------------- reorder state and cache
@@ -484,9 +497,6 @@ def session_beam_search(
                 nodes = torch.where(chosen, torch.zeros_like(child), child)  # back to the root
             else:
                 nodes = child
-        else:
-            continue
-        break  # nothing valid anywhere
 
     # ------------------------------------------------------------------ outputs, padded to num_beams
     sequences[:, :, length] = eos_token_id

@@ -47,11 +47,12 @@ COPIES = list(marked_copies())
 
 
 def test_the_self_contained_copies_are_marked():
-    # The known copies (CSR child expansion, exclusion dedupe, token layout): removing a mark must fail here too.
+    # The known copies (fixed-shape trie children, exclusion counts and dedupe, token layout): removing a mark must fail here too.
     targets = {param.values[2] for param in COPIES}
     assert {
-        "tokenization_semantic_id.trie.expand_children",
-        "tokenization_semantic_id.trie.ChildExpansion",
+        "tokenization_semantic_id.trie.fixed_children",
+        "tokenization_semantic_id.trie.FixedChildren",
+        "tokenization_semantic_id.trie.excluded_below",
         "tokenization_semantic_id.constrained_decoding.drop_duplicate_items",
         "modeling_onerec.configuration_onerec.level_offsets",
         "modeling_onerec.configuration_onerec.NUM_SPECIAL_TOKENS",

@@ -11,7 +11,10 @@ contiguous, token-sorted run of the next depth. That gives:
   ``searchsorted`` for a whole batch,
 * ``leaf_count [M]`` -- items below each node (used to prune subtrees whose items are all excluded),
 * ``item_path [N, L + 1]`` -- the node at every depth on each item's path,
-* ``leaf_item [M]`` -- the item of a leaf, ``-1`` for inner nodes.
+* ``leaf_item [M]`` -- the item of a leaf, ``-1`` for inner nodes,
+* ``level_max_children`` -- per depth ``0 .. L - 1``, the most children any node of that depth has (STATIC's
+  per-level branch limit): a decoding step reads exactly that many children per beam, so its shapes never depend on
+  the data (:func:`fixed_children`, no host synchronisation).
 
 All lookups are batched tensor ops (no Python loop over beams) and run on the trie's device.
 """
@@ -36,6 +39,51 @@ class ChildExpansion(NamedTuple):
     def children(self) -> torch.Tensor:
         """``[T]`` node ids of the children."""
         return self.starts[self.rows] + self.within + 1
+
+
+class FixedChildren(NamedTuple):
+    """Each row's children padded to a fixed count ``K`` (see :func:`fixed_children`)."""
+
+    nodes: torch.Tensor  # [B, K] child node ids, -1 where the row has fewer than K children
+    tokens: torch.Tensor  # [B, K] the token of each child's edge (a real but meaningless token where nodes == -1)
+    valid: torch.Tensor  # [B, K] bool, nodes >= 0
+    starts: torch.Tensor  # [B] indptr of each row's node (its first child is node starts + 1)
+
+
+def fixed_children(
+    indptr: torch.Tensor, edge_token: torch.Tensor, nodes: torch.Tensor, max_children: int
+) -> FixedChildren:
+    """The children of ``nodes [B]`` (``-1``: none) as ``[B, max_children]`` tables, padded with ``-1``.
+
+    Fixed shapes and no host synchronisation (the same burst read as STATIC's CSR step): ``max_children`` must be at
+    least the largest child count among the nodes (``SemanticIDTrie.level_max_children[depth]``).
+    """
+    alive = nodes >= 0
+    safe = nodes.clamp(min=0)
+    starts = indptr[safe]
+    counts = torch.where(alive, indptr[safe + 1] - starts, torch.zeros_like(starts))
+    offsets = torch.arange(max_children, device=nodes.device)
+    valid = offsets[None, :] < counts[:, None]
+    edge = (starts[:, None] + offsets[None, :]).clamp(max=max(edge_token.numel() - 1, 0))
+    child_nodes = torch.where(valid, edge + 1, torch.full_like(edge, -1))
+    return FixedChildren(child_nodes, edge_token[edge], valid, starts)
+
+
+def excluded_below(children: FixedChildren, nodes: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+    """``[B, K]``: how many excluded items lie below each child of each row's node.
+
+    Args:
+        children: :func:`fixed_children` of ``nodes``.
+        nodes: ``[B]`` the rows' current nodes (``-1``: none).
+        paths: ``[B, X, 2]`` for each row's excluded items (deduplicated), the node at the current depth and at the
+            next one on the item's path (``item_path[:, depth : depth + 2]``), ``-1`` for padding.
+
+    A child whose count reaches its ``leaf_count`` has nothing left to offer. Fixed shapes, no host synchronisation.
+    """
+    on_path = (paths[..., 0] == nodes[:, None]) & (nodes[:, None] >= 0)  # [B, X]
+    position = (paths[..., 1] - children.starts[:, None] - 1).clamp(0, children.nodes.shape[1] - 1)
+    counts = torch.zeros(children.nodes.shape, dtype=torch.long, device=nodes.device)
+    return counts.scatter_add_(1, position, on_path.long())
 
 
 def expand_children(indptr: torch.Tensor, nodes: torch.Tensor) -> ChildExpansion:
@@ -101,6 +149,10 @@ class SemanticIDTrie:
         self.leaf_count = torch.zeros(num_nodes, dtype=torch.long)
         for depth in range(num_levels + 1):
             self.leaf_count.index_add_(0, item_path[:, depth], torch.ones(num_items, dtype=torch.long))
+        child_counts = self.indptr[1:] - self.indptr[:-1]  # [M]
+        self.level_max_children = [
+            int(child_counts[self.node_depth == depth].max()) if num_items else 0 for depth in range(num_levels)
+        ]
         # Tokens allowed at the root, as a dense [V] boolean row (shared by every beam at level 1).
         self.root_allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
         self.root_allowed[self.edge_token[: int(self.indptr[1])]] = True
