@@ -14,7 +14,8 @@ A generated session is ``m`` items, each a BOS token and the item's ``L`` code t
 
 but does far less work per step: the history is encoded once, the decoder is stepped with a KV cache,
 the output head is evaluated only on the current level's slice of the vocabulary, and only the trie
-children of each beam are scored (CSR expansion), never a full-vocabulary ``[rows, V]`` tensor.
+children of each beam are scored (a fixed ``[rows, K]`` table per level, ``K`` the level's largest branch: no
+data-dependent shape and no host synchronisation inside a step), never a full-vocabulary ``[rows, V]`` tensor.
 BOS and EOS are structure, not choices: they are fed to the decoder but cost no log-probability.
 Unlike ``generate()``, beams that do not exist (fewer valid sessions than ``num_beams``) are reported
 as missing (``-1`` items, ``-inf`` scores, ``num_valid``) instead of padded with copies.

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tokenization_semantic_id import SemanticIDTrie, build_semantic_ids
+from tokenization_semantic_id.trie import excluded_below, fixed_children
 
 BOS, EOS, PAD = 2, 1, 0
 
@@ -40,9 +41,17 @@ def test_trie_matches_python_dict():
     assert trie.walk(torch.tensor([[3, 5, 7]])).item() == -1
     assert trie.walk(torch.tensor([[4, 6]])).item() == -1
     assert trie.leaf_count[0] == 4 and trie.leaf_count[trie.walk(torch.tensor([[3]]))].item() == 3
-    rows, children = trie.expand_children(trie.walk(torch.tensor([[3], [4], [3]])))
-    assert rows.tolist() == [0, 0, 1, 2, 2]
-    assert trie.edge_token[children - 1].tolist() == [5, 6, 5, 5, 6]
+    assert trie.level_max_children == [2, 2, 2]  # root: 3, 4; node 3: 5, 6; node 35: 9, 8
+    nodes = trie.walk(torch.tensor([[3], [4], [3]]))
+    children = fixed_children(trie.indptr, trie.edge_token, torch.cat([nodes, torch.tensor([-1])]), 2)
+    assert children.valid.tolist() == [[True, True], [True, False], [True, True], [False, False]]
+    assert children.tokens[children.valid].tolist() == [5, 6, 5, 5, 6]
+    assert children.nodes[~children.valid].eq(-1).all()
+    # Items 1 (3 5 8) and 2 (3 6 9) excluded for a row at node "3 5": one item below child 8, none below child 9.
+    node = trie.walk(torch.tensor([[3, 5]]))
+    below = fixed_children(trie.indptr, trie.edge_token, node, 2)
+    paths = trie.item_path[torch.tensor([[1, 2]])][..., 2:4]
+    assert below.tokens.tolist() == [[8, 9]] and excluded_below(below, node, paths).tolist() == [[1, 0]]
     assert trie.root_allowed.nonzero().flatten().tolist() == [3, 4]
 
 

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from transformers import LogitsProcessor
 
-from .trie import SemanticIDTrie
+from .trie import SemanticIDTrie, excluded_below, fixed_children
 
 
 def pad_item_lists(item_lists: Optional[Sequence[Sequence[int]]], device=None) -> Optional[torch.Tensor]:
@@ -185,42 +185,22 @@ class SessionConstrainedLogitsProcessor(LogitsProcessor):
             return self._forced(token, input_ids.device).expand(num_rows, -1).clone()
 
         item_start = self.layout.item_columns(slot).start
-        nodes = self.trie.walk(input_ids[:, item_start : item_start + level])
-        allowed = torch.zeros((num_rows, self.trie.vocab_size), dtype=torch.bool, device=input_ids.device)
-        if level == 0:
-            allowed[:] = self.trie.root_allowed  # every row is at the root: one dense row
-        else:
-            rows, children = self.trie.expand_children(nodes)
-            allowed[rows, self.trie.edge_token[children - 1]] = True
-
+        nodes = self.trie.walk(input_ids[:, item_start : item_start + level])  # the root at level 0
+        # Each row's children as a fixed [B, K] table (K: the level's largest branch): no host synchronisation.
+        children = fixed_children(self.trie.indptr, self.trie.edge_token, nodes, self.trie.level_max_children[level])
+        keep = children.valid
         excluded = self._excluded_for_rows(input_ids, slot)
         if excluded is not None:
-            self._remove_exhausted_children(allowed, nodes, excluded, level)
-
-        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=input_ids.device)
-        mask.masked_fill_(~allowed, -math.inf)
-        dead = ~allowed.any(dim=1)
-        if dead.any():
-            mask[dead] = self._forced(self.pad_token_id, input_ids.device)
-        return mask
-
-    def _remove_exhausted_children(self, allowed, nodes, excluded, level) -> None:
-        """Disallows children whose every item below is excluded for that row (in place).
-
-        ``excluded [B, E]`` items count against the child on their path at depth ``level + 1`` when
-        their path passes through the row's current node at depth ``level``.
-        """
-        num_nodes = self.trie.num_nodes
-        safe = excluded.clamp(min=0)
-        on_path = (excluded >= 0) & (self.trie.item_path[safe, level] == nodes[:, None])
-        if not on_path.any():
-            return
-        rows = torch.arange(excluded.shape[0], device=excluded.device)[:, None].expand_as(excluded)[on_path]
-        children = self.trie.item_path[safe, level + 1][on_path]
-        keys, counts = torch.unique(rows * num_nodes + children, return_counts=True)
-        exhausted = counts >= self.trie.leaf_count[keys % num_nodes]
-        keys = keys[exhausted]
-        allowed[keys // num_nodes, self.trie.edge_token[keys % num_nodes - 1]] = False
+            # A child whose every item below is excluded for that row has nothing left to offer.
+            paths = self.trie.item_path[excluded.clamp(min=0)][..., level : level + 2]
+            paths = paths.masked_fill((excluded < 0)[..., None], -1)
+            keep = keep & (excluded_below(children, nodes, paths) < self.trie.leaf_count[children.nodes.clamp(min=0)])
+        # amax: a padding slot repeats another edge's token, and must not hide a real child with the same token.
+        values = torch.where(keep, 0.0, -math.inf).to(torch.float32)
+        mask = torch.full((num_rows, self.trie.vocab_size), -math.inf, dtype=torch.float32, device=input_ids.device)
+        mask.scatter_reduce_(1, children.tokens, values, reduce="amax")
+        dead = ~keep.any(dim=1, keepdim=True)  # nothing valid: the row may only emit PAD
+        return torch.where(dead, self._forced(self.pad_token_id, input_ids.device), mask)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return scores + self.allowed_mask(input_ids).to(scores.device, scores.dtype)

@@ -21,24 +21,9 @@ All lookups are batched tensor ops (no Python loop over beams) and run on the tr
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
-
-
-class ChildExpansion(NamedTuple):
-    """Every (row, child) pair of a batch of trie nodes; ``T`` pairs in all, grouped by row."""
-
-    rows: torch.Tensor  # [T] the row of each pair
-    within: torch.Tensor  # [T] the child's position among its row's children
-    starts: torch.Tensor  # [B] indptr of each row's node (its first child is node starts + 1)
-    counts: torch.Tensor  # [B] children per row (0 for rows whose node is -1)
-    first: torch.Tensor  # [B] index of each row's first pair
-
-    @property
-    def children(self) -> torch.Tensor:
-        """``[T]`` node ids of the children."""
-        return self.starts[self.rows] + self.within + 1
 
 
 class FixedChildren(NamedTuple):
@@ -84,18 +69,6 @@ def excluded_below(children: FixedChildren, nodes: torch.Tensor, paths: torch.Te
     position = (paths[..., 1] - children.starts[:, None] - 1).clamp(0, children.nodes.shape[1] - 1)
     counts = torch.zeros(children.nodes.shape, dtype=torch.long, device=nodes.device)
     return counts.scatter_add_(1, position, on_path.long())
-
-
-def expand_children(indptr: torch.Tensor, nodes: torch.Tensor) -> ChildExpansion:
-    """CSR expansion of ``nodes [B]`` (``-1``: no children) over ``indptr [M + 1]``, without a Python loop."""
-    alive = nodes >= 0
-    safe = nodes.clamp(min=0)
-    starts = indptr[safe]
-    counts = torch.where(alive, indptr[safe + 1] - starts, torch.zeros_like(starts))
-    rows = torch.repeat_interleave(torch.arange(nodes.shape[0], device=nodes.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    within = torch.arange(rows.numel(), device=nodes.device) - first[rows]
-    return ChildExpansion(rows, within, starts, counts, first)
 
 
 class SemanticIDTrie:
@@ -188,14 +161,3 @@ class SemanticIDTrie:
         for column in range(tokens.shape[1]):
             nodes = self.child(nodes, tokens[:, column])
         return nodes
-
-    def expand_children(self, nodes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Every (row, child) pair of a batch of nodes, CSR-expanded without a Python loop.
-
-        Args:
-            nodes: ``[B]`` node ids (``-1`` rows have no children).
-        Returns:
-            ``(rows [T], children [T])`` with ``T`` the total number of children.
-        """
-        expansion = expand_children(self.indptr, nodes)
-        return expansion.rows, expansion.children
