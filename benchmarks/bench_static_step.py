@@ -30,20 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import NUM_SPECIAL_TOKENS, random_item_tokens
 from tokenization_semantic_id.trie import SemanticIDTrie, excluded_below, fixed_children
 
 DEFAULT_STATIC = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "static-constraint-decoding"
-
-
-def distinct_codes(num_items: int, num_levels: int, codes: int, seed: int) -> np.ndarray:
-    """``[N, L]`` distinct random codes, sorted lexicographically (STATIC's input order)."""
-    rng = np.random.default_rng(seed)
-    found = np.unique(rng.integers(0, codes, size=(int(num_items * 1.05) + 16, num_levels)), axis=0)
-    while found.shape[0] < num_items:
-        extra = rng.integers(0, codes, size=(num_items, num_levels))
-        found = np.unique(np.concatenate([found, extra]), axis=0)
-    keep = np.sort(rng.choice(found.shape[0], num_items, replace=False))
-    return found[keep]
 
 
 def timed(function, repeats: int) -> float:
@@ -79,10 +69,12 @@ def main(argv=None) -> dict:
     rows = args.batch * args.beams
     results = []
     for num_items in args.items:
-        codes = distinct_codes(num_items, args.levels, args.codes, args.seed)
+        item_tokens = random_item_tokens(num_items, args.levels, args.codes, args.seed)  # our token layout
+        codes = (item_tokens - NUM_SPECIAL_TOKENS - torch.arange(args.levels) * args.codes).numpy()
+        order = np.lexsort(codes.T[::-1])  # STATIC wants its codes sorted; the items keep their rows here
+        item_tokens, codes = item_tokens[torch.from_numpy(order)], codes[order]
         start = time.perf_counter()
-        item_tokens = torch.from_numpy(codes) + 3 + torch.arange(args.levels) * args.codes  # our token layout
-        trie = SemanticIDTrie(item_tokens, vocab_size=3 + args.levels * args.codes)
+        trie = SemanticIDTrie(item_tokens, vocab_size=NUM_SPECIAL_TOKENS + args.levels * args.codes)
         ours_build = time.perf_counter() - start
         start = time.perf_counter()
         packed_csr, indptr, max_branches, _, _, dense_states = build_static_index(
@@ -99,7 +91,7 @@ def main(argv=None) -> dict:
         nodes = trie.item_path[torch.from_numpy(beam_items), level]
         states = torch.from_numpy(dense_states[codes[beam_items, 0], codes[beam_items, 1]].astype(np.int64))
         log_probs = torch.randn(rows, args.codes, generator=torch.Generator().manual_seed(args.seed)).log_softmax(-1)
-        lo = 3 + level * args.codes
+        lo = NUM_SPECIAL_TOKENS + level * args.codes
         history = torch.from_numpy(generator.integers(0, num_items, size=(args.batch, args.history)))
         history_paths = trie.item_path[history][..., level : level + 2]  # [batch, H, 2]
         history_paths = history_paths.repeat_interleave(args.beams, 0)  # [rows, H, 2]
