@@ -23,6 +23,7 @@ from .loaders import (
 from .reward_samples import build_reward_samples, default_reward_names
 from .sessions import build_session_samples, build_time_sessions, split_sessions_by_gap
 from .splits import leave_one_out_split
+from .streaming import stream_training_windows, synthetic_sequences
 from .tokenized import TOKENIZED_COLUMNS, tokenize_session_samples
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "load_recbole",
     "load_s3rec",
     "named_paths",
+    "stream_training_windows",
+    "synthetic_sequences",
     "index_items",
     "natural_order",
     "build_reward_samples",

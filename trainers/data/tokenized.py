@@ -117,15 +117,13 @@ class _SampleEncoder:
         users = batch.column("user_id").to_pylist() if "user_id" in batch.column_names else None
         history, history_offsets = self._item_rows(batch.column("history"), users, "history", newest=self.max_items)
         target, target_offsets = self._item_rows(batch.column("target"), users, "target", first=self.session_length)
-        codes_per_item = self.item_tokens.shape[1]
-        # History: codes of each kept item, then EOS. Labels: BOS + codes per item, then EOS (paper Eq. 3).
-        input_ids = _rows_with_eos(self.item_tokens[history].reshape(-1), history_offsets * codes_per_item, self.eos)
-        with_bos = np.concatenate([np.full((len(target), 1), self.bos, np.int32), self.item_tokens[target]], axis=1)
-        labels = _rows_with_eos(with_bos.reshape(-1), target_offsets * (codes_per_item + 1), self.eos)
+        input_ids, labels, num_history_items = encode_windows(
+            self.item_tokens, history, history_offsets, target, target_offsets, eos=self.eos, bos=self.bos
+        )
         return (
             batch.append_column("input_ids", input_ids)
             .append_column("labels", labels)
-            .append_column("num_history_items", pa.array(np.diff(history_offsets), pa.int32()))
+            .append_column("num_history_items", num_history_items)
         )
 
     def _item_rows(self, column, users, name: str, newest: Optional[int] = None, first: Optional[int] = None):
@@ -157,6 +155,33 @@ class _SampleEncoder:
         offsets = np.concatenate([[0], np.cumsum(kept)])
         flat = np.arange(offsets[-1]) - np.repeat(offsets[:-1], kept) + np.repeat(keep_from, kept)
         return values[flat], offsets
+
+
+def encode_windows(
+    item_tokens: np.ndarray,
+    history: np.ndarray,
+    history_offsets: np.ndarray,
+    target: np.ndarray,
+    target_offsets: np.ndarray,
+    *,
+    eos: int,
+    bos: int,
+) -> tuple[pa.ListArray, pa.ListArray, pa.Array]:
+    """The model columns of windows given as catalogue rows: ``(input_ids, labels, num_history_items)``.
+
+    Args:
+        item_tokens: ``[N, L']`` int32, the tokenizer's code table.
+        history / target: Flat catalogue rows of every window's history items (the kept ones, oldest first) and
+            target items; window ``w`` owns ``history[history_offsets[w]:history_offsets[w + 1]]`` (likewise target).
+        eos / bos: The tokenizer's EOS and BOS ids.
+
+    History: the codes of each item, then EOS. Labels: BOS and the codes per target item, then EOS (paper Eq. 3).
+    """
+    codes_per_item = item_tokens.shape[1]
+    input_ids = _rows_with_eos(item_tokens[history].reshape(-1), history_offsets * codes_per_item, eos)
+    with_bos = np.concatenate([np.full((len(target), 1), bos, np.int32), item_tokens[target]], axis=1)
+    labels = _rows_with_eos(with_bos.reshape(-1), target_offsets * (codes_per_item + 1), eos)
+    return input_ids, labels, pa.array(np.diff(history_offsets), pa.int32())
 
 
 def _rows_with_eos(tokens: np.ndarray, offsets: np.ndarray, eos: int) -> pa.ListArray:
