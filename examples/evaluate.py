@@ -37,7 +37,7 @@ from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.baselines import MostPopularRecommender, SuccessorRecommender, tune_successor
 from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split, named_paths
-from trainers.distributed import distributed_state
+from trainers.distributed import distributed_state, release_processes
 from trainers.evaluation import (
     PUBLISHED_BEAUTY,
     evaluate_recommender,
@@ -259,3 +259,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    release_processes()  # under torchrun: leave together (trainers.distributed)

@@ -35,6 +35,7 @@ from trainers.data import (
     leave_one_out_split,
     tokenize_session_samples,
 )
+from trainers.distributed import release_processes
 from trainers.evaluation import held_out_sessions, markdown_table, sample_users, write_topk_json
 from trainers.generative_recommender import evaluate_generative_model
 from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, TokenizedSessionCollator
@@ -311,3 +312,4 @@ def format_results(results: dict, num_users: int) -> str:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    release_processes()  # under torchrun: leave together (trainers.distributed)

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration  # noqa: E402
 from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids  # noqa: E402
-from trainers.distributed import distributed_state  # noqa: E402
+from trainers.distributed import distributed_state, release_processes  # noqa: E402
 from trainers.generative_recommender import evaluate_generative_model  # noqa: E402
 
 NUM_ITEMS, NUM_USERS = 90, 23  # 23 users: the two shares are uneven (12 + 11)
@@ -169,3 +169,4 @@ def mine(output: Path) -> None:
 if __name__ == "__main__":
     task, path = sys.argv[1], Path(sys.argv[2])
     {"evaluate": evaluate, "pretrain": pretrain, "mine": mine}[task](path)
+    release_processes()

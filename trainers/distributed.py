@@ -79,4 +79,19 @@ def map_across_processes(
     return gather_object(results)
 
 
-__all__ = ["distributed_state", "map_across_processes"]
+def release_processes() -> None:
+    """End a multi-process run cleanly: wait for every process, then destroy the process group.
+
+    Call it last in a script launched by ``torchrun`` (a no-op on one process). Left to interpreter exit, the gloo
+    group of torch 2.13 can be torn down while another process is still leaving, and a process then aborts
+    ("terminate called without an active exception", SIGABRT) after its work is done, so the launcher reports a
+    failure.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+__all__ = ["distributed_state", "map_across_processes", "release_processes"]
