@@ -9,8 +9,39 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Remote-code loading writes modules under HF_HOME: keep that out of the user's cache.
 os.environ["HF_HOME"] = os.environ.get("ONEREC_TEST_HF_HOME") or tempfile.mkdtemp(prefix="onerec-hf-home-")
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# Prepended to a fresh process's script: any import of this project fails, so only a saved folder's own code can load.
+_BLOCK_PROJECT_IMPORTS = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tokenization_semantic_id", "modeling_onerec", "trainers"):
+            raise ImportError("project import blocked: " + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def run_without_the_project(script: str, tmp_path) -> dict:
+    """Runs ``script`` (which prints one JSON line last) in a fresh Python process that cannot import this project,
+    with its own HF_HOME; returns that JSON."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _BLOCK_PROJECT_IMPORTS + textwrap.dedent(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def clustered_embeddings(num_items: int, dim: int = 16, num_centres: int = 12, seed: int = 0) -> torch.Tensor:

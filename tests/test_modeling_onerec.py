@@ -5,9 +5,6 @@ generate() with a decoder deeper than the encoder, and sparse upcycling of a den
 import json
 import math
 import os
-import subprocess
-import sys
-import textwrap
 from types import SimpleNamespace
 
 import pytest
@@ -32,6 +29,7 @@ from modeling_onerec import (
 )
 from modeling_onerec.conversion import logger as conversion_logger
 from modeling_onerec.conversion import upcycle_dense_t5
+from tests.conftest import run_without_the_project
 
 CODEBOOKS = [4, 4, 4]  # vocab 3 + 12 = 15
 VOCAB = 3 + sum(CODEBOOKS)
@@ -537,13 +535,8 @@ def test_remote_code_load_in_a_fresh_process_without_the_package(saved_model, tm
     with torch.no_grad():
         expected = model(input_ids=input_ids, labels=labels).logits
     torch.save({"input_ids": input_ids, "labels": labels, "logits": expected}, tmp_path / "expected.pt")
-    script = textwrap.dedent(f"""
-        import importlib.abc, json, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tokenization_semantic_id", "modeling_onerec", "trainers"):
-                    raise ImportError("project import blocked: " + name)
-        sys.meta_path.insert(0, Block())
+    out = run_without_the_project(
+        f"""
         import torch
         from transformers import AutoModel, AutoModelForSeq2SeqLM
         data = torch.load({str(tmp_path / "expected.pt")!r})
@@ -553,13 +546,9 @@ def test_remote_code_load_in_a_fresh_process_without_the_package(saved_model, tm
             logits = model(input_ids=data["input_ids"], labels=data["labels"]).logits
         print(json.dumps({{"cls": type(model).__module__, "bare": type(bare).__name__,
                           "max_diff": (logits - data["logits"]).abs().max().item()}}))
-    """)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    """,
+        tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["cls"].startswith("transformers_modules")  # the directory's code, not this package
     assert out["bare"] == "OneRecModel"  # auto_map carries the bare model too
     assert out["max_diff"] == 0.0

@@ -1,10 +1,6 @@
 """The "generative-recommendation" pipeline: equal to model.recommend(), and loadable where the project is not."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -12,6 +8,7 @@ from transformers import pipeline
 
 from modeling_onerec import RECOMMENDATION_TASK as TASK
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
+from tests.conftest import run_without_the_project
 
 HISTORIES = [["item1", "item2", "item3"], ["item5"], ["item7", "item200", "item9", "item30"]]
 
@@ -82,13 +79,8 @@ def test_pipeline_loads_from_its_folder_in_a_process_that_cannot_import_the_proj
     assert json.loads((folder / "config.json").read_text())["custom_pipelines"][TASK]["impl"] == (
         "pipeline_onerec.GenerativeRecommendationPipeline"
     )
-    script = textwrap.dedent(f"""
-        import importlib.abc, json, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tokenization_semantic_id", "modeling_onerec", "trainers"):
-                    raise ImportError("project import blocked: " + name)
-        sys.meta_path.insert(0, Block())
+    out = run_without_the_project(
+        f"""
         import torch
         from transformers import pipeline
         pipe = pipeline({TASK!r}, model={str(folder)!r}, trust_remote_code=True)
@@ -100,13 +92,9 @@ def test_pipeline_loads_from_its_folder_in_a_process_that_cannot_import_the_proj
             "half": half({HISTORIES!r}, num_sessions=3),
             "catalogue": list(pipe.tokenizer.item_ids),
         }}))
-    """)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    """,
+        tmp_path,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["cls"].startswith("transformers_modules")  # the folder's code, not this package
     assert_same_sessions(out["results"], expected_sessions(recommender, HISTORIES, num_sessions=3, num_beams=32))
     assert out["half_dtype"] == "torch.bfloat16"

@@ -2,15 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tests.conftest import clustered_embeddings
+from tests.conftest import clustered_embeddings, run_without_the_project
 from tokenization_semantic_id import (
     ResidualKMeansConfig,
     SemanticIDTokenizer,
@@ -112,23 +109,14 @@ def test_remote_code_load_in_a_fresh_process_without_the_package(tmp_path, small
     # The offline build (k-means fitting orchestration, embeddings) is not part of the served tokenizer.
     copied = {name for name in os.listdir(tmp_path / "tok") if name.endswith(".py")}
     assert "tokenization_semantic_id.py" in copied and not {"builder.py", "embeddings.py"} & copied
-    script = textwrap.dedent(f"""
-        import importlib.abc, json, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tokenization_semantic_id", "modeling_onerec", "trainers"):
-                    raise ImportError("project import blocked: " + name)
-        sys.meta_path.insert(0, Block())
+    out = run_without_the_project(
+        f"""
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained({str(tmp_path / "tok")!r}, trust_remote_code=True)
         print(json.dumps({{"cls": type(tok).__module__, "history": tok.encode_history(["item3", "item9"])}}))
-    """)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    """,
+        tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
     assert not out["cls"].startswith("tokenization_semantic_id")  # loaded from the directory's code
     assert out["history"] == small_tokenizer.encode_history(["item3", "item9"])
 

@@ -251,7 +251,6 @@ def _balanced_sweep(points: torch.Tensor, centroids: torch.Tensor, capacities: t
         block_scores = torch.addmm(
             point_sq_norm[None, remaining], centroids[block_start:block_end], candidates.T, beta=1.0, alpha=-2.0
         )
-        taken = torch.zeros(remaining.shape[0], dtype=torch.bool, device=points.device)
         taken_penalty = torch.zeros(remaining.shape[0], dtype=points.dtype, device=points.device)
         for offset, cluster in enumerate(range(block_start, block_end)):
             capacity = int(capacities[cluster])
@@ -259,10 +258,9 @@ def _balanced_sweep(points: torch.Tensor, centroids: torch.Tensor, capacities: t
                 continue
             chosen = torch.topk(block_scores[offset] + taken_penalty, capacity, largest=False).indices
             assignment[remaining[chosen]] = cluster
-            taken[chosen] = True
             taken_penalty[chosen] = float("inf")
             centroids[cluster] = candidates[chosen].mean(dim=0)
-        remaining = remaining[~taken]
+        remaining = remaining[torch.isfinite(taken_penalty)]  # the block's taken items carry +inf
     return assignment
 
 
