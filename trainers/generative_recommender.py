@@ -130,9 +130,8 @@ def evaluate_generative_model(
                 return [user[0].items if user else [] for user in found]
 
         # Each process (accelerate launch / torchrun) generates its share; all get every session, in order.
-        sessions = map_across_processes(
-            best_sessions, histories, batch_size * 4, progress=progress, description="sessions"
-        )
+        # One call per process with its whole share: recommend() groups users by history length itself.
+        sessions = map_across_processes(best_sessions, histories, max(len(histories), 1), description="sessions")
         report["session"] = session_metrics(
             sessions, [row["target"] for row in session_rows], item_categories=tokenizer
         ) | {
