@@ -216,6 +216,7 @@ def main(argv=None) -> dict:
         "parameters": counts,
         "train_samples": len(train),
         "steps": train_result.global_step,
+        "train_loss": round(train_result.training_loss, 5),  # mean over the run's steps
         "epochs": training_args.num_train_epochs,
         "epochs_trained": round(trainer.state.epoch or 0.0, 3),
         "best_checkpoint": trainer.state.best_model_checkpoint,

@@ -78,6 +78,27 @@ def test_plain_kmeans_is_unbalanced_where_balanced_is_not():
     assert torch.bincount(balanced.assignment, minlength=2).tolist() == [50, 50]
 
 
+def test_sampled_balanced_kmeans_fits_on_a_sample_then_balances_every_item():
+    centres = 20 * torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    points = centres.repeat_interleave(50, dim=0) + 0.1 * torch.randn(
+        400, 4, generator=torch.Generator().manual_seed(1)
+    )
+    sampled = balanced_kmeans(points, 8, seed=3, max_points_per_centroid=5)  # centroids fitted on 40 of 400 items
+    assert 1 <= sampled.sample_iterations < sampled.iterations <= sampled.sample_iterations + 3
+    assert len(sampled.changed_fraction) == sampled.iterations - 2  # no change is measured on each phase's first sweep
+    assert torch.bincount(sampled.assignment, minlength=8).tolist() == [50] * 8
+    for blob in range(8):  # the sample's centroids lead the full sweeps to the same blobs
+        assert sampled.assignment[blob * 50 : (blob + 1) * 50].unique().numel() == 1
+    again = balanced_kmeans(points, 8, seed=3, max_points_per_centroid=5)
+    assert torch.equal(sampled.assignment, again.assignment)
+    # a sample at least as large as the catalogue is no sample: the result is Algorithm 1 on all items
+    whole = balanced_kmeans(points, 8, seed=3, max_points_per_centroid=50)
+    unsampled = balanced_kmeans(points, 8, seed=3)
+    assert whole.sample_iterations == 0
+    assert torch.equal(whole.assignment, unsampled.assignment)
+    assert torch.equal(whole.centroids, unsampled.centroids)
+
+
 @pytest.mark.parametrize("clusterer", [balanced_kmeans, kmeans])
 def test_bad_clustering_input(clusterer):
     with pytest.raises(ValueError, match="larger than the catalogue"):
@@ -106,6 +127,10 @@ def test_config_validation():
         ResidualKMeansConfig(codebook_size=1)
     with pytest.raises(ValueError, match="num_levels"):
         ResidualKMeansConfig(num_levels=0)
+    with pytest.raises(ValueError, match="max_points_per_centroid"):
+        ResidualKMeansConfig(max_points_per_centroid=0)
+    with pytest.raises(ValueError, match="sweeps_after_sample"):
+        ResidualKMeansConfig(sweeps_after_sample=0)
 
 
 def test_resolve_collisions_appends_rank_within_group():
