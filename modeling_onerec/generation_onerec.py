@@ -242,6 +242,64 @@ def _gather_beams(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return torch.gather(tensor, 1, index)
 
 
+class ConstrainedCandidates(NamedTuple):
+    """The best continuations of one step of the constrained search, per input row, best first."""
+
+    scores: torch.Tensor  # [batch, k] beam score + the token's log-probability; -inf: no valid candidate
+    beam: torch.Tensor  # [batch, k] the beam (within its row) each candidate extends
+    child: torch.Tensor  # [batch, k] the candidate's trie node, -1 where scores is -inf
+    log_prob: torch.Tensor  # [batch, k] the token's log-probability, renormalised over the beam's allowed children
+
+
+def constrained_step(
+    level_logits: torch.Tensor,
+    nodes: torch.Tensor,
+    beam_scores: torch.Tensor,
+    paths: Optional[torch.Tensor],
+    trie,
+    max_children: int,
+    token_offset: int,
+    num_beams: int,
+) -> ConstrainedCandidates:
+    """One code level of the trie-constrained beam search: each beam's allowed children, their log-probabilities
+    renormalised over those children, and the ``k = min(num_beams, W * max_children)`` best continuations per row.
+
+    Fixed shapes and no host synchronisation (``torch.compile(..., fullgraph=True)`` captures it whole, a test checks):
+    children are read as a ``[batch * W, max_children]`` table, exclusions prune subtrees by counting, and beams left
+    without candidates stay as ``-inf`` rows instead of being trimmed.
+
+    Args:
+        level_logits: ``[batch * W, K_level]`` this level's slice of the output head (column 0 = ``token_offset``).
+        nodes: ``[batch, W]`` long, each beam's trie node (``-1``: no beam).
+        beam_scores: ``[batch, W]`` float, each beam's score so far.
+        paths: ``None`` or ``[batch * W, E, 2]``, for each beam's excluded items the node at this depth and at the
+            next (``-1`` padding); see :func:`excluded_below`. A child is dropped once all its items are excluded.
+        trie: The trie's tensors (``indptr``, ``edge_token``, ``leaf_count``), on ``level_logits``' device.
+        max_children: The level's largest child count (``SemanticIDTrie.level_max_children[level]``).
+        token_offset: Token id of ``level_logits``' first column.
+        num_beams: Continuations kept per row at most.
+    """
+    batch, width = nodes.shape
+    flat_nodes = nodes.reshape(-1)
+    children = fixed_children(trie.indptr, trie.edge_token, flat_nodes, max_children)
+    child_logits = level_logits.gather(1, (children.tokens - token_offset).clamp(0, level_logits.shape[1] - 1))
+    keep = children.valid
+    if paths is not None:
+        keep = keep & (excluded_below(children, flat_nodes, paths) < trie.leaf_count[children.nodes.clamp(min=0)])
+    # segment log-softmax over each beam's allowed children, then one top-k per row
+    padded = torch.where(keep, child_logits, torch.full_like(child_logits, -math.inf))
+    normaliser = torch.logsumexp(padded, dim=-1, keepdim=True)
+    log_probs = padded - torch.where(torch.isfinite(normaliser), normaliser, torch.zeros_like(normaliser))
+    candidates = (beam_scores.reshape(-1, 1) + log_probs).view(batch, width * max_children)
+    scores, index = torch.topk(candidates, min(num_beams, width * max_children), dim=-1)  # sorted, best first
+    chosen = torch.isfinite(scores)
+    beam = index // max_children
+    column = index % max_children
+    flat_beam = torch.arange(batch, device=nodes.device)[:, None] * width + beam
+    child = torch.where(chosen, children.starts[flat_beam] + column + 1, torch.full_like(column, -1))
+    return ConstrainedCandidates(scores, beam, child, log_probs[flat_beam, column])
+
+
 @torch.no_grad()
 def session_beam_search(
     model,
@@ -437,15 +495,8 @@ def session_beam_search(
                     "all(torch.isfinite(p).all() for p in model.parameters()), or run in float32."
                 )
 
-            # -------------------------------------------------- each beam's children, a fixed number per level
-            # [batch * W, K] tables with K the level's largest child count: no data-dependent shape, no host sync.
-            flat_nodes = nodes.view(-1)
-            max_children = trie_t.level_max_children[level]
-            children = fixed_children(trie_t.indptr, trie_t.edge_token, flat_nodes, max_children)
-            child_logits = level_logits.gather(1, (children.tokens - lo).clamp(0, hi - lo - 1))
-            keep = children.valid
-
-            # -------------------------------------------------- exclusions: prune exhausted subtrees
+            # -------------------------------------------------- the constrained step: fixed shapes, no host sync
+            paths = None
             parts = []
             if excluded is not None:
                 parts.append(
@@ -460,25 +511,15 @@ def session_beam_search(
             if parts:
                 # With forbid_repeats, generated items are never in the (deduplicated) history: no double count.
                 paths = torch.cat(parts, dim=1)  # [batch * W, E', 2]: node at depth level, level + 1
-                below = excluded_below(children, flat_nodes, paths)
-                keep = keep & (below < trie_t.leaf_count[children.nodes.clamp(min=0)])
-
-            # -------------------------------------------------- segment log-softmax, one top-k per row
-            padded = torch.where(keep, child_logits, torch.full_like(child_logits, -math.inf))
-            normaliser = torch.logsumexp(padded, dim=-1, keepdim=True)
-            log_probs = padded - torch.where(torch.isfinite(normaliser), normaliser, torch.zeros_like(normaliser))
-            candidates = (beam_scores.view(-1, 1) + log_probs).view(batch, width * max_children)
-            k = min(num_beams, width * max_children)
-            top_scores, top_index = torch.topk(candidates, k, dim=-1)  # sorted, best first
+            step = constrained_step(
+                level_logits, nodes, beam_scores, paths, trie_t, trie_t.level_max_children[level], lo, num_beams
+            )
             # Beams that found no valid continuation stay as -inf rows (not trimmed: trimming would read the
             # number of valid beams back to the host at every step).
-            chosen = torch.isfinite(top_scores)
-            new_width = k
-            source = top_index // max_children  # beam within the row
-            column = top_index % max_children
+            chosen = torch.isfinite(step.scores)
+            source, child = step.beam, step.child
+            new_width = step.scores.shape[1]
             flat_source = batch_index[:, None] * width + source
-            child = torch.where(chosen, children.starts[flat_source] + column + 1, torch.full_like(column, -1))
-            step_log_prob = log_probs[flat_source, column]
 
             # -------------------------------------------------- reorder state and cache
             cache.reorder_cache(flat_source.view(-1))
@@ -490,8 +531,8 @@ def session_beam_search(
                 chosen, trie_t.edge_token[(child - 1).clamp(min=0)], torch.full_like(child, pad_token_id)
             )
             length += 1
-            item_scores[:, :, slot] += torch.where(chosen, step_log_prob, torch.zeros_like(step_log_prob))
-            beam_scores = torch.where(chosen, top_scores, torch.full_like(top_scores, -math.inf))
+            item_scores[:, :, slot] += torch.where(chosen, step.log_prob, torch.zeros_like(step.log_prob))
+            beam_scores = step.scores
             if level == num_levels - 1:
                 leaf_items = trie_t.leaf_item[child.clamp(min=0)]
                 items[:, :, slot] = torch.where(chosen, leaf_items, torch.full_like(child, -1))

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import T5Config, T5ForConditionalGeneration
 
-from modeling_onerec.generation_onerec import SessionSearchOutput, session_beam_search
+from modeling_onerec.generation_onerec import SessionSearchOutput, constrained_step, session_beam_search
 from tests.conftest import clustered_embeddings
 from tests.test_constrained_decoding import tiny_model
 from tokenization_semantic_id import (
@@ -416,3 +416,35 @@ def test_on_gpu_equals_cpu(small_tokenizer):
         tokenizer.trie.to("cpu")
     assert torch.equal(gpu.sequences.cpu(), cpu.sequences)
     assert torch.allclose(gpu.scores.cpu(), cpu.scores, atol=1e-4)
+
+
+def test_constrained_step_compiles_whole_and_matches_eager(small_tokenizer):
+    """The per-level step has fixed shapes and reads nothing back to the host: torch.compile captures it as one graph
+    (fullgraph=True raises on any graph break, e.g. a .item(), nonzero or a data-dependent shape) and computes the
+    same candidates. The eager backend checks the capture without needing a C++ compiler."""
+    trie = small_tokenizer.trie
+    level = 1
+    num_catalogue = len(small_tokenizer.item_ids)
+    generator = torch.Generator().manual_seed(0)
+    batch, width, num_beams = 3, 4, 5
+    nodes = trie.item_path[torch.randint(num_catalogue, (batch, width), generator=generator), level]
+    nodes[0, -1] = -1  # a dead beam
+    beam_scores = -torch.rand(batch, width, generator=generator)
+    beam_scores[0, -1] = -math.inf
+    lo = small_tokenizer.level_offsets[level]
+    level_logits = torch.randn(batch * width, small_tokenizer.level_offsets[level + 1] - lo, generator=generator)
+    excluded = torch.randint(num_catalogue, (batch * width, 6), generator=generator)
+    paths = trie.item_path[excluded][..., level : level + 2]
+    arguments = (level_logits, nodes, beam_scores, paths, trie, trie.level_max_children[level], lo, num_beams)
+
+    eager = constrained_step(*arguments)
+    compiled = torch.compile(constrained_step, backend="eager", fullgraph=True)(*arguments)
+    for name, expected, got in zip(eager._fields, eager, compiled):
+        assert torch.equal(expected, got), name
+    assert eager.scores.shape == (batch, num_beams)
+    assert bool((eager.child >= 0).any())
+    # every chosen child is a child of its beam's node, and not an exhausted subtree
+    chosen = torch.isfinite(eager.scores)
+    parents = nodes.gather(1, eager.beam)[chosen]
+    children = eager.child[chosen]
+    assert bool(((children > trie.indptr[parents]) & (children <= trie.indptr[parents + 1])).all())
