@@ -135,6 +135,104 @@ def pretrain(output: Path) -> None:
         output.write_text(json.dumps({"logs": logs, "weights": weights, "num_processes": state.num_processes}))
 
 
+def reward(output: Path) -> None:
+    """Four reward-model steps at a global batch of 8 (history, session) samples, 8 on one process, 4 + 4 on two.
+    The loss is a mean over samples and the shares are equal, so DDP's gradient average is the global batch's."""
+    from datasets import Dataset
+
+    from modeling_onerec import OneRecRewardConfig, OneRecRewardModel
+    from trainers.reward_model import RewardItemVocabulary, RewardModelTrainer, RewardModelTrainingConfig
+
+    vocabulary = RewardItemVocabulary([f"item{i}" for i in range(NUM_ITEMS)])
+    rows = [
+        {
+            "history": row["history"],
+            "session": row["target"],
+            "labels": [float(int(row["target"][0][4:]) % 2), float(len(row["history"]) > 4)],
+            "label_mask": [1.0, float(position % 3 != 0)],  # some samples lack the second target
+        }
+        for position, row in enumerate(users())
+    ]
+    torch.manual_seed(0)
+    config = OneRecRewardConfig(
+        num_items=vocabulary.num_indices,
+        hidden_size=16,
+        num_attention_heads=2,
+        num_session_layers=1,
+        tower_hidden_size=8,
+        reward_names=("liked", "long"),
+        max_history_items=8,
+        max_session_items=2,
+        dropout=0.0,
+    )
+    model = OneRecRewardModel(config)
+    state = distributed_state()
+    args = RewardModelTrainingConfig(
+        output_dir=str(output.parent / f"reward-{state.num_processes}"),
+        per_device_train_batch_size=8 // state.num_processes,
+        max_steps=4,
+        learning_rate=1e-2,
+        eval_strategy="no",
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+    )
+    trainer = RewardModelTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows * 2), vocabulary=vocabulary
+    )
+    trainer.train()
+    logs = [
+        {key: entry[key] for key in ("loss", "grad_norm")} for entry in trainer.state.log_history if "loss" in entry
+    ]
+    weights = {name: tensor.detach().double().sum().item() for name, tensor in model.named_parameters()}
+    if state.is_main_process:
+        output.write_text(json.dumps({"logs": logs, "weights": weights, "num_processes": state.num_processes}))
+
+
+def dpo(output: Path) -> None:
+    """Four DPO steps (TRL's DPOTrainer through OneRecDPOTrainer, the reference a frozen copy) at a global batch of 8
+    preference pairs, 8 on one process, 4 + 4 on two: the loss is a mean over pairs and the shares are equal."""
+    from datasets import Dataset
+
+    from trainers.preference import OneRecDPOConfig, OneRecDPOTrainer
+
+    tokenizer, model = tokenizer_and_model()
+    model.train()
+    rows = [
+        {"history": row["history"], "chosen": row["target"], "rejected": list(reversed(row["target"]))}
+        if row["target"][0] != row["target"][1]
+        else {"history": row["history"], "chosen": row["target"], "rejected": ["item0", "item1"]}
+        for row in users()
+    ]
+    state = distributed_state()
+    args = OneRecDPOConfig(
+        output_dir=str(output.parent / f"dpo-{state.num_processes}"),
+        per_device_train_batch_size=8 // state.num_processes,
+        max_steps=4,
+        learning_rate=1e-2,
+        beta=0.5,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+    )
+    trainer = OneRecDPOTrainer(
+        model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows * 2), processing_class=tokenizer
+    )
+    trainer.train()
+    keys = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins")
+    logs = [{key: entry[key] for key in keys} for entry in trainer.state.log_history if "loss" in entry]
+    weights = {name: tensor.detach().double().sum().item() for name, tensor in model.named_parameters()}
+    if state.is_main_process:
+        output.write_text(json.dumps({"logs": logs, "weights": weights, "num_processes": state.num_processes}))
+
+
 def mine(output: Path) -> None:
     """IPA mining (beam search of 8 candidate sessions per user, then a reward) over 23 users in batches of 4."""
     from trainers.ipa import mine_preference_pairs
@@ -168,5 +266,5 @@ def mine(output: Path) -> None:
 
 if __name__ == "__main__":
     task, path = sys.argv[1], Path(sys.argv[2])
-    {"evaluate": evaluate, "pretrain": pretrain, "mine": mine}[task](path)
+    {"evaluate": evaluate, "pretrain": pretrain, "reward": reward, "dpo": dpo, "mine": mine}[task](path)
     release_processes()

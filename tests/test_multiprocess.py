@@ -61,6 +61,31 @@ def test_pretraining_on_two_processes_takes_the_steps_of_one(tmp_path):
     assert one["logs"][-1]["ntp_loss"] < one["logs"][0]["ntp_loss"]  # it trains
 
 
+def test_reward_model_training_on_two_processes_takes_the_steps_of_one(tmp_path):
+    # Equal shares of a global batch of 8 (4 + 4): the sample-mean loss averaged by DDP is the global batch's.
+    one = run_worker("reward", tmp_path / "one.json", 1)
+    two = run_worker("reward", tmp_path / "two.json", 2)
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert len(one["logs"]) == len(two["logs"]) == 4
+    for single, split in zip(one["logs"], two["logs"]):
+        assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-5)
+    assert one["logs"][-1]["loss"] != pytest.approx(one["logs"][0]["loss"])  # the steps change the model
+
+
+def test_dpo_on_two_processes_takes_the_steps_of_one(tmp_path):
+    # The DPO step of IPA (TRL's DPOTrainer): equal shares of 8 pairs per step; losses, logged rewards, gradient norms
+    # and weights match one process.
+    one = run_worker("dpo", tmp_path / "one.json", 1)
+    two = run_worker("dpo", tmp_path / "two.json", 2)
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert len(one["logs"]) == len(two["logs"]) == 4
+    for single, split in zip(one["logs"], two["logs"]):
+        assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-5)
+    assert one["logs"][-1]["rewards/margins"] > one["logs"][0]["rewards/margins"]  # it learns the preference
+
+
 def test_ipa_mining_on_two_processes_finds_the_pairs_of_one(tmp_path):
     one = run_worker("mine", tmp_path / "one.json", 1)
     two = run_worker("mine", tmp_path / "two.json", 2)

@@ -94,4 +94,11 @@ def release_processes() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["distributed_state", "map_across_processes", "release_processes"]
+def sum_over_processes(accelerator, tensor):
+    """All-reduce sum of ``tensor`` over the training processes of ``accelerator`` (the tensor itself on one)."""
+    if accelerator.num_processes == 1:
+        return tensor
+    return accelerator.reduce(tensor, reduction="sum")
+
+
+__all__ = ["distributed_state", "map_across_processes", "release_processes", "sum_over_processes"]

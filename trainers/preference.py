@@ -71,7 +71,8 @@ from trl.trainer.utils import FusedCausalLMOutput, use_adapter
 
 from tokenization_semantic_id.tokenization_semantic_id import check_item_list as check_item_ids
 
-from .pretraining import pad_labels
+from .distributed import sum_over_processes
+from .pretraining import global_batch_losses, pad_labels
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,10 @@ class SessionScorer:
         encoder_hidden_states: Optional ``[B, S, d]`` encoder output already computed for these rows (the policy
             shares one encoder pass with its NTP term); otherwise the encoder runs here.
         router_loss: Pass the scored labels to the model so it computes its MoE router terms over these tokens;
-            they are kept in ``self.router_loss`` (``loss - ntp_loss`` of the model's output).
+            they are kept in ``self.router_loss`` (``loss - ntp_loss`` of the model's output), and the output and
+            its labels in ``self.router_outputs`` / ``self.router_labels``.
+        router_logits: Also ask the model for its router logits (``output_router_logits=True``; for the
+            global-batch terms of :func:`~trainers.pretraining.global_batch_losses` on several processes).
         statistics: Fill entropy/mean_logits/is_top1/log_sum_sq_probs (TRL logs them).
         context: Optional callable returning a context manager every scoring call runs in (the PEFT reference:
             the adapter disabled).
@@ -240,13 +244,17 @@ class SessionScorer:
         router_loss: bool = False,
         statistics: bool = True,
         context=None,
+        router_logits: bool = False,
     ):
         self.model = model
         self.context = context
         self.layout = layout
         self.encoder_hidden_states = encoder_hidden_states
         self.compute_router_loss = router_loss
+        self.output_router_logits = router_logits
         self.statistics = statistics
+        self.router_outputs = None
+        self.router_labels: Optional[torch.Tensor] = None
         self.router_loss: Optional[torch.Tensor] = None
         self.aux_loss: Optional[torch.Tensor] = None
         self.z_loss: Optional[torch.Tensor] = None
@@ -290,10 +298,12 @@ class SessionScorer:
             decoder_input_ids=input_ids[:, :-1],
             labels=targets if self.compute_router_loss else None,
             use_cache=False,
+            **({"output_router_logits": True} if self.output_router_logits else {}),
         )
         if self.compute_router_loss and outputs.loss is not None:
             self.router_loss = outputs.loss - outputs.ntp_loss
             self.aux_loss, self.z_loss = outputs.aux_loss, outputs.z_loss
+            self.router_outputs, self.router_labels = outputs, targets
         if not fused_lm_head:
             return outputs
         scores = code_token_scores(
@@ -723,7 +733,13 @@ class OneRecDPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """``dpo_weight * L_DPO + ntp_weight * NTP(target) + router terms``. On several processes the NTP and router
+        terms are the global batch's (as in pretraining: each process returns its share of
+        :func:`~trainers.pretraining.global_batch_losses` times the number of processes, because DDP averages the
+        gradients); L_DPO is a mean over pairs, so equal shares of the batch need nothing more."""
         mode = "train" if self.model.training else "eval"
+        num_processes = self.accelerator.num_processes
+        global_terms = model.training and num_processes > 1
         encoder_hidden = (
             _unwrap(model)
             .get_encoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
@@ -735,6 +751,7 @@ class OneRecDPOTrainer(DPOTrainer):
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
                 attention_mask=inputs["attention_mask"],
                 labels=inputs["target_labels"],
+                **({"output_router_logits": True} if global_terms else {}),
             )
         scorer = SessionScorer(
             model,
@@ -742,6 +759,7 @@ class OneRecDPOTrainer(DPOTrainer):
             encoder_hidden_states=encoder_hidden,
             router_loss=target_outputs is None,
             statistics=True,
+            router_logits=global_terms and target_outputs is None,
         )
         with self._reference_scorer() as reference:
             dpo_loss = super()._compute_loss(scorer, self._trl_inputs(inputs), return_outputs=False)
@@ -754,24 +772,44 @@ class OneRecDPOTrainer(DPOTrainer):
             delta = (chosen - ref_chosen) - (rejected - ref_rejected)
             dpo_loss = dpo_loss + self.cdpo_weight * self.label_smoothing * self.beta * delta.mean()
         loss = self.dpo_weight * dpo_loss
-        metrics = self._metrics[mode]
-        metrics["dpo_loss"].append(float(dpo_loss.detach()))
+        ntp = router_loss = aux = z = None
         if target_outputs is not None:
-            loss = loss + self.ntp_weight * target_outputs.ntp_loss
-            router_loss, aux, z = (
-                target_outputs.loss - target_outputs.ntp_loss,
-                target_outputs.aux_loss,
-                target_outputs.z_loss,
-            )
-            metrics["ntp_loss"].append(float(target_outputs.ntp_loss.detach()))
+            ntp, aux, z = target_outputs.ntp_loss, target_outputs.aux_loss, target_outputs.z_loss
+            router_loss = target_outputs.loss - target_outputs.ntp_loss
         else:
             router_loss, aux, z = scorer.router_loss, scorer.aux_loss, scorer.z_loss
+        if global_terms:
+            outputs, labels = (
+                (target_outputs, inputs["target_labels"])
+                if target_outputs is not None
+                else (scorer.router_outputs, scorer.router_labels)
+            )
+            config = _unwrap(model).config
+            terms = global_batch_losses(outputs, labels, config, self._sum_over_processes)
+            # each process's share, times the processes: DDP's average of the gradients is then the global batch's
+            ntp = terms["ntp_loss"] * num_processes if target_outputs is not None else None
+            aux, z = (
+                (terms["aux_loss"] * num_processes, terms["z_loss"] * num_processes)
+                if "aux_loss" in terms
+                else (
+                    None,
+                    None,
+                )
+            )
+            router_loss = None if aux is None else config.router_aux_loss_coef * aux + config.router_z_loss_coef * z
+        if ntp is not None:
+            loss = loss + self.ntp_weight * ntp
         if router_loss is not None:
             loss = loss + router_loss
-        for name, value in (("aux_loss", aux), ("z_loss", z)):
+        metrics = self._metrics[mode]
+        # Logged as the mean over processes (an all-reduce; TRL gathers its own metrics every step too).
+        for name, value in (("dpo_loss", dpo_loss), ("ntp_loss", ntp), ("aux_loss", aux), ("z_loss", z)):
             if value is not None:
-                metrics[name].append(float(value.detach()))
+                metrics[name].append(float(self._sum_over_processes(value.detach().float())) / num_processes)
         return (loss, {"dpo_loss": dpo_loss.detach()}) if return_outputs else loss
+
+    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        return sum_over_processes(self.accelerator, tensor)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # TRL's version re-runs the model for logits when asked for them; a preference batch has no single logits.

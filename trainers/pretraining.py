@@ -25,6 +25,8 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 
 from modeling_onerec.modeling_onerec import route_tokens
 
+from .distributed import sum_over_processes
+
 
 class SessionDataCollator:
     """Batches ``(history, target session)`` samples for the encoder-decoder.
@@ -403,10 +405,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
-        """All-reduce sum over the training processes (the tensor itself on one process)."""
-        if self.accelerator.num_processes == 1:
-            return tensor
-        return self.accelerator.reduce(tensor, reduction="sum")
+        return sum_over_processes(self.accelerator, tensor)
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         # Every process logs at the same steps (the Trainer gathers the loss there too), so the sums can be reduced:
