@@ -194,19 +194,19 @@ def reward(output: Path) -> None:
 
 def dpo(output: Path) -> None:
     """Four DPO steps (TRL's DPOTrainer through OneRecDPOTrainer, the reference a frozen copy) at a global batch of 8
-    preference pairs, 8 on one process, 4 + 4 on two: the loss is a mean over pairs and the shares are equal."""
+    preference pairs with NTP targets, 8 on one process, 4 + 4 on two."""
     from datasets import Dataset
 
     from trainers.preference import OneRecDPOConfig, OneRecDPOTrainer
 
     tokenizer, model = tokenizer_and_model()
     model.train()
-    rows = [
-        {"history": row["history"], "chosen": row["target"], "rejected": list(reversed(row["target"]))}
-        if row["target"][0] != row["target"][1]
-        else {"history": row["history"], "chosen": row["target"], "rejected": ["item0", "item1"]}
-        for row in users()
-    ]
+    rows = []
+    for position, row in enumerate(users()):
+        rejected = list(reversed(row["target"])) if row["target"][0] != row["target"][1] else ["item0", "item1"]
+        # the NTP term's target: one or two items, so the two processes' shares hold different numbers of tokens
+        target = row["target"][: 1 + position % 2]
+        rows.append({"history": row["history"], "chosen": row["target"], "rejected": rejected, "target": target})
     state = distributed_state()
     args = OneRecDPOConfig(
         output_dir=str(output.parent / f"dpo-{state.num_processes}"),
@@ -226,7 +226,7 @@ def dpo(output: Path) -> None:
         model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows * 2), processing_class=tokenizer
     )
     trainer.train()
-    keys = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins")
+    keys = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins", "ntp_loss", "aux_loss")
     logs = [{key: entry[key] for key in keys} for entry in trainer.state.log_history if "loss" in entry]
     weights = {name: tensor.detach().double().sum().item() for name, tensor in model.named_parameters()}
     if state.is_main_process:
