@@ -365,11 +365,12 @@ def balanced_kmeans(
     )
     if not converged:
         logger.info(
-            "balanced k-means (K=%d) stopped after %d sweeps without full convergence (%.2f%% of items "
-            "still moving); raise max_iterations for a tighter fit.",
+            "balanced k-means (K=%d) stopped after %d sweeps over all items without full convergence (%.2f%% of "
+            "items still moving); raise %s for a tighter fit.",
             num_clusters,
             iterations,
             100 * (changed_fraction[-1] if changed_fraction else 1.0),
+            "sweeps_after_sample" if sample_iterations else "max_iterations",
         )
     return KMeansResult(
         centroids,
