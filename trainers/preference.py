@@ -802,10 +802,15 @@ class OneRecDPOTrainer(DPOTrainer):
         if router_loss is not None:
             loss = loss + router_loss
         metrics = self._metrics[mode]
-        # Logged as the mean over processes (an all-reduce; TRL gathers its own metrics every step too).
-        for name, value in (("dpo_loss", dpo_loss), ("ntp_loss", ntp), ("aux_loss", aux), ("z_loss", z)):
-            if value is not None:
-                metrics[name].append(float(self._sum_over_processes(value.detach().float())) / num_processes)
+        # Logged as the mean over processes: one all-reduce for all terms (TRL gathers its own metrics every step too).
+        logged = {
+            name: value
+            for name, value in (("dpo_loss", dpo_loss), ("ntp_loss", ntp), ("aux_loss", aux), ("z_loss", z))
+            if value is not None
+        }
+        totals = self._sum_over_processes(torch.stack([value.detach().float() for value in logged.values()]))
+        for name, total in zip(logged, totals.tolist()):
+            metrics[name].append(total / num_processes)
         return (loss, {"dpo_loss": dpo_loss.detach()}) if return_outputs else loss
 
     def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
