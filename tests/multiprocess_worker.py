@@ -48,6 +48,35 @@ def users():
     return rows
 
 
+def step_arguments(name: str, output: Path) -> dict:
+    """The TrainingArguments every training task shares: 4 logged steps at a global batch of 8, split evenly over
+    the processes in one sequential order, on the CPU."""
+    num_processes = distributed_state().num_processes
+    return dict(
+        output_dir=str(output.parent / f"{name}-{num_processes}"),
+        per_device_train_batch_size=8 // num_processes,
+        max_steps=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+    )
+
+
+def write_steps(trainer, keys, output: Path) -> None:
+    """Trains, then the main process writes the logged ``keys`` of every step and each weight's sum."""
+    trainer.train()
+    logs = [{key: entry[key] for key in keys} for entry in trainer.state.log_history if "loss" in entry]
+    weights = {name: tensor.detach().double().sum().item() for name, tensor in trainer.model.named_parameters()}
+    state = distributed_state()
+    if state.is_main_process:
+        output.write_text(json.dumps({"logs": logs, "weights": weights, "num_processes": state.num_processes}))
+
+
 def users_per_process_of(count: int) -> list:
     """Every process's count, gathered: shows that the work was split, not done whole on each process."""
     from accelerate.utils import gather_object
@@ -101,22 +130,7 @@ def pretrain(output: Path) -> None:
     config = OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3, dropout_rate=0.0)
     model = OneRecForConditionalGeneration(config)
     rows = [{"history": row["history"], "target": row["target"]} for row in users()]
-    state = distributed_state()
-    args = OneRecPretrainingConfig(
-        output_dir=str(output.parent / f"trainer-{state.num_processes}"),
-        per_device_train_batch_size=8 // state.num_processes,
-        max_steps=4,
-        learning_rate=1e-2,
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        train_sampling_strategy="sequential",
-        ddp_find_unused_parameters=True,
-    )
+    args = OneRecPretrainingConfig(**step_arguments("trainer", output), warmup_steps=0, ddp_find_unused_parameters=True)
     trainer = OneRecPretrainer(
         model=model,
         args=args,
@@ -124,15 +138,7 @@ def pretrain(output: Path) -> None:
         data_collator=SessionDataCollator(tokenizer, session_length=3),
         processing_class=tokenizer,
     )
-    trainer.train()
-    logs = [
-        {key: entry[key] for key in ("loss", "ntp_loss", "aux_loss", "z_loss", "grad_norm", "expert_load_max")}
-        for entry in trainer.state.log_history
-        if "loss" in entry
-    ]
-    weights = {name: tensor.detach().double().sum().item() for name, tensor in model.named_parameters()}
-    if state.is_main_process:
-        output.write_text(json.dumps({"logs": logs, "weights": weights, "num_processes": state.num_processes}))
+    write_steps(trainer, ("loss", "ntp_loss", "aux_loss", "z_loss", "grad_norm", "expert_load_max"), output)
 
 
 def reward(output: Path) -> None:
@@ -166,30 +172,11 @@ def reward(output: Path) -> None:
         dropout=0.0,
     )
     model = OneRecRewardModel(config)
-    state = distributed_state()
-    args = RewardModelTrainingConfig(
-        output_dir=str(output.parent / f"reward-{state.num_processes}"),
-        per_device_train_batch_size=8 // state.num_processes,
-        max_steps=4,
-        learning_rate=1e-2,
-        eval_strategy="no",
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        train_sampling_strategy="sequential",
-    )
+    args = RewardModelTrainingConfig(**step_arguments("reward", output), eval_strategy="no")
     trainer = RewardModelTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows * 2), vocabulary=vocabulary
     )
-    trainer.train()
-    logs = [
-        {key: entry[key] for key in ("loss", "grad_norm")} for entry in trainer.state.log_history if "loss" in entry
-    ]
-    weights = {name: tensor.detach().double().sum().item() for name, tensor in model.named_parameters()}
-    if state.is_main_process:
-        output.write_text(json.dumps({"logs": logs, "weights": weights, "num_processes": state.num_processes}))
+    write_steps(trainer, ("loss", "grad_norm"), output)
 
 
 def dpo(output: Path) -> None:
@@ -207,30 +194,12 @@ def dpo(output: Path) -> None:
         # the NTP term's target: one or two items, so the two processes' shares hold different numbers of tokens
         target = row["target"][: 1 + position % 2]
         rows.append({"history": row["history"], "chosen": row["target"], "rejected": rejected, "target": target})
-    state = distributed_state()
-    args = OneRecDPOConfig(
-        output_dir=str(output.parent / f"dpo-{state.num_processes}"),
-        per_device_train_batch_size=8 // state.num_processes,
-        max_steps=4,
-        learning_rate=1e-2,
-        beta=0.5,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        train_sampling_strategy="sequential",
-    )
+    args = OneRecDPOConfig(**step_arguments("dpo", output), beta=0.5)
     trainer = OneRecDPOTrainer(
         model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows * 2), processing_class=tokenizer
     )
-    trainer.train()
     keys = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins", "ntp_loss", "aux_loss")
-    logs = [{key: entry[key] for key in keys} for entry in trainer.state.log_history if "loss" in entry]
-    weights = {name: tensor.detach().double().sum().item() for name, tensor in model.named_parameters()}
-    if state.is_main_process:
-        output.write_text(json.dumps({"logs": logs, "weights": weights, "num_processes": state.num_processes}))
+    write_steps(trainer, keys, output)
 
 
 def mine(output: Path) -> None:

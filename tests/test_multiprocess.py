@@ -36,6 +36,19 @@ def run_worker(task: str, output: Path, num_processes: int) -> dict:
     return json.loads(output.read_text())
 
 
+def assert_same_steps(task: str, tmp_path) -> dict:
+    """Runs a training ``task`` of the worker on one process and on two; the 4 logged steps and the final weights
+    must match to float tolerance. Returns the one-process record."""
+    one = run_worker(task, tmp_path / "one.json", 1)
+    two = run_worker(task, tmp_path / "two.json", 2)
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert len(one["logs"]) == len(two["logs"]) == 4
+    for single, split in zip(one["logs"], two["logs"]):
+        assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-5)
+    return one
+
+
 def test_evaluation_on_two_processes_equals_one(tmp_path):
     one = run_worker("evaluate", tmp_path / "one.json", 1)
     two = run_worker("evaluate", tmp_path / "two.json", 2)
@@ -51,38 +64,20 @@ def test_evaluation_on_two_processes_equals_one(tmp_path):
 def test_pretraining_on_two_processes_takes_the_steps_of_one(tmp_path):
     # The same global batch of 8 windows per step, split 4 + 4: the logged losses (NTP, load balancing over the
     # global batch, z), the gradient norms and the weights after 4 steps match one process to float tolerance.
-    one = run_worker("pretrain", tmp_path / "one.json", 1)
-    two = run_worker("pretrain", tmp_path / "two.json", 2)
-    assert (one["num_processes"], two["num_processes"]) == (1, 2)
-    assert len(one["logs"]) == len(two["logs"]) == 4
-    for single, split in zip(one["logs"], two["logs"]):
-        assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
-    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-5)
+    one = assert_same_steps("pretrain", tmp_path)
     assert one["logs"][-1]["ntp_loss"] < one["logs"][0]["ntp_loss"]  # it trains
 
 
 def test_reward_model_training_on_two_processes_takes_the_steps_of_one(tmp_path):
     # Equal shares of a global batch of 8 (4 + 4): the sample-mean loss averaged by DDP is the global batch's.
-    one = run_worker("reward", tmp_path / "one.json", 1)
-    two = run_worker("reward", tmp_path / "two.json", 2)
-    assert (one["num_processes"], two["num_processes"]) == (1, 2)
-    assert len(one["logs"]) == len(two["logs"]) == 4
-    for single, split in zip(one["logs"], two["logs"]):
-        assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
-    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-5)
+    one = assert_same_steps("reward", tmp_path)
     assert one["logs"][-1]["loss"] != pytest.approx(one["logs"][0]["loss"])  # the steps change the model
 
 
 def test_dpo_on_two_processes_takes_the_steps_of_one(tmp_path):
     # The DPO step of IPA (TRL's DPOTrainer): equal shares of 8 pairs per step; losses, logged rewards, gradient norms
     # and weights match one process.
-    one = run_worker("dpo", tmp_path / "one.json", 1)
-    two = run_worker("dpo", tmp_path / "two.json", 2)
-    assert (one["num_processes"], two["num_processes"]) == (1, 2)
-    assert len(one["logs"]) == len(two["logs"]) == 4
-    for single, split in zip(one["logs"], two["logs"]):
-        assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
-    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-5)
+    one = assert_same_steps("dpo", tmp_path)
     assert one["logs"][-1]["rewards/margins"] > one["logs"][0]["rewards/margins"]  # it learns the preference
 
 
