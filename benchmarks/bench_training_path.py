@@ -14,7 +14,12 @@ Two measurements on a real dataset (default: Amazon Beauty), the same length-gro
    * ``after-dropout0``: as ``after`` with ``dropout_rate=0`` (what dropout's random numbers cost);
    * ``after-dense``: as ``after`` with ``expert_dispatch="dense"`` (fixed shapes, no host sync);
    * ``after-compiled``: as ``after`` with ``torch.compile(model, dynamic=True)`` (compile time reported apart);
-   * ``after-dense-compiled``: both.
+   * ``after-dense-compiled``: both;
+   * ``after-grouped_mm``: as ``after`` with ``expert_dispatch="grouped_mm"`` (chosen experts' FLOPs, fixed shapes);
+   * ``after-grouped_mm-compiled``: that, compiled (one graph: forward, loss, backward);
+   * ``after-bf16`` / ``after-grouped_mm-bf16-compiled``: the same under bfloat16 autocast (what the Trainer's
+     ``--bf16 true`` does), float32 weights and optimizer states;
+   * any variant with ``-fusedadam``: ``torch.optim.AdamW(fused=True)`` (the Trainer's ``--optim adamw_torch_fused``).
 
 Run from the repository root::
 
@@ -54,7 +59,19 @@ from trainers.data import (
 )
 from trainers.pretraining import SessionDataCollator, TokenizedSessionCollator, history_lengths
 
-VARIANTS = ("before", "after", "after-dropout0", "after-dense", "after-compiled", "after-dense-compiled")
+VARIANTS = (
+    "before",
+    "after",
+    "after-dropout0",
+    "after-dense",
+    "after-compiled",
+    "after-dense-compiled",
+    "after-grouped_mm",
+    "after-grouped_mm-compiled",
+    "after-bf16",
+    "after-grouped_mm-bf16-compiled",
+    "after-grouped_mm-bf16-compiled-fusedadam",
+)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -113,12 +130,13 @@ def time_training(variant: str, batch_size: int, raw, tokenized, tokenizer, args
         "session_length": args.session_length,
         "max_history_items": args.max_history_items,
         "dropout_rate": 0.0 if "dropout0" in variant else 0.1,
-        "expert_dispatch": "dense" if "dense" in variant else "grouped",
+        "expert_dispatch": "dense" if "dense" in variant else "grouped_mm" if "grouped_mm" in variant else "grouped",
     }
     model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset=args.preset, **overrides))
     model = model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if "fusedadam" in variant else None)
     forward = torch.compile(model, dynamic=True) if "compiled" in variant else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in variant)
     if variant == "before":
         dataset, collator = raw, SessionDataCollator(tokenizer, args.max_history_items, args.session_length)
     else:
@@ -132,7 +150,8 @@ def time_training(variant: str, batch_size: int, raw, tokenized, tokenizer, args
 
     def step(indices):
         batch = {key: value.to(device) for key, value in collator(dataset.__getitems__(indices)).items()}
-        loss = forward(**batch).loss
+        with autocast:
+            loss = forward(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -147,6 +147,10 @@ class OneRecConfig(T5Config):
             are weighted by the gates, zero for unchosen experts: the same result, ``num_experts /
             num_experts_per_token`` times the expert FLOPs, fixed shapes and no host synchronisation (the fast
             choice for small models on a GPU and under ``torch.compile``). Needs ``expert_capacity_factor=None``.
+            ``"grouped_mm"``: the grouped computation in two ``torch.nn.functional.grouped_mm`` calls whose group
+            boundaries stay on the device: only the chosen experts' FLOPs *and* fixed shapes without host
+            synchronisation, so a training step compiles to one graph (the fast choice with ``torch.compile``, on a
+            CPU too). Same result as ``"grouped"`` (a test checks it).
 
     Semantic-ID layout (read from the tokenizer with :meth:`from_tokenizer` / :meth:`check_tokenizer`):
         codebook_sizes (`list[int]`, *optional*): Codes per level, in vocabulary order (e.g. ``[256, 256, 256]``,
@@ -228,8 +232,8 @@ class OneRecConfig(T5Config):
             problems.append(f"router_jitter_noise must be < 1, got {self.router_jitter_noise}")
         if self.expert_capacity_factor is not None and self.expert_capacity_factor <= 0:
             problems.append(f"expert_capacity_factor must be > 0 or None, got {self.expert_capacity_factor}")
-        if self.expert_dispatch not in ("grouped", "dense"):
-            problems.append(f"expert_dispatch must be 'grouped' or 'dense', got {self.expert_dispatch!r}")
+        if self.expert_dispatch not in ("grouped", "grouped_mm", "dense"):
+            problems.append(f"expert_dispatch must be 'grouped', 'grouped_mm' or 'dense', got {self.expert_dispatch!r}")
         elif self.expert_dispatch == "dense" and self.expert_capacity_factor is not None:
             problems.append(
                 "expert_dispatch='dense' runs every expert on every token and has no capacity to enforce: "

@@ -250,6 +250,8 @@ class OneRecExperts(nn.Module):
             if capacity is not None:
                 raise ValueError("expert_dispatch='dense' has no capacity limit; use expert_dispatch='grouped'.")
             return self.dense_forward(hidden_states, expert_index, gates)
+        if self.dispatch == "grouped_mm":
+            return self.grouped_mm_forward(hidden_states, expert_index, gates, capacity)
         num_tokens, top_k = expert_index.shape
         flat_expert = expert_index.reshape(-1)
         # Sort assignments by expert (stable: within an expert, token order decides who is dropped at capacity).
@@ -276,6 +278,46 @@ class OneRecExperts(nn.Module):
         expert_outputs = (
             torch.cat(grouped_outputs) if grouped_outputs else hidden_states.new_zeros((0, hidden_states.shape[-1]))
         )
+        weighted = expert_outputs * sorted_gate.to(expert_outputs.dtype)[:, None]
+        return torch.zeros_like(hidden_states).index_add_(0, sorted_token, weighted.to(hidden_states.dtype))
+
+    def grouped_mm_forward(
+        self,
+        hidden_states: torch.Tensor,
+        expert_index: torch.Tensor,
+        gates: torch.Tensor,
+        capacity: Optional[int] = None,
+    ) -> torch.Tensor:
+        """``expert_dispatch="grouped_mm"``: the grouped path (same arguments and result, a test checks it) in two
+        ``torch.nn.functional.grouped_mm`` calls over the expert-sorted assignments, whose group ends are a device
+        tensor: only the chosen experts' FLOPs, fixed shapes, no host synchronisation, so the training step compiles
+        to one graph. Assignments over ``capacity`` keep their place and get a zero gate (the grouped path drops
+        them: the same output, the FLOPs of at most ``N * k`` assignments)."""
+        num_tokens, top_k = expert_index.shape
+        flat_expert = expert_index.reshape(-1)
+        order = torch.argsort(flat_expert, stable=True)  # [N * k], assignments grouped by expert, token order kept
+        sorted_expert = flat_expert[order]
+        sorted_token = torch.div(order, top_k, rounding_mode="floor")
+        sorted_gate = gates.reshape(-1)[order]
+        counts = torch.bincount(flat_expert, minlength=self.num_experts)
+        group_ends = torch.cumsum(counts, 0)
+        if capacity is not None:
+            rank_in_expert = torch.arange(order.numel(), device=order.device) - (group_ends - counts)[sorted_expert]
+            sorted_gate = torch.where(rank_in_expert < capacity, sorted_gate, torch.zeros_like(sorted_gate))
+        # grouped_mm is not on autocast's cast lists (torch 2.13): cast to the autocast dtype here, as a linear would.
+        dtype = (
+            torch.get_autocast_dtype(hidden_states.device.type)
+            if torch.is_autocast_enabled(hidden_states.device.type)
+            else hidden_states.dtype
+        )
+        offsets = group_ends.to(torch.int32)
+        hidden = F.grouped_mm(hidden_states[sorted_token].to(dtype), self.input_proj.to(dtype), offs=offsets)
+        if self.is_gated:
+            gate, linear = hidden.chunk(2, dim=-1)
+            hidden = self.act(gate) * linear
+        else:
+            hidden = self.act(hidden)
+        expert_outputs = F.grouped_mm(self.dropout(hidden), self.output_proj.to(dtype), offs=offsets)
         weighted = expert_outputs * sorted_gate.to(expert_outputs.dtype)[:, None]
         return torch.zeros_like(hidden_states).index_add_(0, sorted_token, weighted.to(hidden_states.dtype))
 

@@ -116,8 +116,25 @@ def reference_moe(x, router_weight, input_proj, output_proj, config):
         },
         {"expert_dispatch": "dense"},
         {"expert_dispatch": "dense", "feed_forward_proj": "gated-gelu", "num_experts_per_token": 3},
+        {"expert_dispatch": "grouped_mm"},
+        {
+            "expert_dispatch": "grouped_mm",
+            "expert_capacity_factor": 0.75,
+            "feed_forward_proj": "gated-gelu",
+            "num_experts_per_token": 3,
+        },
     ],
-    ids=["relu-top2", "gated", "normalized", "capacity", "all", "dense-dispatch", "dense-dispatch-gated"],
+    ids=[
+        "relu-top2",
+        "gated",
+        "normalized",
+        "capacity",
+        "all",
+        "dense-dispatch",
+        "dense-dispatch-gated",
+        "grouped-mm",
+        "grouped-mm-capacity-gated",
+    ],
 )
 def test_sparse_mlp_matches_naive_reference_forward_and_backward(overrides):
     config = tiny_config(**overrides)

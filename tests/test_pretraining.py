@@ -209,3 +209,89 @@ def test_processes_that_would_each_train_alone_are_refused(monkeypatch):
     check_process_count(2)
     monkeypatch.delenv("WORLD_SIZE")
     check_process_count(1)
+
+
+def test_sampler_reads_lengths_once_and_is_a_function_of_seed_and_epoch(tokenizer, tmp_path):
+    import inspect
+
+    from transformers import Trainer
+
+    from trainers.pretraining import EpochLengthGroupedSampler
+
+    # The override below replaces a private Trainer method: fail loudly if transformers changes its signature.
+    assert list(inspect.signature(Trainer._get_train_sampler).parameters) == ["self", "train_dataset"]
+    lengths = [1 + (7 * index) % 13 for index in range(300)]
+    dataset = Dataset.from_list([{"history": ["i0"] * n, "target": ["i1"]} for n in lengths]).shuffle(seed=1)
+    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
+    args = OneRecPretrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=10, report_to=[], use_cpu=True)
+    trainer = OneRecPretrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=lambda rows: rows
+    )
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, EpochLengthGroupedSampler)
+    assert type(sampler.lengths) is list and sampler.lengths == history_lengths(trainer.train_dataset)
+    orders = {}
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(300))
+        orders.setdefault(epoch, order)
+        assert order == orders[epoch]  # the same epoch, the same order (what a resumed run relies on)
+    assert orders[0] != orders[1]
+    batch_spread = [
+        max(sampler.lengths[i] for i in b) - min(sampler.lengths[i] for i in b) for b in zip(*[iter(order)] * 10)
+    ]
+    assert sum(batch_spread) / len(batch_spread) < 3  # still grouped by length (random batches: ~10)
+
+
+def test_random_window_pretraining_resumes_exactly(tokenizer, tmp_path):
+    # A run killed after a checkpoint and resumed ends with the weights of the run that was never stopped: the same
+    # windows each epoch (drawn from seed and epoch), the same batch order, the same dropout and optimiser state.
+    from transformers import TrainerCallback
+
+    from trainers.data import RandomWindowDataset, leave_one_out_split
+    from trainers.pretraining import TokenizedSessionCollator
+
+    rows = {f"u{u}": [f"i{(3 * u + 5 * j) % 40}" for j in range(4 + u % 9)] for u in range(48)}
+    splits = leave_one_out_split(Dataset.from_dict({"user_id": list(rows), "item_ids": list(rows.values())}))
+
+    class Kill(TrainerCallback):  # the run stops right after step 9 (and its checkpoint), as if it were killed
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 9
+
+    def run(output_dir, resume=None, killed=False):
+        torch.manual_seed(0)
+        model = OneRecForConditionalGeneration(
+            OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=2, dropout_rate=0.1)
+        )
+        args = OneRecPretrainingConfig(
+            output_dir=str(output_dir),
+            per_device_train_batch_size=8,
+            max_steps=20,
+            learning_rate=1e-2,
+            save_strategy="steps",
+            save_steps=9,
+            report_to=[],
+            use_cpu=True,
+            seed=0,
+            disable_tqdm=True,
+            expert_load_plot=False,
+        )
+        data = RandomWindowDataset(splits["train"], tokenizer, max_history=5, session_length=2, seed=0)
+        trainer = OneRecPretrainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            callbacks=[Kill()] if killed else None,
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return model, data
+
+    whole, data = run(tmp_path / "whole")  # 6 batches an epoch: 3+ epochs, a fresh draw each
+    assert data.epoch == 3
+    run(tmp_path / "stopped", killed=True)  # checkpoint-9, in the middle of epoch 1
+    resumed, _ = run(tmp_path / "stopped", resume=str(tmp_path / "stopped" / "checkpoint-9"))
+    for (name, expected), got in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(got, expected, msg=name)

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from modeling_onerec.modeling_onerec import route_tokens
 
@@ -145,6 +146,40 @@ def with_history_lengths(dataset, column: str = "num_history_items"):
     ):
         return dataset
     return dataset.add_column(column, history_lengths(dataset))
+
+
+class EpochLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' ``LengthGroupedSampler`` (batches of similar history lengths) that is told the epoch.
+
+    * The lengths are a plain list, read from Arrow in one call (:func:`history_lengths`): the Trainer (5.24) hands the
+      sampler ``dataset[column]``, a lazy ``datasets`` column whose every item read costs time proportional to its
+      Arrow chunks, and the sampler reads it item by item (with 1.2M windows the first step had not come after 13
+      minutes; from a list, seconds).
+    * Each epoch's order is drawn from ``seed + epoch``, not from the global RNG: a resumed run repeats it exactly.
+    * A dataset with ``set_epoch`` (:class:`~trainers.data.RandomWindowDataset`, new windows every epoch) is moved to
+      the epoch first and its lengths re-read (accelerate 1.16 calls the sampler's ``set_epoch`` and then not the
+      dataset's).
+
+    Args:
+        batch_size: Windows per (global) batch.
+        dataset: A ``datasets.Dataset`` of samples or a dataset with ``lengths`` and ``set_epoch``.
+        seed: Seed of the orders.
+    """
+
+    def __init__(self, batch_size: int, dataset, seed: int = 0):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+        super().__init__(batch_size, lengths=self._lengths(), generator=torch.Generator().manual_seed(self.seed))
+
+    def _lengths(self) -> list:
+        lengths = getattr(self.dataset, "lengths", None)
+        return list(map(int, lengths)) if lengths is not None else history_lengths(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+            self.lengths = self._lengths()
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
 
 
 @dataclass
@@ -310,6 +345,22 @@ class OneRecPretrainer(Seq2SeqTrainer):
         self._load_sum: Optional[torch.Tensor] = None
         self.expert_load_total: Optional[torch.Tensor] = None  # [sparse layers, E] summed over all training steps
 
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches through :class:`EpochLengthGroupedSampler` (lengths read once, seeded per epoch,
+        datasets that draw new windows per epoch); other strategies are the Trainer's.
+
+        transformers 5.24 has no public hook for the sampler's lengths: ``_get_train_sampler`` is overridden (as TRL's
+        trainers do); ``tests/test_pretraining.py`` fails if its signature changes."""
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or not (
+            hasattr(train_dataset, "set_epoch")
+            or self.args.length_column_name in getattr(train_dataset, "column_names", ())
+        ):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return EpochLengthGroupedSampler(batch_size, train_dataset, seed=seed)
+
     def create_model_card(self, model_name: Optional[str] = None, tags=None, **kwargs) -> None:
         """Writes the OneRec card (rendered from the model config, ``model.model_card``) to ``output_dir/README.md``
         in place of the Trainer's generic draft; ``Trainer.push_to_hub`` calls this before uploading the folder.
@@ -427,6 +478,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
 
 
 __all__ = [
+    "EpochLengthGroupedSampler",
     "OneRecPretrainer",
     "OneRecPretrainingConfig",
     "SessionDataCollator",

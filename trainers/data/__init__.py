@@ -25,12 +25,15 @@ from .sessions import build_session_samples, build_time_sessions, split_sessions
 from .splits import leave_one_out_split
 from .streaming import stream_training_windows, synthetic_sequences
 from .tokenized import TOKENIZED_COLUMNS, tokenize_session_samples
+from .windows import PAIR_CONSTRUCTIONS, RandomWindowDataset
 
 __all__ = [
     "check_local_dir",
     "check_minimum_values",
     "BUNDLED_DATASET_NAMES",
     "TOKENIZED_COLUMNS",
+    "PAIR_CONSTRUCTIONS",
+    "RandomWindowDataset",
     "DatasetArguments",
     "MAX_ITEM_TEXT_CHARS",
     "build_session_samples",

@@ -22,6 +22,7 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 from .splits import _FlatSequences, _flatten_sequences, _gather
+from .windows import check_pairs, window_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,16 @@ _TARGET_COLUMNS = (
 )
 
 
-def build_session_samples(splits: DatasetDict, *, max_history: int = 50, session_length: int = 5) -> DatasetDict:
+def build_session_samples(
+    splits: DatasetDict, *, max_history: int = 50, session_length: int = 5, pairs: str = "prefix"
+) -> DatasetDict:
     """Turn leave-one-out splits into `(history, target)` samples.
 
-    - `train`: one sample per position `t >= 1` of each training row `items`: `history = items[:t][-max_history:]`,
-      `target = items[t:t + session_length]` (within the training part only, so targets near its end are
-      shorter than `session_length`; validation/test items never leak into training targets);
+    - `train`: with `pairs="prefix"`, one sample per position `t >= 1` of each training row `items`:
+      `history = items[:t][-max_history:]`, `target = items[t:t + session_length]` (within the training part only, so
+      targets near its end are shorter than `session_length`; validation/test items never leak into training
+      targets); with `pairs="all_windows"`, one sample per position and history length `1..min(t, max_history)`
+      (every contiguous window; `trainers.data.windows`);
     - `validation`: `history` = the training part (newest `max_history`), `target = [second-last item]`;
     - `test`: `history` = everything but the last item (newest `max_history`), `target = [last item]`.
 
@@ -53,19 +58,28 @@ def build_session_samples(splits: DatasetDict, *, max_history: int = 50, session
             Most history items kept; the newest are kept.
         session_length (`int`, defaults to 5):
             Most target items of a training sample; 1 gives TIGER's point-wise setting.
+        pairs (`str`, defaults to `"prefix"`):
+            How training pairs are cut: `"prefix"` or `"all_windows"` (`"random_window"` draws afresh every epoch:
+            `trainers.data.RandomWindowDataset`).
 
     Returns:
         `DatasetDict` with `train`, `validation` and `test`, columns `user_id`, `history`, `target` and, when
         the source has them, `history_ratings`, `target_ratings`, `target_timestamps`.
     """
     _check_positive(max_history=max_history, session_length=session_length)
+    check_pairs(pairs)
+    if pairs == "random_window":
+        raise ValueError(
+            "pairs='random_window' draws new windows every epoch: use trainers.data.RandomWindowDataset(splits['train'], "
+            "tokenizer, ...) for training (build_session_samples gives 'prefix' or 'all_windows')."
+        )
     missing = [name for name in _SPLITS if name not in splits]
     if missing:
         raise KeyError(
             f"build_session_samples needs the splits {list(_SPLITS)}; {missing} missing from {list(splits)}. "
             "Pass the output of leave_one_out_split(sequences)."
         )
-    samples = {"train": _training_windows(_flatten_sequences(splits["train"]), max_history, session_length)}
+    samples = {"train": _training_windows(_flatten_sequences(splits["train"]), max_history, session_length, pairs)}
     for name in ("validation", "test"):
         samples[name] = _last_item_windows(_flatten_sequences(splits[name]), max_history, name)
     return DatasetDict(samples)
@@ -205,27 +219,22 @@ def _check_positive(**arguments: int) -> None:
             raise ValueError(f"{name}={value!r} is invalid; pass an integer >= 1.")
 
 
-def _training_windows(flat: _FlatSequences, max_history: int, session_length: int) -> Dataset:
-    """One sample per position `t >= 1` of every row; targets stay inside the row."""
+def _training_windows(flat: _FlatSequences, max_history: int, session_length: int, pairs: str = "prefix") -> Dataset:
+    """The training pairs of every row (`trainers.data.windows.window_bounds`); targets stay inside the row."""
     lengths = np.diff(flat.offsets)
-    samples_per_user = np.maximum(lengths - 1, 0)
     without_samples = int((lengths == 1).sum())
     if without_samples:
         logger.warning(
             "%d training rows hold a single item and yield no training sample (no history before it).",
             without_samples,
         )
-    rows = np.repeat(np.arange(len(lengths)), samples_per_user)
-    # t runs over 1..length-1 inside each row: a global counter minus the row's first sample index, plus 1.
-    first_sample = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(samples_per_user[:-1], out=first_sample[1:])
-    positions = flat.offsets[rows] + np.arange(len(rows)) - first_sample[rows] + 1
+    bounds = window_bounds(flat.offsets, pairs, max_history)
     return _windows(
         flat,
-        rows,
-        history_starts=np.maximum(flat.offsets[rows], positions - max_history),
-        target_starts=positions,
-        target_ends=np.minimum(flat.offsets[rows + 1], positions + session_length),
+        bounds["rows"],
+        history_starts=bounds["history_starts"],
+        target_starts=bounds["target_starts"],
+        target_ends=np.minimum(flat.offsets[bounds["rows"] + 1], bounds["target_starts"] + session_length),
     )
 
 
