@@ -69,6 +69,7 @@ VARIANTS = (
     "after-grouped_mm",
     "after-grouped_mm-compiled",
     "after-bf16",
+    "after-dense-bf16-compiled",
     "after-grouped_mm-bf16-compiled",
     "after-grouped_mm-bf16-compiled-fusedadam",
 )

@@ -10,6 +10,7 @@ end on the full test split by full-catalogue constrained beam search, with and w
         --output_dir outputs/beauty/onerec --preset small --num_train_epochs 1
     python examples/pretrain.py ... --session_length 1       # TIGER-style point-wise generation
     python examples/pretrain.py ... --resume_from_checkpoint outputs/beauty/onerec/checkpoint-500
+    python examples/pretrain.py ...   # the same command again: resumes from the newest checkpoint in --output_dir
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from typing import ClassVar, Mapping, Optional
 
 import torch
 from transformers import HfArgumentParser, pipeline, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_onerec import RECOMMENDATION_TASK, OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
+    PAIR_CONSTRUCTIONS,
     TOKENIZED_COLUMNS,
     DatasetArguments,
+    RandomWindowDataset,
     build_session_samples,
     check_local_dir,
     leave_one_out_split,
@@ -67,12 +71,19 @@ class ModelArguments:
             "stopping may want 0.1."
         },
     )
+    attention_dropout_rate: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Dropout on the attention probabilities (OneRecConfig.attention_dropout_rate). New model: the "
+            "same as --dropout_rate (T5's single rate); 0 keeps the CPU attention one fused kernel."
+        },
+    )
     expert_dispatch: Optional[str] = field(
         default=None,
         metadata={
-            "help": "grouped (chosen experts' FLOPs only; CPU) or dense (fixed shapes, no host sync; GPU, "
-            "torch.compile). New model: grouped.",
-            "choices": ["grouped", "dense"],
+            "help": "grouped (chosen experts' FLOPs only; CPU), grouped_mm (the same in two grouped matmuls, no host "
+            "sync) or dense (fixed shapes, every expert on every token; GPU, torch.compile). New model: grouped.",
+            "choices": ["grouped", "grouped_mm", "dense"],
         },
     )
 
@@ -85,6 +96,16 @@ class DataArguments(DatasetArguments):
     tokenizer_dir: str = field(
         default="outputs/beauty/tokenizer",
         metadata={"help": "SemanticIDTokenizer saved by examples/build_semantic_ids.py for the same dataset."},
+    )
+    pairs: str = field(
+        default="prefix",
+        metadata={
+            "help": "How training (history, target) pairs are cut from each user's training sequence: prefix (one per "
+            "target position, the longest history; TIGER), all_windows (every contiguous window up to "
+            "--max_history_items history items), random_window (one window per user drawn afresh every epoch, "
+            "seeded; resumes exactly). See trainers/data/windows.py.",
+            "choices": list(PAIR_CONSTRUCTIONS),
+        },
     )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training samples (smoke runs)."})
     max_eval_samples: Optional[int] = field(
@@ -128,11 +149,18 @@ def main(argv=None) -> dict:
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
 
-    check_output_dir(output_dir, training_args)
+    resume_from = check_output_dir(output_dir, training_args)
     tokenizer = SemanticIDTokenizer.from_pretrained(check_local_dir(data_args.tokenizer_dir, "--tokenizer_dir"))
     given = {
         name: getattr(model_args, name)
-        for name in ("session_length", "max_history_items", "dropout_rate", "expert_dispatch", "num_experts")
+        for name in (
+            "session_length",
+            "max_history_items",
+            "dropout_rate",
+            "attention_dropout_rate",
+            "expert_dispatch",
+            "num_experts",
+        )
         if getattr(model_args, name) is not None
     }
     if model_args.model_name_or_path:
@@ -153,11 +181,20 @@ def main(argv=None) -> dict:
 
     data = data_args.load()
     splits = leave_one_out_split(data["sequences"])
+    window_pairs = "prefix" if data_args.pairs == "random_window" else data_args.pairs
     samples = build_session_samples(
-        splits, max_history=model.config.max_history_items, session_length=model.config.session_length
+        splits,
+        max_history=model.config.max_history_items,
+        session_length=model.config.session_length,
+        pairs=window_pairs,
     )
     train = samples["train"].shuffle(seed=training_args.seed)
     if data_args.max_train_samples is not None:
+        if data_args.pairs == "random_window":
+            raise ValueError(
+                "--max_train_samples cuts a fixed set of windows; --pairs random_window draws one window per user "
+                "per epoch. Drop one of the two (cap the run with --max_steps)."
+            )
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     validation = samples["validation"]
     eval_loss_samples = validation
@@ -187,6 +224,14 @@ def main(argv=None) -> dict:
         ).select_columns(list(TOKENIZED_COLUMNS))
         for split in (train, eval_loss_samples)
     )
+    if data_args.pairs == "random_window":  # one window per user, drawn afresh (and tokenised) every epoch
+        train = RandomWindowDataset(
+            splits["train"],
+            tokenizer,
+            max_history=model.config.max_history_items,
+            session_length=model.config.session_length,
+            seed=training_args.seed,
+        )
     trainer = OneRecPretrainer(
         model=model,
         args=training_args,
@@ -198,7 +243,7 @@ def main(argv=None) -> dict:
         ranking_num_beams=data_args.num_beams,
     )
     start = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - start
     trainer.save_model(str(output_dir / "final"))  # the main process writes (the Trainer's rule)
     writes_files = trainer.is_world_process_zero()  # under torchrun every process evaluates; one writes
@@ -214,6 +259,8 @@ def main(argv=None) -> dict:
         "preset": model_args.preset,
         "session_length": model.config.session_length,
         "parameters": counts,
+        "pairs": data_args.pairs,
+        "max_history_items": model.config.max_history_items,
         "train_samples": len(train),
         "steps": train_result.global_step,
         "train_loss": round(train_result.training_loss, 5),  # mean over the run's steps
@@ -222,6 +269,7 @@ def main(argv=None) -> dict:
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_metric": trainer.state.best_metric,
         "dropout_rate": model.config.dropout_rate,
+        "attention_dropout_rate": model.config.attention_dropout_rate,
         "expert_dispatch": model.config.expert_dispatch,
         "learning_rate": training_args.learning_rate,
         "batch_size": training_args.per_device_train_batch_size,
@@ -278,15 +326,29 @@ def main(argv=None) -> dict:
     return report
 
 
-def check_output_dir(output_dir: Path, training_args) -> None:
-    """A finished run in ``output_dir`` (its ``final/`` model or ``metrics.json``) is never replaced silently: resume it
-    with ``--resume_from_checkpoint``, or pass ``--overwrite_output_dir true``."""
+def check_output_dir(output_dir: Path, training_args) -> Optional[str]:
+    """The checkpoint to resume from, if any; a finished run is never replaced silently.
+
+    * ``output_dir`` holds a finished run (``final/`` or ``metrics.json``): refused, unless
+      ``--overwrite_output_dir true`` (start afresh) or ``--resume_from_checkpoint`` is given.
+    * It holds ``checkpoint-*`` folders of an unfinished run: the same command resumes from the newest one (the
+      convention of transformers' example scripts), with its windows, batch order, optimiser and RNG states;
+      ``--overwrite_output_dir true`` starts afresh instead.
+    """
     finished = [name for name in ("final", "metrics.json") if (output_dir / name).exists()]
     if finished and not training_args.overwrite_output_dir and not training_args.resume_from_checkpoint:
         raise FileExistsError(
             f"{output_dir} already holds a run ({', '.join(finished)}); it would be overwritten. Choose another "
             "--output_dir, resume with --resume_from_checkpoint, or pass --overwrite_output_dir true."
         )
+    if training_args.resume_from_checkpoint or training_args.overwrite_output_dir or not output_dir.is_dir():
+        return training_args.resume_from_checkpoint
+    last = get_last_checkpoint(str(output_dir))
+    if last is not None:
+        logger.info(
+            "Resuming the unfinished run in %s from %s (--overwrite_output_dir true starts afresh).", output_dir, last
+        )
+    return last
 
 
 def format_results(results: dict, num_users: int) -> str:

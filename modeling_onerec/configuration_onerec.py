@@ -123,6 +123,13 @@ class OneRecConfig(T5Config):
     Every :class:`~transformers.T5Config` argument applies (``d_model``, ``d_kv``, ``d_ff``, ``num_layers``,
     ``num_decoder_layers``, ``num_heads``, ``dropout_rate``, ``feed_forward_proj``, ...). On top of them:
 
+    Regularisation:
+        attention_dropout_rate (`float`, *optional*): Dropout on the attention probabilities. ``None`` (default):
+            ``dropout_rate``, as in T5, which uses one rate everywhere. Other models keep the two apart (BERT's
+            ``attention_probs_dropout_prob``, GPT-2's ``attn_pdrop``); 0 lets the attention of a CPU training step
+            run as one fused kernel (``scaled_dot_product_attention`` without dropout) while the hidden states keep
+            ``dropout_rate``.
+
     Mixture of experts (decoder FFNs, paper Eq. 2):
         num_experts (`int`, defaults to 24): Experts per sparse layer (``N_MoE``).
         num_experts_per_token (`int`, defaults to 2): Experts each token is routed to (``K_MoE``).
@@ -174,6 +181,7 @@ class OneRecConfig(T5Config):
 
     model_type = "onerec"
 
+    attention_dropout_rate: Optional[Union[float, int]] = None
     num_experts: int = 24
     num_experts_per_token: int = 2
     expert_d_ff: Optional[int] = None
@@ -232,6 +240,8 @@ class OneRecConfig(T5Config):
             problems.append(f"router_jitter_noise must be < 1, got {self.router_jitter_noise}")
         if self.expert_capacity_factor is not None and self.expert_capacity_factor <= 0:
             problems.append(f"expert_capacity_factor must be > 0 or None, got {self.expert_capacity_factor}")
+        if self.attention_dropout_rate is not None and not 0 <= self.attention_dropout_rate < 1:
+            problems.append(f"attention_dropout_rate must be in [0, 1) or None, got {self.attention_dropout_rate}")
         if self.expert_dispatch not in ("grouped", "grouped_mm", "dense"):
             problems.append(f"expert_dispatch must be 'grouped', 'grouped_mm' or 'dense', got {self.expert_dispatch!r}")
         elif self.expert_dispatch == "dense" and self.expert_capacity_factor is not None:

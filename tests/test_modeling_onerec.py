@@ -748,21 +748,79 @@ def test_initialisation_matches_t5_for_every_shared_weight():
     assert abs(experts.output_proj.std().item() - 128**-0.5) < 0.02
 
 
-def test_training_forward_traces_as_one_graph_with_dense_dispatch():
+@pytest.mark.parametrize("dispatch", ["dense", "grouped_mm"])
+def test_training_forward_traces_as_one_graph(dispatch):
     # The training step must not sync with the host: dynamo traces forward + loss as one graph (fullgraph=True
     # raises at any graph break), across batch shapes without a data-dependent branch. backend="eager" checks the
     # tracing only (inductor's code generation takes minutes on a CPU; benchmarks/bench_training_path.py times it).
     torch._dynamo.reset()
-    config = tiny_config(expert_dispatch="dense", dropout_rate=0.0)
+    config = tiny_config(expert_dispatch=dispatch, dropout_rate=0.0)
     model = OneRecForConditionalGeneration(config).train()
     compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=True)
+    # grouped_mm's shape function accepts bfloat16 inputs only (torch 2.13): trace it under autocast, as it is trained.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dispatch == "grouped_mm")
     for batch_size, length in ((3, 7), (5, 11)):
         input_ids = torch.randint(3, config.vocab_size, (batch_size, length))
         labels = torch.randint(3, config.vocab_size, (batch_size, 6))
         labels[0, -2:] = -100
-        expected = model(input_ids=input_ids, labels=labels)
-        got = compiled(input_ids=input_ids, labels=labels)
+        with autocast:
+            expected = model(input_ids=input_ids, labels=labels)
+            got = compiled(input_ids=input_ids, labels=labels)
         torch.testing.assert_close(got.loss, expected.loss)
         got.loss.backward()
         assert model.decoder.sparse_layers()[0].mlp.experts.input_proj.grad is not None
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_cpu_dropout_mask_keeps_each_element_with_probability_one_minus_p(p):
+    from modeling_onerec.modeling_onerec import cpu_dropout_keep_mask
+
+    torch.manual_seed(0)
+    keep = cpu_dropout_keep_mask((1000, 1024), p)
+    assert keep.dtype == torch.bool and keep.shape == (1000, 1024)
+    # Each of the four 16-bit quarters of a 64-bit draw is a fair uniform (the int64's clear top bit is masked off):
+    # the rate at every position modulo 4 is 1 - p within 4 standard errors.
+    tolerance = 4 * math.sqrt(p * (1 - p) / (keep.numel() / 4))
+    for quarter in range(4):
+        assert abs(keep.reshape(-1)[quarter::4].float().mean().item() - (1 - p)) < tolerance
+    torch.manual_seed(0)
+    assert torch.equal(cpu_dropout_keep_mask((1000, 1024), p), keep)  # the global generator decides
+    # Neighbouring elements are independent (a shared draw would correlate them).
+    flat = keep.reshape(-1).float()
+    assert abs(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()) < 0.01
+
+
+def test_onerec_dropout_behaves_as_torch_dropout():
+    from modeling_onerec.modeling_onerec import OneRecDropout
+
+    x = torch.randn(64, 300, requires_grad=True)
+    dropout = OneRecDropout(0.25).train()
+    out = dropout(x)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] / 0.75)  # inverted dropout, as nn.Dropout
+    assert abs(kept.float().mean().item() - 0.75) < 0.02
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(OneRecDropout(0.0).train()(x), x)
+    assert torch.equal(OneRecDropout(1.0).train()(x), torch.zeros_like(x))
+
+
+def test_every_dropout_is_onerec_dropout_and_attention_dropout_is_its_own_rate(tmp_path):
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    from modeling_onerec.modeling_onerec import OneRecDropout
+
+    model = tiny_model(dropout_rate=0.1)
+    assert not [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    assert {m.p for m in model.modules() if isinstance(m, OneRecDropout)} == {0.1}
+    assert {m.dropout for m in model.modules() if isinstance(m, T5Attention)} == {0.1}  # T5's single rate
+    model = tiny_model(dropout_rate=0.1, attention_dropout_rate=0.0)
+    assert {m.dropout for m in model.modules() if isinstance(m, T5Attention)} == {0.0}
+    assert {m.p for m in model.modules() if isinstance(m, OneRecDropout)} == {0.1}
+    model.save_pretrained(tmp_path)
+    reloaded = OneRecForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.config.attention_dropout_rate == 0.0
+    assert {m.dropout for m in reloaded.modules() if isinstance(m, T5Attention)} == {0.0}
+    with pytest.raises(Exception, match="attention_dropout_rate must be in"):  # the config's validation error
+        tiny_config(attention_dropout_rate=1.5)
