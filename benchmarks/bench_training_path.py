@@ -19,7 +19,12 @@ Two measurements on a real dataset (default: Amazon Beauty), the same length-gro
    * ``after-grouped_mm-compiled``: that, compiled (one graph: forward, loss, backward);
    * ``after-bf16`` / ``after-grouped_mm-bf16-compiled``: the same under bfloat16 autocast (what the Trainer's
      ``--bf16 true`` does), float32 weights and optimizer states;
-   * any variant with ``-fusedadam``: ``torch.optim.AdamW(fused=True)`` (the Trainer's ``--optim adamw_torch_fused``).
+   * any variant with ``-fusedadam``: ``torch.optim.AdamW(fused=True)`` (the Trainer's ``--optim adamw_torch_fused``);
+   * any variant with ``-torchdropout``: ``nn.Dropout`` in place of ``OneRecDropout`` (the step before the CPU masks);
+   * any variant with ``-attn0``: ``attention_dropout_rate=0`` (hidden states keep dropout 0.1).
+
+With ``--eval_windows N`` every variant also reports its loss on the first N validation windows after its timed
+steps: equal learning per window shows as equal losses (within the noise of dropout's random numbers).
 
 Run from the repository root::
 
@@ -72,6 +77,11 @@ VARIANTS = (
     "after-dense-bf16-compiled",
     "after-grouped_mm-bf16-compiled",
     "after-grouped_mm-bf16-compiled-fusedadam",
+    "after-torchdropout",
+    "after-attn0",
+    "after-grouped_mm-attn0",
+    "after-torchdropout-attn0",
+    "after-bf16-attn0",
 )
 
 
@@ -81,6 +91,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--collate_batches", type=int, default=200, help="Batches of 64 timed for collation.")
+    parser.add_argument(
+        "--eval_windows", type=int, default=0, help="Validation windows scored after each variant's steps (0: none)."
+    )
     parser.add_argument(
         "--step_windows",
         type=int,
@@ -124,16 +137,22 @@ def time_collation(raw, tokenized, tokenizer, args) -> Dict[str, Any]:
     return results
 
 
-def time_training(variant: str, batch_size: int, raw, tokenized, tokenizer, args, device) -> Dict[str, Any]:
-    """Windows/s of forward + backward + AdamW over consecutive length-grouped batches (collation included)."""
+def time_training(
+    variant: str, batch_size: int, raw, tokenized, tokenizer, args, device, validation=None
+) -> Dict[str, Any]:
+    """Windows/s of forward + backward + AdamW over consecutive length-grouped batches (collation included), and the
+    loss on ``validation`` (tokenised windows) afterwards when given."""
     torch.manual_seed(args.seed)
     overrides = {
         "session_length": args.session_length,
         "max_history_items": args.max_history_items,
         "dropout_rate": 0.0 if "dropout0" in variant else 0.1,
+        "attention_dropout_rate": 0.0 if "attn0" in variant else None,
         "expert_dispatch": "dense" if "dense" in variant else "grouped_mm" if "grouped_mm" in variant else "grouped",
     }
     model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset=args.preset, **overrides))
+    if "torchdropout" in variant:
+        swap_dropout(model)
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if "fusedadam" in variant else None)
     forward = torch.compile(model, dynamic=True) if "compiled" in variant else model
@@ -169,7 +188,7 @@ def time_training(variant: str, batch_size: int, raw, tokenized, tokenizer, args
     synchronize(device)
     seconds = time.perf_counter() - start
     windows = sum(len(indices) for indices in chosen[warmup:])
-    return {
+    row = {
         "variant": variant,
         "batch_size": batch_size,
         "steps": len(chosen) - warmup,
@@ -177,15 +196,46 @@ def time_training(variant: str, batch_size: int, raw, tokenized, tokenizer, args
         "warmup_s": round(warmup_seconds, 1),
         "final_loss": round(float(loss), 4),
     }
+    if validation is not None:
+        row["validation_loss"] = round(
+            validation_loss(model, validation, TokenizedSessionCollator(tokenizer.pad_token_id), device), 4
+        )
+    return row
+
+
+def swap_dropout(model) -> None:
+    """``nn.Dropout`` back in place of every ``OneRecDropout`` (the step as it was before the CPU masks)."""
+    from modeling_onerec.modeling_onerec import OneRecDropout
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, OneRecDropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+
+
+@torch.no_grad()
+def validation_loss(model, validation, collator, device, batch_size: int = 256) -> float:
+    """Token-weighted mean NTP loss (float32, eval mode) of the model over tokenised validation windows."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(validation), batch_size):
+        rows = validation.__getitems__(list(range(start, min(start + batch_size, len(validation)))))
+        batch = {key: value.to(device) for key, value in collator(rows).items()}
+        outputs = model(**batch)
+        total += float(outputs.ntp_loss) * int(outputs.ntp_num_tokens)
+        tokens += int(outputs.ntp_num_tokens)
+    model.train()
+    return total / max(tokens, 1)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = setup_device(args.device, args.threads)
     data = load_named_dataset(args.dataset)
-    raw = build_session_samples(
+    samples = build_session_samples(
         leave_one_out_split(data["sequences"]), max_history=args.max_history_items, session_length=args.session_length
-    )["train"]
+    )
+    raw = samples["train"]
     tokenizer = SemanticIDTokenizer.from_pretrained(args.tokenizer_dir)
     start = time.perf_counter()
     tokenized = tokenize_session_samples(
@@ -207,11 +257,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{collation['identical_batches']} batches identical",
         flush=True,
     )
+    validation = None
+    if args.eval_windows > 0:
+        validation = tokenize_session_samples(
+            samples["validation"].select(range(min(args.eval_windows, len(samples["validation"])))),
+            tokenizer,
+            max_history_items=args.max_history_items,
+            session_length=args.session_length,
+        ).select_columns(list(TOKENIZED_COLUMNS))
     training = []
     for batch_size in args.batch_sizes:
         for variant in args.variants:
             try:
-                row = time_training(variant, batch_size, raw, tokenized, tokenizer, args, device)
+                row = time_training(variant, batch_size, raw, tokenized, tokenizer, args, device, validation)
             except Exception as error:  # a variant that cannot run here (e.g. no compiler) is reported, not fatal
                 row = {"variant": variant, "batch_size": batch_size, "error": f"{type(error).__name__}: {error}"[:300]}
             training.append(row)

@@ -92,7 +92,13 @@ class EvaluateArguments(DatasetArguments):
         },
     )
     session_eval_length: int = field(default=5, metadata={"help": "m of scored sessions (0 = no session metrics)."})
-    max_history: int = field(default=50, metadata={"help": "Newest history items every model is given."})
+    max_history: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Newest history items of each test user kept (None: all). Each model reads its own window (OneRec "
+            "its config.max_history_items); excluding the history from a ranking excludes every kept item."
+        },
+    )
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where metrics and top-k files go."})
 
     minimum_values: ClassVar[Mapping[str, int]] = {

@@ -114,6 +114,13 @@ class DataArguments(DatasetArguments):
     ranking_eval_users: int = field(
         default=512, metadata={"help": "Validation users scored by beam search at each evaluation (0 = loss only)."}
     )
+    ranking_exclude_history: bool = field(
+        default=False,
+        metadata={
+            "help": "The validation ranking never recommends the user's own history items (as the test table's "
+            "'excluded' row); default: history items allowed."
+        },
+    )
     test_users: Optional[int] = field(
         default=None,
         metadata={
@@ -188,6 +195,11 @@ def main(argv=None) -> dict:
         session_length=model.config.session_length,
         pairs=window_pairs,
     )
+    # Validation and test samples keep the whole history: the model reads its newest max_history_items itself, and
+    # "history excluded" in a ranking must exclude every item the user consumed, not only the newest ones.
+    for split, full in build_session_samples(splits, max_history=None, session_length=1).items():
+        if split != "train":
+            samples[split] = full
     train = samples["train"].shuffle(seed=training_args.seed)
     if data_args.max_train_samples is not None:
         if data_args.pairs == "random_window":
@@ -241,6 +253,7 @@ def main(argv=None) -> dict:
         processing_class=tokenizer,
         ranking_eval_samples=ranking_eval,
         ranking_num_beams=data_args.num_beams,
+        ranking_exclude_history=data_args.ranking_exclude_history,
     )
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume_from)
@@ -266,6 +279,22 @@ def main(argv=None) -> dict:
         "train_loss": round(train_result.training_loss, 5),  # mean over the run's steps
         "epochs": training_args.num_train_epochs,
         "epochs_trained": round(trainer.state.epoch or 0.0, 3),
+        "last_evaluation": next(
+            (entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None
+        ),  # validation loss (and ranking metrics) of the last evaluation
+        # Training alone, this invocation (after a resume: the steps since the checkpoint); the evaluations that ran
+        # inside train() are taken out of its wall time.
+        "train_windows_per_s": round(
+            (train_result.global_step - (int(Path(resume_from).name.split("-")[-1]) if resume_from else 0))
+            * training_args.per_device_train_batch_size
+            * training_args.world_size
+            * training_args.gradient_accumulation_steps
+            / max(
+                train_seconds - sum(e.get("eval_runtime", 0.0) for e in trainer.state.log_history),
+                1e-9,
+            ),
+            1,
+        ),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_metric": trainer.state.best_metric,
         "dropout_rate": model.config.dropout_rate,

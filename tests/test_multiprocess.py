@@ -45,7 +45,10 @@ def assert_same_steps(task: str, tmp_path) -> dict:
     assert len(one["logs"]) == len(two["logs"]) == 4
     for single, split in zip(one["logs"], two["logs"]):
         assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
-    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-5)
+    # Weights after 4 Adam steps at lr 1e-2: a weight whose gradient is ~0 moves by up to lr * m / sqrt(v), so float
+    # summation order alone (one process vs two, or another CPU's kernels) can move it by ~1e-4 (seen on an AMD EPYC);
+    # a tenth of one step still catches a per-process loss (those steps differ by whole lr-sized updates).
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-3)
     return one
 
 

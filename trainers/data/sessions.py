@@ -38,7 +38,7 @@ _TARGET_COLUMNS = (
 
 
 def build_session_samples(
-    splits: DatasetDict, *, max_history: int = 50, session_length: int = 5, pairs: str = "prefix"
+    splits: DatasetDict, *, max_history: int | None = 50, session_length: int = 5, pairs: str = "prefix"
 ) -> DatasetDict:
     """Turn leave-one-out splits into `(history, target)` samples.
 
@@ -55,7 +55,9 @@ def build_session_samples(
             Output of `leave_one_out_split`: `train`, `validation`, `test` with `user_id`, `item_ids` and
             optionally `timestamps` / `ratings`.
         max_history (`int`, defaults to 50):
-            Most history items kept; the newest are kept.
+            Most history items kept; the newest are kept. `None` keeps the whole history: what evaluation wants, so
+            that excluding "the user's history" from a ranking excludes all of it (a model reads only its newest
+            `config.max_history_items` items itself).
         session_length (`int`, defaults to 5):
             Most target items of a training sample; 1 gives TIGER's point-wise setting.
         pairs (`str`, defaults to `"prefix"`):
@@ -66,6 +68,8 @@ def build_session_samples(
         `DatasetDict` with `train`, `validation` and `test`, columns `user_id`, `history`, `target` and, when
         the source has them, `history_ratings`, `target_ratings`, `target_timestamps`.
     """
+    if max_history is None:
+        max_history = _NO_CAP
     _check_positive(max_history=max_history, session_length=session_length)
     check_pairs(pairs)
     if pairs == "random_window":
@@ -211,6 +215,9 @@ def build_time_sessions(
             session_sizes=ends - starts,
         )
     return DatasetDict(samples)
+
+
+_NO_CAP = 2**40  # max_history=None: longer than any sequence
 
 
 def _check_positive(**arguments: int) -> None:

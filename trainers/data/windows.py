@@ -23,7 +23,6 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 PAIR_CONSTRUCTIONS = ("prefix", "all_windows", "random_window")
 
@@ -119,8 +118,9 @@ def random_window_bounds(offsets: np.ndarray, max_history: int, seed: int, epoch
     }
 
 
-class RandomWindowDataset(torch.utils.data.Dataset):
-    """Training pairs `"random_window"`: one tokenised pair per user, drawn afresh each epoch.
+class RandomWindowDataset:
+    """Training pairs `"random_window"`: one tokenised pair per user, drawn afresh each epoch (a map-style dataset for
+    torch's ``DataLoader``; ``trainers.data`` is imported without torch).
 
     The Trainer's dataloader calls ``set_epoch(epoch)`` before every epoch (through the sampler,
     :class:`~trainers.pretraining.EpochLengthGroupedSampler`); a resumed run calls it with the epoch it resumes, so

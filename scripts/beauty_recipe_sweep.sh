@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The recipe table of docs/results.md ("Choosing the recipe on validation"): one row per call, each a pretraining run
+# of the same budget scored on the *validation* split only (loss on all validation windows, Recall/NDCG@5/10 on 2,000
+# validation users, history excluded). The test split is never read here.
+#
+#   ROW=prefix-cap20 OUT=/tmp/sweep bash scripts/beauty_recipe_sweep.sh      # one row
+#   STEPS=1000 BATCH=256 THREADS=1 ...                                        # the budget (defaults below)
+#
+# Needs a Beauty tokenizer (examples/build_semantic_ids.py --dataset beauty) at $TOKENIZER. Each row writes
+# $OUT/<row>/metrics.json; rerunning a row resumes it from its newest checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROW=${ROW:?set ROW to one of the rows below}
+OUT=${OUT:?set OUT to a folder outside the repository}
+TOKENIZER=${TOKENIZER:-outputs/beauty/tokenizer}
+STEPS=${STEPS:-1000}        # x BATCH windows per row: the same number of (history, target) pairs for every row
+BATCH=${BATCH:-256}
+LR=${LR:-3e-3}
+THREADS=${THREADS:-1}       # two rows side by side on the 2 cores
+export OMP_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
+common=(--dataset beauty --tokenizer_dir "$TOKENIZER" --output_dir "$OUT/$ROW" --preset small
+        --max_steps "$STEPS" --per_device_train_batch_size "$BATCH" --learning_rate "$LR" --warmup_steps 100
+        --lr_scheduler_type linear --weight_decay 0.05 --dropout_rate 0.1 --session_length 5
+        --logging_steps 50 --save_strategy steps --save_steps "${SAVE_STEPS:-250}" --save_total_limit 1
+        --eval_strategy steps --eval_steps "$STEPS" --max_eval_samples "${EVAL_WINDOWS:-100000}" --ranking_eval_users "${RANK_USERS:-2000}"
+        --ranking_exclude_history true --num_beams 128 --test_users 0 --report_to none --seed 0
+        --disable_tqdm true --use_cpu true)
+case "$ROW" in
+  prefix-cap50)        extra=(--pairs prefix --max_history_items 50) ;;
+  prefix-cap20)        extra=(--pairs prefix --max_history_items 20) ;;
+  all_windows-cap20)   extra=(--pairs all_windows --max_history_items 20) ;;
+  random_window-cap20) extra=(--pairs random_window --max_history_items 20) ;;
+  prefix-cap20-attn0)  extra=(--pairs prefix --max_history_items 20 --attention_dropout_rate 0) ;;
+  prefix-cap20-m10)    extra=(--pairs prefix --max_history_items 20 --session_length 10) ;;
+  prefix-cap20-m3)     extra=(--pairs prefix --max_history_items 20 --session_length 3) ;;
+  prefix-cap20-lr1e-2) extra=(--pairs prefix --max_history_items 20 --learning_rate 1e-2) ;;
+  *) echo "unknown ROW=$ROW" >&2; exit 2 ;;
+esac
+python examples/pretrain.py "${common[@]}" "${extra[@]}"
