@@ -3,7 +3,7 @@
 # of the same budget scored on the *validation* split only (loss on all validation windows, Recall/NDCG@5/10 on 2,000
 # validation users, history excluded). The test split is never read here.
 #
-#   ROW=prefix-cap20 OUT=/tmp/sweep bash scripts/beauty_recipe_sweep.sh      # one row
+#   ROW=prefix-cap20-attn0 OUT=/tmp/sweep bash scripts/beauty_recipe_sweep.sh      # one row
 #   STEPS=1000 BATCH=256 THREADS=1 ...                                        # the budget (defaults below)
 #
 # Needs a Beauty tokenizer (examples/build_semantic_ids.py --dataset beauty) at $TOKENIZER. Each row writes
@@ -27,15 +27,19 @@ common=(--dataset beauty --tokenizer_dir "$TOKENIZER" --output_dir "$OUT/$ROW" -
         --eval_strategy steps --eval_steps "$STEPS" --max_eval_samples "${EVAL_WINDOWS:-100000}" --ranking_eval_users "${RANK_USERS:-2000}"
         --ranking_exclude_history true --num_beams 128 --test_users 0 --report_to none --seed 0
         --disable_tqdm true --use_cpu true)
-case "$ROW" in
-  prefix-cap50)        extra=(--pairs prefix --max_history_items 50) ;;
-  prefix-cap20)        extra=(--pairs prefix --max_history_items 20) ;;
-  all_windows-cap20)   extra=(--pairs all_windows --max_history_items 20) ;;
-  random_window-cap20) extra=(--pairs random_window --max_history_items 20) ;;
-  prefix-cap20-attn0)  extra=(--pairs prefix --max_history_items 20 --attention_dropout_rate 0) ;;
-  prefix-cap20-m10)    extra=(--pairs prefix --max_history_items 20 --session_length 10) ;;
-  prefix-cap20-m3)     extra=(--pairs prefix --max_history_items 20 --session_length 3) ;;
-  prefix-cap20-lr1e-2) extra=(--pairs prefix --max_history_items 20 --learning_rate 1e-2) ;;
-  *) echo "unknown ROW=$ROW" >&2; exit 2 ;;
-esac
+# ROW names its settings, dash-separated: the pair construction first (prefix, all_windows, random_window), then any
+# of capN (history cap, items), attn0 (no attention-probability dropout), mN (session length), lrX (learning rate, decimal: lr0.01),
+# dropoutX (hidden dropout), e.g. ROW=all_windows-cap20-attn0-m10.
+IFS=- read -r -a parts <<< "$ROW"
+extra=(--pairs "${parts[0]}")
+for part in "${parts[@]:1}"; do
+  case "$part" in
+    cap*) extra+=(--max_history_items "${part#cap}") ;;
+    attn0) extra+=(--attention_dropout_rate 0) ;;
+    m*) extra+=(--session_length "${part#m}") ;;
+    lr*) extra+=(--learning_rate "${part#lr}") ;;
+    dropout*) extra+=(--dropout_rate "${part#dropout}") ;;
+    *) echo "unknown setting '$part' in ROW=$ROW" >&2; exit 2 ;;
+  esac
+done
 python examples/pretrain.py "${common[@]}" "${extra[@]}"

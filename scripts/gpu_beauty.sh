@@ -10,8 +10,9 @@
 #
 # Set-up: wheels in .whl/ are installed offline (a machine without internet; see benchmarks/README.md);
 # otherwise a missing stack is installed with pip. Knobs (environment): OUT_DIR, TOKENIZER_DIR, EMBEDDING_SOURCE
-# (collaborative: no text model needed), PRESET, BATCH, LR, DROPOUT, EPOCHS, PATIENCE, VAL_USERS, TEST_USERS
-# (empty = all), WORKERS, COMPILE (1 = torch.compile), SEED.
+# (collaborative: no text model needed), PRESET, PAIRS (prefix / all_windows / random_window), HISTORY (history cap),
+# BATCH, LR, DROPOUT, EPOCHS, PATIENCE, VAL_USERS, TEST_USERS (empty = all), WORKERS, COMPILE (1 = torch.compile),
+# SEED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -31,6 +32,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTH
 
 OUT=${OUT_DIR:-outputs/gpu_beauty}
 PRESET=${PRESET:-small}
+PAIRS=${PAIRS:-prefix}       # how (history, target) pairs are cut (trainers/data/windows.py)
+HISTORY=${HISTORY:-50}       # history cap in items
 BATCH=${BATCH:-256}          # the peers' batch (TIGER, ActionPiece, RPG)
 LR=${LR:-2e-3}               # chosen on validation at batch 64 on the CPU (docs/results.md); re-check on the GPU's validation
 DROPOUT=${DROPOUT:-0.1}      # 0 won on the CPU at a 3-epoch budget; a run to early stopping over many epochs needs regularising
@@ -59,9 +62,10 @@ fi
 
 STRATEGY=(--eval_strategy epoch --save_strategy epoch)
 if [ "${DRY_RUN:-0}" = 1 ]; then STRATEGY=(--eval_strategy steps --save_strategy steps); fi
-stage "pretraining $PRESET, batch $BATCH, lr $LR, dropout $DROPOUT, <= $EPOCHS epochs, patience $PATIENCE"
+stage "pretraining $PRESET, $PAIRS pairs, history <= $HISTORY, batch $BATCH, lr $LR, dropout $DROPOUT, <= $EPOCHS epochs, patience $PATIENCE"
 "$PY" examples/pretrain.py --dataset beauty --tokenizer_dir "$TOKENIZER_DIR" --output_dir "$OUT/onerec" \
     --preset "$PRESET" --session_length 5 --dropout_rate "$DROPOUT" --num_train_epochs "$EPOCHS" \
+    --pairs "$PAIRS" --max_history_items "$HISTORY" --ranking_exclude_history true \
     --learning_rate "$LR" --warmup_steps 100 --lr_scheduler_type linear --per_device_train_batch_size "$BATCH" \
     --per_device_eval_batch_size 1024 "${STRATEGY[@]}" --save_total_limit 2 --load_best_model_at_end true \
     --metric_for_best_model recall@10 --early_stopping_patience "$PATIENCE" --ranking_eval_users "$VAL_USERS" \
