@@ -20,8 +20,9 @@ copies them next to the weights for ``trust_remote_code`` loading.
 
 import copy
 import math
+import numbers
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -784,19 +785,22 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         from .generation_onerec import eval_mode, length_sorted_batches, session_beam_search
 
         self.config.check_tokenizer(tokenizer)
-        if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
+        if isinstance(histories, (str, bytes, Mapping)) or not isinstance(histories, Iterable):
             raise TypeError("histories must be a list of item-id lists, one per user, e.g. [['12', '7'], ['3']].")
+        histories = list(histories)  # a generator or any other iterable of histories, read once
         num_beams = num_sessions if num_beams is None else num_beams
         for name, value in (("num_sessions", num_sessions), ("num_beams", num_beams), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy integers too
                 raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
+        num_sessions, num_beams, batch_size = int(num_sessions), int(num_beams), int(batch_size)
         if num_sessions < 1 or num_beams < num_sessions:
             raise ValueError(
                 f"Need 1 <= num_sessions <= num_beams, got num_sessions={num_sessions}, num_beams={num_beams}."
             )
         session_length = self.config.session_length if session_length is None else session_length
-        if isinstance(session_length, bool) or not isinstance(session_length, int):
+        if isinstance(session_length, bool) or not isinstance(session_length, numbers.Integral):
             raise TypeError(f"session_length must be an int, got {type(session_length).__name__} {session_length!r}.")
+        session_length = int(session_length)
         if session_length < 1 or batch_size < 1:
             raise ValueError(
                 f"session_length and batch_size must be >= 1, got session_length={session_length}, "

@@ -303,3 +303,17 @@ def test_every_invalid_count_is_a_clear_error_naming_it(catalogue, name, value):
     kwargs = {"num_sessions": 2, "num_beams": 4, name: value}
     with pytest.raises((TypeError, ValueError), match=name):
         model.recommend(tokenizer, [["sku1", "sku2"]], **kwargs)
+
+
+def test_recommend_accepts_numpy_counts_and_any_iterable_of_histories(catalogue):
+    import numpy as np
+
+    tokenizer, model = catalogue
+    histories = [["sku1", "sku2"], ["sku3"]]
+    expected = model.recommend(tokenizer, histories, num_sessions=2, num_beams=4)
+    got = model.recommend(
+        tokenizer, (list(h) for h in histories), num_sessions=np.int64(2), num_beams=np.int32(4), session_length=None
+    )
+    assert [[s.items for s in user] for user in got] == [[s.items for s in user] for user in expected]
+    with pytest.raises(TypeError, match="list of item-id lists"):
+        model.recommend(tokenizer, {"u1": ["sku1"]})

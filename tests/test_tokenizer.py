@@ -267,3 +267,18 @@ def test_save_is_staged_and_a_folder_mixing_two_saves_is_refused(tmp_path, small
     with pytest.raises(ValueError, match="is a file"):
         small_tokenizer.save_pretrained(target / "item_ids.json")
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+
+def test_missing_item_ids_and_ragged_token_counts_are_clear_errors(small_tokenizer):
+    from tests.conftest import clustered_embeddings
+    from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
+
+    config = ResidualKMeansConfig(num_levels=2, codebook_size=4)
+    for bad in (None, "", "  "):
+        with pytest.raises(ValueError, match=r"item_ids\[2\] is .*non-empty id"):
+            build_semantic_ids(["a", "b", bad, "d"], clustered_embeddings(4), config, progress=False)
+    levels = small_tokenizer.num_levels
+    codes = small_tokenizer.item_tokens[:2].reshape(-1).tolist()
+    assert small_tokenizer.decode_items(codes) == list(small_tokenizer.item_ids[:2])
+    with pytest.raises(ValueError, match=f"needs {levels} code tokens per item"):
+        small_tokenizer.decode_items(codes[:-1])

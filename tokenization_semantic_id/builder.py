@@ -43,9 +43,16 @@ def build_semantic_ids(
         The tokenizer; ``tokenizer.build_info`` holds the collision report and per-level fit details.
     """
     config = config or ResidualKMeansConfig()
-    item_ids = [str(item) for item in item_ids]
+    item_ids = list(item_ids)
     if len(item_ids) == 0:
         raise ValueError("Cannot build semantic IDs for an empty catalogue: item_ids is empty.")
+    missing = [index for index, item in enumerate(item_ids) if item is None or str(item).strip() == ""]
+    if missing:
+        raise ValueError(
+            f"item_ids[{missing[0]}] is {item_ids[missing[0]]!r}: every item needs a non-empty id ({len(missing)} "
+            "missing). Drop those rows or give them ids (None would be stored as the item 'None')."
+        )
+    item_ids = [str(item) for item in item_ids]
     embeddings = validate_item_embeddings(embeddings, num_items=len(item_ids))
     fit = fit_residual_kmeans(embeddings, config, progress=progress)
     codes, collisions = resolve_collisions(fit.codes, disambiguation_size)

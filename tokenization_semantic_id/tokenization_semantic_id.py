@@ -378,7 +378,14 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
 
     def decode_items(self, token_ids, strict: bool = True) -> List[Optional[str]]:
         """``[n, L']`` token ids -> item ids. With ``strict=False`` an invalid code gives ``None``."""
-        token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1, self.num_levels)
+        token_ids = torch.as_tensor(token_ids, dtype=torch.long)
+        if token_ids.numel() % self.num_levels:
+            raise ValueError(
+                f"decode_items needs {self.num_levels} code tokens per item (one per level), got {token_ids.numel()} "
+                f"tokens (shape {list(token_ids.shape)}): pass [n, {self.num_levels}] ids, without BOS/EOS "
+                "(decode_session reads whole generated sessions)."
+            )
+        token_ids = token_ids.reshape(-1, self.num_levels)
         trie = self.trie
         leaves = trie.walk(token_ids.to(trie.device)).cpu()
         items = []
