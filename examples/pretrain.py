@@ -200,6 +200,12 @@ def main(argv=None) -> dict:
     for split, full in build_session_samples(splits, max_history=None, session_length=1).items():
         if split != "train":
             samples[split] = full
+    if len(samples["train"]) == 0:
+        raise ValueError(
+            f"No training windows in {data_args.dataset}: every user's training part holds fewer than 2 items (a window "
+            "needs a history item and a target after it). Leave-one-out keeps each user's last 2 items for validation "
+            "and test, so users need at least 4 interactions to train on; check the data or use a longer log."
+        )
     train = samples["train"].shuffle(seed=training_args.seed)
     if data_args.max_train_samples is not None:
         if data_args.pairs == "random_window":

@@ -3,6 +3,7 @@ on the bundled Scientific data with tiny settings; plus the user sampling and he
 
 import json
 import math
+import shutil
 
 import pytest
 from datasets import Dataset
@@ -377,3 +378,38 @@ def test_evaluate_refuses_model_names_that_share_a_file(trained_run):
             ]  # fmt: skip
         )
     assert not (root / "ev").exists() or not list((root / "ev").glob("topk_*"))
+
+
+def test_pretrain_pairs_resume_and_whole_history_exclusion(trained_run, caplog):
+    from trainers.data import leave_one_out_split, load_named_dataset
+
+    root, _ = trained_run
+    common = pretrain_arguments(root, max_steps=4, test_users=12) + ["--max_history_items", "2", "--num_beams", "16"]
+    # A random-window run stopped after its checkpoint at step 2 (final/ and metrics.json never written) ...
+    out = root / "windows"
+    stopped = [
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--test_users",
+        "0",
+    ]  # argparse: last wins
+    load_example("pretrain").main(common + stopped + ["--output_dir", str(out), "--pairs", "random_window"])
+    shutil.rmtree(out / "final")
+    (out / "metrics.json").unlink()
+    # ... is resumed by the same command (here with the full budget), not restarted.
+    with caplog.at_level("INFO", logger="pretrain"):
+        report = load_example("pretrain").main(common + ["--output_dir", str(out), "--pairs", "random_window"])
+    assert "Resuming the unfinished run" in caplog.text and "checkpoint-2" in caplog.text
+    assert report["steps"] == 4 and report["pairs"] == "random_window" and report["max_history_items"] == 2
+    # The model reads 2 history items, yet "history excluded" excludes every item the user ever consumed before.
+    splits = leave_one_out_split(load_named_dataset("scientific")["sequences"])
+    history = {user: set(items[:-1]) for user, items in zip(splits["test"]["user_id"], splits["test"]["item_ids"])}
+    lists = read_topk_json(out / "topk_test_exclude_history.json")
+    assert len(lists) == 12 and any(len(history[user]) > 2 for user in lists)
+    assert all(not set(items) & history[user] for user, items in lists.items())
+    windows = load_example("pretrain").main(common + ["--output_dir", str(root / "all"), "--pairs", "all_windows"])
+    assert windows["pairs"] == "all_windows" and windows["train_samples"] > report["train_samples"]

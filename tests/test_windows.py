@@ -110,3 +110,14 @@ def test_random_window_dataset_tokenises_like_the_samples(small_tokenizer):
     unknown = _splits({"u": ["not-an-item", items[0]]})
     with pytest.raises(ValueError, match="not-an-item"):
         RandomWindowDataset(unknown["train"], small_tokenizer, max_history=3, session_length=2)
+
+
+def test_evaluation_samples_keep_the_whole_history_with_no_cap():
+    items = [f"i{j}" for j in range(60)]
+    splits = _splits({"u": items})
+    capped = build_session_samples(splits, max_history=20, session_length=1)
+    whole = build_session_samples(splits, max_history=None, session_length=1)
+    assert capped["test"]["history"] == [(items + ["val"])[-20:]]
+    assert whole["test"]["history"] == [items + ["val"]]  # what "exclude the history" must exclude
+    assert whole["validation"]["history"] == [items] and whole["validation"]["target"] == [["val"]]
+    assert len(whole["train"]) == len(capped["train"]) == 59

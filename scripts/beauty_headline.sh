@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The headline Amazon Beauty run on a 2-core CPU: the recipe chosen on validation (docs/results.md, "Choosing the
+# recipe on validation"), trained as two torchrun processes of one thread each, with validation ranking and early
+# stopping, then every test user ranked (history excluded: all of it, and allowed) and the top-10 lists written.
+#
+#   OUT=/data/runs/beauty_headline bash scripts/beauty_headline.sh          # OneRec, m = 5
+#   M=1 OUT=/data/runs/beauty_headline_m1 bash scripts/beauty_headline.sh   # TIGER-style, same recipe and budget
+#
+# Rerunning the same command resumes from the newest checkpoint in $OUT/onerec (the run survives being stopped).
+# Knobs (environment): TOKENIZER (a Beauty tokenizer; built into $OUT/semantic_ids when unset), PAIRS, HISTORY,
+# ATTENTION_DROPOUT, DROPOUT, LR, BATCH (global), STEPS, EVAL_STEPS, PATIENCE, VAL_USERS, TEST_USERS (empty = all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT to a folder outside the repository}
+M=${M:-5}
+PAIRS=${PAIRS:-prefix}
+HISTORY=${HISTORY:-20}
+ATTENTION_DROPOUT=${ATTENTION_DROPOUT:-0}
+DROPOUT=${DROPOUT:-0.1}
+LR=${LR:-3e-3}
+BATCH=${BATCH:-256}               # global: 2 processes x BATCH / 2
+STEPS=${STEPS:-10000}             # about 150 minutes of training on the 2 cores at this recipe's windows/s
+EVAL_STEPS=${EVAL_STEPS:-1000}
+PATIENCE=${PATIENCE:-3}
+VAL_USERS=${VAL_USERS:-2000}
+TEST_USERS=${TEST_USERS:-}
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
+if [ -z "${TOKENIZER:-}" ]; then
+  TOKENIZER=$OUT/semantic_ids/tokenizer
+  [ -d "$TOKENIZER" ] || python examples/build_semantic_ids.py --dataset beauty --output_dir "$OUT/semantic_ids"
+fi
+torchrun --nproc_per_node 2 examples/pretrain.py --use_cpu true --dataset beauty --tokenizer_dir "$TOKENIZER" \
+    --output_dir "$OUT/onerec" --preset small --session_length "$M" --pairs "$PAIRS" --max_history_items "$HISTORY" \
+    --dropout_rate "$DROPOUT" --attention_dropout_rate "$ATTENTION_DROPOUT" --learning_rate "$LR" \
+    --warmup_steps 100 --lr_scheduler_type linear --weight_decay 0.05 --max_steps "$STEPS" \
+    --per_device_train_batch_size $((BATCH / 2)) --eval_strategy steps --eval_steps "$EVAL_STEPS" \
+    --save_strategy steps --save_steps "$EVAL_STEPS" --save_total_limit 2 --load_best_model_at_end true \
+    --metric_for_best_model recall@10 --early_stopping_patience "$PATIENCE" --max_eval_samples 100000 \
+    --ranking_eval_users "$VAL_USERS" --ranking_exclude_history true --num_beams 128 \
+    ${TEST_USERS:+--test_users "$TEST_USERS"} --logging_steps 100 --report_to none --disable_tqdm true --seed 0
