@@ -442,13 +442,13 @@ def test_presets_construct(name):
     assert 0 < counts["activated"] < counts["total"]
 
 
-def test_readme_preset_table_states_the_real_parameter_counts():
-    # Every row of the README's preset table, recomputed: shape columns from PRESETS, counts from parameter_counts()
+def test_documented_preset_table_states_the_real_parameter_counts():
+    # Every row of the preset table in docs/model.md, recomputed: shape columns from PRESETS, counts from parameter_counts()
     # (itself checked against the built model in test_parameter_counts_are_exact).
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text(encoding="utf-8")
     rows = re.findall(
         r"^\| `([\w.-]+)` \| (\d+) \| (\d+) / (\d+) \| (\d+) / top-(\d+) \| (\d+) \| ([\d.]+)M \| "
         r"([\d.]+)M \((\d+)%\) \| ([\d.]+)M \|$",
