@@ -555,10 +555,13 @@ def test_run_ipa_skips_done_iterations_and_reuses_mined_pairs(tokenizer, tmp_pat
     second_pairs = json.loads((second / "pairs.json").read_text())["pairs"]
     assert OneRecForConditionalGeneration.from_pretrained(str(second)).config.vocab_size == tokenizer.vocab_size
 
-    # Iteration 2 deleted: only it is redone (M_1 read back from disk), with identical pairs and weights.
+    # Iteration 2 deleted: only it is redone, with identical pairs and weights: M_1 is read back from disk (training
+    # the in-memory seed M_0 again would give other weights). Another seed model is refused (the run records it).
     shutil.rmtree(second)
+    with pytest.raises(ValueError, match="seed_model_weights"):
+        run_ipa(make_model(tokenizer, seed=5), tokenizer, ipa_samples(), RecordingReward(), ipa_config(), out)
     reward = RecordingReward()
-    result = run_ipa(make_model(tokenizer, seed=5), tokenizer, ipa_samples(), reward, ipa_config(), out)
+    result = run_ipa(make_model(tokenizer), tokenizer, ipa_samples(), reward, ipa_config(), out)
     assert reward.calls == 2 and [s["iteration"] for s in result.iterations] == [1, 2]
     assert (first / "pairs.json").stat().st_mtime_ns == pairs_mtime
     assert_same_weights(weights(first), first_weights)
@@ -658,7 +661,8 @@ def test_run_ipa_refuses_to_resume_from_other_inputs(tokenizer, tmp_path):
 
     run(config, "/models/a")
     stored = json.loads((out / "ipa_inputs.json").read_text())
-    assert stored["inputs"] == {"model_dir": "/models/a"}
+    assert stored["inputs"]["model_dir"] == "/models/a"
+    assert set(stored["inputs"]) == {"model_dir", "seed_model_weights", "reward_fn"}
     assert stored["config"]["num_candidates"] == config.num_candidates
     before = sorted(p.name for p in out.rglob("*"))
     with pytest.raises(ValueError, match=r"inputs.model_dir: '/models/a' -> '/models/b'"):
@@ -668,3 +672,27 @@ def test_run_ipa_refuses_to_resume_from_other_inputs(tokenizer, tmp_path):
     assert sorted(p.name for p in out.rglob("*")) == before  # nothing written by the refused calls
     # The same inputs resume (here: nothing left to do).
     assert [state["iteration"] for state in run(config, "/models/a").iterations] == [1]
+
+
+def test_run_ipa_records_its_seed_model_and_reward_itself(tokenizer, tmp_path):
+    # Regression: called without run_inputs, run_ipa resumed a finished run made from another seed model (or reward)
+    # and returned the old model with an INFO line.
+    from trainers.ipa import fingerprint
+
+    out = tmp_path / "ipa"
+    config = ipa_config(num_iterations=1)
+    run_ipa(make_model(tokenizer, seed=0), tokenizer, ipa_samples(), RecordingReward(), config, out)
+    with pytest.raises(ValueError, match=r"inputs.seed_model_weights"):
+        run_ipa(make_model(tokenizer, seed=1), tokenizer, ipa_samples(), RecordingReward(), config, out)
+
+    class OtherReward(RecordingReward):
+        pass
+
+    with pytest.raises(ValueError, match=r"inputs.reward_fn"):
+        run_ipa(make_model(tokenizer, seed=0), tokenizer, ipa_samples(), OtherReward(), config, out)
+    resumed = run_ipa(make_model(tokenizer, seed=0), tokenizer, ipa_samples(), RecordingReward(), config, out)
+    assert [state["iteration"] for state in resumed.iterations] == [1]
+    # The digest follows the weights, not the object.
+    assert fingerprint(make_model(tokenizer, seed=0)) == fingerprint(make_model(tokenizer, seed=0))
+    weights = torch.tensor([1.0, 2.0])
+    assert fingerprint(weights) != fingerprint(weights * 2)

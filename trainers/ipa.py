@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
+import torch
 from datasets import Dataset
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -313,6 +315,34 @@ def _config_record(config: IPAConfig) -> Dict[str, Any]:
     return json.loads(json.dumps(record, default=str))
 
 
+def fingerprint(value) -> str:
+    """A short digest of what ``value`` computes with: a module's weights (``state_dict``), a tensor's values, or for
+    any other object its type and the modules and tensors among its attributes (a reward scorer's model and weights).
+    Two inputs with the same digest score alike; settings that do not change results (batch sizes) are not part of it.
+    """
+    digest = hashlib.sha256()
+
+    def add_tensor(name: str, tensor: torch.Tensor) -> None:
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+
+    def add(name: str, item) -> None:
+        if isinstance(item, torch.nn.Module):
+            for key, tensor in item.state_dict().items():
+                add_tensor(f"{name}.{key}", tensor)
+        elif isinstance(item, torch.Tensor):
+            add_tensor(name, item)
+
+    digest.update(f"{type(value).__module__}.{type(value).__qualname__}".encode())
+    if isinstance(value, (torch.nn.Module, torch.Tensor)):
+        add("", value)
+    else:
+        for name, attribute in sorted(getattr(value, "__dict__", {}).items()):
+            add(name, attribute)
+    return digest.hexdigest()[:16]
+
+
 def _check_run_inputs(output_dir: Path, record: Dict[str, Any]) -> None:
     """Stores ``record`` for a new run; for an existing one, raises naming every setting that differs."""
     path = output_dir / INPUTS_FILE
@@ -399,7 +429,10 @@ def run_ipa(
             "choose an empty output_dir."
         )
 
-    _check_run_inputs(output_dir, {"config": _config_record(config), "inputs": run_inputs or {}})
+    # The seed model's weights and the reward's are recorded by the run itself, whatever the caller passes: resuming a
+    # folder with another seed model or reward is refused even when run_inputs is not given.
+    inputs = {**(run_inputs or {}), "seed_model_weights": fingerprint(model), "reward_fn": fingerprint(reward_fn)}
+    _check_run_inputs(output_dir, {"config": _config_record(config), "inputs": inputs})
 
     first_todo = 1
     while first_todo <= config.num_iterations and _is_complete(output_dir, first_todo):
