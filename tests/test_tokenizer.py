@@ -282,3 +282,34 @@ def test_missing_item_ids_and_ragged_token_counts_are_clear_errors(small_tokeniz
     assert small_tokenizer.decode_items(codes) == list(small_tokenizer.item_ids[:2])
     with pytest.raises(ValueError, match=f"needs {levels} code tokens per item"):
         small_tokenizer.decode_items(codes[:-1])
+
+
+def test_a_save_failing_while_files_are_moved_in_keeps_the_previous_tokenizer(tmp_path, small_tokenizer, monkeypatch):
+    import tokenization_semantic_id.tokenization_semantic_id as module
+
+    target = tmp_path / "tok"
+    small_tokenizer.save_pretrained(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    other = build_semantic_ids(
+        [f"other{i}" for i in range(240)],
+        torch.randn(240, 16),
+        ResidualKMeansConfig(num_levels=3, codebook_size=6),
+        progress=False,
+    )
+    real_replace, moves = os.replace, []
+
+    def replace_failing_on_the_third_new_file(source, destination):
+        if ".saving-" in str(source) and ".previous" not in str(destination) and ".previous" not in str(source):
+            moves.append(destination)
+            if len(moves) == 3:
+                raise OSError("disk full")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(module.os, "replace", replace_failing_on_the_third_new_file)
+    with pytest.raises(OSError, match="disk full"):
+        other.save_pretrained(target)
+    monkeypatch.undo()
+    assert len(moves) == 3  # two new files were already in place when the third failed
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert SemanticIDTokenizer.from_pretrained(target).item_ids == small_tokenizer.item_ids
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]

@@ -60,6 +60,27 @@ def check_item_list(value, where: str) -> list:
     return list(value)
 
 
+def _swap_in(new_files: List[Path], target: Path, backup: Path) -> None:
+    """Move ``new_files`` into ``target`` all or nothing: the files they replace are first moved to ``backup`` and are
+    moved back if any move fails, so a failed save leaves the previous tokenizer whole."""
+    backup.mkdir()
+    replaced, moved = [], []
+    try:
+        for path in new_files:
+            if (target / path.name).exists():
+                os.replace(target / path.name, backup / path.name)
+                replaced.append(path.name)
+        for path in new_files:
+            os.replace(path, target / path.name)
+            moved.append(path.name)
+    except BaseException:
+        for name in moved:
+            (target / name).unlink(missing_ok=True)
+        for name in replaced:
+            os.replace(backup / name, target / name)
+        raise
+
+
 # Copied from modeling_onerec.configuration_onerec.level_offsets
 def level_offsets(codebook_sizes: List[int]) -> List[int]:
     """Token id of code 0 at each level: the special tokens first, then each level's codes in turn."""
@@ -181,8 +202,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         try:
             written = super().save_pretrained(str(staging), *args, **kwargs)
             target.mkdir(exist_ok=True)
-            for path in sorted(staging.iterdir()):
-                os.replace(path, target / path.name)
+            _swap_in(sorted(p for p in staging.iterdir() if p.is_file()), target, staging / ".previous")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return tuple(str(target / Path(path).name) for path in written)
