@@ -733,6 +733,18 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
             router_logits=router_logits if output_router_logits else None,
         )
 
+    def generate(self, inputs: Optional[torch.Tensor] = None, generation_config=None, **kwargs):
+        """transformers' ``generate()``, after two checks it does not make (5.24): the encoder's ``input_ids`` lie in
+        the vocabulary (``generate`` runs the encoder directly, around ``forward``'s check; a bad id was an
+        ``IndexError`` deep in the embedding) and ``num_beams >= 1`` (0 was a ``ZeroDivisionError``)."""
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(input_ids, torch.Tensor) and not input_ids.is_floating_point():
+            _check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        num_beams = kwargs.get("num_beams", getattr(generation_config or self.generation_config, "num_beams", 1))
+        if num_beams is not None and (isinstance(num_beams, bool) or int(num_beams) < 1):
+            raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}.")
+        return super().generate(inputs, generation_config, **kwargs)
+
     def _checks_token_ids(self, token_ids: Optional[torch.Tensor]) -> bool:
         """Whether ``forward`` checks its token ids against the vocabulary. The check reads a device tensor on the
         host, so it is skipped where that would stall the training step: under ``torch.compile``, and while

@@ -824,3 +824,16 @@ def test_every_dropout_is_onerec_dropout_and_attention_dropout_is_its_own_rate(t
     assert {m.dropout for m in reloaded.modules() if isinstance(m, T5Attention)} == {0.0}
     with pytest.raises(Exception, match="attention_dropout_rate must be in"):  # the config's validation error
         tiny_config(attention_dropout_rate=1.5)
+
+
+def test_generate_names_bad_token_ids_and_beam_counts():
+    model = tiny_model()
+    good = torch.randint(3, VOCAB, (2, 5))
+    assert model.generate(input_ids=good, max_new_tokens=2, num_beams=2).shape[0] == 2
+    assert model.generate(good, max_new_tokens=2).shape[0] == 2  # positional inputs, as transformers allows
+    bad = good.clone()
+    bad[1, 2] = VOCAB + 7
+    with pytest.raises(ValueError, match=rf"input_ids holds token ids outside .*\[{VOCAB + 7}\]"):
+        model.generate(input_ids=bad, max_new_tokens=2)
+    with pytest.raises(ValueError, match="num_beams must be an integer >= 1, got 0"):
+        model.generate(input_ids=good, max_new_tokens=2, num_beams=0)
