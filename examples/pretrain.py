@@ -261,6 +261,8 @@ def main(argv=None) -> dict:
         ranking_num_beams=data_args.num_beams,
         ranking_exclude_history=data_args.ranking_exclude_history,
     )
+    if resume_from:
+        check_checkpoint_shape(resume_from, model.config)
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - start
@@ -384,6 +386,42 @@ def check_output_dir(output_dir: Path, training_args) -> Optional[str]:
             "Resuming the unfinished run in %s from %s (--overwrite_output_dir true starts afresh).", output_dir, last
         )
     return last
+
+
+SHAPE_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_heads",
+    "num_layers",
+    "num_decoder_layers",
+    "num_experts",
+    "num_experts_per_token",
+    "expert_d_ff",
+    "feed_forward_proj",
+    "codebook_sizes",
+)
+
+
+def check_checkpoint_shape(checkpoint: str, config) -> None:
+    """A checkpoint resumed into a model of another shape (another ``--preset``, ``--num_experts``, tokenizer) fails in
+    torch with a list of size mismatches; name the settings that differ instead."""
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    differing = [
+        f"{name}: {saved.get(name)!r} in the checkpoint, {getattr(config, name, None)!r} now"
+        for name in SHAPE_FIELDS
+        if name in saved and saved.get(name) != getattr(config, name, None)
+    ]
+    if differing:
+        raise ValueError(
+            f"{checkpoint} holds a model of another shape ({'; '.join(differing)}): it cannot be resumed by this run. "
+            "Pass the --preset, --num_experts and --tokenizer_dir it was trained with, or start afresh with "
+            "--overwrite_output_dir true (or another --output_dir)."
+        )
 
 
 def format_results(results: dict, num_users: int) -> str:

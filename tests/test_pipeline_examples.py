@@ -411,5 +411,10 @@ def test_pretrain_pairs_resume_and_whole_history_exclusion(trained_run, caplog):
     lists = read_topk_json(out / "topk_test_exclude_history.json")
     assert len(lists) == 12 and any(len(history[user]) > 2 for user in lists)
     assert all(not set(items) & history[user] for user, items in lists.items())
+    # The same folder resumed with another model shape: the differing settings are named, not torch's size mismatch.
+    shutil.rmtree(out / "final")
+    (out / "metrics.json").unlink()
+    with pytest.raises(ValueError, match=r"another shape \(d_model: 32 in the checkpoint, 128 now"):
+        load_example("pretrain").main(common + ["--output_dir", str(out), "--preset", "small"])
     windows = load_example("pretrain").main(common + ["--output_dir", str(root / "all"), "--pairs", "all_windows"])
     assert windows["pairs"] == "all_windows" and windows["train_samples"] > report["train_samples"]
