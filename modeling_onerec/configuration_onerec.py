@@ -5,6 +5,7 @@ This file only depends on ``transformers``: ``save_pretrained`` copies it next t
 """
 
 import copy
+import os
 import warnings
 from typing import Dict, List, Optional, Union
 
@@ -114,6 +115,24 @@ def level_offsets(codebook_sizes: List[int]) -> List[int]:
         offsets.append(start)
         start += size
     return offsets
+
+
+def check_local_folder(path) -> None:
+    """Raises ``FileNotFoundError`` naming ``path`` when it can only mean a local folder and there is none.
+
+    transformers (5.24) reads such a path as a Hub repo id and fails with "Repo id must be in the form ..." or a
+    connection error. A Hub id is ``name`` or ``org/name``; a path starting with ``/``, ``.`` or ``~``, with more than
+    two parts, or whose first part exists here is local.
+    """
+    if not isinstance(path, (str, os.PathLike)) or os.path.isdir(os.path.expanduser(path)):
+        return
+    text = os.fspath(path)
+    parts = [part for part in text.replace(os.sep, "/").split("/") if part]
+    if text.startswith(("/", ".", "~")) or len(parts) > 2 or (len(parts) == 2 and os.path.exists(parts[0])):
+        raise FileNotFoundError(
+            f"{text}: no such folder. Pass a folder written by save_pretrained() (a Hub repo id has the form "
+            "'org/name')."
+        )
 
 
 @strict(accept_kwargs=True)
@@ -429,4 +448,4 @@ class OneRecConfig(T5Config):
             )
 
 
-__all__ = ["OneRecConfig", "PRESETS"]
+__all__ = ["OneRecConfig", "PRESETS", "check_local_folder"]

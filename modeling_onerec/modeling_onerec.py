@@ -45,7 +45,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
-from .configuration_onerec import OneRecConfig
+from .configuration_onerec import OneRecConfig, check_local_folder
 from .model_card import render_model_card
 
 logger = logging.get_logger(__name__)
@@ -476,6 +476,12 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
             init.normal_(module.output_proj, mean=0.0, std=factor * self.config.expert_hidden_size**-0.5)
         elif isinstance(module, OneRecRouter):
             init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model**-0.5)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it."""
+        check_local_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', with both heads in ``auto_map``, so that ``AutoModel`` and ``AutoModelForSeq2SeqLM`` load

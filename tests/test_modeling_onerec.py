@@ -837,3 +837,17 @@ def test_generate_names_bad_token_ids_and_beam_counts():
         model.generate(input_ids=bad, max_new_tokens=2)
     with pytest.raises(ValueError, match="num_beams must be an integer >= 1, got 0"):
         model.generate(input_ids=good, max_new_tokens=2, num_beams=0)
+
+
+def test_from_pretrained_names_a_missing_local_folder(tmp_path, monkeypatch):
+    from tokenization_semantic_id import SemanticIDTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    for missing in (str(tmp_path / "nope"), "./nope", "outputs/run/final", "outputs/final", "~/nope-onerec"):
+        for loader in (OneRecForConditionalGeneration, SemanticIDTokenizer):
+            with pytest.raises(FileNotFoundError, match="no such folder"):
+                loader.from_pretrained(missing)
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "outputs" / "final")
+    assert OneRecForConditionalGeneration.from_pretrained("outputs/final").config.vocab_size == VOCAB

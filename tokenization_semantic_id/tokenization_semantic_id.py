@@ -81,6 +81,25 @@ def _swap_in(new_files: List[Path], target: Path, backup: Path) -> None:
         raise
 
 
+# Copied from modeling_onerec.configuration_onerec.check_local_folder
+def check_local_folder(path) -> None:
+    """Raises ``FileNotFoundError`` naming ``path`` when it can only mean a local folder and there is none.
+
+    transformers (5.24) reads such a path as a Hub repo id and fails with "Repo id must be in the form ..." or a
+    connection error. A Hub id is ``name`` or ``org/name``; a path starting with ``/``, ``.`` or ``~``, with more than
+    two parts, or whose first part exists here is local.
+    """
+    if not isinstance(path, (str, os.PathLike)) or os.path.isdir(os.path.expanduser(path)):
+        return
+    text = os.fspath(path)
+    parts = [part for part in text.replace(os.sep, "/").split("/") if part]
+    if text.startswith(("/", ".", "~")) or len(parts) > 2 or (len(parts) == 2 and os.path.exists(parts[0])):
+        raise FileNotFoundError(
+            f"{text}: no such folder. Pass a folder written by save_pretrained() (a Hub repo id has the form "
+            "'org/name')."
+        )
+
+
 # Copied from modeling_onerec.configuration_onerec.level_offsets
 def level_offsets(codebook_sizes: List[int]) -> List[int]:
     """Token id of code 0 at each level: the special tokens first, then each level's codes in turn."""
@@ -186,6 +205,12 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             build_info=self.build_info,
             **kwargs,
         )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it."""
+        check_local_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained``, made safe for an existing folder: the files are written to a staging
