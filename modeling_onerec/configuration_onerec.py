@@ -135,6 +135,36 @@ def check_local_folder(path) -> None:
         )
 
 
+def corrupt_file_error(folder, error: Exception) -> Exception:
+    """For an error raised while loading ``folder`` by a parser that names no file (``json``'s ``JSONDecodeError``,
+    safetensors' ``SafetensorError``), a ``ValueError`` naming the first file of the folder that does not parse; the
+    error itself when none is found (it came from elsewhere)."""
+    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
+        return error
+    import json
+
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        try:
+            if name.endswith(".json"):
+                with open(path, encoding="utf-8") as handle:
+                    json.load(handle)
+            elif name.endswith(".safetensors"):
+                with safe_open(path, framework="pt") as handle:
+                    for key in handle.keys():
+                        handle.get_slice(key)
+            else:
+                continue
+        except Exception as problem:  # any parser error: this file is the one to name
+            return ValueError(
+                f"{path} is not readable ({type(problem).__name__}: {problem}); it may be truncated or corrupted. "
+                "Copy the folder again from where it was saved, or save it again."
+            )
+    return error
+
+
 @strict(accept_kwargs=True)
 class OneRecConfig(T5Config):
     r"""Configuration of :class:`OneRecForConditionalGeneration`.
@@ -448,4 +478,4 @@ class OneRecConfig(T5Config):
             )
 
 
-__all__ = ["OneRecConfig", "PRESETS", "check_local_folder"]
+__all__ = ["OneRecConfig", "PRESETS", "check_local_folder", "corrupt_file_error"]

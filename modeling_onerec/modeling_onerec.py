@@ -45,7 +45,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
-from .configuration_onerec import OneRecConfig, check_local_folder
+from .configuration_onerec import OneRecConfig, check_local_folder, corrupt_file_error
 from .model_card import render_model_card
 
 logger = logging.get_logger(__name__)
@@ -479,9 +479,16 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it."""
+        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it, a truncated
+        or corrupted file of the folder a ``ValueError`` naming the file."""
         check_local_folder(pretrained_model_name_or_path)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:  # JSONDecodeError, SafetensorError, ...: name the file
+            named = corrupt_file_error(pretrained_model_name_or_path, error)
+            if named is error:
+                raise
+            raise named from error
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', with both heads in ``auto_map``, so that ``AutoModel`` and ``AutoModelForSeq2SeqLM`` load

@@ -851,3 +851,21 @@ def test_from_pretrained_names_a_missing_local_folder(tmp_path, monkeypatch):
     model = tiny_model()
     model.save_pretrained(tmp_path / "outputs" / "final")
     assert OneRecForConditionalGeneration.from_pretrained("outputs/final").config.vocab_size == VOCAB
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer_config.json"])
+def test_a_truncated_file_of_a_saved_folder_is_named(tmp_path, name):
+    from tests.conftest import clustered_embeddings
+    from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, build_semantic_ids
+
+    tokenizer = build_semantic_ids(
+        [f"i{i}" for i in range(40)], clustered_embeddings(40), ResidualKMeansConfig(2, 4), progress=False
+    )
+    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny"))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    loader = SemanticIDTokenizer if name.startswith("tokenizer") else OneRecForConditionalGeneration
+    with pytest.raises(ValueError, match=rf"{name} is not readable .*truncated or corrupted"):
+        loader.from_pretrained(tmp_path)

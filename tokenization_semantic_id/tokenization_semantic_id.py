@@ -100,6 +100,37 @@ def check_local_folder(path) -> None:
         )
 
 
+# Copied from modeling_onerec.configuration_onerec.corrupt_file_error
+def corrupt_file_error(folder, error: Exception) -> Exception:
+    """For an error raised while loading ``folder`` by a parser that names no file (``json``'s ``JSONDecodeError``,
+    safetensors' ``SafetensorError``), a ``ValueError`` naming the first file of the folder that does not parse; the
+    error itself when none is found (it came from elsewhere)."""
+    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
+        return error
+    import json
+
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        try:
+            if name.endswith(".json"):
+                with open(path, encoding="utf-8") as handle:
+                    json.load(handle)
+            elif name.endswith(".safetensors"):
+                with safe_open(path, framework="pt") as handle:
+                    for key in handle.keys():
+                        handle.get_slice(key)
+            else:
+                continue
+        except Exception as problem:  # any parser error: this file is the one to name
+            return ValueError(
+                f"{path} is not readable ({type(problem).__name__}: {problem}); it may be truncated or corrupted. "
+                "Copy the folder again from where it was saved, or save it again."
+            )
+    return error
+
+
 # Copied from modeling_onerec.configuration_onerec.level_offsets
 def level_offsets(codebook_sizes: List[int]) -> List[int]:
     """Token id of code 0 at each level: the special tokens first, then each level's codes in turn."""
@@ -208,9 +239,16 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it."""
+        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it, a truncated
+        or corrupted file of the folder a ``ValueError`` naming the file."""
         check_local_folder(pretrained_model_name_or_path)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:  # JSONDecodeError, SafetensorError, ...: name the file
+            named = corrupt_file_error(pretrained_model_name_or_path, error)
+            if named is error:
+                raise
+            raise named from error
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained``, made safe for an existing folder: the files are written to a staging
