@@ -523,3 +523,21 @@ def test_silent_misreads_of_logs_are_errors(tmp_path):
         load_interactions(tmp_path / "mixed.csv")
     (tmp_path / "ms.csv").write_text("user_id,item_id,timestamp\nu1,a,1600000002000\nu1,b,1600000001000\n")
     assert load_interactions(tmp_path / "ms.csv")["sequences"][0]["item_ids"] == ["b", "a"]  # one unit: fine
+
+
+def test_undecodable_and_truncated_files_are_named_with_their_line(tmp_path):
+    from trainers.data import load_interactions
+
+    path = tmp_path / "seq.txt"
+    path.write_bytes(b"1 1 2 3\n2 4 5\n3 6 \xe9t\xe9\n")  # latin-1 bytes on line 3
+    with pytest.raises(ValueError, match=r"seq.txt, line 3: not UTF-8 text .*Re-save the file as UTF-8"):
+        load_s3rec(path)
+    csv_path = tmp_path / "log.csv"
+    csv_path.write_bytes(b"user_id,item_id\nu1,a\nu2,caf\xe9\n")
+    with pytest.raises(ValueError, match=r"log.csv, line \d: not UTF-8 text"):
+        load_interactions(csv_path)
+    gz = tmp_path / "seq.txt.gz"
+    data = gzip.compress(("".join(f"{u} {u} {u + 1} {u + 2}\n" for u in range(2000))).encode())
+    gz.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"seq.txt.gz: truncated or corrupted gzip data after line \d+"):
+        load_s3rec(gz)

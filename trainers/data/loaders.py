@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -632,11 +633,73 @@ def _require_file(path: str | Path, expected: str) -> Path:
     return resolved
 
 
-def _open_text(path: Path) -> TextIO:
-    """Open a UTF-8 text file, transparently gunzipping `.gz` files (byte-order marks are dropped)."""
+def _open_text(path: Path) -> "_TextFile":
+    """Open a UTF-8 text file, transparently gunzipping `.gz` files (byte-order marks are dropped). Reading errors
+    name the file and line (`_TextFile`)."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+        return _TextFile(path, gzip.open(path, "rt", encoding="utf-8-sig", newline=""))
+    return _TextFile(path, open(path, encoding="utf-8-sig", newline=""))
+
+
+class _TextFile:
+    """A text file whose decoding and decompression errors name the file and line: Python's `UnicodeDecodeError`,
+    `EOFError` (a truncated `.gz`) and `gzip.BadGzipFile` name neither."""
+
+    _ERRORS = (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error)
+
+    def __init__(self, path: Path, file: TextIO):
+        self.path, self.file, self.line_number = path, file, 0
+
+    def __enter__(self) -> "_TextFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def _error(self, error: Exception) -> ValueError:
+        if isinstance(error, UnicodeDecodeError):
+            line_number, line = self._first_undecodable_line()
+            return ValueError(
+                f"{self.path}, line {line_number}: not UTF-8 text ({error.reason}: {line[:60]!r}). Re-save the file "
+                "as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+            )
+        return ValueError(
+            f"{self.path}: truncated or corrupted gzip data after line {self.line_number} "
+            f"({type(error).__name__}: {error}). Copy or download the file again."
+        )
+
+    def _first_undecodable_line(self) -> tuple[int, bytes]:
+        """The first line that is not UTF-8 (text reads decode in blocks, so the failing read's line is not it)."""
+        opener = gzip.open if self.path.suffix == ".gz" else open
+        with opener(self.path, "rb") as raw:
+            for line_number, line in enumerate(raw, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return line_number, line
+        return self.line_number + 1, b""
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for line in self.file:
+                self.line_number += 1
+                yield line
+        except self._ERRORS as error:
+            raise self._error(error) from error
+
+    def readline(self) -> str:
+        try:
+            line = self.file.readline()
+        except self._ERRORS as error:
+            raise self._error(error) from error
+        self.line_number += 1
+        return line
+
+    def read(self, *args) -> str:
+        try:
+            return self.file.read(*args)
+        except self._ERRORS as error:
+            raise self._error(error) from error
 
 
 class _DuplicateKeyError(ValueError):
