@@ -317,3 +317,25 @@ def test_recommend_accepts_numpy_counts_and_any_iterable_of_histories(catalogue)
     assert [[s.items for s in user] for user in got] == [[s.items for s in user] for user in expected]
     with pytest.raises(TypeError, match="list of item-id lists"):
         model.recommend(tokenizer, {"u1": ["sku1"]})
+
+
+def test_history_longer_than_the_encoder_window_is_excluded_whole(catalogue, tmp_path):
+    # The model reads the newest 5 items; 70 of the 80 items are in the history, so every recommended item must be
+    # one of the 10 others: in recommend(), in the pipeline, and in generate() with the tokenizer's processor.
+    tokenizer, model = catalogue
+    model = OneRecForConditionalGeneration(
+        OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3, max_history_items=5)
+    ).eval()
+    history = [f"sku{i}" for i in range(70)]
+    allowed = {f"sku{i}" for i in range(70, 80)}
+    sessions = model.recommend(tokenizer, [history], num_sessions=8, num_beams=16)[0]
+    assert len(sessions) == 8 and all(set(s.items) <= allowed for s in sessions)
+    from transformers import pipeline
+
+    from modeling_onerec import RECOMMENDATION_TASK
+
+    recommender = pipeline(RECOMMENDATION_TASK, model=model, tokenizer=tokenizer)
+    assert all(set(s["items"]) <= allowed for s in recommender(history, num_sessions=4, num_beams=8))
+    out = _generate(model, tokenizer, [history], 3, 8)
+    decoded = [tokenizer.decode_session(row, prefix_length=1) for row in out.sequences]
+    assert all(items and set(items) <= allowed for items in decoded)
