@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from trainers.data import (
     BUNDLED_DATASET_NAMES,
@@ -541,3 +543,46 @@ def test_undecodable_and_truncated_files_are_named_with_their_line(tmp_path):
     gz.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"seq.txt.gz: truncated or corrupted gzip data after line \d+"):
         load_s3rec(gz)
+
+
+_ID = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=1, max_size=6)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    logs=st.dictionaries(_ID, st.lists(_ID, min_size=1, max_size=6), min_size=1, max_size=6),
+    fmt=st.sampled_from(["s3rec", "s3rec.gz", "inter_json", "recbole", "csv", "tsv", "jsonl", "parquet"]),
+)
+def test_every_format_loads_back_the_same_users_items_and_order(tmp_path_factory, logs, fmt):
+    # Property: random logs written in each supported format load back to the same {user: [items in order]}.
+    folder = tmp_path_factory.mktemp(fmt.replace(".", "_"))
+    rows = [(user, item, float(step)) for user, items in logs.items() for step, item in enumerate(items)]
+    if fmt.startswith("s3rec"):
+        text = "".join(f"{user} {' '.join(items)}\n" for user, items in logs.items())
+        path = folder / ("seq.txt.gz" if fmt.endswith(".gz") else "seq.txt")
+        path.write_bytes(gzip.compress(text.encode()) if fmt.endswith(".gz") else text.encode())
+        data = load_s3rec(path)
+    elif fmt == "inter_json":
+        (folder / "inter.json").write_text(json.dumps(logs))
+        data = load_inter_json(folder / "inter.json")
+    elif fmt == "recbole":
+        lines = ["user_id:token\titem_id:token\ttimestamp:float"] + [f"{u}\t{i}\t{t}" for u, i, t in rows]
+        (folder / "log.inter").write_text("\n".join(lines) + "\n")
+        data = load_recbole(folder / "log.inter")
+    elif fmt == "parquet":
+        columns = dict(zip(("user_id", "item_id", "timestamp"), map(list, zip(*rows))))
+        Dataset.from_dict(columns).to_parquet(folder / "log.parquet")
+        data = load_interactions(folder / "log.parquet")
+    elif fmt == "jsonl":
+        text = "".join(json.dumps({"user_id": u, "item_id": i, "timestamp": t}) + "\n" for u, i, t in rows)
+        (folder / "log.jsonl").write_text(text)
+        data = load_interactions(folder / "log.jsonl")
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        text = (
+            sep.join(("user_id", "item_id", "timestamp")) + "\n" + "".join(f"{u}{sep}{i}{sep}{t}\n" for u, i, t in rows)
+        )
+        (folder / f"log.{fmt}").write_text(text)
+        data = load_interactions(folder / f"log.{fmt}")
+    loaded = dict(zip(data["sequences"]["user_id"], data["sequences"]["item_ids"]))
+    assert loaded == logs
