@@ -141,6 +141,89 @@ def pretrain(output: Path) -> None:
     write_steps(trainer, ("loss", "ntp_loss", "aux_loss", "z_loss", "grad_norm", "expert_load_max"), output)
 
 
+def fsdp2(output: Path) -> None:
+    """Four pretraining steps (AdamW, lr 1e-2) at a global batch of 8 windows with the model sharded by torch's FSDP2
+    (``fully_shard``) under the wrap policy of the shipped config (examples/accelerate/fsdp.yaml: each listed module
+    class, bottom-up, then the model); on one process the same loop without sharding. The loss is the global batch's
+    (``global_batch_losses``), as ``OneRecPretrainer`` computes it on several processes."""
+    import torch.distributed as dist
+    from accelerate.commands.config.config_args import load_config_from_file
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from trainers.pretraining import SessionDataCollator, global_batch_losses
+
+    tokenizer, _ = tokenizer_and_model()
+    torch.manual_seed(0)
+    config = OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3, dropout_rate=0.0)
+    model = OneRecForConditionalGeneration(config).train()
+    num_processes = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    rank = 0
+    if num_processes > 1:
+        dist.init_process_group("gloo")
+        rank = dist.get_rank()
+        shipped = load_config_from_file(
+            str(Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "fsdp.yaml")
+        ).fsdp_config
+        wrapped = tuple(shipped["fsdp_transformer_layer_cls_to_wrap"].split(","))
+        for module in reversed(list(model.modules())):  # FSDP2 shards bottom-up
+            if type(module).__name__ in wrapped:
+                fully_shard(module, reshard_after_forward=shipped["fsdp_reshard_after_forward"])
+        fully_shard(model)
+
+    def sum_over_processes(tensor):
+        if num_processes > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    collator = SessionDataCollator(tokenizer, session_length=3)
+    rows = [{"history": row["history"], "target": row["target"]} for row in users()] * 2
+    logs = []
+    for step in range(4):
+        batch = rows[step * 8 : step * 8 + 8][rank::num_processes]
+        inputs = collator(batch)
+        outputs = model(**inputs, output_router_logits=True)
+        terms = global_batch_losses(outputs, inputs["labels"], config, sum_over_processes)
+        loss = terms["ntp_loss"] + config.router_aux_loss_coef * terms["aux_loss"]
+        loss = (loss + config.router_z_loss_coef * terms["z_loss"]) * num_processes  # FSDP averages gradients
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        logs.append({"loss": float(sum_over_processes(loss.detach() / num_processes))})
+    parameters = dict(model.named_parameters())
+    sharded = sum(isinstance(tensor, DTensor) for tensor in parameters.values())
+    full = {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in parameters.items()}  # all shards
+    weights = {name: tensor.detach().double().sum().item() for name, tensor in full.items()}
+    if rank == 0:
+        record = {"logs": logs, "weights": weights, "num_processes": num_processes, "sharded": sharded}
+        output.write_text(json.dumps(record))
+    if num_processes > 1:
+        dist.destroy_process_group()
+
+
+def trainer_fsdp(output: Path) -> None:
+    """The pretrainer given the shipped FSDP2 settings on CPU processes, which transformers 5.24 would drop silently:
+    the main process writes the error the pretrainer raises."""
+    from datasets import Dataset
+
+    from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig
+
+    tokenizer, model = tokenizer_and_model()
+    args = OneRecPretrainingConfig(
+        **step_arguments("fsdp", output),
+        fsdp="full_shard auto_wrap",
+        fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["T5Block", "OneRecExperts"]},
+    )
+    try:
+        OneRecPretrainer(model=model.train(), args=args, train_dataset=Dataset.from_list(users()))
+        error = None
+    except ValueError as raised:
+        error = str(raised)
+    if distributed_state().is_main_process:
+        output.write_text(json.dumps({"error": error, "num_processes": distributed_state().num_processes}))
+
+
 def reward(output: Path) -> None:
     """Four reward-model steps at a global batch of 8 (history, session) samples, 8 on one process, 4 + 4 on two.
     The loss is a mean over samples and the shares are equal, so DDP's gradient average is the global batch's."""
@@ -235,5 +318,8 @@ def mine(output: Path) -> None:
 
 if __name__ == "__main__":
     task, path = sys.argv[1], Path(sys.argv[2])
-    {"evaluate": evaluate, "pretrain": pretrain, "reward": reward, "dpo": dpo, "mine": mine}[task](path)
+    tasks = {"evaluate": evaluate, "pretrain": pretrain, "reward": reward, "dpo": dpo, "mine": mine}
+    tasks["fsdp2"] = fsdp2
+    tasks["trainer_fsdp"] = trainer_fsdp
+    tasks[task](path)
     release_processes()

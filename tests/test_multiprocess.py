@@ -71,6 +71,26 @@ def test_pretraining_on_two_processes_takes_the_steps_of_one(tmp_path):
     assert one["logs"][-1]["ntp_loss"] < one["logs"][0]["ntp_loss"]  # it trains
 
 
+def test_fsdp2_with_the_shipped_wrap_policy_on_two_processes_takes_the_steps_of_one(tmp_path):
+    # examples/accelerate/fsdp.yaml's FSDP2 wrap policy (T5Block + OneRecExperts, torch's fully_shard) on 2 CPU
+    # processes (gloo): every parameter is sharded, and 4 steps match one unsharded process.
+    one = run_worker("fsdp2", tmp_path / "one.json", 1)
+    two = run_worker("fsdp2", tmp_path / "two.json", 2)
+    assert (one["num_processes"], two["num_processes"], one["sharded"]) == (1, 2, 0)
+    assert two["sharded"] == len(two["weights"]) == len(one["weights"]) > 0
+    losses = [entry["loss"] for entry in one["logs"]]
+    assert [entry["loss"] for entry in two["logs"]] == pytest.approx(losses, rel=1e-4)
+    assert one["logs"][-1]["loss"] < one["logs"][0]["loss"]
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-3)  # tolerance: see assert_same_steps
+
+
+def test_the_pretrainer_refuses_fsdp_that_the_trainer_would_drop_on_cpus(tmp_path):
+    # transformers 5.24 + accelerate 1.16 ignore --fsdp with use_cpu=True and train plain DDP, silently.
+    two = run_worker("trainer_fsdp", tmp_path / "two.json", 2)
+    assert two["num_processes"] == 2
+    assert two["error"] and "ignores FSDP with --use_cpu true" in two["error"] and "docs/distributed.md" in two["error"]
+
+
 def test_reward_model_training_on_two_processes_takes_the_steps_of_one(tmp_path):
     # Equal shares of a global batch of 8 (4 + 4): the sample-mean loss averaged by DDP is the global batch's.
     one = assert_same_steps("reward", tmp_path)

@@ -318,6 +318,14 @@ class OneRecPretrainer(Seq2SeqTrainer):
         """
         super().__init__(*args, **kwargs)
         check_process_count(self.args.world_size)
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            # transformers 5.24 + accelerate 1.16 drop --fsdp silently with use_cpu=True and train plain DDP.
+            raise ValueError(
+                f"--fsdp {self.args.fsdp!r} was given, but the Trainer would train without sharding "
+                f"({self.accelerator.distributed_type}): transformers ignores FSDP with --use_cpu true. On CPUs use DDP "
+                "(torchrun --nproc_per_node N ... --use_cpu true); FSDP2 through the Trainer needs GPUs "
+                "(accelerate launch --config_file examples/accelerate/fsdp.yaml). See docs/distributed.md."
+            )
         # Length-grouped batching is the Trainer's own: it reads the history lengths from args.length_column_name.
         column = self.args.length_column_name
         self.train_dataset = with_history_lengths(self.train_dataset, column)
