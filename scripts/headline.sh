@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The headline run of the recipe chosen on Beauty's validation split (docs/results.md, "Choosing the recipe on
+# validation") on any bundled dataset, on a 2-core CPU: two torchrun processes of one thread each, validation ranking
+# every EVAL_STEPS with early stopping, then every test user ranked (history excluded: all of it, and allowed) and
+# the top-10 lists written. No dataset-specific setting: the same command for every DATASET.
+#
+#   OUT=/data/runs/beauty_headline bash scripts/headline.sh                      # OneRec m = 5 on Amazon Beauty
+#   M=1 OUT=/data/runs/beauty_headline_m1 bash scripts/headline.sh               # TIGER-style, same recipe and budget
+#   DATASET=scientific OUT=/data/runs/scientific_headline bash scripts/headline.sh
+#
+# Rerunning the same command resumes from the newest checkpoint in $OUT/onerec (the run survives being stopped).
+# Knobs (environment): DATASET, TOKENIZER (built into $OUT/semantic_ids when unset), PAIRS, HISTORY,
+# ATTENTION_DROPOUT, DROPOUT, LR, BATCH (global), STEPS, EVAL_STEPS, PATIENCE, VAL_USERS, TEST_USERS (empty = all),
+# PROCESSES (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT to a folder outside the repository}
+DATASET=${DATASET:-beauty}
+M=${M:-5}
+PAIRS=${PAIRS:-prefix}
+HISTORY=${HISTORY:-20}
+ATTENTION_DROPOUT=${ATTENTION_DROPOUT:-0}
+DROPOUT=${DROPOUT:-0.1}
+LR=${LR:-3e-3}
+BATCH=${BATCH:-256}               # global: 2 processes x BATCH / 2
+STEPS=${STEPS:-10000}             # about 150 minutes of training on the 2 cores at this recipe's windows/s
+EVAL_STEPS=${EVAL_STEPS:-1000}
+PATIENCE=${PATIENCE:-3}
+VAL_USERS=${VAL_USERS:-2000}
+TEST_USERS=${TEST_USERS:-}
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
+if [ -z "${TOKENIZER:-}" ]; then
+  TOKENIZER=$OUT/semantic_ids/tokenizer
+  [ -d "$TOKENIZER" ] || python examples/build_semantic_ids.py --dataset "$DATASET" --output_dir "$OUT/semantic_ids"
+fi
+torchrun --nproc_per_node "${PROCESSES:-2}" examples/pretrain.py --use_cpu true --dataset "$DATASET" \
+    --tokenizer_dir "$TOKENIZER" \
+    --output_dir "$OUT/onerec" --preset small --session_length "$M" --pairs "$PAIRS" --max_history_items "$HISTORY" \
+    --dropout_rate "$DROPOUT" --attention_dropout_rate "$ATTENTION_DROPOUT" --learning_rate "$LR" \
+    --warmup_steps 100 --lr_scheduler_type linear --weight_decay 0.05 --max_steps "$STEPS" \
+    --per_device_train_batch_size $((BATCH / ${PROCESSES:-2})) --eval_strategy steps --eval_steps "$EVAL_STEPS" \
+    --save_strategy steps --save_steps "$EVAL_STEPS" --save_total_limit 2 --load_best_model_at_end true \
+    --metric_for_best_model recall@10 --early_stopping_patience "$PATIENCE" --max_eval_samples "${EVAL_WINDOWS:-100000}" \
+    --ranking_eval_users "$VAL_USERS" --ranking_exclude_history true --num_beams "${BEAMS:-128}" \
+    ${TEST_USERS:+--test_users "$TEST_USERS"} --logging_steps 100 --report_to none --disable_tqdm true --seed 0
