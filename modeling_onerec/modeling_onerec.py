@@ -485,6 +485,8 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except Exception as error:  # JSONDecodeError, SafetensorError, ...: name the file
+            if type(error) is ValueError:  # this package's own errors already name the file and the fix
+                raise
             named = corrupt_file_error(pretrained_model_name_or_path, error)
             if named is error:
                 raise

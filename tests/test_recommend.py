@@ -62,12 +62,21 @@ def test_every_generated_item_is_a_real_unexcluded_item(catalogue, seed, num_ite
 
 
 def test_generate_is_transformers_own_and_recommend_drops_filler_beams(catalogue):
-    # generate() is not overridden: when the constraint leaves fewer sessions than beams, transformers fills the
-    # beam with rows scored about -1e9; recommend() / session_beam_search report only the real sessions.
+    # generate() is transformers' own after two input checks (the same sequences and scores as GenerationMixin's):
+    # when the constraint leaves fewer sessions than beams, transformers fills the beam with rows scored about -1e9;
+    # recommend() / session_beam_search report only the real sessions.
+    from transformers import GenerationMixin
+
     tokenizer, model = catalogue
-    assert "generate" not in type(model).__dict__
     histories = [tokenizer.item_ids[:77]]  # 3 items left -> exactly 3 * 2 = 6 ordered 2-item sessions
     out = _generate(model, tokenizer, histories, num_items=2, beams=10)
+    original = type(model).generate
+    try:
+        type(model).generate = GenerationMixin.generate  # transformers' generate, without the checks
+        plain = _generate(model, tokenizer, histories, num_items=2, beams=10)
+    finally:
+        type(model).generate = original
+    assert torch.equal(out.sequences, plain.sequences) and torch.equal(out.sequences_scores, plain.sequences_scores)
     scores = out.sequences_scores
     assert torch.isfinite(scores[:6]).all() and (scores[:6] > -1e5).all() and (scores[6:] < -1e5).all()
     sessions = [tokenizer.decode_session(row, prefix_length=1) for row in out.sequences[:6]]
