@@ -22,6 +22,7 @@ import copy
 import math
 import numbers
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -269,16 +270,44 @@ class OneRecExperts(nn.Module):
         self.dropout = OneRecDropout(config.dropout_rate)
 
     def expert_ffn(
-        self, hidden_states: torch.Tensor, input_weight: torch.Tensor, output_weight: torch.Tensor
+        self, hidden_states: torch.Tensor, input_weight: torch.Tensor, output_weight: torch.Tensor, matmul=torch.matmul
     ) -> torch.Tensor:
-        """One expert FFN: ``[n, d] @ [d, f] -> act -> @ [f, d]`` (gated: ``[d, 2f]``, gate half first)."""
-        hidden = hidden_states @ input_weight
+        """One expert FFN: ``[n, d] @ [d, f] -> act -> @ [f, d]`` (gated: ``[d, 2f]``, gate half first); ``matmul``
+        is ``torch.matmul`` or, for all experts at once, a grouped matmul."""
+        hidden = matmul(hidden_states, input_weight)
         if self.is_gated:
             gate, linear = hidden.chunk(2, dim=-1)
             hidden = self.act(gate) * linear
         else:
             hidden = self.act(hidden)
-        return self.dropout(hidden) @ output_weight
+        return matmul(self.dropout(hidden), output_weight)
+
+    def sort_by_expert(self, expert_index: torch.Tensor, gates: torch.Tensor, capacity: Optional[int]):
+        """The token->expert assignments sorted by expert (stable: within an expert, token order decides who is
+        dropped at capacity).
+
+        Returns:
+            ``(sorted_token [N*k], sorted_gate [N*k], counts [E], within_capacity)``: each assignment's token and
+            gate, the assignments per expert, and ``[N*k]`` bool ``True`` where an assignment is within
+            ``capacity`` (``None`` without a capacity).
+        """
+        top_k = expert_index.shape[1]
+        flat_expert = expert_index.reshape(-1)
+        order = torch.argsort(flat_expert, stable=True)
+        sorted_token = torch.div(order, top_k, rounding_mode="floor")
+        counts = torch.bincount(flat_expert, minlength=self.num_experts)
+        within_capacity = None
+        if capacity is not None:
+            starts = torch.cumsum(counts, 0) - counts
+            rank_in_expert = torch.arange(order.numel(), device=order.device) - starts[flat_expert[order]]
+            within_capacity = rank_in_expert < capacity
+        return sorted_token, gates.reshape(-1)[order], counts, within_capacity
+
+    @staticmethod
+    def combine(hidden_states: torch.Tensor, expert_outputs, sorted_token, sorted_gate) -> torch.Tensor:
+        """``[N, d]``: each token's gate-weighted sum of its assignments' expert outputs."""
+        weighted = expert_outputs * sorted_gate.to(expert_outputs.dtype)[:, None]
+        return torch.zeros_like(hidden_states).index_add_(0, sorted_token, weighted.to(hidden_states.dtype))
 
     def expert_forward(self, expert: int, hidden_states: torch.Tensor) -> torch.Tensor:
         """Expert ``expert`` alone on some tokens: ``[n, d] -> [n, d]``."""
@@ -307,18 +336,9 @@ class OneRecExperts(nn.Module):
             return self.dense_forward(hidden_states, expert_index, gates)
         if self.dispatch == "grouped_mm":
             return self.grouped_mm_forward(hidden_states, expert_index, gates, capacity)
-        num_tokens, top_k = expert_index.shape
-        flat_expert = expert_index.reshape(-1)
-        # Sort assignments by expert (stable: within an expert, token order decides who is dropped at capacity).
-        order = torch.argsort(flat_expert, stable=True)
-        sorted_expert = flat_expert[order]
-        sorted_token = torch.div(order, top_k, rounding_mode="floor")
-        sorted_gate = gates.reshape(-1)[order]
-        counts = torch.bincount(flat_expert, minlength=self.num_experts)
-        if capacity is not None:
-            starts = torch.cumsum(counts, 0) - counts
-            keep = torch.arange(order.numel(), device=order.device) - starts[sorted_expert] < capacity
-            sorted_expert, sorted_token, sorted_gate = sorted_expert[keep], sorted_token[keep], sorted_gate[keep]
+        sorted_token, sorted_gate, counts, within_capacity = self.sort_by_expert(expert_index, gates, capacity)
+        if within_capacity is not None:
+            sorted_token, sorted_gate = sorted_token[within_capacity], sorted_gate[within_capacity]
             counts = counts.clamp(max=capacity)
 
         grouped_inputs = hidden_states[sorted_token].split(counts.tolist())
@@ -333,8 +353,7 @@ class OneRecExperts(nn.Module):
         expert_outputs = (
             torch.cat(grouped_outputs) if grouped_outputs else hidden_states.new_zeros((0, hidden_states.shape[-1]))
         )
-        weighted = expert_outputs * sorted_gate.to(expert_outputs.dtype)[:, None]
-        return torch.zeros_like(hidden_states).index_add_(0, sorted_token, weighted.to(hidden_states.dtype))
+        return self.combine(hidden_states, expert_outputs, sorted_token, sorted_gate)
 
     def grouped_mm_forward(
         self,
@@ -348,33 +367,20 @@ class OneRecExperts(nn.Module):
         tensor: only the chosen experts' FLOPs, fixed shapes, no host synchronisation, so the training step compiles
         to one graph. Assignments over ``capacity`` keep their place and get a zero gate (the grouped path drops
         them: the same output, the FLOPs of at most ``N * k`` assignments)."""
-        num_tokens, top_k = expert_index.shape
-        flat_expert = expert_index.reshape(-1)
-        order = torch.argsort(flat_expert, stable=True)  # [N * k], assignments grouped by expert, token order kept
-        sorted_expert = flat_expert[order]
-        sorted_token = torch.div(order, top_k, rounding_mode="floor")
-        sorted_gate = gates.reshape(-1)[order]
-        counts = torch.bincount(flat_expert, minlength=self.num_experts)
-        group_ends = torch.cumsum(counts, 0)
-        if capacity is not None:
-            rank_in_expert = torch.arange(order.numel(), device=order.device) - (group_ends - counts)[sorted_expert]
-            sorted_gate = torch.where(rank_in_expert < capacity, sorted_gate, torch.zeros_like(sorted_gate))
+        sorted_token, sorted_gate, counts, within_capacity = self.sort_by_expert(expert_index, gates, capacity)
+        if within_capacity is not None:
+            sorted_gate = torch.where(within_capacity, sorted_gate, torch.zeros_like(sorted_gate))
         # grouped_mm is not on autocast's cast lists (torch 2.13): cast to the autocast dtype here, as a linear would.
         dtype = (
             torch.get_autocast_dtype(hidden_states.device.type)
             if torch.is_autocast_enabled(hidden_states.device.type)
             else hidden_states.dtype
         )
-        offsets = group_ends.to(torch.int32)
-        hidden = F.grouped_mm(hidden_states[sorted_token].to(dtype), self.input_proj.to(dtype), offs=offsets)
-        if self.is_gated:
-            gate, linear = hidden.chunk(2, dim=-1)
-            hidden = self.act(gate) * linear
-        else:
-            hidden = self.act(hidden)
-        expert_outputs = F.grouped_mm(self.dropout(hidden), self.output_proj.to(dtype), offs=offsets)
-        weighted = expert_outputs * sorted_gate.to(expert_outputs.dtype)[:, None]
-        return torch.zeros_like(hidden_states).index_add_(0, sorted_token, weighted.to(hidden_states.dtype))
+        grouped = partial(F.grouped_mm, offs=torch.cumsum(counts, 0).to(torch.int32))
+        expert_outputs = self.expert_ffn(
+            hidden_states[sorted_token].to(dtype), self.input_proj.to(dtype), self.output_proj.to(dtype), grouped
+        )
+        return self.combine(hidden_states, expert_outputs, sorted_token, sorted_gate)
 
     def dense_forward(
         self, hidden_states: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor
