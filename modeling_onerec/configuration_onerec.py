@@ -117,52 +117,49 @@ def level_offsets(codebook_sizes: List[int]) -> List[int]:
     return offsets
 
 
-def check_local_folder(path) -> None:
-    """Raises ``FileNotFoundError`` naming ``path`` when it can only mean a local folder and there is none.
+def load_saved_folder(path, load):
+    """``load()`` (a ``from_pretrained`` of ``path``) with the two errors transformers (5.24) leaves unclear made clear.
 
-    transformers (5.24) reads such a path as a Hub repo id and fails with "Repo id must be in the form ..." or a
-    connection error. A Hub id is ``name`` or ``org/name``; a path starting with ``/``, ``.`` or ``~``, with more than
-    two parts, or whose first part exists here is local.
+    * A ``path`` that can only mean a local folder (it starts with ``/``, ``.`` or ``~``, has more than two parts, or
+      its first part exists here) and is missing: a ``FileNotFoundError`` naming it (transformers reads it as a Hub
+      repo id: "Repo id must be in the form ...").
+    * A truncated or corrupted JSON or safetensors file of the folder (the parsers' errors name no file): a
+      ``ValueError`` naming the first file that does not parse. The ValueErrors this package raises, which name
+      their file already, pass through.
     """
-    if not isinstance(path, (str, os.PathLike)) or os.path.isdir(os.path.expanduser(path)):
-        return
-    text = os.fspath(path)
-    parts = [part for part in text.replace(os.sep, "/").split("/") if part]
-    if text.startswith(("/", ".", "~")) or len(parts) > 2 or (len(parts) == 2 and os.path.exists(parts[0])):
-        raise FileNotFoundError(
-            f"{text}: no such folder. Pass a folder written by save_pretrained() (a Hub repo id has the form "
-            "'org/name')."
-        )
-
-
-def corrupt_file_error(folder, error: Exception) -> Exception:
-    """For an error raised while loading ``folder`` by a parser that names no file (``json``'s ``JSONDecodeError``,
-    safetensors' ``SafetensorError``), a ``ValueError`` naming the first file of the folder that does not parse; the
-    error itself when none is found (it came from elsewhere)."""
-    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
-        return error
-    import json
-
-    from safetensors import safe_open
-
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        try:
-            if name.endswith(".json"):
-                with open(path, encoding="utf-8") as handle:
-                    json.load(handle)
-            elif name.endswith(".safetensors"):
-                with safe_open(path, framework="pt") as handle:
-                    for key in handle.keys():
-                        handle.get_slice(key)
-            else:
-                continue
-        except Exception as problem:  # any parser error: this file is the one to name
-            return ValueError(
-                f"{path} is not readable ({type(problem).__name__}: {problem}); it may be truncated or corrupted. "
-                "Copy the folder again from where it was saved, or save it again."
+    if isinstance(path, (str, os.PathLike)) and not os.path.isdir(os.path.expanduser(path)):
+        text = os.fspath(path)
+        parts = [part for part in text.replace(os.sep, "/").split("/") if part]
+        if text.startswith(("/", ".", "~")) or len(parts) > 2 or (len(parts) == 2 and os.path.exists(parts[0])):
+            raise FileNotFoundError(
+                f"{text}: no such folder. Pass a folder written by save_pretrained() (a Hub repo id has the form "
+                "'org/name')."
             )
-    return error
+    try:
+        return load()
+    except Exception as error:  # JSONDecodeError, SafetensorError, ...
+        if type(error) is ValueError or not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+            raise
+        import json
+
+        from safetensors import safe_open
+
+        for name in sorted(os.listdir(path)):
+            file = os.path.join(path, name)
+            try:
+                if name.endswith(".json"):
+                    with open(file, encoding="utf-8") as handle:
+                        json.load(handle)
+                elif name.endswith(".safetensors"):
+                    with safe_open(file, framework="pt") as handle:
+                        for key in handle.keys():
+                            handle.get_slice(key)
+            except Exception as problem:  # any parser error: this file is the one to name
+                raise ValueError(
+                    f"{file} is not readable ({type(problem).__name__}: {problem}); it may be truncated or "
+                    "corrupted. Copy the folder again from where it was saved, or save it again."
+                ) from error
+        raise
 
 
 @strict(accept_kwargs=True)
@@ -478,4 +475,4 @@ class OneRecConfig(T5Config):
             )
 
 
-__all__ = ["OneRecConfig", "PRESETS", "check_local_folder", "corrupt_file_error"]
+__all__ = ["OneRecConfig", "PRESETS", "load_saved_folder"]

@@ -46,7 +46,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
-from .configuration_onerec import OneRecConfig, check_local_folder, corrupt_file_error
+from .configuration_onerec import OneRecConfig, load_saved_folder
 from .model_card import render_model_card
 
 logger = logging.get_logger(__name__)
@@ -487,16 +487,10 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it, a truncated
         or corrupted file of the folder a ``ValueError`` naming the file."""
-        check_local_folder(pretrained_model_name_or_path)
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except Exception as error:  # JSONDecodeError, SafetensorError, ...: name the file
-            if type(error) is ValueError:  # this package's own errors already name the file and the fix
-                raise
-            named = corrupt_file_error(pretrained_model_name_or_path, error)
-            if named is error:
-                raise
-            raise named from error
+        return load_saved_folder(
+            pretrained_model_name_or_path,
+            lambda: super(OneRecPreTrainedModel, cls).from_pretrained(pretrained_model_name_or_path, *args, **kwargs),
+        )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', with both heads in ``auto_map``, so that ``AutoModel`` and ``AutoModelForSeq2SeqLM`` load
