@@ -137,12 +137,26 @@ def _gather(values: pa.Array, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     Returns:
         `pa.ListArray` with `num_rows` lists.
     """
-    lengths = np.asarray(ends, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+    indices, offsets = range_indices(starts, ends)
+    return _list_array(offsets, values.take(pa.array(indices)))
+
+
+def range_indices(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flat positions of half-open ranges laid end to end, without a Python loop.
+
+    Args:
+        starts, ends (`np.ndarray` of shape ``[num_rows]``): Range `r` is `[starts[r], ends[r])`.
+
+    Returns:
+        `(indices, offsets)`: `indices` (shape ``[sum of lengths]``) lists every range's positions in order, and
+        range `r` owns `indices[offsets[r]:offsets[r + 1]]` (`offsets` of shape ``[num_rows + 1]``).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(ends, dtype=np.int64) - starts
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    # Position j of row r reads values[starts[r] + j]; offsets[r] + j is its position in the output.
-    indices = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1] - starts, lengths)
-    return _list_array(offsets, values.take(pa.array(indices)))
+    # Position j of row r reads starts[r] + j; offsets[r] + j is its place in the output.
+    return np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1] - starts, lengths), offsets
 
 
 def _slice_rows(flat: _FlatSequences, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Dataset:

@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, List, Value
 
+from .splits import range_indices
+
 TOKENIZED_COLUMNS = ("input_ids", "labels", "num_history_items")
 
 
@@ -152,8 +154,7 @@ class _SampleEncoder:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         kept = np.minimum(lengths, newest if newest is not None else first)
         keep_from = starts + lengths - kept if newest is not None else starts  # newest: the row's tail
-        offsets = np.concatenate([[0], np.cumsum(kept)])
-        flat = np.arange(offsets[-1]) - np.repeat(offsets[:-1], kept) + np.repeat(keep_from, kept)
+        flat, offsets = range_indices(keep_from, keep_from + kept)
         return values[flat], offsets
 
 

@@ -24,6 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .splits import _flatten_sequences, range_indices
+from .tokenized import encode_windows
+
 PAIR_CONSTRUCTIONS = ("prefix", "all_windows", "random_window")
 
 
@@ -136,8 +139,6 @@ class RandomWindowDataset:
     """
 
     def __init__(self, train_rows, tokenizer, *, max_history: int, session_length: int, seed: int = 0):
-        from .splits import _flatten_sequences
-
         for name, value in (("max_history", max_history), ("session_length", session_length)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid; pass an integer >= 1.")
@@ -163,15 +164,20 @@ class RandomWindowDataset:
         epoch = int(epoch)
         if epoch == self.epoch:
             return
-        from .tokenized import encode_windows
 
         bounds = random_window_bounds(self.offsets, self.max_history, self.seed, epoch)
         row_ends = self.offsets[bounds["rows"] + 1]
         target_ends = np.minimum(row_ends, bounds["target_starts"] + self.session_length)
-        history, history_offsets = _ranges(self.item_rows, bounds["history_starts"], bounds["target_starts"])
-        target, target_offsets = _ranges(self.item_rows, bounds["target_starts"], target_ends)
+        history, history_offsets = range_indices(bounds["history_starts"], bounds["target_starts"])
+        target, target_offsets = range_indices(bounds["target_starts"], target_ends)
         input_ids, labels, lengths = encode_windows(
-            self.item_tokens, history, history_offsets, target, target_offsets, eos=self.eos, bos=self.bos
+            self.item_tokens,
+            self.item_rows[history],
+            history_offsets,
+            self.item_rows[target],
+            target_offsets,
+            eos=self.eos,
+            bos=self.bos,
         )
         self.input_ids, self.labels = _ragged(input_ids), _ragged(labels)
         self.lengths = lengths.to_numpy().astype(np.int64)
@@ -188,15 +194,6 @@ class RandomWindowDataset:
             "labels": label_values[label_offsets[index] : label_offsets[index + 1]],
             "num_history_items": int(self.lengths[index]),
         }
-
-
-def _ranges(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """``values[starts[w]:ends[w]]`` for every window, as flat values and ``[num_windows + 1]`` offsets."""
-    lengths = ends - starts
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - starts, lengths)
-    return values[flat], offsets
 
 
 def _ragged(array: pa.ListArray) -> Tuple[np.ndarray, np.ndarray]:
