@@ -188,32 +188,37 @@ def main(argv=None) -> dict:
 
     data = data_args.load()
     splits = leave_one_out_split(data["sequences"])
-    window_pairs = "prefix" if data_args.pairs == "random_window" else data_args.pairs
-    samples = build_session_samples(
-        splits,
-        max_history=model.config.max_history_items,
-        session_length=model.config.session_length,
-        pairs=window_pairs,
-    )
     # Validation and test samples keep the whole history: the model reads its newest max_history_items itself, and
     # "history excluded" in a ranking must exclude every item the user consumed, not only the newest ones.
-    for split, full in build_session_samples(splits, max_history=None, session_length=1).items():
-        if split != "train":
-            samples[split] = full
-    if len(samples["train"]) == 0:
+    samples = build_session_samples(splits, max_history=None, session_length=1)
+    if data_args.pairs == "random_window":  # one window per user, drawn afresh (and tokenised) every epoch
+        if data_args.max_train_samples is not None:
+            raise ValueError(
+                "--max_train_samples cuts a fixed set of windows; --pairs random_window draws one window per user "
+                "per epoch. Drop one of the two (cap the run with --max_steps)."
+            )
+        train = RandomWindowDataset(
+            splits["train"],
+            tokenizer,
+            max_history=model.config.max_history_items,
+            session_length=model.config.session_length,
+            seed=training_args.seed,
+        )
+    else:
+        train = build_session_samples(
+            splits,
+            max_history=model.config.max_history_items,
+            session_length=model.config.session_length,
+            pairs=data_args.pairs,
+        )["train"].shuffle(seed=training_args.seed)
+        if data_args.max_train_samples is not None:
+            train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if len(train) == 0:
         raise ValueError(
             f"No training windows in {data_args.dataset}: every user's training part holds fewer than 2 items (a window "
             "needs a history item and a target after it). Leave-one-out keeps each user's last 2 items for validation "
             "and test, so users need at least 4 interactions to train on; check the data or use a longer log."
         )
-    train = samples["train"].shuffle(seed=training_args.seed)
-    if data_args.max_train_samples is not None:
-        if data_args.pairs == "random_window":
-            raise ValueError(
-                "--max_train_samples cuts a fixed set of windows; --pairs random_window draws one window per user "
-                "per epoch. Drop one of the two (cap the run with --max_steps)."
-            )
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
     validation = samples["validation"]
     eval_loss_samples = validation
     if data_args.max_eval_samples is not None:
@@ -233,23 +238,17 @@ def main(argv=None) -> dict:
     )
 
     # Tokenised once (vectorised, cached by datasets); batches then only pad integer rows.
-    train, eval_loss_samples = (
-        tokenize_session_samples(
+    def tokenized(split):
+        return tokenize_session_samples(
             split,
             tokenizer,
             max_history_items=model.config.max_history_items,
             session_length=model.config.session_length,
         ).select_columns(list(TOKENIZED_COLUMNS))
-        for split in (train, eval_loss_samples)
-    )
-    if data_args.pairs == "random_window":  # one window per user, drawn afresh (and tokenised) every epoch
-        train = RandomWindowDataset(
-            splits["train"],
-            tokenizer,
-            max_history=model.config.max_history_items,
-            session_length=model.config.session_length,
-            seed=training_args.seed,
-        )
+
+    eval_loss_samples = tokenized(eval_loss_samples)
+    if not isinstance(train, RandomWindowDataset):
+        train = tokenized(train)
     trainer = OneRecPretrainer(
         model=model,
         args=training_args,
