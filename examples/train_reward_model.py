@@ -5,7 +5,7 @@ Samples are ``(user history, session of m items, labels)`` from each user's time
 (explicit ratings) gives the towers ``liked``, ``loved``, ``rating`` and ``engaged``; implicit datasets (the Amazon
 sets) only ``engaged`` (real next session vs a popularity-sampled one).
 
-    python examples/train_reward_model.py --dataset ml-100k --data_path /work/shared/data/ml-100k \\
+    python examples/train_reward_model.py --dataset ml-100k --data_path <MovieLens-100K folder> \\
         --output_dir outputs/reward/ml-100k --num_train_epochs 2
     python examples/train_reward_model.py --dataset beauty --output_dir outputs/reward/beauty
 

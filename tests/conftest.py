@@ -13,9 +13,14 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# MovieLens may not be redistributed, so it is never bundled: tests read a local copy when there is one.
+ML100K_DIR = Path(os.environ.get("ONEREC_ML100K_DIR", REPO_ROOT.parent / "shared" / "data" / "ml-100k"))
 
 # Prepended to a fresh process's script: any import of this project fails, so only a saved folder's own code can load.
 _BLOCK_PROJECT_IMPORTS = """

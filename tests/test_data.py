@@ -3,11 +3,9 @@
 import gzip
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from datasets import Dataset, DatasetDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import ML100K_DIR, REPO_ROOT  # noqa: E402
 from trainers.data import (
     BUNDLED_DATASET_NAMES,
     build_session_samples,
@@ -30,9 +29,6 @@ from trainers.data import (
     split_sessions_by_gap,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# MovieLens may not be redistributed, so it is never bundled: tests read a local copy when there is one.
-ML100K_DIR = Path(os.environ.get("ONEREC_ML100K_DIR", REPO_ROOT.parent / "shared" / "data" / "ml-100k"))
 needs_ml100k = pytest.mark.skipif(
     not (ML100K_DIR / "ml-100k.inter").is_file(),
     reason=f"MovieLens-100K not found at {ML100K_DIR} (never bundled: GroupLens licence); set ONEREC_ML100K_DIR",

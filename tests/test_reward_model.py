@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from modeling_onerec.modeling_reward import (
     register_reward_auto_classes,
     reward_bce_loss,
 )
+from tests.conftest import ML100K_DIR
 from trainers.data import build_reward_samples, default_reward_names
 from trainers.evaluation import format_auc_table, reward_metrics, roc_auc
 from trainers.reward_model import (
@@ -29,7 +29,6 @@ from trainers.reward_model import (
     RewardModelTrainingConfig,
 )
 
-ML_100K = Path("/work/shared/data/ml-100k")
 CONFIG_ERRORS = (ValueError, StrictDataclassError)  # @strict wraps the ValueError of validate_architecture
 
 
@@ -412,11 +411,11 @@ def test_tiny_training_learns_a_learnable_task(tmp_path):
 # ---------------------------------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not ML_100K.is_dir(), reason=f"MovieLens-100K not found at {ML_100K}")
+@pytest.mark.skipif(not ML100K_DIR.is_dir(), reason=f"MovieLens-100K not found at {ML100K_DIR}; set ONEREC_ML100K_DIR")
 def test_ml100k_reward_samples_are_consistent_with_ratings():
     from trainers.data import load_named_dataset
 
-    data = load_named_dataset("ml-100k", data_path=str(ML_100K))
+    data = load_named_dataset("ml-100k", data_path=str(ML100K_DIR))
     samples = build_reward_samples(data, session_length=5, seed=0)
     train, test = samples["train"], samples["test"]
     assert not set(train["user_id"]) & set(test["user_id"])
