@@ -14,7 +14,10 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_onerec*", "tokenization_semantic_id*", "trainers*"]),
-    package_data={"trainers.data": ["bundled/*/*.gz", "bundled/README.md"], "trainers": ["metrics/*/*.py"]},
+    package_data={
+        "trainers.data": ["bundled/*/*.gz", "bundled/README.md"],
+        "trainers.evaluation": ["recall_ndcg/*.py"],
+    },
     include_package_data=True,
     install_requires=[
         "torch>=2.4,<2.14",

@@ -38,24 +38,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
-from benchmarks.common import (
-    BOS_TOKEN_ID,
-    EOS_TOKEN_ID,
-    NUM_SPECIAL_TOKENS,
-    PAD_TOKEN_ID,
-    add_device_argument,
-    add_run_arguments,
-    check_threads,
-    environment,
-    exit_status,
-    json_arguments,
-    output_path,
-    random_item_tokens,
-    setup_device,
-    synchronize,
-    timed,
-    write_json,
-)
+from benchmarks import common
+from benchmarks.common import BOS_TOKEN_ID, EOS_TOKEN_ID, NUM_SPECIAL_TOKENS, PAD_TOKEN_ID
 from tokenization_semantic_id import SemanticIDTrie, SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
 
 logger = logging.getLogger(__name__)
@@ -77,7 +61,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Per-step cost of SessionConstrainedLogitsProcessor vs generate(prefix_allowed_tokens_fn=...).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_device_argument(parser, help="Device of the trie, input_ids and scores (e.g. cpu, cuda, cuda:1).")
+    common.add_device_argument(parser, help="Device of the trie, input_ids and scores (e.g. cpu, cuda, cuda:1).")
     parser.add_argument("--num-codes", type=int, default=100_000, help="Distinct valid item codes in the trie.")
     parser.add_argument("--num-levels", type=int, default=3, help="Code tokens per item (L).")
     parser.add_argument(
@@ -112,7 +96,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--min-reference-repeats", type=int, default=3, help="Fewest timed reference calls per position."
     )
-    add_run_arguments(
+    common.add_run_arguments(
         parser,
         seed_help="Seed of the codes, sessions, history and scores.",
         output_help="JSON file for every number (default: outputs/benchmarks/constrained_decoding_<device>.json).",
@@ -136,7 +120,6 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{name} must be >= 1, got {value}.")
     if args.warmup < 1:
         raise ValueError(f"--warmup must be >= 1 (the first call builds caches), got {args.warmup}.")
-    check_threads(args.threads)
     if args.reference_repeats is not None and args.reference_repeats < 1:
         raise ValueError(f"--reference-repeats must be >= 1, got {args.reference_repeats}.")
     if any(size < 2 for size in args.codebook_sizes) or any(beams < 1 for beams in args.beams):
@@ -223,7 +206,7 @@ def timed_call(
     processor: Processor, input_ids: torch.Tensor, scores: torch.Tensor, device: torch.device
 ) -> Tuple[float, torch.Tensor]:
     """One synchronised call: ``(seconds, processed scores [rows, V])``."""
-    return timed(processor, device, input_ids, scores)
+    return common.timed(processor, device, input_ids, scores)
 
 
 def bitwise_equal(left: torch.Tensor, right: torch.Tensor) -> bool:
@@ -318,7 +301,7 @@ def build_trie(item_tokens: torch.Tensor, vocab_size: int, device: torch.device)
     build_s = time.perf_counter() - start
     start = time.perf_counter()
     trie.to(device)
-    synchronize(device)
+    common.synchronize(device)
     return trie, {
         "build_s": build_s,
         "to_device_s": time.perf_counter() - start,
@@ -332,7 +315,7 @@ def run_codebook_size(
 ) -> dict:
     """All beam counts for one K: trie statistics plus per-(beams, position) timings."""
     vocab_size = NUM_SPECIAL_TOKENS + args.num_levels * codebook_size
-    item_tokens = random_item_tokens(args.num_codes, args.num_levels, codebook_size, args.seed)
+    item_tokens = common.random_item_tokens(args.num_codes, args.num_levels, codebook_size, args.seed)
     trie, trie_stats = build_trie(item_tokens, vocab_size, device)
     history = sample_history(args.num_codes, args.num_history, args.seed + 1)
     layout = dict(
@@ -473,8 +456,8 @@ def markdown_tables(results: List[dict], args: argparse.Namespace, checks: Equiv
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
-    output = output_path(args.output, "constrained_decoding", device)
+    device = common.setup_device(args.device, args.threads)
+    output = common.output_path(args.output, "constrained_decoding", device)
     print(
         f"NOTE: the {args.num_codes:,} codes are synthetic (uniformly random, seed {args.seed}): no bundled "
         "catalogue has that many items. bench_tokenizer_build.py measures the real Amazon data.",
@@ -485,16 +468,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     table = markdown_tables(results, args, checks)
     print("\n" + table)
-    payload = {
-        "environment": environment(device, synthetic_codes=True),
-        "arguments": json_arguments(args),
-        "results": results,
-        "equivalence": {"checked": checks.checked, "failures": checks.failures},
-        "markdown": table,
-    }
-    write_json(output, payload)
+    common.write_results(
+        output,
+        common.environment(device, synthetic_codes=True),
+        args,
+        results=results,
+        equivalence={"checked": checks.checked, "failures": checks.failures},
+        markdown=table,
+    )
     print(f"\nwrote {output}")
-    return exit_status(
+    return common.exit_status(
         f"{len(checks.failures)} of {checks.checked} comparisons of (a)/(b) with the reference "
         "differ; the fast processor and prefix_allowed_tokens_fn disagree."
         if checks.failures

@@ -49,7 +49,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -60,25 +59,10 @@ import torch
 import transformers
 from transformers import LogitsProcessorList
 
-from benchmarks.common import (
-    BOS_TOKEN_ID,
-    EOS_TOKEN_ID,
-    NUM_SPECIAL_TOKENS,
-    PAD_TOKEN_ID,
-    add_device_argument,
-    add_run_arguments,
-    environment,
-    exit_status,
-    json_arguments,
-    output_path,
-    random_item_tokens,
-    setup_device,
-    synchronize,
-    threads_problem,
-    timed,
-    write_json,
-)
+from benchmarks import common
+from benchmarks.common import BOS_TOKEN_ID, DTYPES, EOS_TOKEN_ID, NUM_SPECIAL_TOKENS, PAD_TOKEN_ID
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
+from modeling_onerec.configuration_onerec import level_offsets as layout_level_offsets
 from tokenization_semantic_id import SemanticIDTrie, SessionConstrainedLogitsProcessor
 
 try:
@@ -92,7 +76,6 @@ except ImportError as error:  # the native search is optional: the generate() co
 
 # Token layout (PAD, EOS, BOS, then the K codes of each level) and synthetic codes: see benchmarks.common.
 METHODS = ("unconstrained", "constrained", "native")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,8 +88,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="generate() latency / throughput for OneRec: constrained vs unconstrained vs native beam search.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_device_argument(parser)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="Model weights and activations.")
+    common.add_device_argument(parser)
+    common.add_dtype_argument(parser, help="Model weights and activations.")
     parser.add_argument("--presets", nargs="+", default=["tiny", "onerec-0.1b"], help="OneRecConfig presets.")
     parser.add_argument(
         "--catalogue-sizes",
@@ -133,7 +116,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help="Wall-clock budget of the whole run (default 300 on CPU, 900 on GPU).",
     )
-    add_run_arguments(
+    common.add_run_arguments(
         parser,
         threads_help="torch CPU threads (torch.set_num_threads).",
         output_help="JSON file (default: outputs/benchmarks/generate_<device>[_<dtype>].json).",
@@ -148,8 +131,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         )
     if args.repeats < 1 or args.warmup < 1:
         problems.append(f"--repeats and --warmup must be >= 1, got {args.repeats} and {args.warmup}")
-    if (threads_error := threads_problem(args.threads)) is not None:
-        problems.append(threads_error)
     if min(args.session_lengths + args.beams + args.batch_sizes) < 1 or args.history_items < 1:
         problems.append("--session-lengths, --beams, --batch-sizes and --history-items must be >= 1")
     for size in args.catalogue_sizes:
@@ -215,12 +196,12 @@ def make_methods(
     """Each method as a zero-argument call returning sequences ``[batch, beams, 2 + m * (L + 1)]``."""
     batch = inputs["input_ids"].shape[0]
     new_tokens = num_items * (trie.num_levels + 1) + 1
-    common = dict(
+    search = dict(
         num_beams=beams, num_return_sequences=beams, do_sample=False, length_penalty=0.0, max_new_tokens=new_tokens
     )
 
     def unconstrained():
-        out = model.generate(**inputs, min_new_tokens=new_tokens, **common)
+        out = model.generate(**inputs, min_new_tokens=new_tokens, **search)
         return out.view(batch, beams, -1)
 
     def constrained():
@@ -236,7 +217,7 @@ def make_methods(
             num_beams=beams,
         )
         out = model.generate(
-            **inputs, logits_processor=LogitsProcessorList([processor]), renormalize_logits=True, **common
+            **inputs, logits_processor=LogitsProcessorList([processor]), renormalize_logits=True, **search
         )
         return out.view(batch, beams, -1)
 
@@ -358,7 +339,7 @@ def run_config(
     with torch.inference_mode():
         for _ in range(args.warmup):
             for name in methods:
-                seconds, outputs[name] = timed(calls[name], device)
+                seconds, outputs[name] = common.timed(calls[name], device)
                 warmup[name].append(seconds)
         # Timed rounds until --repeats or this configuration's share of the budget is used up. The warm-up round
         # (first calls may include one-off setup) only decides whether one timed round fits at all.
@@ -373,7 +354,7 @@ def run_config(
                 break
             round_start = time.perf_counter()
             for name in methods:
-                times[name].append(timed(calls[name], device)[0])
+                times[name].append(common.timed(calls[name], device)[0])
             last_round_s = time.perf_counter() - round_start
         planned = len(times[methods[0]])
 
@@ -498,14 +479,13 @@ def markdown_table(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     run_start = time.perf_counter()
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
+    device = common.setup_device(args.device, args.threads)
     dtype = DTYPES[args.dtype]
     if args.time_budget_s is None:
         args.time_budget_s = 900.0 if device.type == "cuda" else 300.0
     transformers.logging.set_verbosity_error()  # generate() warns about generation flags on every call
-    output = output_path(args.output, "generate", device, args.dtype)
-    env = environment(device, dtype=args.dtype, synthetic_codes=True)
-    print("environment: " + json.dumps(env), flush=True)
+    output = common.output_path(args.output, "generate", device, args.dtype)
+    env = common.print_environment(device, dtype=args.dtype, synthetic_codes=True)
     print(
         f"NOTE: catalogues of {args.catalogue_sizes} synthetic uniformly random codes (seed {args.seed}).", flush=True
     )
@@ -535,15 +515,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         index = args.presets.index(preset_name)
         size = args.catalogue_sizes[index]
         start = time.perf_counter()
-        item_tokens = random_item_tokens(size, args.num_levels, args.codebook_size, args.seed)
+        item_tokens = common.random_item_tokens(size, args.num_levels, args.codebook_size, args.seed)
         vocab_size = NUM_SPECIAL_TOKENS + args.num_levels * args.codebook_size
         trie = SemanticIDTrie(item_tokens, vocab_size).to(device)
         trie_build_s = time.perf_counter() - start
         start = time.perf_counter()
         config, model = build_model(preset_name, args, device, dtype)
-        synchronize(device)
+        common.synchronize(device)
         model_build_s = time.perf_counter() - start
-        level_offsets = [NUM_SPECIAL_TOKENS + level * args.codebook_size for level in range(args.num_levels)]
+        level_offsets = layout_level_offsets([args.codebook_size] * args.num_levels)
         counts = config.parameter_counts()
         print(
             f"\n{preset_name}: {counts['total'] / 1e6:.1f}M parameters ({counts['activated'] / 1e6:.1f}M activated), "
@@ -647,19 +627,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         notes.append(f"repeats cut to fit the budget: {', '.join(cut)}.")
     table = markdown_table(presets, args, device, methods, notes)
     print("\n" + table)
-    payload = {
-        "environment": env,
-        "arguments": json_arguments(args),
-        "methods": methods,
-        "presets": presets,
-        "failures": failures,
-        "notes": notes,
-        "markdown": table,
-        "wall_s": time.perf_counter() - run_start,
-    }
-    write_json(output, payload)
+    common.write_results(
+        output,
+        env,
+        args,
+        methods=methods,
+        presets=presets,
+        failures=failures,
+        notes=notes,
+        markdown=table,
+        wall_s=time.perf_counter() - run_start,
+    )
     print(f"\nwrote {output} (whole run {time.perf_counter() - run_start:.0f} s)")
-    return exit_status(f"{len(failures)} configuration(s) returned invalid constrained sessions." if failures else None)
+    return common.exit_status(
+        f"{len(failures)} configuration(s) returned invalid constrained sessions." if failures else None
+    )
 
 
 if __name__ == "__main__":

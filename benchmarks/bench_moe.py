@@ -48,7 +48,6 @@ Defaults: presets ``small`` and ``onerec-0.1b``; 4096 and 16384 tokens on GPU, 1
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -59,18 +58,8 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from benchmarks.common import (
-    add_device_argument,
-    add_run_arguments,
-    check_threads,
-    environment,
-    exit_status,
-    json_arguments,
-    output_path,
-    setup_device,
-    synchronize,
-    write_json,
-)
+from benchmarks import common
+from benchmarks.common import DTYPES
 from modeling_onerec import OneRecConfig, OneRecSparseMLP, route_tokens
 
 VARIANTS = ("grouped", "grouped_unbind", "masked_loop", "token_loop", "dense_ffn", "dense_moe")
@@ -82,7 +71,6 @@ LABELS = {
     "dense_ffn": "(c) dense FFN, activated size",
     "dense_moe": "(d) dense MoE, all experts on all tokens",
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROBE_TOKENS = 64
 
 
@@ -96,13 +84,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="MoE FFN forward+backward tokens/s: grouped dispatch vs reference loops, dense FFN, dense MoE.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_device_argument(parser)
-    parser.add_argument(
-        "--dtype",
-        choices=sorted(DTYPES),
-        default="float32",
-        help="Weights and activations (the router always computes in float32).",
-    )
+    common.add_device_argument(parser)
+    common.add_dtype_argument(parser, help="Weights and activations (the router always computes in float32).")
     parser.add_argument(
         "--presets",
         nargs="+",
@@ -141,7 +124,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="Time forward passes under torch.no_grad() instead of forward + backward.",
     )
-    add_run_arguments(
+    common.add_run_arguments(
         parser,
         threads_help="torch CPU threads (torch.set_num_threads).",
         output_help="JSON file (default: outputs/benchmarks/moe_<device>[_<dtype>].json).",
@@ -149,7 +132,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 1:
         raise ValueError(f"--repeats and --warmup must be >= 1, got {args.repeats} and {args.warmup}.")
-    check_threads(args.threads)
     if args.tokens is not None and min(args.tokens) < 1:
         raise ValueError(f"--tokens must be >= 1, got {args.tokens}.")
     if "grouped" not in args.variants:
@@ -331,15 +313,10 @@ def clear_grads(modules: Sequence[nn.Module], x: torch.Tensor) -> None:
 def one_call(fn, x: torch.Tensor, grad: torch.Tensor, modules, device: torch.device, backward: bool) -> float:
     """Seconds of one synchronised forward (+ backward) call."""
     clear_grads(modules, x)
-    synchronize(device)
-    start = time.perf_counter()
     if backward:
-        fn(x).backward(grad)
-    else:
-        with torch.no_grad():
-            fn(x)
-    synchronize(device)
-    return time.perf_counter() - start
+        return common.timed(lambda: fn(x).backward(grad), device)[0]
+    with torch.no_grad():
+        return common.timed(fn, device, x)[0]
 
 
 def outputs_and_grads(fn, x: torch.Tensor, grad: torch.Tensor, mlp: OneRecSparseMLP) -> Dict[str, torch.Tensor]:
@@ -597,7 +574,7 @@ def markdown_table(runs: List[dict], args: argparse.Namespace, device: torch.dev
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
+    device = common.setup_device(args.device, args.threads)
     dtype = DTYPES[args.dtype]
     if args.tokens is None:
         args.tokens = [4096, 16384] if device.type == "cuda" else [1024, 4096]
@@ -605,15 +582,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.max_dense_moe_gb = 40.0 if device.type == "cuda" else 4.0
     if dtype != torch.float32 and device.type == "cpu":
         print(f"WARNING: {args.dtype} on CPU is slow and not what this benchmark is meant for.", flush=True)
-    output = output_path(args.output, "moe", device, args.dtype)
-    env = environment(device)
-    print("environment: " + json.dumps(env), flush=True)
+    output = common.output_path(args.output, "moe", device, args.dtype)
+    env = common.print_environment(device)
 
     runs = [run_shape(preset, tokens, device, dtype, args) for preset in args.presets for tokens in args.tokens]
 
     table = markdown_table(runs, args, device)
     print("\n" + table)
-    write_json(output, {"environment": env, "arguments": json_arguments(args), "runs": runs, "markdown": table})
+    common.write_results(output, env, args, runs=runs, markdown=table)
     print(f"\nwrote {output}")
     # A reference that disagrees with grouped dispatch is a bug, not a timing: fail loudly.
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
@@ -623,7 +599,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, diffs in run["checks"].items()
         if not math.isfinite(diffs["output"]) or diffs["output"] > tolerance
     ]
-    return exit_status(f"outputs disagree with grouped dispatch beyond {tolerance:g}: {bad}" if bad else None)
+    return common.exit_status(f"outputs disagree with grouped dispatch beyond {tolerance:g}: {bad}" if bad else None)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from benchmarks.common import environment, json_arguments, output_path, setup_device, write_json
+from benchmarks.common import environment, output_path, setup_device, write_results
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
     TOKENIZED_COLUMNS,
@@ -110,15 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{row['tokenize_s']} | {row['sampler_first_epoch_s']} |"
         )
     path = output_path(args.output, "pair_construction", device)
-    write_json(
-        path,
-        {
-            "environment": environment(device),
-            "arguments": json_arguments(args),
-            "rows": rows,
-            "trainer_default_sampler": trainer_default,
-        },
-    )
+    write_results(path, environment(device), args, rows=rows, trainer_default_sampler=trainer_default)
     print(f"-> {path}")
     return 0
 

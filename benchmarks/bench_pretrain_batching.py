@@ -20,26 +20,12 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from itertools import islice
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from benchmarks.common import (
-    add_device_argument,
-    add_pretraining_data_arguments,
-    add_run_arguments,
-    environment,
-    json_arguments,
-    output_path,
-    setup_device,
-    synchronize,
-    write_json,
-)
-from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
-from tokenization_semantic_id import SemanticIDTokenizer
-from trainers.data import build_session_samples, leave_one_out_split, load_named_dataset
+from benchmarks import common
 from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, SessionDataCollator
 
 STRATEGIES = ("random", "group_by_length")
@@ -47,11 +33,13 @@ STRATEGIES = ("random", "group_by_length")
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_pretraining_data_arguments(parser)
+    common.add_pretraining_data_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50, help="Timed optimiser steps per sampler.")
-    add_device_argument(parser)
-    add_run_arguments(parser, output_help="JSON output (default outputs/benchmarks/pretrain_batching_<device>.json).")
+    common.add_device_argument(parser)
+    common.add_run_arguments(
+        parser, output_help="JSON output (default outputs/benchmarks/pretrain_batching_<device>.json)."
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         parser.error(f"--steps and --batch_size must be >= 1, got {args.steps} and {args.batch_size}")
@@ -60,11 +48,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def time_strategy(strategy: str, train, tokenizer, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     """Samples/s and padding of ``args.steps`` training steps whose batches come from ``strategy``'s sampler."""
-    torch.manual_seed(args.seed)
-    config = OneRecConfig.from_tokenizer(
-        tokenizer, preset=args.preset, session_length=args.session_length, max_history_items=args.max_history_items
-    )
-    model = OneRecForConditionalGeneration(config).to(device).train()
+    model = common.pretraining_model(tokenizer, args).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     with tempfile.TemporaryDirectory() as scratch:
         training_args = OneRecPretrainingConfig(
@@ -91,15 +75,13 @@ def time_strategy(strategy: str, train, tokenizer, args: argparse.Namespace, dev
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for batch in islice(loader, 2):
-        step(batch)
+    def steps(batches):
+        for batch in batches:
+            step(batch)
+
+    steps(islice(loader, 2))
     batches = list(islice(loader, args.steps))  # a new epoch: the first `steps` batches of a fresh permutation
-    synchronize(device)
-    start = time.perf_counter()
-    for batch in batches:
-        step(batch)
-    synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds, _ = common.timed(steps, device, batches)
     masks = [batch["attention_mask"] for batch in batches]
     samples = sum(len(mask) for mask in masks)
     slots = sum(mask.numel() for mask in masks)
@@ -133,20 +115,13 @@ def markdown_table(rows, args: argparse.Namespace) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
-    tokenizer = SemanticIDTokenizer.from_pretrained(args.tokenizer_dir)
-    splits = leave_one_out_split(load_named_dataset(args.dataset)["sequences"])
-    train = build_session_samples(splits, max_history=args.max_history_items, session_length=args.session_length)[
-        "train"
-    ]
-    rows = [time_strategy(strategy, train, tokenizer, args, device) for strategy in STRATEGIES]
+    device = common.setup_device(args.device, args.threads)
+    tokenizer, samples = common.load_pretraining_data(args)
+    rows = [time_strategy(strategy, samples["train"], tokenizer, args, device) for strategy in STRATEGIES]
     table = markdown_table(rows, args)
     print(table)
-    output = output_path(args.output, "pretrain_batching", device)
-    write_json(
-        output,
-        {"environment": environment(device), "arguments": json_arguments(args), "results": rows, "markdown": table},
-    )
+    output = common.output_path(args.output, "pretrain_batching", device)
+    common.write_results(output, common.environment(device), args, results=rows, markdown=table)
     print(f"wrote {output}")
     return 0
 

@@ -25,7 +25,7 @@ import modeling_onerec
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import build_session_samples, leave_one_out_split, load_bundled
-from trainers.generative_recommender import GenerativeRecommender
+from trainers.evaluation.generative import GenerativeRecommender
 model_dir, users, beams = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 samples = build_session_samples(leave_one_out_split(load_bundled("beauty")["sequences"]), max_history=50,
                                 session_length=1)["validation"].shuffle(seed=0).select(range(users))

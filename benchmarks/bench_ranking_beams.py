@@ -23,7 +23,7 @@ from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import build_session_samples, leave_one_out_split, load_named_dataset
 from trainers.evaluation import ranking_metrics, sample_users
-from trainers.generative_recommender import GenerativeRecommender
+from trainers.evaluation.generative import GenerativeRecommender
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

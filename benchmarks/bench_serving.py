@@ -20,35 +20,31 @@ import numpy as np
 import torch
 from transformers import pipeline
 
-from benchmarks.common import NUM_SPECIAL_TOKENS, random_item_tokens
+from benchmarks.common import add_catalogue_arguments, random_item_codes, setup_device
 from modeling_onerec import RECOMMENDATION_TASK, OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
+    add_catalogue_arguments(parser)
     parser.add_argument("--beams", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--preset", default="onerec-0.1b")
-    parser.add_argument("--codes", type=int, default=8192, help="Codes per level K.")
-    parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--session_length", type=int, default=5)
     parser.add_argument("--history", type=int, default=50, help="Items per request's history.")
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    setup_device("cpu", args.threads or None)
     rows = []
     for num_items in args.items:
-        tokens = random_item_tokens(num_items, args.levels, args.codes, args.seed)
         tokenizer = SemanticIDTokenizer(
             codebook_sizes=[args.codes] * args.levels,
             num_semantic_levels=args.levels,
             item_ids=[str(item) for item in range(num_items)],
-            item_codes=tokens - NUM_SPECIAL_TOKENS - torch.arange(args.levels) * args.codes,
+            item_codes=random_item_codes(num_items, args.levels, args.codes, args.seed),
             codebooks=None,
             max_history_items=args.history,
         )

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import NUM_SPECIAL_TOKENS, random_item_tokens
+from benchmarks.common import NUM_SPECIAL_TOKENS, add_catalogue_arguments, code_tokens, random_item_codes, setup_device
 from tokenization_semantic_id.trie import SemanticIDTrie, excluded_below, fixed_children
 
 DEFAULT_STATIC = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "static-constraint-decoding"
@@ -49,9 +49,7 @@ def timed(function, repeats: int) -> float:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--static_path", default=str(DEFAULT_STATIC), help="Checkout of static-constraint-decoding.")
-    parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--codes", type=int, default=8192, help="Codes per level K.")
-    parser.add_argument("--levels", type=int, default=3)
+    add_catalogue_arguments(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--beams", type=int, default=128)
     parser.add_argument("--history", type=int, default=50, help="Excluded history items per user in (b), (c).")
@@ -59,18 +57,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    device = setup_device("cpu", args.threads or None)
     sys.path.insert(0, str(Path(args.static_path).resolve()))
     from static_decoding.csr_utils import build_static_index
     from static_decoding.decoding_pt import generate_and_apply_logprobs_mask
 
-    device = torch.device("cpu")
     rows = args.batch * args.beams
     results = []
     for num_items in args.items:
-        item_tokens = random_item_tokens(num_items, args.levels, args.codes, args.seed)  # our token layout
-        codes = (item_tokens - NUM_SPECIAL_TOKENS - torch.arange(args.levels) * args.codes).numpy()
+        codes = random_item_codes(num_items, args.levels, args.codes, args.seed)
+        item_tokens, codes = code_tokens(codes, args.codes), codes.numpy()  # our token layout, STATIC's codes
         order = np.lexsort(codes.T[::-1])  # STATIC wants its codes sorted; the items keep their rows here
         item_tokens, codes = item_tokens[torch.from_numpy(order)], codes[order]
         start = time.perf_counter()

@@ -42,26 +42,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from benchmarks.common import (
-    add_device_argument,
-    add_pretraining_data_arguments,
-    add_run_arguments,
-    environment,
-    json_arguments,
-    output_path,
-    setup_device,
-    synchronize,
-    write_json,
-)
-from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
-from tokenization_semantic_id import SemanticIDTokenizer
-from trainers.data import (
-    TOKENIZED_COLUMNS,
-    build_session_samples,
-    leave_one_out_split,
-    load_named_dataset,
-    tokenize_session_samples,
-)
+from benchmarks import common
+from trainers.data import TOKENIZED_COLUMNS, tokenize_session_samples
 from trainers.pretraining import SessionDataCollator, TokenizedSessionCollator, history_lengths
 
 VARIANTS = (
@@ -87,7 +69,7 @@ VARIANTS = (
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_pretraining_data_arguments(parser)
+    common.add_pretraining_data_arguments(parser)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--collate_batches", type=int, default=200, help="Batches of 64 timed for collation.")
@@ -100,8 +82,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=6144,
         help="Windows per timed training measurement (rounded up to whole batches, at least 3).",
     )
-    add_device_argument(parser)
-    add_run_arguments(parser, output_help="JSON output (default outputs/benchmarks/training_path_<device>.json).")
+    common.add_device_argument(parser)
+    common.add_run_arguments(
+        parser, output_help="JSON output (default outputs/benchmarks/training_path_<device>.json)."
+    )
     args = parser.parse_args(argv)
     if min(args.batch_sizes) < 1 or args.collate_batches < 1 or args.step_windows < 1:
         parser.error("--batch_sizes, --collate_batches and --step_windows must be >= 1")
@@ -142,15 +126,13 @@ def time_training(
 ) -> Dict[str, Any]:
     """Windows/s of forward + backward + AdamW over consecutive length-grouped batches (collation included), and the
     loss on ``validation`` (tokenised windows) afterwards when given."""
-    torch.manual_seed(args.seed)
-    overrides = {
-        "session_length": args.session_length,
-        "max_history_items": args.max_history_items,
-        "dropout_rate": 0.0 if "dropout0" in variant else 0.1,
-        "attention_dropout_rate": 0.0 if "attn0" in variant else None,
-        "expert_dispatch": "dense" if "dense" in variant else "grouped_mm" if "grouped_mm" in variant else "grouped",
-    }
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset=args.preset, **overrides))
+    model = common.pretraining_model(
+        tokenizer,
+        args,
+        dropout_rate=0.0 if "dropout0" in variant else 0.1,
+        attention_dropout_rate=0.0 if "attn0" in variant else None,
+        expert_dispatch="dense" if "dense" in variant else "grouped_mm" if "grouped_mm" in variant else "grouped",
+    )
     if "torchdropout" in variant:
         swap_dropout(model)
     model = model.to(device).train()
@@ -177,16 +159,13 @@ def time_training(
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    start = time.perf_counter()
-    for indices in chosen[:warmup]:
-        step(indices)
-    synchronize(device)
-    warmup_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    for indices in chosen[warmup:]:
-        loss = step(indices)
-    synchronize(device)
-    seconds = time.perf_counter() - start
+    def steps(batches):
+        for indices in batches:
+            loss = step(indices)
+        return loss
+
+    warmup_seconds, _ = common.timed(steps, device, chosen[:warmup])
+    seconds, loss = common.timed(steps, device, chosen[warmup:])
     windows = sum(len(indices) for indices in chosen[warmup:])
     row = {
         "variant": variant,
@@ -230,13 +209,9 @@ def validation_loss(model, validation, collator, device, batch_size: int = 256) 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
-    data = load_named_dataset(args.dataset)
-    samples = build_session_samples(
-        leave_one_out_split(data["sequences"]), max_history=args.max_history_items, session_length=args.session_length
-    )
+    device = common.setup_device(args.device, args.threads)
+    tokenizer, samples = common.load_pretraining_data(args)
     raw = samples["train"]
-    tokenizer = SemanticIDTokenizer.from_pretrained(args.tokenizer_dir)
     start = time.perf_counter()
     tokenized = tokenize_session_samples(
         raw,
@@ -288,16 +263,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 ratio = f" ({row['windows_per_s'] / base[batch_size]:.2f}x)" if batch_size in base else ""
                 cells.append(f"{row['windows_per_s']:.0f}{ratio}")
         print(f"| {batch_size} | " + " | ".join(cells) + " |")
-    path = output_path(args.output, "training_path", device)
-    write_json(
-        path,
-        {
-            "environment": environment(device),
-            "arguments": json_arguments(args),
-            "collation": collation,
-            "training": training,
-        },
-    )
+    path = common.output_path(args.output, "training_path", device)
+    common.write_results(path, common.environment(device), args, collation=collation, training=training)
     print(f"-> {path}")
     return 0
 

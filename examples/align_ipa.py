@@ -4,10 +4,10 @@ From a pretrained OneRec ``M_0`` (``examples/pretrain.py``) and a reward model (
 each iteration ``t`` samples ``r_DPO`` of the training samples, generates ``N`` sessions per sampled user with
 ``M_t`` (trie-constrained beam search), scores them with the reward model, takes the best as *chosen* and the
 worst as *rejected*, and trains ``M_{t+1}`` from ``M_t`` on ``L_NTP + λ L_DPO`` with ``M_t`` as the frozen
-reference, through TRL's ``DPOTrainer`` (``trainers/preference.py``; every TRL ``--loss_type``, plus ``cdpo``).
+reference, through TRL's ``DPOTrainer`` (``trainers/alignment/dpo_trainer.py``; every TRL ``--loss_type``, plus ``cdpo``).
 ``--num_iterations 1`` is plain (single-round) DPO with self-mined pairs; more iterations are IPA.
 
-    python examples/align_ipa.py --dataset ml-100k --data_path ../shared/data/ml-100k \\
+    python examples/align_ipa.py --dataset ml-100k --data_path "$ONEREC_ML100K_DIR" \\
         --model_dir outputs/ml-100k/onerec/final --reward_model_dir outputs/reward/ml-100k \\
         --output_dir outputs/ml-100k/ipa --dpo_sample_ratio 0.01 --num_candidates 32 --num_iterations 2 \\
         --loss_type sigmoid --beta 0.1 --use_cpu
@@ -32,11 +32,11 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
+from trainers.alignment import OneRecDPOConfig
+from trainers.alignment.ipa import IPAConfig, run_ipa
+from trainers.alignment.reward_model import SessionRewardScorer
 from trainers.data import DatasetArguments, build_session_samples, check_local_dir, leave_one_out_split
 from trainers.evaluation import markdown_table
-from trainers.ipa import IPAConfig, run_ipa
-from trainers.preference import OneRecDPOConfig
-from trainers.reward_model import SessionRewardScorer
 
 logger = logging.getLogger("align_ipa")
 

@@ -6,7 +6,7 @@ resolves collisions, saves a ``SemanticIDTokenizer`` and prints / saves its stat
 
     python examples/build_semantic_ids.py --dataset beauty --output_dir outputs/beauty
     python examples/build_semantic_ids.py --dataset scientific --compare_unbalanced
-    python examples/build_semantic_ids.py --dataset ml-100k --data_path ../shared/data/ml-100k
+    python examples/build_semantic_ids.py --dataset ml-100k --data_path "$ONEREC_ML100K_DIR"
     python examples/build_semantic_ids.py --dataset s3rec --data_path my_log.txt --embedding_source collaborative
 """
 

@@ -49,7 +49,7 @@ from trainers.evaluation import (
     sample_users,
     write_topk_json,
 )
-from trainers.generative_recommender import evaluate_generative_model
+from trainers.evaluation.generative import evaluate_generative_model
 
 logger = logging.getLogger("evaluate")
 _SETTINGS = (("exclude_history", True, "excluded"), ("all_items", False, "allowed"))

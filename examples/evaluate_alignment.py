@@ -2,11 +2,11 @@
 
 Rows are models (OneRec / TIGER-style checkpoints, aligned snapshots from ``examples/align_ipa.py``, a SASRec folder
 from ``examples/train_sasrec.py``, and the successor baseline); columns are each reward tower's mean and max over
-the ``S`` sessions a model proposes per user (``trainers/alignment_evaluation.py`` says exactly how), then
+the ``S`` sessions a model proposes per user (``trainers/evaluation/alignment.py`` says exactly how), then
 Recall@10 / NDCG@10 of the held-out test item and the best session's hit rate on the same users, so that a model
 that games the reward model without recommending better would show.
 
-    python examples/evaluate_alignment.py --dataset ml-100k --data_path ../shared/data/ml-100k \\
+    python examples/evaluate_alignment.py --dataset ml-100k --data_path "$ONEREC_ML100K_DIR" \\
         --reward_model_dir outputs/reward/ml-100k --test_users 300 --output_dir outputs/ml-100k/table1 \\
         --models SASRec=outputs/sasrec/ml-100k TIGER-style=outputs/ml-100k/tiger/final \\
                  OneRec=outputs/ml-100k/onerec/final OneRec+IPA=outputs/ml-100k/ipa/iteration-2
@@ -26,18 +26,18 @@ from transformers import HfArgumentParser
 
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
-from trainers.alignment_evaluation import (
+from trainers.alignment.reward_model import SessionRewardScorer
+from trainers.baselines import SuccessorRecommender, tune_successor
+from trainers.baselines.sasrec import SASRecRecommender
+from trainers.data import DatasetArguments, build_session_samples, check_local_dir, leave_one_out_split, named_paths
+from trainers.evaluation import markdown_table, sample_users
+from trainers.evaluation.alignment import (
     generated_sessions,
     ground_truth_summary,
     reward_summary,
     sessions_from_ranking,
 )
-from trainers.baselines import SuccessorRecommender, tune_successor
-from trainers.data import DatasetArguments, build_session_samples, check_local_dir, leave_one_out_split, named_paths
-from trainers.evaluation import markdown_table, sample_users
-from trainers.generative_recommender import GenerativeRecommender
-from trainers.reward_model import SessionRewardScorer
-from trainers.sasrec import SASRecRecommender
+from trainers.evaluation.generative import GenerativeRecommender
 
 logger = logging.getLogger("evaluate_alignment")
 

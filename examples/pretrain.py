@@ -41,7 +41,7 @@ from trainers.data import (
 )
 from trainers.distributed import release_processes
 from trainers.evaluation import held_out_sessions, markdown_table, sample_users, write_topk_json
-from trainers.generative_recommender import evaluate_generative_model
+from trainers.evaluation.generative import evaluate_generative_model
 from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, TokenizedSessionCollator
 
 logger = logging.getLogger("pretrain")

@@ -29,9 +29,9 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_onerec.configuration_reward import OneRecRewardConfig
 from modeling_onerec.modeling_reward import OneRecRewardModel, register_reward_auto_classes
+from trainers.alignment.reward_model import RewardItemVocabulary, RewardModelTrainer, RewardModelTrainingConfig
 from trainers.data import DatasetArguments, build_reward_samples, default_reward_names, leave_one_out_split
 from trainers.evaluation import format_auc_table
-from trainers.reward_model import RewardItemVocabulary, RewardModelTrainer, RewardModelTrainingConfig
 
 logger = logging.getLogger("train_reward_model")
 

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
+from trainers.baselines.sasrec import SASRecConfig, SASRecRecommender
 from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
 from trainers.evaluation import PUBLISHED_BEAUTY, evaluate_recommender, metrics_table, write_topk_json
-from trainers.sasrec import SASRecConfig, SASRecRecommender
 
 logger = logging.getLogger("train_sasrec")
 

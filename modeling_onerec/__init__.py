@@ -1,38 +1,17 @@
-"""OneRec model: T5 with a sparse-MoE decoder (paper §3.2), registered with the transformers Auto classes."""
+"""OneRec model: T5 with a sparse-MoE decoder (paper §3.2), registered with the transformers Auto classes.
+
+As in transformers' model packages, each module's ``__all__`` is the one list of its public names; this package
+re-exports them (plus ``RECOMMENDATION_TASK``, the pipeline's task name).
+"""
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-from .configuration_onerec import PRESETS, OneRecConfig
-from .configuration_reward import DEFAULT_REWARD_NAMES, REWARD_PAD_INDEX, OneRecRewardConfig
-from .conversion import upcycle_dense_t5
-from .modeling_onerec import (
-    OneRecDecoderStack,
-    OneRecExperts,
-    OneRecForConditionalGeneration,
-    OneRecLayerSparseFF,
-    OneRecModel,
-    OneRecPreTrainedModel,
-    OneRecRouter,
-    OneRecSeq2SeqLMOutput,
-    OneRecSparseMLP,
-    SessionRecommendation,
-    expert_capacity,
-    expert_load,
-    level_restricted_cross_entropy,
-    load_balancing_loss,
-    ntp_token_mask,
-    route_tokens,
-    router_z_loss,
-)
-from .modeling_reward import (
-    OneRecRewardModel,
-    OneRecRewardOutput,
-    RewardTower,
-    TargetAwareItemEncoder,
-    masked_sum_pool,
-    register_reward_auto_classes,
-    reward_bce_loss,
-)
+from . import configuration_onerec, configuration_reward, conversion, modeling_onerec, modeling_reward
+from .configuration_onerec import *  # noqa: F403
+from .configuration_reward import *  # noqa: F403
+from .conversion import *  # noqa: F403
+from .modeling_onerec import *  # noqa: F403
+from .modeling_reward import *  # noqa: F403
 from .pipeline_onerec import TASK as RECOMMENDATION_TASK
 from .pipeline_onerec import GenerativeRecommendationPipeline, register_pipeline
 
@@ -40,51 +19,27 @@ from .pipeline_onerec import GenerativeRecommendationPipeline, register_pipeline
 def register_auto_classes() -> None:
     """``AutoConfig`` / ``AutoModel`` / ``AutoModelForSeq2SeqLM`` resolve ``model_type: onerec`` in this process,
     and ``save_pretrained`` writes ``auto_map`` plus the module files for ``trust_remote_code`` loading."""
-    AutoConfig.register(OneRecConfig.model_type, OneRecConfig, exist_ok=True)
-    AutoModel.register(OneRecConfig, OneRecModel, exist_ok=True)
-    AutoModelForSeq2SeqLM.register(OneRecConfig, OneRecForConditionalGeneration, exist_ok=True)
-    OneRecConfig.register_for_auto_class()
-    OneRecModel.register_for_auto_class("AutoModel")
-    OneRecForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
-    register_reward_auto_classes()
+    config, model = configuration_onerec.OneRecConfig, modeling_onerec.OneRecModel
+    AutoConfig.register(config.model_type, config, exist_ok=True)
+    AutoModel.register(config, model, exist_ok=True)
+    AutoModelForSeq2SeqLM.register(config, modeling_onerec.OneRecForConditionalGeneration, exist_ok=True)
+    config.register_for_auto_class()
+    model.register_for_auto_class("AutoModel")
+    modeling_onerec.OneRecForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+    modeling_reward.register_reward_auto_classes()
     register_pipeline()
 
 
 register_auto_classes()
 
 __all__ = [
-    "PRESETS",
-    "OneRecConfig",
-    "OneRecDecoderStack",
-    "OneRecExperts",
-    "OneRecForConditionalGeneration",
-    "OneRecLayerSparseFF",
-    "OneRecModel",
-    "OneRecPreTrainedModel",
-    "OneRecRouter",
-    "OneRecSeq2SeqLMOutput",
-    "OneRecSparseMLP",
-    "SessionRecommendation",
-    "expert_capacity",
-    "expert_load",
-    "level_restricted_cross_entropy",
-    "load_balancing_loss",
-    "ntp_token_mask",
+    *configuration_onerec.__all__,
+    *configuration_reward.__all__,
+    *conversion.__all__,
+    *modeling_onerec.__all__,
+    *modeling_reward.__all__,
     "GenerativeRecommendationPipeline",
     "RECOMMENDATION_TASK",
     "register_auto_classes",
     "register_pipeline",
-    "upcycle_dense_t5",
-    "route_tokens",
-    "router_z_loss",
-    "DEFAULT_REWARD_NAMES",
-    "REWARD_PAD_INDEX",
-    "OneRecRewardConfig",
-    "OneRecRewardModel",
-    "OneRecRewardOutput",
-    "RewardTower",
-    "TargetAwareItemEncoder",
-    "masked_sum_pool",
-    "register_reward_auto_classes",
-    "reward_bce_loss",
 ]

@@ -162,6 +162,20 @@ def load_saved_folder(path, load):
         raise
 
 
+class SavedFolderLoading:
+    """Mixin for a class with transformers' ``from_pretrained`` (the model, the tokenizer): the same loading, with
+    :func:`load_saved_folder`'s clear errors. List it before the transformers base class."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it, a truncated
+        or corrupted file of the folder a ``ValueError`` naming the file."""
+        return load_saved_folder(
+            pretrained_model_name_or_path,
+            lambda: super(SavedFolderLoading, cls).from_pretrained(pretrained_model_name_or_path, *args, **kwargs),
+        )
+
+
 @strict(accept_kwargs=True)
 class OneRecConfig(T5Config):
     r"""Configuration of :class:`OneRecForConditionalGeneration`.
@@ -475,4 +489,4 @@ class OneRecConfig(T5Config):
             )
 
 
-__all__ = ["OneRecConfig", "PRESETS", "load_saved_folder"]
+__all__ = ["OneRecConfig", "PRESETS", "SavedFolderLoading", "load_saved_folder"]

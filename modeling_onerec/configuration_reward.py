@@ -18,7 +18,7 @@ class OneRecRewardConfig(PretrainedConfig):
     r"""Configuration of :class:`~modeling_onerec.modeling_reward.OneRecRewardModel`.
 
     The model reads integer item indices ``1 .. num_items - 1`` (``0`` is padding); a
-    ``trainers.reward_model.RewardItemVocabulary`` maps dataset item ids to them.
+    ``trainers.alignment.reward_model.RewardItemVocabulary`` maps dataset item ids to them.
 
     Args:
         num_items (`int`, defaults to 1024):

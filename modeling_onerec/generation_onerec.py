@@ -16,7 +16,9 @@ but does far less work per step: the history is encoded once, the decoder is ste
 the output head is evaluated only on the current level's slice of the vocabulary, and only the trie
 children of each beam are scored (a fixed ``[rows, K]`` table per level, ``K`` the level's largest branch: no
 data-dependent shape and no host synchronisation inside a step), never a full-vocabulary ``[rows, V]`` tensor.
-BOS and EOS are structure, not choices: they are fed to the decoder but cost no log-probability.
+BOS and EOS are structure, not choices: they are fed to the decoder but cost no log-probability. What a beam may
+take next (the layout, valid codes, exclusions, no repeats) is :class:`SessionConstraint`'s rule, the one the
+tokenizer's logits processor applies.
 Unlike ``generate()``, beams that do not exist (fewer valid sessions than ``num_beams``) are reported
 as missing (``-1`` items, ``-inf`` scores, ``num_valid``) instead of padded with copies.
 
@@ -31,7 +33,7 @@ import contextlib
 import math
 import operator
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Iterator, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -146,8 +148,8 @@ def length_sorted_batches(histories: Sequence[Sequence], batch_size: int, max_it
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-# This file travels alone with the weights (trust_remote_code), so the helpers below are copies of the tokenizer
-# package's originals; tests/test_copies.py fails when a copy drifts from its original.
+# This file travels alone with the weights (trust_remote_code), so the constraint and its helpers below are copies of
+# the tokenizer package's originals; tests/test_copies.py fails when a copy drifts from its original.
 
 
 # Copied from tokenization_semantic_id.trie.FixedChildren
@@ -208,32 +210,167 @@ def drop_duplicate_items(excluded: torch.Tensor) -> torch.Tensor:
     return excluded.masked_fill(duplicate, -1)
 
 
-def _excluded_tensor(excluded_items, batch_size: int, num_catalogue: int, device) -> Optional[torch.Tensor]:
-    """Per-row excluded item indices as a deduplicated ``[batch, E]`` long tensor padded with ``-1``."""
-    if excluded_items is None:
-        return None
-    if isinstance(excluded_items, torch.Tensor):
-        if excluded_items.dim() != 2:
-            raise ValueError(f"excluded_items must be a [batch, E] tensor, got shape {tuple(excluded_items.shape)}.")
-        table = excluded_items.to(device=device, dtype=torch.long)
-    else:
-        rows = [[int(item) for item in items] for items in excluded_items]
-        width = max((len(row) for row in rows), default=0)
-        table = torch.full((len(rows), width), -1, dtype=torch.long)
-        for row, items in enumerate(rows):
-            table[row, : len(items)] = torch.tensor(items, dtype=torch.long)
-        table = table.to(device)
-    if table.shape[0] != batch_size:
-        raise ValueError(
-            f"excluded_items has {table.shape[0]} rows but input_ids has {batch_size}; pass one list of item "
-            "indices per input row (not per beam)."
-        )
-    if table.numel() and (table.min() < -1 or table.max() >= num_catalogue):
-        raise ValueError(
-            f"excluded_items holds indices outside [0, {num_catalogue}) (use -1 only as padding); pass catalogue "
-            "row indices (tokenizer.item_index(item_id)), not item ids or token ids."
-        )
-    return drop_duplicate_items(table)
+# Copied from tokenization_semantic_id.constrained_decoding.SessionConstraint
+class SessionConstraint:
+    """Which tokens may follow a decoder prefix within a session of ``num_items`` items: the one home of the rule
+    that :class:`SessionConstrainedLogitsProcessor`, :class:`SessionPrefixAllowedTokensFn` and the model's native
+    ``session_beam_search`` (``modeling_onerec/generation_onerec.py``, a marked copy) all apply.
+
+    Layout (paper Eq. 3): ``[prefix] BOS c1..cL  BOS c1..cL  ...  EOS  PAD ...``; BOS, EOS and PAD positions are
+    forced. At a code position the allowed tokens are the trie children of the item's prefix below which an item is
+    left that the row may generate: not one of its excluded items (e.g. the history) nor, with ``forbid_repeats``, an
+    earlier item of the session. Whole subtrees are pruned by counting, so a beam is never led into a prefix without
+    a valid completion; a row with nothing left may only emit PAD (never an unconstrained token).
+
+    Fixed shapes and no host synchronisation per step: a level's children are a ``[rows, K]`` table, ``K`` the level's
+    largest branch.
+
+    Args:
+        trie: A ``SemanticIDTrie``, or an object with its tensors (``indptr``, ``edge_token``, ``leaf_count``,
+            ``item_path``, ``leaf_item``) and ``num_levels``, ``num_items``, ``level_max_children``; prefixes are
+            read with its ``walk``.
+        bos_token_id / eos_token_id / pad_token_id: The special tokens.
+        num_items: Items per session ``m``.
+        prefix_length: Decoder tokens before the session (1 for T5's ``decoder_start_token_id``).
+        forbid_repeats: No item twice in one session.
+    """
+
+    def __init__(
+        self,
+        trie,
+        *,
+        bos_token_id: int,
+        eos_token_id: int,
+        pad_token_id: int,
+        num_items: int = 1,
+        prefix_length: int = 1,
+        forbid_repeats: bool = True,
+    ):
+        if num_items < 1:
+            raise ValueError(f"num_items (items per session) must be >= 1, got {num_items}.")
+        if prefix_length < 0:
+            raise ValueError(f"prefix_length must be >= 0, got {prefix_length}.")
+        self.trie = trie
+        self.num_items = num_items
+        self.prefix_length = prefix_length
+        self.forbid_repeats = forbid_repeats
+        self.period = trie.num_levels + 1
+        self.sequence_length = prefix_length + num_items * self.period + 1  # through EOS
+        self.forced_tokens = {"bos": bos_token_id, "eos": eos_token_id, "pad": pad_token_id}
+
+    def position(self, length: int) -> Tuple[str, int, int]:
+        """What comes after a prefix of ``length`` tokens: ``(kind, slot, level)``, kind one of ``"bos"``, ``"code"``
+        (``level`` = code tokens of item ``slot`` already there), ``"eos"``, ``"pad"`` or ``"prefix"`` (before the
+        session)."""
+        generated = length - self.prefix_length
+        if generated < 0:
+            return "prefix", 0, 0
+        if generated < self.num_items * self.period:
+            slot, within = divmod(generated, self.period)
+            return ("bos", slot, 0) if within == 0 else ("code", slot, within - 1)
+        return ("eos", self.num_items, 0) if generated == self.num_items * self.period else ("pad", self.num_items, 0)
+
+    def item_start(self, slot: int) -> int:
+        """Column of item ``slot``'s first code token in the decoder sequence."""
+        return self.prefix_length + slot * self.period + 1
+
+    def excluded_table(self, excluded_items, num_rows: Optional[int] = None) -> Optional[torch.Tensor]:
+        """Per-row excluded item indices (lists, or a ``[rows, E]`` tensor padded with ``-1``) as a deduplicated
+        ``[rows, E]`` long tensor on the trie's device; ``None`` stays ``None``. Raises a ``ValueError`` for indices
+        outside the catalogue, or for another number of rows than ``num_rows`` (when given)."""
+        if excluded_items is None:
+            return None
+        device = self.trie.item_path.device
+        if isinstance(excluded_items, torch.Tensor):
+            if excluded_items.dim() != 2:
+                raise ValueError(
+                    f"excluded_items must be a [batch, E] tensor, got shape {tuple(excluded_items.shape)}."
+                )
+            table = excluded_items.to(device=device, dtype=torch.long)
+        else:
+            rows = [[int(item) for item in items] for items in excluded_items]
+            table = torch.full((len(rows), max((len(row) for row in rows), default=0)), -1, dtype=torch.long)
+            for row, items in enumerate(rows):
+                table[row, : len(items)] = torch.tensor(items, dtype=torch.long)
+            table = table.to(device)
+        if num_rows is not None and table.shape[0] != num_rows:
+            raise ValueError(
+                f"excluded_items has {table.shape[0]} rows but input_ids has {num_rows}; pass one list of item "
+                "indices per input row (not per beam)."
+            )
+        if table.numel() and (table.min() < -1 or table.max() >= self.trie.num_items):
+            raise ValueError(
+                f"excluded_items holds indices outside [0, {self.trie.num_items}) (use -1 only as padding); pass "
+                "catalogue row indices (tokenizer.item_index(item_id)), not item ids or token ids."
+            )
+        return drop_duplicate_items(table)
+
+    def session_items(self, input_ids: torch.Tensor, slot: int) -> torch.Tensor:
+        """``[B, slot]``: the catalogue index of each of the first ``slot`` items in ``input_ids [B, T]`` (``-1`` for
+        a code that is no item)."""
+        items = []
+        for previous in range(slot):
+            start = self.item_start(previous)
+            leaf = self.trie.walk(input_ids[:, start : start + self.trie.num_levels])
+            items.append(torch.where(leaf >= 0, self.trie.leaf_item[leaf.clamp(min=0)], torch.full_like(leaf, -1)))
+        return torch.stack(items, dim=1) if items else input_ids.new_zeros((input_ids.shape[0], 0))
+
+    def excluded_items(
+        self, excluded: Optional[torch.Tensor], earlier: Optional[torch.Tensor]
+    ) -> Optional[torch.Tensor]:
+        """``[B, X]``: the items each row may not generate next, each once (``-1`` padding), or ``None``.
+
+        Args:
+            excluded: ``[B, E]`` the rows' excluded items (e.g. the history; deduplicated, ``-1`` padding) or ``None``.
+            earlier: ``[B, slot]`` the session's earlier items (``-1``: none), excluded with ``forbid_repeats``.
+        """
+        parts = [part for part in (excluded, earlier if self.forbid_repeats else None) if part is not None]
+        if not parts:
+            return None
+        # Each part is duplicate-free alone; an item in both (a history item also generated earlier) counted twice
+        # would make its subtree look exhausted too soon.
+        return drop_duplicate_items(torch.cat(parts, dim=1)) if len(parts) > 1 else parts[0]
+
+    def allowed_children(self, nodes: torch.Tensor, level: int, excluded: Optional[torch.Tensor] = None):
+        """The children of ``nodes [B]`` (trie nodes of depth ``level``, ``-1``: none) and which of them are allowed.
+
+        Args:
+            excluded: :meth:`excluded_items`, ``[B, X]`` or ``None``.
+        Returns:
+            ``(children, keep)``: a :class:`FixedChildren` of ``[B, K]`` tables and ``[B, K]`` bool, ``True`` for a
+            real child with an item left below it.
+        """
+        children = fixed_children(self.trie.indptr, self.trie.edge_token, nodes, self.trie.level_max_children[level])
+        if excluded is None:
+            return children, children.valid
+        paths = self.trie.item_path[:, level : level + 2][excluded.clamp(min=0)]  # [B, X, 2]
+        paths = paths.masked_fill((excluded < 0)[..., None], -1)
+        left = excluded_below(children, nodes, paths) < self.trie.leaf_count[children.nodes.clamp(min=0)]
+        return children, children.valid & left
+
+    def allowed_tokens(self, input_ids: torch.Tensor, excluded: Optional[torch.Tensor] = None):
+        """The tokens allowed after each row of ``input_ids [B, T]``.
+
+        Args:
+            excluded: ``[B, E]`` each row's excluded items (:meth:`excluded_table` rows) or ``None``.
+        Returns:
+            ``(tokens [B, K], allowed [B, K] bool)``: a forced position gives ``K = 1``; at a code position a row's
+            children and, last, PAD, allowed only where no child is.
+        """
+        num_rows, length = input_ids.shape
+        kind, slot, level = self.position(length)
+        if kind == "prefix":
+            raise ValueError(f"decoder input of length {length} is shorter than prefix_length={self.prefix_length}.")
+        if kind != "code":
+            forced = torch.full((num_rows, 1), self.forced_tokens[kind], dtype=torch.long, device=input_ids.device)
+            return forced, torch.ones_like(forced, dtype=torch.bool)
+        start = self.item_start(slot)
+        nodes = self.trie.walk(input_ids[:, start : start + level])  # the root at level 0
+        earlier = self.session_items(input_ids, slot) if self.forbid_repeats and slot > 0 else None
+        children, keep = self.allowed_children(nodes, level, self.excluded_items(excluded, earlier))
+        dead = ~keep.any(dim=1, keepdim=True)  # nothing valid: the row may only emit PAD
+        pad = torch.full_like(dead, self.forced_tokens["pad"], dtype=torch.long)
+        return torch.cat([children.tokens, pad], dim=1), torch.cat([keep, dead], dim=1)
 
 
 def _gather_beams(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -255,37 +392,36 @@ def constrained_step(
     level_logits: torch.Tensor,
     nodes: torch.Tensor,
     beam_scores: torch.Tensor,
-    paths: Optional[torch.Tensor],
-    trie,
-    max_children: int,
+    excluded: Optional[torch.Tensor],
+    constraint: SessionConstraint,
+    level: int,
     token_offset: int,
     num_beams: int,
 ) -> ConstrainedCandidates:
-    """One code level of the trie-constrained beam search: each beam's allowed children, their log-probabilities
-    renormalised over those children, and the ``k = min(num_beams, W * max_children)`` best continuations per row.
+    """One code level of the trie-constrained beam search: each beam's allowed children
+    (:meth:`SessionConstraint.allowed_children`), their log-probabilities renormalised over those children, and the
+    ``k = min(num_beams, W * K)`` best continuations per row (``K`` the level's largest branch).
 
     Fixed shapes and no host synchronisation (``torch.compile(..., fullgraph=True)`` captures it whole, a test checks):
-    children are read as a ``[batch * W, max_children]`` table, exclusions prune subtrees by counting, and beams left
-    without candidates stay as ``-inf`` rows instead of being trimmed.
+    children are read as a ``[batch * W, K]`` table, exclusions prune subtrees by counting, and beams left without
+    candidates stay as ``-inf`` rows instead of being trimmed.
 
     Args:
         level_logits: ``[batch * W, K_level]`` this level's slice of the output head (column 0 = ``token_offset``).
         nodes: ``[batch, W]`` long, each beam's trie node (``-1``: no beam).
         beam_scores: ``[batch, W]`` float, each beam's score so far.
-        paths: ``None`` or ``[batch * W, E, 2]``, for each beam's excluded items the node at this depth and at the
-            next (``-1`` padding); see :func:`excluded_below`. A child is dropped once all its items are excluded.
-        trie: The trie's tensors (``indptr``, ``edge_token``, ``leaf_count``), on ``level_logits``' device.
-        max_children: The level's largest child count (``SemanticIDTrie.level_max_children[level]``).
+        excluded: ``None`` or ``[batch * W, E]``, each beam's excluded items (``-1`` padding; each once,
+            :meth:`SessionConstraint.excluded_items`). A child is dropped once all its items are excluded.
+        constraint: The session's :class:`SessionConstraint`, over a trie on ``level_logits``' device.
+        level: The code level (the depth of ``nodes``).
         token_offset: Token id of ``level_logits``' first column.
         num_beams: Continuations kept per row at most.
     """
     batch, width = nodes.shape
     flat_nodes = nodes.reshape(-1)
-    children = fixed_children(trie.indptr, trie.edge_token, flat_nodes, max_children)
+    children, keep = constraint.allowed_children(flat_nodes, level, excluded)
+    max_children = children.nodes.shape[1]
     child_logits = level_logits.gather(1, (children.tokens - token_offset).clamp(0, level_logits.shape[1] - 1))
-    keep = children.valid
-    if paths is not None:
-        keep = keep & (excluded_below(children, flat_nodes, paths) < trie.leaf_count[children.nodes.clamp(min=0)])
     # segment log-softmax over each beam's allowed children, then one top-k per row
     padded = torch.where(keep, child_logits, torch.full_like(child_logits, -math.inf))
     normaliser = torch.logsumexp(padded, dim=-1, keepdim=True)
@@ -413,7 +549,16 @@ def session_beam_search(
                 )
     else:
         slices = [(smallest, largest + 1) for smallest, largest in ranges]
-    excluded = _excluded_tensor(excluded_items, input_ids.shape[0], trie_t.num_items, device)
+    constraint = SessionConstraint(
+        trie_t,
+        num_items=num_items,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        prefix_length=1,  # the decoder start token
+        forbid_repeats=forbid_repeats,
+    )
+    excluded = constraint.excluded_table(excluded_items, num_rows=input_ids.shape[0])  # [batch, E] or None
 
     batch = input_ids.shape[0]
     scale = None
@@ -450,7 +595,7 @@ def session_beam_search(
 
     # ------------------------------------------------------------------ beam state, [batch, W, ...]
     width = 1
-    seq_len = 2 + num_items * (num_levels + 1)
+    seq_len = constraint.sequence_length
     sequences = torch.full((batch, 1, seq_len), pad_token_id, dtype=torch.long, device=device)
     sequences[:, :, 0] = decoder_start_token_id
     length = 1  # tokens written so far
@@ -460,88 +605,84 @@ def session_beam_search(
     items = torch.full((batch, 1, num_items), -1, dtype=torch.long, device=device)
     item_scores = torch.zeros((batch, 1, num_items), dtype=torch.float32, device=device)
     batch_index = torch.arange(batch, device=device)
-    if excluded is not None:
-        excluded_paths = trie_t.item_path[excluded.clamp(min=0)]  # [batch, E, L + 1]
-        excluded_paths = excluded_paths.masked_fill((excluded < 0)[..., None], -1)
 
-    for slot in range(num_items):
-        for level in range(num_levels):
-            # -------------------------------------------------- feed the decoder
-            if level == 0:
-                sequences[:, :, length] = bos_token_id
-                length += 1
-            flat_sequences = sequences.view(batch * width, seq_len)
-            if fuse_forced_tokens or length - fed == 1:
-                hidden = decode(flat_sequences[:, fed:length], width)
-            else:
-                for position in range(fed, length):
-                    hidden = decode(flat_sequences[:, position : position + 1], width)
-            fed = length
-
-            # -------------------------------------------------- logits of this level's slice only
-            lo, hi = slices[level]
-            if scale is not None:
-                hidden = hidden * scale
-            level_logits = hidden @ head_weight[lo:hi].T  # [batch * W, K_level]
-            if head_bias is not None:
-                level_logits = level_logits + head_bias[lo:hi]
-            level_logits = level_logits.float()
-            # Checked once, at the first step: NaN weights (or a half-precision overflow) show there already, and a
-            # check per level would add a full pass and a host sync to every step of the search.
-            if slot == 0 and level == 0 and not bool(torch.isfinite(level_logits).all()):
-                raise ValueError(
-                    f"The model's scores at code level {level} are not finite (NaN or inf): its weights (or, in "
-                    "half precision, its activations) overflowed or hold NaN. Check the checkpoint, e.g. "
-                    "all(torch.isfinite(p).all() for p in model.parameters()), or run in float32."
-                )
-
-            # -------------------------------------------------- the constrained step: fixed shapes, no host sync
-            paths = None
-            parts = []
-            if excluded is not None:
-                parts.append(
-                    excluded_paths[:, None, :, level : level + 2]
-                    .expand(-1, width, -1, -1)
-                    .reshape(batch * width, -1, 2)
-                )
-            if forbid_repeats and slot > 0:
-                previous = items[:, :, :slot].reshape(batch * width, slot)
-                previous_paths = trie_t.item_path[previous.clamp(min=0)][..., level : level + 2]
-                parts.append(previous_paths.masked_fill((previous < 0)[..., None], -1))
-            if parts:
-                # With forbid_repeats, generated items are never in the (deduplicated) history: no double count.
-                paths = torch.cat(parts, dim=1)  # [batch * W, E', 2]: node at depth level, level + 1
-            step = constrained_step(
-                level_logits, nodes, beam_scores, paths, trie_t, trie_t.level_max_children[level], lo, num_beams
-            )
-            # Beams that found no valid continuation stay as -inf rows (not trimmed: trimming would read the
-            # number of valid beams back to the host at every step).
-            chosen = torch.isfinite(step.scores)
-            source, child = step.beam, step.child
-            new_width = step.scores.shape[1]
-            flat_source = batch_index[:, None] * width + source
-
-            # -------------------------------------------------- reorder state and cache
-            cache.reorder_cache(flat_source.view(-1))
-            sequences = _gather_beams(sequences, source)
-            items = _gather_beams(items, source)
-            item_scores = _gather_beams(item_scores, source)
-            width = new_width
-            sequences[:, :, length] = torch.where(
-                chosen, trie_t.edge_token[(child - 1).clamp(min=0)], torch.full_like(child, pad_token_id)
-            )
+    while True:
+        kind, slot, level = constraint.position(length)
+        if kind != "code":  # BOS before each item, EOS after the last: written, never scored
+            sequences[:, :, length] = constraint.forced_tokens[kind]
+            if kind == "eos":
+                break
             length += 1
-            item_scores[:, :, slot] += torch.where(chosen, step.log_prob, torch.zeros_like(step.log_prob))
-            beam_scores = step.scores
-            if level == num_levels - 1:
-                leaf_items = trie_t.leaf_item[child.clamp(min=0)]
-                items[:, :, slot] = torch.where(chosen, leaf_items, torch.full_like(child, -1))
-                nodes = torch.where(chosen, torch.zeros_like(child), child)  # back to the root
-            else:
-                nodes = child
+            continue
+
+        # -------------------------------------------------- feed the decoder
+        flat_sequences = sequences.view(batch * width, seq_len)
+        if fuse_forced_tokens or length - fed == 1:
+            hidden = decode(flat_sequences[:, fed:length], width)
+        else:
+            for position in range(fed, length):
+                hidden = decode(flat_sequences[:, position : position + 1], width)
+        fed = length
+
+        # -------------------------------------------------- logits of this level's slice only
+        lo, hi = slices[level]
+        if scale is not None:
+            hidden = hidden * scale
+        level_logits = hidden @ head_weight[lo:hi].T  # [batch * W, K_level]
+        if head_bias is not None:
+            level_logits = level_logits + head_bias[lo:hi]
+        level_logits = level_logits.float()
+        # Checked once, at the first step: NaN weights (or a half-precision overflow) show there already, and a
+        # check per level would add a full pass and a host sync to every step of the search.
+        if slot == 0 and level == 0 and not bool(torch.isfinite(level_logits).all()):
+            raise ValueError(
+                f"The model's scores at code level {level} are not finite (NaN or inf): its weights (or, in "
+                "half precision, its activations) overflowed or hold NaN. Check the checkpoint, e.g. "
+                "all(torch.isfinite(p).all() for p in model.parameters()), or run in float32."
+            )
+
+        # -------------------------------------------------- the constrained step: fixed shapes, no host sync
+        history = (
+            excluded[:, None, :].expand(-1, width, -1).reshape(batch * width, -1) if excluded is not None else None
+        )
+        earlier = items[:, :, :slot].reshape(batch * width, slot) if slot > 0 else None
+        step = constrained_step(
+            level_logits,
+            nodes,
+            beam_scores,
+            constraint.excluded_items(history, earlier),
+            constraint,
+            level,
+            lo,
+            num_beams,
+        )
+        # Beams that found no valid continuation stay as -inf rows (not trimmed: trimming would read the
+        # number of valid beams back to the host at every step).
+        chosen = torch.isfinite(step.scores)
+        source, child = step.beam, step.child
+        new_width = step.scores.shape[1]
+        flat_source = batch_index[:, None] * width + source
+
+        # -------------------------------------------------- reorder state and cache
+        cache.reorder_cache(flat_source.view(-1))
+        sequences = _gather_beams(sequences, source)
+        items = _gather_beams(items, source)
+        item_scores = _gather_beams(item_scores, source)
+        width = new_width
+        sequences[:, :, length] = torch.where(
+            chosen, trie_t.edge_token[(child - 1).clamp(min=0)], torch.full_like(child, pad_token_id)
+        )
+        length += 1
+        item_scores[:, :, slot] += torch.where(chosen, step.log_prob, torch.zeros_like(step.log_prob))
+        beam_scores = step.scores
+        if level == num_levels - 1:
+            leaf_items = trie_t.leaf_item[child.clamp(min=0)]
+            items[:, :, slot] = torch.where(chosen, leaf_items, torch.full_like(child, -1))
+            nodes = torch.where(chosen, torch.zeros_like(child), child)  # back to the root
+        else:
+            nodes = child
 
     # ------------------------------------------------------------------ outputs, padded to num_beams
-    sequences[:, :, length] = eos_token_id
     valid = torch.isfinite(beam_scores)
     sequences = sequences.masked_fill(~valid[..., None], pad_token_id)
     items = items.masked_fill(~valid[..., None], -1)

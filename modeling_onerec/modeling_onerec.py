@@ -3,7 +3,9 @@
 Pieces, smallest first:
 
 * :func:`route_tokens`, :func:`load_balancing_loss`, :func:`router_z_loss`, :func:`expert_capacity` -- standalone,
-  tested functions (router top-k and the two auxiliary losses).
+  tested functions (router top-k and the two auxiliary losses); :func:`router_loss_sums` /
+  :class:`RouterLossSums` -- the same losses from per-layer sums, all layers at once: the model's loss and the
+  multi-process trainer's (whose sums add over processes) both use them.
 * :class:`OneRecRouter` -- the gate ``s = softmax(H e^T)``; :class:`OneRecExperts` -- stacked expert weights with
   grouped dispatch (tokens sorted by expert, one matmul per expert over its own tokens, never every expert on
   every token); :class:`OneRecSparseMLP` -- router + experts; :class:`OneRecLayerSparseFF` -- drop-in for T5's
@@ -23,7 +25,7 @@ import math
 import numbers
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +48,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
-from .configuration_onerec import OneRecConfig, load_saved_folder
+from .configuration_onerec import OneRecConfig, SavedFolderLoading
 from .model_card import render_model_card
 
 logger = logging.get_logger(__name__)
@@ -74,10 +76,12 @@ def route_tokens(router_logits: torch.Tensor, top_k: int, normalize: bool = Fals
     return gates, expert_index, router_probs
 
 
+# Adapted from transformers.models.switch_transformers.modeling_switch_transformers.load_balancing_loss_func
 def load_balancing_loss(
     router_probs: torch.Tensor, expert_index: torch.Tensor, token_mask: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Switch-Transformer load-balancing loss ``E * sum_i f_i * P_i`` (1.0 when perfectly balanced).
+    """Switch-Transformer load-balancing loss ``E * sum_i f_i * P_i`` (1.0 when perfectly balanced), of one layer: the
+    plain reference of :meth:`RouterLossSums.losses`, which the model and the trainer use.
 
     ``f_i`` is the fraction of token->expert assignments that went to expert ``i`` (over all ``k`` choices),
     ``P_i`` the mean router probability of expert ``i``.
@@ -100,8 +104,10 @@ def load_balancing_loss(
     return num_experts * (fraction_routed * mean_probability).sum()
 
 
+# Adapted from transformers.models.switch_transformers.modeling_switch_transformers.router_z_loss_func
 def router_z_loss(router_logits: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """ST-MoE router z-loss: mean over tokens of ``logsumexp(router_logits)**2`` (keeps logits small).
+    """ST-MoE router z-loss: mean over tokens of ``logsumexp(router_logits)**2`` (keeps logits small), of one layer: the
+    plain reference of :meth:`RouterLossSums.losses`.
 
     Args:
         router_logits: ``[N, E]`` raw logits (not probabilities).
@@ -112,6 +118,76 @@ def router_z_loss(router_logits: torch.Tensor, token_mask: Optional[torch.Tensor
         return squared.mean()
     weight = token_mask.reshape(-1).to(squared.dtype)
     return (squared * weight).sum() / weight.sum().clamp(min=1)
+
+
+class RouterLossSums(NamedTuple):
+    """Per sparse layer sums over the counted tokens: what the load-balancing and z losses are made of.
+
+    Sums rather than means, so that several processes' sums add up to one process's (``global_batch_losses`` in
+    ``trainers/pretraining.py`` all-reduces ``assignments`` and ``num_tokens``). Built by :func:`router_loss_sums`;
+    :meth:`losses` is the formula from sums to ``(aux, z)``, :meth:`expert_load` the per-expert share.
+    """
+
+    assignments: torch.Tensor  # [layers, E] float32, token->expert assignments per expert (all k choices)
+    probability_sums: torch.Tensor  # [layers, E] float32, router probabilities summed over tokens
+    z_sums: torch.Tensor  # [layers] float32, logsumexp(router_logits)**2 summed over tokens
+    num_tokens: torch.Tensor  # [] float32, tokens counted
+
+    def losses(self, top_k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(aux, z)``, each averaged over layers: per layer ``E * sum_i f_i * P_i`` (``f_i = assignments_i /
+        (tokens * k)``, ``P_i = probability_sums_i / tokens``) and ``z_sums / tokens``. Equal to the means over
+        layers of :func:`load_balancing_loss` and :func:`router_z_loss` (a test checks it)."""
+        num_tokens = self.num_tokens.clamp(min=1)
+        num_experts = self.assignments.shape[-1]
+        fraction_routed = self.assignments / (num_tokens * top_k)
+        mean_probability = self.probability_sums / num_tokens
+        aux = (num_experts * (fraction_routed * mean_probability).sum(dim=-1)).mean()
+        return aux, (self.z_sums / num_tokens).mean()
+
+    def expert_load(self) -> torch.Tensor:
+        """``[layers, E]``: each layer's fraction of assignments per expert (rows sum to 1; ``1/E`` is balance)."""
+        return self.assignments / self.assignments.sum(dim=-1, keepdim=True).clamp(min=1)
+
+
+def router_loss_sums(
+    router_logits: Sequence[torch.Tensor], top_k: int, token_mask: Optional[torch.Tensor] = None
+) -> RouterLossSums:
+    """The :class:`RouterLossSums` of the sparse layers' router logits, all layers in one batched computation.
+
+    Args:
+        router_logits: Per sparse layer ``[N, E]`` (``output.router_logits``; the same ``N`` in every layer).
+        top_k: Experts per token.
+        token_mask: Optional ``[N]`` bool, ``False`` for tokens that do not count (padding).
+    """
+    device = router_logits[0].device
+    logits = torch.stack([layer.to(device).float() for layer in router_logits])  # [layers, N, E]
+    _, expert_index, router_probs = route_tokens(logits, top_k)  # [layers, N, k], [layers, N, E]
+    if token_mask is None:
+        weight = torch.ones(logits.shape[1], dtype=torch.float32, device=device)
+    else:
+        weight = token_mask.reshape(-1).to(device=device, dtype=torch.float32)
+    assignments = F.one_hot(expert_index, logits.shape[-1]).sum(dim=2).float()  # [layers, N, E]
+    squared = torch.logsumexp(logits, dim=-1) ** 2  # [layers, N]
+    return RouterLossSums(
+        assignments=(assignments * weight[:, None]).sum(dim=1),
+        probability_sums=(router_probs * weight[:, None]).sum(dim=1),
+        z_sums=(squared * weight).sum(dim=1),
+        num_tokens=weight.sum(),
+    )
+
+
+def expert_load(
+    router_logits: Sequence[torch.Tensor], top_k: int, token_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``[num_sparse_layers, E]``: each sparse layer's fraction of token->expert assignments per expert (rows sum to
+    1; ``1/E`` everywhere is perfect balance).
+
+    Args:
+        router_logits: Per sparse layer ``[N, E]`` (``output.router_logits``).
+        top_k: Experts per token.
+        token_mask: Optional ``[N]`` bool, the tokens that count (padding excluded).
+    """
+    return router_loss_sums(router_logits, top_k, token_mask).expert_load()
 
 
 def level_restricted_cross_entropy(
@@ -416,6 +492,7 @@ class OneRecSparseMLP(nn.Module):
         return self.experts(flat, expert_index, gates, capacity).reshape(shape)
 
 
+# Adapted from transformers.models.t5.modeling_t5.T5LayerFF
 class OneRecLayerSparseFF(nn.Module):
     """Drop-in replacement for ``T5LayerFF``: ``H + dropout(MoE(norm(H)))`` (``T5Block`` expects one tensor back)."""
 
@@ -434,8 +511,9 @@ class OneRecLayerSparseFF(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
-class OneRecPreTrainedModel(T5PreTrainedModel):
-    """T5's initialisation plus the MoE modules (router, stacked experts)."""
+class OneRecPreTrainedModel(SavedFolderLoading, T5PreTrainedModel):
+    """T5's initialisation plus the MoE modules (router, stacked experts); ``from_pretrained`` with clear errors for
+    a missing folder or a corrupted file (:class:`~.configuration_onerec.SavedFolderLoading`)."""
 
     config: OneRecConfig
     config_class = OneRecConfig
@@ -452,6 +530,7 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
     # (tests/test_modeling_onerec.py::test_training_forward_traces_as_one_graph_with_dense_dispatch).
     _can_compile_fullgraph = False
 
+    # Adapted from transformers.modeling_utils.PreTrainedModel.initialize_weights
     @torch.no_grad()
     @init.guard_torch_init_functions()
     def initialize_weights(self):
@@ -482,15 +561,6 @@ class OneRecPreTrainedModel(T5PreTrainedModel):
             init.normal_(module.output_proj, mean=0.0, std=factor * self.config.expert_hidden_size**-0.5)
         elif isinstance(module, OneRecRouter):
             init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model**-0.5)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it, a truncated
-        or corrupted file of the folder a ``ValueError`` naming the file."""
-        return load_saved_folder(
-            pretrained_model_name_or_path,
-            lambda: super(OneRecPreTrainedModel, cls).from_pretrained(pretrained_model_name_or_path, *args, **kwargs),
-        )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', with both heads in ``auto_map``, so that ``AutoModel`` and ``AutoModelForSeq2SeqLM`` load
@@ -528,6 +598,7 @@ class OneRecDecoderStack(OneRecPreTrainedModel, T5Stack):
         return [block.layer[-1] for block in self.block if isinstance(block.layer[-1], OneRecLayerSparseFF)]
 
 
+# Adapted from transformers.models.t5.modeling_t5.T5ForConditionalGeneration.__init__
 def _build_stacks(model: nn.Module, config: OneRecConfig) -> None:
     """Shared embedding, dense T5 encoder, MoE decoder: the layout T5Model/T5ForConditionalGeneration expect."""
     model.model_dim = config.d_model
@@ -545,27 +616,6 @@ def _build_stacks(model: nn.Module, config: OneRecConfig) -> None:
         for module in model.modules():
             if isinstance(module, T5Attention):  # T5 reads its attention dropout from this float (transformers 5.24)
                 module.dropout = float(config.attention_dropout_rate)
-
-
-def expert_load(
-    router_logits: Sequence[torch.Tensor], top_k: int, token_mask: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """``[num_sparse_layers, E]``: each sparse layer's fraction of token->expert assignments per expert (rows sum to
-    1; ``1/E`` everywhere is perfect balance).
-
-    Args:
-        router_logits: Per sparse layer ``[N, E]`` (``output.router_logits``).
-        top_k: Experts per token.
-        token_mask: Optional ``[N]`` bool, the tokens that count (padding excluded).
-    """
-    loads = []
-    for logits in router_logits:
-        _, expert_index, _ = route_tokens(logits, top_k)  # the experts the layer chose
-        counts = F.one_hot(expert_index, logits.shape[-1]).sum(dim=1).float()
-        if token_mask is not None:
-            counts = counts * token_mask.reshape(-1, 1).float()
-        loads.append(counts.sum(dim=0) / counts.sum().clamp(min=1))
-    return torch.stack(loads)
 
 
 def _check_token_ids(
@@ -645,6 +695,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
+    # Adapted from transformers.models.t5.modeling_t5.T5ForConditionalGeneration.forward
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -706,8 +757,9 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         router_logits = tuple(decoder_outputs.get("router_logits") or ()) if record_routing else ()
         token_mask = labels.reshape(-1).to(logits.device) != -100 if labels is not None else None
         loss = ntp_loss = ntp_num_tokens = aux_loss = z_loss = load = None
-        if router_logits:
-            load = expert_load(router_logits, self.config.num_experts_per_token, token_mask)
+        sums = router_loss_sums(router_logits, self.config.num_experts_per_token, token_mask) if router_logits else None
+        if sums is not None:
+            load = sums.expert_load()
         if labels is not None:
             if self.config.codebook_sizes is not None and self.config.level_restricted_loss:
                 ntp_loss = level_restricted_cross_entropy(
@@ -721,13 +773,8 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                 )
             ntp_num_tokens = ntp_token_mask(labels, self.config).sum()
             loss = ntp_loss
-            if router_logits:
-                aux_terms = []
-                for layer_logits in router_logits:
-                    _, expert_index, router_probs = route_tokens(layer_logits, self.config.num_experts_per_token)
-                    aux_terms.append(load_balancing_loss(router_probs, expert_index, token_mask))
-                aux_loss = torch.stack(aux_terms).mean()
-                z_loss = torch.stack([router_z_loss(layer_logits, token_mask) for layer_logits in router_logits]).mean()
+            if sums is not None:
+                aux_loss, z_loss = sums.losses(self.config.num_experts_per_token)
                 loss = loss + self.config.router_aux_loss_coef * aux_loss + self.config.router_z_loss_coef * z_loss
 
         return OneRecSeq2SeqLMOutput(
@@ -794,6 +841,11 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
     ) -> List[List[SessionRecommendation]]:
         """Recommend sessions from raw item-id histories: no codes in, no codes out.
 
+        The steps, each one method that the ``"generative-recommendation"`` pipeline
+        (:class:`~.pipeline_onerec.GenerativeRecommendationPipeline`) calls too: :meth:`check_search_arguments`,
+        :meth:`check_histories` (validation), :meth:`encode_histories` (tokenisation, per batch),
+        :meth:`search_sessions` (the constrained beam search) and :meth:`decode_sessions` (item ids and scores).
+
         Args:
             tokenizer: The ``SemanticIDTokenizer`` the model was built with (its layout is checked).
             histories: One list of item ids per user, oldest first. Only the newest ``config.max_history_items``
@@ -809,31 +861,78 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         Returns:
             Per user, a list of :class:`SessionRecommendation` sorted by score.
         """
-        from .generation_onerec import eval_mode, length_sorted_batches, session_beam_search
+        from .generation_onerec import length_sorted_batches
 
-        self.config.check_tokenizer(tokenizer)
         if isinstance(histories, (str, bytes, Mapping)) or not isinstance(histories, Iterable):
             raise TypeError("histories must be a list of item-id lists, one per user, e.g. [['12', '7'], ['3']].")
         histories = list(histories)  # a generator or any other iterable of histories, read once
-        num_beams = num_sessions if num_beams is None else num_beams
-        for name, value in (("num_sessions", num_sessions), ("num_beams", num_beams), ("batch_size", batch_size)):
+        search = self.check_search_arguments(num_sessions, num_beams, session_length, batch_size=batch_size)
+        batch_size = search.pop("batch_size")
+        item_indices = self.check_histories(tokenizer, histories)  # every user checked before any search
+        results: List[Optional[List[SessionRecommendation]]] = [None] * len(histories)
+        for users in length_sorted_batches(histories, batch_size, self.config.max_history_items):
+            inputs = self.encode_histories(
+                tokenizer, [histories[user] for user in users], [item_indices[user] for user in users]
+            )
+            outputs = self.search_sessions(
+                tokenizer, inputs, **search, exclude_history=exclude_history, forbid_repeats=forbid_repeats
+            )
+            for user, sessions in zip(users, self.decode_sessions(tokenizer, outputs)):
+                results[user] = sessions
+        return results
+
+    def check_search_arguments(
+        self,
+        num_sessions: int,
+        num_beams: Optional[int] = None,
+        session_length: Optional[int] = None,
+        *,
+        default_beams: int = 0,
+        batch_size: Optional[int] = None,
+    ) -> dict:
+        """The session search's counts, checked, as ints: ``{"num_sessions", "num_beams", "session_length"}`` (and
+        ``"batch_size"`` when given). ``num_beams`` defaults to ``max(default_beams, num_sessions)``,
+        ``session_length`` to ``config.session_length``. A non-integer or boolean count is a ``TypeError``, one below
+        1 (or ``num_beams < num_sessions``) a ``ValueError``, each naming the argument."""
+        counts = {
+            "num_sessions": num_sessions,
+            "num_beams": num_beams,
+            "batch_size": batch_size,
+            "session_length": self.config.session_length if session_length is None else session_length,
+        }
+        for name, value in counts.items():
+            if value is None:  # num_beams (its default follows) or batch_size (not asked for)
+                continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy integers too
                 raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
-        num_sessions, num_beams, batch_size = int(num_sessions), int(num_beams), int(batch_size)
-        if num_sessions < 1 or num_beams < num_sessions:
+            counts[name] = int(value)
+        if counts["num_beams"] is None:
+            counts["num_beams"] = max(int(default_beams), counts["num_sessions"])
+        if batch_size is None:
+            del counts["batch_size"]
+        if counts["num_sessions"] < 1 or counts["num_beams"] < counts["num_sessions"]:
             raise ValueError(
-                f"Need 1 <= num_sessions <= num_beams, got num_sessions={num_sessions}, num_beams={num_beams}."
+                f"Need 1 <= num_sessions <= num_beams, got num_sessions={counts['num_sessions']}, "
+                f"num_beams={counts['num_beams']}."
             )
-        session_length = self.config.session_length if session_length is None else session_length
-        if isinstance(session_length, bool) or not isinstance(session_length, numbers.Integral):
-            raise TypeError(f"session_length must be an int, got {type(session_length).__name__} {session_length!r}.")
-        session_length = int(session_length)
-        if session_length < 1 or batch_size < 1:
+        if counts["session_length"] < 1 or counts.get("batch_size", 1) < 1:
             raise ValueError(
-                f"session_length and batch_size must be >= 1, got session_length={session_length}, "
-                f"batch_size={batch_size}."
+                f"session_length and batch_size must be >= 1, got session_length={counts['session_length']}, "
+                f"batch_size={counts.get('batch_size')}."
             )
-        excluded = []
+        return counts
+
+    def check_histories(self, tokenizer, histories: Sequence[Sequence]) -> List[List[int]]:
+        """Validation of :meth:`recommend`'s inputs: ``tokenizer`` against this model's layout
+        (``config.check_tokenizer``), then every history. Returns each history's catalogue rows (its items'
+        ``tokenizer.item_index``, the items a search excludes).
+
+        Raises:
+            ValueError: An empty history, or a string where a history belongs, naming the user.
+            UnknownItemError: (a ``KeyError``) an item id outside the catalogue, naming the user.
+        """
+        self.config.check_tokenizer(tokenizer)
+        item_indices = []
         for user, history in enumerate(histories):
             if isinstance(history, (str, bytes)) or len(history) == 0:
                 raise ValueError(
@@ -842,50 +941,91 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                     "with a popularity fallback)."
                 )
             try:
-                excluded.append([tokenizer.item_index(item) for item in history])
+                item_indices.append([tokenizer.item_index(item) for item in history])
             except KeyError as error:
                 raise type(error)(f"History {user}: {error}") from None
+        return item_indices
+
+    def encode_histories(self, tokenizer, histories: Sequence[Sequence], item_indices: Sequence[Sequence[int]]):
+        """Tokenisation of checked histories (:meth:`check_histories` gave ``item_indices``), right-padded.
+
+        Returns:
+            A ``BatchEncoding`` of long tensors: ``input_ids`` / ``attention_mask`` ``[B, S]`` (the newest
+            ``config.max_history_items`` items, then EOS) and ``excluded_items`` / ``excluded_items_mask`` ``[B, H]``
+            (every history item's catalogue row, the whole history; the mask is 1 on real entries, as padding values
+            are not kept: the pipeline's batch collation pads them with 0).
+        """
+        encoded = tokenizer.batch_encode_histories(histories, max_items=self.config.max_history_items)
+        width = max(len(items) for items in item_indices)
+        encoded["excluded_items"] = torch.tensor([list(items) + [-1] * (width - len(items)) for items in item_indices])
+        encoded["excluded_items_mask"] = (encoded["excluded_items"] >= 0).long()
+        return encoded
+
+    @torch.inference_mode()
+    def search_sessions(
+        self,
+        tokenizer,
+        inputs: Mapping[str, torch.Tensor],
+        *,
+        num_sessions: int,
+        num_beams: int,
+        session_length: int,
+        exclude_history: bool = True,
+        forbid_repeats: bool = True,
+    ) -> dict:
+        """The trie-constrained session beam search (``generation_onerec.session_beam_search``, in eval mode) of
+        :meth:`encode_histories`' ``inputs``, cut to the ``num_sessions`` best beams of each row.
+
+        Returns:
+            ``{"item_indices" [B, n, m], "scores" [B, n], "item_scores" [B, n, m], "valid" [B, n]}`` with
+            ``n = num_sessions``: catalogue rows, session and item log-probabilities, and whether a beam is a real
+            session (the valid beams of a row come first, best first).
+        """
+        from .generation_onerec import eval_mode, session_beam_search
+
         trie = tokenizer.trie
         if trie.device != self.device:
             trie.to(self.device)
-
-        results: List[Optional[List[SessionRecommendation]]] = [None] * len(histories)
-        catalogue = tokenizer.item_ids  # a copy of the catalogue: read once, not per item
+        excluded = None
+        if exclude_history:
+            mask = inputs["excluded_items_mask"].to(self.device)
+            excluded = inputs["excluded_items"].to(self.device).masked_fill(mask == 0, -1)
         with eval_mode(self):
-            for users in length_sorted_batches(histories, batch_size, self.config.max_history_items):
-                batch = [list(histories[user]) for user in users]
-                encoded = tokenizer.batch_encode_histories(batch, max_items=self.config.max_history_items)
-                encoded = encoded.to(self.device)
-                search = session_beam_search(
-                    self,
-                    encoded["input_ids"],
-                    encoded["attention_mask"],
-                    trie,
-                    num_beams=num_beams,
-                    num_items=session_length,
-                    bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    forbid_repeats=forbid_repeats,
-                    level_offsets=tokenizer.level_offsets,
-                    excluded_items=[excluded[user] for user in users] if exclude_history else None,
+            search = session_beam_search(
+                self,
+                inputs["input_ids"].to(self.device),
+                inputs["attention_mask"].to(self.device),
+                trie,
+                num_beams=num_beams,
+                num_items=session_length,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                forbid_repeats=forbid_repeats,
+                level_offsets=tokenizer.level_offsets,
+                excluded_items=excluded,
+            )
+        kept = min(num_sessions, num_beams)
+        return {name: getattr(search, name)[:, :kept] for name in ("item_indices", "scores", "item_scores", "valid")}
+
+    def decode_sessions(self, tokenizer, outputs: Mapping[str, torch.Tensor]) -> List[List[SessionRecommendation]]:
+        """:meth:`search_sessions`' ``outputs`` as item ids: per row, its valid sessions, best first. One transfer
+        to the host per call."""
+        valid, scores = outputs["valid"].tolist(), outputs["scores"].tolist()
+        item_indices, item_scores = outputs["item_indices"].tolist(), outputs["item_scores"].tolist()
+        catalogue = tokenizer.item_ids  # a copy of the catalogue: read once, not per item
+        return [
+            [
+                SessionRecommendation(
+                    items=[catalogue[index] for index in item_indices[row][beam]],
+                    score=scores[row][beam],
+                    item_scores=item_scores[row][beam],
                 )
-                # One transfer per batch, of the kept beams only: the valid beams of a row come first, best first.
-                kept = min(num_sessions, num_beams)
-                valid = search.valid[:, :kept].tolist()
-                scores, item_scores = search.scores[:, :kept].tolist(), search.item_scores[:, :kept].tolist()
-                item_indices = search.item_indices[:, :kept].tolist()
-                for row, user in enumerate(users):
-                    results[user] = [
-                        SessionRecommendation(
-                            items=[catalogue[index] for index in item_indices[row][beam]],
-                            score=scores[row][beam],
-                            item_scores=item_scores[row][beam],
-                        )
-                        for beam in range(kept)
-                        if valid[row][beam]
-                    ]
-        return results
+                for beam in range(len(valid[row]))
+                if valid[row][beam]
+            ]
+            for row in range(len(valid))
+        ]
 
 
 __all__ = [
@@ -899,6 +1039,7 @@ __all__ = [
     "OneRecRouter",
     "OneRecSeq2SeqLMOutput",
     "OneRecSparseMLP",
+    "RouterLossSums",
     "SessionRecommendation",
     "cpu_dropout_keep_mask",
     "expert_capacity",
@@ -907,5 +1048,6 @@ __all__ = [
     "load_balancing_loss",
     "ntp_token_mask",
     "route_tokens",
+    "router_loss_sums",
     "router_z_loss",
 ]

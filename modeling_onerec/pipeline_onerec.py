@@ -10,12 +10,16 @@ code travels in the folder, so that any process loads it without this project::
     # [{"items": ["88", "12017", "5", "640", "31"], "score": -9.7, "item_scores": [...]}, ...]
     recommender([["12", "7"], ["3"]], batch_size=2)  # several histories: one list of sessions each
 
-Each history is searched by the model's trie-constrained session beam search (``model.recommend``): the encoder runs
-once per user and the decoder's KV cache is reused across beams; every item is a real catalogue item, by default
-never one of the user's history items and never twice in a session. Unknown item ids raise the tokenizer's error,
-which names the item. This module imports only transformers: it must load from a saved folder.
+The three steps are those of ``model.recommend`` and run the model's own methods (one home for each): ``preprocess``
+validates and tokenises a history (``model.check_histories``, ``model.encode_histories``), ``_forward`` runs the
+trie-constrained session beam search (``model.search_sessions``: the encoder runs once per user and the decoder's KV
+cache is reused across beams), ``postprocess`` decodes item ids and scores (``model.decode_sessions``). Every item is
+a real catalogue item, by default never one of the user's history items and never twice in a session. Unknown item
+ids raise the tokenizer's error, which names the item. This module imports only transformers (and the standard
+library): it must load from a saved folder, where the model's methods come with the model.
 """
 
+from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
 from transformers import AutoModelForSeq2SeqLM, Pipeline
@@ -82,36 +86,32 @@ class GenerativeRecommendationPipeline(Pipeline):
         return super().__call__([list(history) for history in inputs], **kwargs)
 
     def preprocess(self, history: List[Any]) -> Dict[str, Any]:
+        """Validation and tokenisation: ``input_ids`` / ``attention_mask`` ``[1, S]`` and the history's catalogue rows
+        ``excluded_items`` / ``excluded_items_mask`` ``[1, H]`` (batches are padded by transformers' collation)."""
         if not _is_history(history) or not history:
             raise TypeError(
                 f"Each history must be a non-empty list of item ids (str or int), got {history!r:.80}; pass ['12', "
                 "'7'] for one user or [['12', '7'], ['3']] for several."
             )
-        return {"history": [str(item) for item in history]}
+        history = [str(item) for item in history]  # item ids are strings in the catalogue
+        item_indices = self.model.check_histories(self.tokenizer, [history])
+        return dict(self.model.encode_histories(self.tokenizer, [history], item_indices))
 
     def _forward(self, model_inputs: Dict[str, Any], **search) -> Dict[str, Any]:
-        histories = model_inputs["history"]
-        single = _is_history(histories)  # unbatched: one history; batched (batch_size > 1): a list of them
-        histories = [histories] if single else list(histories)
-        num_sessions = search.get("num_sessions", 1)
-        found = self.model.recommend(
+        counts = self.model.check_search_arguments(
+            search.get("num_sessions", 1), search.get("num_beams"), search.get("session_length"), default_beams=32
+        )
+        return self.model.search_sessions(
             self.tokenizer,
-            histories,
-            num_sessions=num_sessions,
-            num_beams=search.get("num_beams", max(32, num_sessions)),
-            session_length=search.get("session_length"),
+            model_inputs,
+            **counts,
             exclude_history=search.get("exclude_history", True),
             forbid_repeats=search.get("forbid_repeats", True),
-            batch_size=len(histories),
         )
-        sessions = [
-            [{"items": list(s.items), "score": float(s.score), "item_scores": list(s.item_scores)} for s in user]
-            for user in found
-        ]
-        return {"sessions": sessions[0] if single else sessions}
 
     def postprocess(self, model_outputs: Dict[str, Any]) -> List[Dict[str, Any]]:
-        return model_outputs["sessions"]
+        (sessions,) = self.model.decode_sessions(self.tokenizer, model_outputs)  # one history per call
+        return [asdict(session) for session in sessions]
 
 
 def register_pipeline() -> None:

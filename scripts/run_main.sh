@@ -6,11 +6,7 @@
 # A demo budget: the numbers it prints are far from a converged model (see docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
-. .venv/bin/activate
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# Idle OpenMP threads sleep instead of spinning: up to 4x faster torch CPU work on a shared 2-core machine.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+. scripts/env.sh
 OUT=outputs/beauty
 MAX_STEPS=${MAX_STEPS:-1000}      # 1000 x 64 samples (0.5 epoch, length-grouped batches): about 4 minutes on 2 CPU cores
 TEST_USERS=${TEST_USERS:-300}     # a seeded random subset of the 22,363 test users (beam search is slow on a CPU)

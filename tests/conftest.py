@@ -19,8 +19,34 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# MovieLens may not be redistributed, so it is never bundled: tests read a local copy when there is one.
-ML100K_DIR = Path(os.environ.get("ONEREC_ML100K_DIR", REPO_ROOT.parent / "shared" / "data" / "ml-100k"))
+# Trainer arguments every training test shares: on the CPU, no logging integrations, no progress bars.
+CPU_TRAINING = dict(use_cpu=True, report_to=[], disable_tqdm=True)
+
+# MovieLens may not be redistributed, so it is never bundled: the tests that need it read the copy named by this one
+# variable (docs/data_format.md). .ci/run sets it; under CI (CI set) a missing copy fails instead of skipping.
+ML100K_ENV = "ONEREC_ML100K_DIR"
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """The MovieLens-100K folder (RecBole atomic files ``ml-100k.inter/.item/.user``) named by ``ONEREC_ML100K_DIR``.
+
+    Skips the test on a developer machine without a copy, and fails it under CI, where a skip would hide that the
+    MovieLens tests never ran.
+    """
+    value = os.environ.get(ML100K_ENV, "")
+    folder = Path(value).expanduser() if value else None
+    if folder is None or not (folder / "ml-100k.inter").is_file():
+        found = f"{ML100K_ENV}={value!r} has no ml-100k.inter" if value else f"{ML100K_ENV} is not set"
+        message = (
+            f"MovieLens-100K not found: {found}. Point {ML100K_ENV} at a folder with ml-100k.inter, ml-100k.item and "
+            "ml-100k.user (docs/data_format.md says where to get them)."
+        )
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
 
 # Prepended to a fresh process's script: any import of this project fails, so only a saved folder's own code can load.
 _BLOCK_PROJECT_IMPORTS = """
@@ -66,6 +92,19 @@ def small_tokenizer():
         [f"item{i}" for i in range(240)],
         embeddings,
         ResidualKMeansConfig(num_levels=3, codebook_size=6),
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def forty_item_tokenizer():
+    """40 items ``i0``..``i39`` on two levels of four codes: the training tests' tokenizer."""
+    from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
+
+    return build_semantic_ids(
+        [f"i{i}" for i in range(40)],
+        clustered_embeddings(40),
+        ResidualKMeansConfig(num_levels=2, codebook_size=4),
         progress=False,
     )
 

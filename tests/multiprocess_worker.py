@@ -14,9 +14,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration  # noqa: E402
+from tests.conftest import CPU_TRAINING  # noqa: E402
 from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids  # noqa: E402
 from trainers.distributed import distributed_state, release_processes  # noqa: E402
-from trainers.generative_recommender import evaluate_generative_model  # noqa: E402
+from trainers.evaluation.generative import evaluate_generative_model  # noqa: E402
 
 NUM_ITEMS, NUM_USERS = 90, 23  # 23 users: the two shares are uneven (12 + 11)
 
@@ -59,11 +60,9 @@ def step_arguments(name: str, output: Path) -> dict:
         learning_rate=1e-2,
         logging_steps=1,
         save_strategy="no",
-        report_to=[],
-        use_cpu=True,
         seed=0,
-        disable_tqdm=True,
         train_sampling_strategy="sequential",
+        **CPU_TRAINING,
     )
 
 
@@ -85,7 +84,7 @@ def users_per_process_of(count: int) -> list:
 
 
 def evaluate(output: Path) -> None:
-    from trainers.generative_recommender import GenerativeRecommender
+    from trainers.evaluation.generative import GenerativeRecommender
 
     ranked_here = []
     rank = GenerativeRecommender.rank
@@ -230,7 +229,7 @@ def reward(output: Path) -> None:
     from datasets import Dataset
 
     from modeling_onerec import OneRecRewardConfig, OneRecRewardModel
-    from trainers.reward_model import RewardItemVocabulary, RewardModelTrainer, RewardModelTrainingConfig
+    from trainers.alignment.reward_model import RewardItemVocabulary, RewardModelTrainer, RewardModelTrainingConfig
 
     vocabulary = RewardItemVocabulary([f"item{i}" for i in range(NUM_ITEMS)])
     rows = [
@@ -267,7 +266,7 @@ def dpo(output: Path) -> None:
     preference pairs with NTP targets, 8 on one process, 4 + 4 on two."""
     from datasets import Dataset
 
-    from trainers.preference import OneRecDPOConfig, OneRecDPOTrainer
+    from trainers.alignment import OneRecDPOConfig, OneRecDPOTrainer
 
     tokenizer, model = tokenizer_and_model()
     model.train()
@@ -287,7 +286,7 @@ def dpo(output: Path) -> None:
 
 def mine(output: Path) -> None:
     """IPA mining (beam search of 8 candidate sessions per user, then a reward) over 23 users in batches of 4."""
-    from trainers.ipa import mine_preference_pairs
+    from trainers.alignment.ipa import mine_preference_pairs
 
     tokenizer, model = tokenizer_and_model()
 

@@ -1,4 +1,5 @@
-"""The CSR trie and the two constrained-decoding paths: they agree, and every decode is a real item."""
+"""The CSR trie and the session constraint: its two generate() interfaces agree with each other and with a plain-Python
+statement of the rule (:func:`oracle_allowed_tokens`), and every decode is a real item."""
 
 import math
 
@@ -62,6 +63,30 @@ def test_trie_rejects_colliding_or_out_of_range_codes():
         SemanticIDTrie(torch.tensor([[3, 9]]), vocab_size=6)
 
 
+def oracle_allowed_tokens(item_tokens, tokens, num_items, forbid_repeats=True, excluded=()):
+    """The session rule in plain Python, independent of ``SessionConstraint``: the tokens that may follow ``tokens``
+    (decoder start, then ``BOS c1..cL`` per item, then EOS). A code token is allowed when some item that is neither
+    excluded nor (with ``forbid_repeats``) earlier in the session has the current prefix plus that token as a prefix
+    of its code; a row with none may only emit PAD."""
+    codes = [tuple(row) for row in torch.as_tensor(item_tokens).tolist()]
+    item_of_code = {code: item for item, code in enumerate(codes)}
+    period = len(codes[0]) + 1
+    generated = len(tokens) - 1
+    if generated >= num_items * period:
+        return [EOS] if generated == num_items * period else [PAD]
+    slot, within = divmod(generated, period)
+    if within == 0:
+        return [BOS]
+    banned = set(excluded)
+    if forbid_repeats:
+        banned |= {item_of_code.get(tuple(tokens[2 + s * period : 1 + (s + 1) * period]), -1) for s in range(slot)}
+    prefix = tuple(tokens[2 + slot * period :])
+    allowed = {
+        code[within - 1] for item, code in enumerate(codes) if code[: within - 1] == prefix and item not in banned
+    }
+    return sorted(allowed) or [PAD]
+
+
 def _random_prefix(tokenizer, generator, slot, level, num_items, invalid=False):
     """A decoder input in the middle of item ``slot`` (``level`` code tokens of it already generated)."""
     items = torch.randint(tokenizer.num_items, (slot + 1,), generator=generator)
@@ -100,6 +125,8 @@ def test_fast_mask_equals_reference_allowed_tokens(small_tokenizer, seed, slot, 
     for row, tokens in enumerate(rows):
         allowed = (mask[row] == 0).nonzero().flatten().tolist()
         assert allowed == reference(row, torch.tensor(tokens))
+        excluded = [tokenizer.item_index(item) for item in history[row]] if history else ()
+        assert allowed == oracle_allowed_tokens(tokenizer.item_tokens, tokens, 3, forbid, excluded)
         assert allowed  # never empty: a dead row may only emit PAD
 
 
@@ -227,6 +254,7 @@ def test_item_both_in_history_and_generated_is_counted_once():
     second_item_start = torch.tensor([[PAD, BOS, 3, 5, BOS]])
     allowed = (fast.allowed_mask(second_item_start)[0] == 0).nonzero().flatten().tolist()
     assert allowed == [3, 4] == reference(0, second_item_start[0])
+    assert allowed == oracle_allowed_tokens(tokens, second_item_start[0].tolist(), 2, excluded=[0])
     below_3 = torch.tensor([[PAD, BOS, 3, 5, BOS, 3]])
     assert (fast.allowed_mask(below_3)[0] == 0).nonzero().flatten().tolist() == [6]
 

@@ -1,6 +1,10 @@
 """`# Copied from <module>.<name>` marks code that must stay self-contained in a package loaded with
 `trust_remote_code` (the model files travel without the tokenizer package and vice versa): each marked definition must
-equal its original, as transformers' `utils/check_copies.py` enforces for its models."""
+equal its original, as transformers' `utils/check_copies.py` enforces for its models.
+
+`# Adapted from <module>.<name>` marks code derived from transformers (T5, Switch Transformers) but changed: it must
+stand above a definition, and the original must still exist (a transformers upgrade that renames it fails here, so
+the adaptation gets looked at again)."""
 
 import ast
 import importlib
@@ -12,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("modeling_onerec", "tokenization_semantic_id", "trainers", "benchmarks")
 MARK = re.compile(r"^# Copied from ([\w.]+)\s*$")
+ADAPTED = re.compile(r"^\s*# Adapted from ([\w.]+)\s*$")
 
 
 def _definitions(path: Path) -> dict:
@@ -54,8 +59,11 @@ def test_the_self_contained_copies_are_marked():
         "tokenization_semantic_id.trie.FixedChildren",
         "tokenization_semantic_id.trie.excluded_below",
         "tokenization_semantic_id.constrained_decoding.drop_duplicate_items",
+        "tokenization_semantic_id.constrained_decoding.SessionConstraint",
         "modeling_onerec.configuration_onerec.level_offsets",
         "modeling_onerec.configuration_onerec.NUM_SPECIAL_TOKENS",
+        "modeling_onerec.configuration_onerec.load_saved_folder",
+        "modeling_onerec.configuration_onerec.SavedFolderLoading",
     } <= targets
 
 
@@ -69,3 +77,44 @@ def test_copy_matches_its_original(path, line, original, name, copy):
     assert original_name in definitions, f"{original} does not exist."
     expected = definitions[original_name][1]
     assert copy == expected, f"{path}:{line} has drifted from {original}: make them equal again (edit the original)."
+
+
+def adapted_markers():
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for number, line in enumerate(lines, start=1):
+                match = ADAPTED.match(line)
+                if match:
+                    following = lines[number].strip() if number < len(lines) else ""
+                    yield pytest.param(path, number, match.group(1), following, id=f"{path.relative_to(ROOT)}:{number}")
+
+
+ADAPTED_MARKERS = list(adapted_markers())
+
+
+def test_the_t5_adaptations_are_marked():
+    targets = {param.values[2] for param in ADAPTED_MARKERS}
+    assert {
+        "transformers.models.t5.modeling_t5.T5ForConditionalGeneration.forward",
+        "transformers.models.t5.modeling_t5.T5ForConditionalGeneration.__init__",
+        "transformers.models.t5.modeling_t5.T5LayerFF",
+    } <= targets
+
+
+@pytest.mark.parametrize("path, line, original, following", ADAPTED_MARKERS)
+def test_adapted_code_names_an_existing_original(path, line, original, following):
+    assert following.startswith(("def ", "class ", "@")), (
+        f"{path}:{line}: '# Adapted from' must stand above a definition."
+    )
+    parts = original.split(".")
+    for split in range(len(parts) - 1, 0, -1):  # the longest importable module prefix, then attributes
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            assert hasattr(found, name), f"{path}:{line}: {original} does not exist (transformers renamed it?)."
+            found = getattr(found, name)
+        return
+    raise AssertionError(f"{path}:{line}: no module of {original} imports.")

@@ -13,7 +13,7 @@ from datasets import Dataset, DatasetDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ML100K_DIR, REPO_ROOT  # noqa: E402
+from tests.conftest import REPO_ROOT  # noqa: E402
 from trainers.data import (
     BUNDLED_DATASET_NAMES,
     build_session_samples,
@@ -27,11 +27,6 @@ from trainers.data import (
     load_s3rec,
     natural_order,
     split_sessions_by_gap,
-)
-
-needs_ml100k = pytest.mark.skipif(
-    not (ML100K_DIR / "ml-100k.inter").is_file(),
-    reason=f"MovieLens-100K not found at {ML100K_DIR} (never bundled: GroupLens licence); set ONEREC_ML100K_DIR",
 )
 
 
@@ -51,8 +46,8 @@ def beauty_samples(beauty_splits):
 
 
 @pytest.fixture(scope="module")
-def ml100k():
-    return load_recbole(ML100K_DIR)
+def ml100k(ml100k_dir):
+    return load_recbole(ml100k_dir)
 
 
 def _sequences(rows, **lists):
@@ -92,7 +87,6 @@ def test_bundled_scientific_counts_and_text():
     assert data["items"]["item_id"][:3] == ["0", "1", "2"]
 
 
-@needs_ml100k
 def test_ml100k_ratings_timestamps_and_users(ml100k):
     stats = describe(ml100k)
     assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1_682, 100_000)
@@ -115,10 +109,9 @@ def test_ml100k_ratings_timestamps_and_users(ml100k):
     }
 
 
-@needs_ml100k
-def test_ml100k_equal_timestamps_keep_file_order(ml100k):
+def test_ml100k_equal_timestamps_keep_file_order(ml100k, ml100k_dir):
     # User 1 rated items 168 and 172 at the same second; 168 comes first in ml-100k.inter.
-    lines = (ML100K_DIR / "ml-100k.inter").read_text().splitlines()[1:]
+    lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()[1:]
     file_order = [
         line.split("\t")[1] for line in lines if line.split("\t")[0] == "1" and line.split("\t")[3] == "874965478"
     ]
@@ -286,7 +279,6 @@ def test_time_sessions_need_timestamps():
         build_time_sessions(_sequences({"u": ["a", "b"]}))
 
 
-@needs_ml100k
 def test_time_sessions_on_ml100k(ml100k):
     samples = build_time_sessions(ml100k["sequences"], max_gap_seconds=3600, session_length=5)
     assert samples["validation"].num_rows == samples["test"].num_rows > 100

@@ -9,6 +9,12 @@ import pytest
 from transformers import AutoTokenizer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# The example tests' semantic IDs: bundled Scientific, collaborative embeddings, 16 codes a level, 5 k-means rounds.
+FAST_SEMANTIC_IDS = (
+    "--dataset scientific --embedding_source collaborative --codebook_size 16 --max_iterations 5".split()
+)
+# The Trainer flags of every example test that trains: on the CPU, no logging integrations, no progress bars.
+QUIET_CPU_TRAINING = "--use_cpu true --report_to none --disable_tqdm true".split()
 
 
 def load_example(name):
@@ -23,19 +29,7 @@ def load_example(name):
 
 def test_build_semantic_ids_on_scientific(tmp_path):
     report = load_example("build_semantic_ids").main(
-        [
-            "--dataset",
-            "scientific",
-            "--embedding_source",
-            "collaborative",
-            "--codebook_size",
-            "16",
-            "--max_iterations",
-            "5",
-            "--compare_unbalanced",
-            "--output_dir",
-            str(tmp_path),
-        ]
+        FAST_SEMANTIC_IDS + ["--compare_unbalanced", "--output_dir", str(tmp_path)]
     )
     assert report["dataset"]["items"] == 4344
     balanced, unbalanced = report["variants"]

@@ -1,4 +1,4 @@
-"""OneRec as a ranker for the shared evaluation code (``trainers.generative_recommender``)."""
+"""OneRec as a ranker for the shared evaluation code (``trainers.evaluation.generative``)."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from tests.conftest import clustered_embeddings
 from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
-from trainers.generative_recommender import GenerativeRecommender
+from trainers.evaluation.generative import GenerativeRecommender
 
 
 def test_rank_returns_each_users_list_in_the_callers_order():

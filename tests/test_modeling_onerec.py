@@ -263,11 +263,14 @@ def test_loss_is_ntp_plus_weighted_aux_and_z_and_padding_is_excluded():
         gates, index, probs = route_tokens(logits, 2)
         aux.append(load_balancing_loss(probs, index, mask))
         z.append(router_z_loss(logits[mask]))
+    # The model's fast path (router_loss_sums, all layers at once) equals the plain per-layer reference functions.
     torch.testing.assert_close(out.aux_loss, torch.stack(aux).mean())
     torch.testing.assert_close(out.z_loss, torch.stack(z).mean())
 
     assert out.expert_load.shape == (2, 4)
     torch.testing.assert_close(out.expert_load.sum(-1), torch.ones(2))
+    counts = [F.one_hot(route_tokens(logits, 2)[1][mask], 4).sum((0, 1)).float() for logits in out.router_logits]
+    torch.testing.assert_close(out.expert_load, torch.stack([c / c.sum() for c in counts]))
 
 
 def test_router_logits_come_from_transformers_output_recording():

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from datasets import Dataset
-from test_examples import load_example  # tests/ is on sys.path under pytest
+from test_examples import FAST_SEMANTIC_IDS, QUIET_CPU_TRAINING, load_example  # tests/ is on sys.path under pytest
 from transformers import pipeline
 
 from trainers.evaluation import held_out_sessions, read_topk_json, sample_users
@@ -51,20 +51,7 @@ def pretrain_arguments(root, max_steps: int, test_users: int) -> list:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    load_example("build_semantic_ids").main(
-        [
-            "--dataset",
-            "scientific",
-            "--embedding_source",
-            "collaborative",
-            "--codebook_size",
-            "16",
-            "--max_iterations",
-            "5",
-            "--output_dir",
-            str(root / "sid"),
-        ]
-    )
+    load_example("build_semantic_ids").main(FAST_SEMANTIC_IDS + ["--output_dir", str(root / "sid")])
     report = load_example("pretrain").main(
         pretrain_arguments(root, max_steps=3, test_users=12) + ["--output_dir", str(root / "run"), "--num_beams", "16"]
     )
@@ -207,7 +194,7 @@ class _ItemSumScorer:
 
 
 def test_sessions_rewards_and_ground_truth_summaries():
-    from trainers.alignment_evaluation import ground_truth_summary, reward_summary, sessions_from_ranking
+    from trainers.evaluation.alignment import ground_truth_summary, reward_summary, sessions_from_ranking
 
     ranked = _FixedRanker().rank([["1"], ["2"]], 7)  # 7 items: three full sessions of 2, the 7th dropped
     sessions = sessions_from_ranking(ranked, num_sessions=3, session_length=2)
@@ -227,26 +214,9 @@ def test_sessions_rewards_and_ground_truth_summaries():
 def reward_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reward")
     load_example("train_reward_model").main(
-        [
-            "--dataset",
-            "scientific",
-            "--output_dir",
-            str(folder),
-            "--num_train_epochs",
-            "1",
-            "--max_train_samples",
-            "300",
-            "--hidden_size",
-            "16",
-            "--tower_hidden_size",
-            "16",
-            "--use_cpu",
-            "true",
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-        ]
+        ["--dataset", "scientific", "--output_dir", str(folder)]
+        + "--num_train_epochs 1 --max_train_samples 300 --hidden_size 16 --tower_hidden_size 16".split()
+        + QUIET_CPU_TRAINING
     )
     return folder
 
@@ -254,30 +224,10 @@ def reward_model_dir(tmp_path_factory):
 def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
     root, _ = trained_run
     report = load_example("align_ipa").main(
-        [
-            "--dataset",
-            "scientific",
-            "--model_dir",
-            str(root / "run" / "final"),
-            "--reward_model_dir",
-            str(reward_model_dir),
-            "--output_dir",
-            str(tmp_path / "ipa"),
-            "--dpo_sample_ratio",
-            "0.0003",
-            "--num_candidates",
-            "4",
-            "--num_iterations",
-            "2",
-            "--per_device_train_batch_size",
-            "4",
-            "--use_cpu",
-            "true",
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-        ]
+        ["--dataset", "scientific", "--model_dir", str(root / "run" / "final")]
+        + ["--reward_model_dir", str(reward_model_dir), "--output_dir", str(tmp_path / "ipa")]
+        + "--dpo_sample_ratio 0.0003 --num_candidates 4 --num_iterations 2 --per_device_train_batch_size 4".split()
+        + QUIET_CPU_TRAINING
     )
     assert [state["iteration"] for state in report["iterations"]] == [1, 2]
     for state in report["iterations"]:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trainers.plots import plot_expert_load, plot_training_curves
+from trainers.evaluation.plots import plot_expert_load, plot_training_curves
 
 
 def test_training_curves_draw_each_logged_series(tmp_path, saved_figures):
@@ -41,7 +41,7 @@ def test_expert_load_map_is_share_times_experts(tmp_path, saved_figures):
 
 
 def test_validation_curves_put_runs_side_by_side(tmp_path, saved_figures):
-    from trainers.plots import plot_validation_curves
+    from trainers.evaluation.plots import plot_validation_curves
 
     runs = {
         "OneRec m=5": [

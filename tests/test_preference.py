@@ -1,4 +1,4 @@
-"""DPO for OneRec (trainers/preference.py) and Iterative Preference Alignment (trainers/ipa.py) on tiny models.
+"""DPO for OneRec (trainers/alignment/dpo_trainer.py) and Iterative Preference Alignment (trainers/alignment/ipa.py) on tiny models.
 
 Losses are checked against a hand computation: session log-probabilities from the model's logits with a plain
 per-position level-restricted log-softmax (float64), then the paper's / TRL's formula written out here.
@@ -18,15 +18,16 @@ from safetensors.torch import load_file, save_file
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
 from modeling_onerec.generation_onerec import session_beam_search
+from tests.conftest import CPU_TRAINING
 from tokenization_semantic_id import SemanticIDTokenizer
-from trainers.ipa import IPAConfig, PreferencePairs, mine_preference_pairs, run_ipa
-from trainers.preference import (
+from trainers.alignment import (
     OneRecDPOConfig,
     OneRecDPOTrainer,
     PreferenceDataCollator,
     code_token_scores,
     session_log_probs,
 )
+from trainers.alignment.ipa import IPAConfig, PreferencePairs, mine_preference_pairs, run_ipa
 
 NUM_ITEMS = 16
 
@@ -81,10 +82,8 @@ def dpo_args(tmp_path, **overrides):
         learning_rate=1e-2,
         logging_steps=1,
         save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
         seed=0,
+        **CPU_TRAINING,
     )
     values.update(overrides)
     return OneRecDPOConfig(**values)
@@ -516,9 +515,7 @@ def ipa_config(**overrides):
             learning_rate=1e-2,
             logging_steps=1,
             save_steps=1,
-            report_to="none",
-            use_cpu=True,
-            disable_tqdm=True,
+            **CPU_TRAINING,
         ),
     )
     values.update(overrides)
@@ -677,7 +674,7 @@ def test_run_ipa_refuses_to_resume_from_other_inputs(tokenizer, tmp_path):
 def test_run_ipa_records_its_seed_model_and_reward_itself(tokenizer, tmp_path):
     # Regression: called without run_inputs, run_ipa resumed a finished run made from another seed model (or reward)
     # and returned the old model with an INFO line.
-    from trainers.ipa import fingerprint
+    from trainers.alignment.ipa import fingerprint
 
     out = tmp_path / "ipa"
     config = ipa_config(num_iterations=1)

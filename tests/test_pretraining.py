@@ -5,8 +5,7 @@ import torch
 from datasets import Dataset
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
-from tests.conftest import clustered_embeddings
-from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
+from tests.conftest import CPU_TRAINING
 from trainers.pretraining import (
     OneRecPretrainer,
     OneRecPretrainingConfig,
@@ -18,13 +17,8 @@ from trainers.pretraining import (
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_semantic_ids(
-        [f"i{i}" for i in range(40)],
-        clustered_embeddings(40),
-        ResidualKMeansConfig(num_levels=2, codebook_size=4),
-        progress=False,
-    )
+def tokenizer(forty_item_tokenizer):
+    return forty_item_tokenizer
 
 
 def test_collator_encodes_history_and_session_labels(tokenizer):
@@ -59,10 +53,8 @@ def test_pretrainer_learns_a_deterministic_successor_and_logs_moe_terms(tokenize
         learning_rate=1e-2,
         logging_steps=10,
         save_strategy="no",
-        report_to=[],
-        use_cpu=True,
         seed=0,
-        disable_tqdm=True,
+        **CPU_TRAINING,
     )
     trainer = OneRecPretrainer(
         model=model,
@@ -101,10 +93,9 @@ def test_default_sampler_groups_histories_of_similar_length(tokenizer, tmp_path)
         args = OneRecPretrainingConfig(
             output_dir=str(tmp_path),
             per_device_train_batch_size=8,
-            report_to=[],
-            use_cpu=True,
             seed=0,
             train_sampling_strategy=strategy,
+            **CPU_TRAINING,
         )
         trainer = OneRecPretrainer(
             model=model,
@@ -149,9 +140,7 @@ def test_ranking_metrics_reach_callbacks_and_early_stopping_on_recall_stops(toke
         load_best_model_at_end=True,
         metric_for_best_model="recall@10",
         early_stopping_patience=1,
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
+        **CPU_TRAINING,
     )
     seen = Seen()
     trainer = OneRecPretrainer(
@@ -271,11 +260,9 @@ def test_random_window_pretraining_resumes_exactly(tokenizer, tmp_path):
             learning_rate=1e-2,
             save_strategy="steps",
             save_steps=9,
-            report_to=[],
-            use_cpu=True,
             seed=0,
-            disable_tqdm=True,
             expert_load_plot=False,
+            **CPU_TRAINING,
         )
         data = RandomWindowDataset(splits["train"], tokenizer, max_history=5, session_length=2, seed=0)
         trainer = OneRecPretrainer(

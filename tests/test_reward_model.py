@@ -19,15 +19,15 @@ from modeling_onerec.modeling_reward import (
     register_reward_auto_classes,
     reward_bce_loss,
 )
-from tests.conftest import ML100K_DIR
-from trainers.data import build_reward_samples, default_reward_names
-from trainers.evaluation import format_auc_table, reward_metrics, roc_auc
-from trainers.reward_model import (
+from tests.conftest import CPU_TRAINING
+from trainers.alignment.reward_model import (
     RewardDataCollator,
     RewardItemVocabulary,
     RewardModelTrainer,
     RewardModelTrainingConfig,
 )
+from trainers.data import build_reward_samples, default_reward_names
+from trainers.evaluation import format_auc_table, reward_metrics, roc_auc
 
 CONFIG_ERRORS = (ValueError, StrictDataclassError)  # @strict wraps the ValueError of validate_architecture
 
@@ -391,10 +391,8 @@ def test_tiny_training_learns_a_learnable_task(tmp_path):
         logging_steps=1000,
         save_strategy="steps",
         save_steps=36,
-        use_cpu=True,
-        disable_tqdm=True,
-        report_to="none",
         seed=0,
+        **CPU_TRAINING,
     )
     trainer = RewardModelTrainer(model=model, args=args, train_dataset=genre_task(80, seed=1), vocabulary=vocabulary)
     trainer.train()
@@ -411,11 +409,10 @@ def test_tiny_training_learns_a_learnable_task(tmp_path):
 # ---------------------------------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not ML100K_DIR.is_dir(), reason=f"MovieLens-100K not found at {ML100K_DIR}; set ONEREC_ML100K_DIR")
-def test_ml100k_reward_samples_are_consistent_with_ratings():
+def test_ml100k_reward_samples_are_consistent_with_ratings(ml100k_dir):
     from trainers.data import load_named_dataset
 
-    data = load_named_dataset("ml-100k", data_path=str(ML100K_DIR))
+    data = load_named_dataset("ml-100k", data_path=str(ml100k_dir))
     samples = build_reward_samples(data, session_length=5, seed=0)
     train, test = samples["train"], samples["test"]
     assert not set(train["user_id"]) & set(test["user_id"])
@@ -442,7 +439,7 @@ def test_ml100k_reward_samples_are_consistent_with_ratings():
 
 
 def test_session_reward_scorer_matches_the_model_and_weights_towers():
-    from trainers.reward_model import SessionRewardScorer
+    from trainers.alignment.reward_model import SessionRewardScorer
 
     model = tiny_model()
     vocabulary = RewardItemVocabulary([str(i) for i in range(1, 30)])  # item "k" -> index k

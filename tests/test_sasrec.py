@@ -6,8 +6,8 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
+from trainers.baselines.sasrec import PAD_ID, SASRec, SASRecConfig, SASRecRecommender, left_pad, trim_padding
 from trainers.evaluation import Recommender, evaluate_recommender
-from trainers.sasrec import PAD_ID, SASRec, SASRecConfig, SASRecRecommender, left_pad, trim_padding
 
 NUM_ITEMS = 12
 

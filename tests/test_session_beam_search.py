@@ -14,7 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import T5Config, T5ForConditionalGeneration
 
-from modeling_onerec.generation_onerec import SessionSearchOutput, constrained_step, session_beam_search
+from modeling_onerec.generation_onerec import (
+    SessionConstraint,
+    SessionSearchOutput,
+    constrained_step,
+    drop_duplicate_items,
+    session_beam_search,
+)
 from tests.conftest import clustered_embeddings
 from tests.test_constrained_decoding import tiny_model
 from tokenization_semantic_id import (
@@ -433,9 +439,9 @@ def test_constrained_step_compiles_whole_and_matches_eager(small_tokenizer):
     beam_scores[0, -1] = -math.inf
     lo = small_tokenizer.level_offsets[level]
     level_logits = torch.randn(batch * width, small_tokenizer.level_offsets[level + 1] - lo, generator=generator)
-    excluded = torch.randint(num_catalogue, (batch * width, 6), generator=generator)
-    paths = trie.item_path[excluded][..., level : level + 2]
-    arguments = (level_logits, nodes, beam_scores, paths, trie, trie.level_max_children[level], lo, num_beams)
+    excluded = drop_duplicate_items(torch.randint(num_catalogue, (batch * width, 6), generator=generator))
+    constraint = SessionConstraint(trie, num_items=3, **SPECIAL)
+    arguments = (level_logits, nodes, beam_scores, excluded, constraint, level, lo, num_beams)
 
     eager = constrained_step(*arguments)
     compiled = torch.compile(constrained_step, backend="eager", fullgraph=True)(*arguments)

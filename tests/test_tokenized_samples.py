@@ -8,32 +8,26 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
-from tests.conftest import clustered_embeddings
-from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
+from trainers.alignment import PreferenceDataCollator
 from trainers.data import (
     TOKENIZED_COLUMNS,
     build_session_samples,
     leave_one_out_split,
     tokenize_session_samples,
 )
+from trainers.data.collation import check_batch_columns, pad_rows
 from trainers.pretraining import (
     OneRecPretrainer,
     OneRecPretrainingConfig,
     SessionDataCollator,
     TokenizedSessionCollator,
     history_lengths,
-    pad_rows,
 )
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_semantic_ids(
-        [f"i{i}" for i in range(40)],
-        clustered_embeddings(40),
-        ResidualKMeansConfig(num_levels=2, codebook_size=4),
-        progress=False,
-    )
+def tokenizer(forty_item_tokenizer):
+    return forty_item_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +66,19 @@ def test_collator_gives_the_reference_collators_batches(tokenizer, samples):
         assert set(got) == {"input_ids", "attention_mask", "labels"}
         for key in expected:
             assert got[key].dtype == torch.long and torch.equal(got[key], expected[key]), key
+
+
+def test_check_batch_columns_names_the_missing_column_and_the_builder(tokenizer):
+    check_batch_columns([{"history": [], "target": []}], ("history", "target"), "build()")
+    with pytest.raises(ValueError, match="Empty batch"):
+        check_batch_columns([], ("history",), "build()")
+    with pytest.raises(KeyError, match=r"missing \['target'\].*has \['history'\].*build_session_samples"):
+        check_batch_columns([{"history": []}], ("history", "target"), "build_session_samples(...)")
+    # The collators all go through it.
+    with pytest.raises(KeyError, match=r"missing \['target'\].*build_session_samples"):
+        SessionDataCollator(tokenizer)([{"history": ["i1"]}])
+    with pytest.raises(KeyError, match=r"missing \['chosen'\].*mine_preference_pairs"):
+        PreferenceDataCollator(tokenizer)([{"history": ["i1"], "rejected": ["i2"]}])
 
 
 def test_pad_rows_pads_and_masks():

@@ -6,7 +6,7 @@ from modeling_onerec.configuration_onerec import OneRecConfig
 
 from .builder import build_semantic_ids, plot_semantic_ids
 from .collisions import CollisionReport, collision_rate, resolve_collisions
-from .constrained_decoding import SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
+from .constrained_decoding import SessionConstrainedLogitsProcessor, SessionConstraint, SessionPrefixAllowedTokensFn
 from .embeddings import (
     ItemEmbeddingConfig,
     build_item_embeddings,
@@ -47,6 +47,7 @@ __all__ = [
     "SemanticIDTokenizer",
     "SemanticIDTrie",
     "SessionConstrainedLogitsProcessor",
+    "SessionConstraint",
     "SessionPrefixAllowedTokensFn",
     "UnknownItemError",
     "balanced_kmeans",

@@ -41,17 +41,37 @@ logger = logging.getLogger(__name__)
 
 SEMANTIC_IDS_FILE = "semantic_ids.safetensors"
 ITEM_IDS_FILE = "item_ids.json"
-# This file travels with a saved tokenizer but without the model package (trust_remote_code): the token layout is copied
-# from the model's config module (tests/test_copies.py fails when a copy drifts).
+# This file travels with a saved tokenizer but without the model package (trust_remote_code): the token layout and the
+# loading helpers are copied from the model's config module (tests/test_copies.py fails when a copy drifts).
 # Copied from modeling_onerec.configuration_onerec.NUM_SPECIAL_TOKENS
 NUM_SPECIAL_TOKENS = 3
 LEVEL_NAMES = "abcdefghijklmnopqrstuvwxyz"
 
 
-def check_item_list(value, where: str) -> list:
-    """``value`` as a list of item ids. A string (it would be read as one item id per character), a mapping or a
-    non-iterable is a ``TypeError`` naming ``where``: usually one history passed where a list of histories was
-    expected, or the reverse."""
+def check_item_list(value, where: str, tokenizer=None, allow_empty: bool = False) -> List[str]:
+    """``value`` as a list of item-id strings, or an error whose message starts with ``where`` (e.g. ``"Row 3, column
+    'chosen'"``).
+
+    * A string (it would be read as one item id per character), a mapping or a non-iterable: a ``TypeError``, usually
+      one history passed where a list of histories was expected, or the reverse.
+    * An empty list, unless ``allow_empty``: a ``ValueError``.
+    * Given a ``tokenizer``, an item id outside its catalogue: its :class:`UnknownItemError` (a ``KeyError``).
+    """
+    items = _as_list(value, where)
+    if not items and not allow_empty:
+        raise ValueError(f"{where} is empty: it needs at least one item id.")
+    if tokenizer is not None:
+        for item in items:
+            try:
+                tokenizer.item_index(item)
+            except KeyError as error:
+                raise type(error)(f"{where}: {error}") from None
+    return [str(item) for item in items]
+
+
+def _as_list(value, where: str) -> list:
+    """``value`` as a list, unchanged; the ``TypeError`` of :func:`check_item_list` for a string, a mapping or a
+    non-iterable (the tokenizer's own inputs: item lists keep their ids' types, lists of histories their lists)."""
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise TypeError(
             f"{where} must be a list of item ids, e.g. ['12', '7'], got {type(value).__name__} {value!r:.60}. "
@@ -127,6 +147,21 @@ def load_saved_folder(path, load):
         raise
 
 
+# Copied from modeling_onerec.configuration_onerec.SavedFolderLoading
+class SavedFolderLoading:
+    """Mixin for a class with transformers' ``from_pretrained`` (the model, the tokenizer): the same loading, with
+    :func:`load_saved_folder`'s clear errors. List it before the transformers base class."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it, a truncated
+        or corrupted file of the folder a ``ValueError`` naming the file."""
+        return load_saved_folder(
+            pretrained_model_name_or_path,
+            lambda: super(SavedFolderLoading, cls).from_pretrained(pretrained_model_name_or_path, *args, **kwargs),
+        )
+
+
 # Copied from modeling_onerec.configuration_onerec.level_offsets
 def level_offsets(codebook_sizes: List[int]) -> List[int]:
     """Token id of code 0 at each level: the special tokens first, then each level's codes in turn."""
@@ -147,7 +182,7 @@ class UnknownItemError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class SemanticIDTokenizer(PreTrainedTokenizer):
+class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
     """Maps catalogue items to semantic-ID tokens and back.
 
     Build one from item embeddings with :func:`~tokenization_semantic_id.builder.build_semantic_ids` (offline); load a saved one with ``from_pretrained``
@@ -231,15 +266,6 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
             max_history_items=self.max_history_items,
             build_info=self.build_info,
             **kwargs,
-        )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' ``from_pretrained``; a missing local folder is a ``FileNotFoundError`` naming it, a truncated
-        or corrupted file of the folder a ``ValueError`` naming the file."""
-        return load_saved_folder(
-            pretrained_model_name_or_path,
-            lambda: super(SemanticIDTokenizer, cls).from_pretrained(pretrained_model_name_or_path, *args, **kwargs),
         )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -444,7 +470,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
 
     def encode_items(self, item_ids: Sequence) -> torch.Tensor:
         """``n`` item ids -> ``[n, L']`` token ids."""
-        return self._item_token_rows(check_item_list(item_ids, "item_ids"))
+        return self._item_token_rows(_as_list(item_ids, "item_ids"))
 
     def _item_token_rows(self, item_ids: List) -> torch.Tensor:
         """``encode_items`` of an already checked list."""
@@ -480,7 +506,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
     def encode_history(self, item_ids: Sequence, max_items: Optional[int] = None, add_eos: bool = True) -> List[int]:
         """Token ids of a history: the newest ``max_items`` items (default ``max_history_items``) in
         time order, then EOS. An empty history is a ValueError (the model needs some context)."""
-        return self._encode_history(check_item_list(item_ids, "the history"), max_items, add_eos)
+        return self._encode_history(_as_list(item_ids, "the history"), max_items, add_eos)
 
     def _encode_history(self, item_ids: List, max_items: Optional[int], add_eos: bool) -> List[int]:
         """``encode_history`` of an already checked list."""
@@ -494,7 +520,7 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
 
     def encode_session(self, item_ids: Sequence, add_eos: bool = True) -> List[int]:
         """Token ids of a session (paper Eq. 3): ``BOS c1..cL'`` per item, then EOS."""
-        item_ids = check_item_list(item_ids, "the session")
+        item_ids = _as_list(item_ids, "the session")
         if len(item_ids) == 0:
             raise ValueError("Empty session: pass at least one item.")
         codes = self._item_token_rows(item_ids)
@@ -524,13 +550,13 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
     ) -> BatchEncoding:
         """Right-padded encoder inputs for a batch of histories: ``input_ids`` and ``attention_mask``,
         each ``[B, T]`` with ``T`` the longest encoded history."""
-        histories = check_item_list(histories, "histories")
+        histories = _as_list(histories, "histories")
         if not histories:
             raise ValueError("histories is empty: pass one list of item ids per user, e.g. [['12', '7'], ['3']].")
         encoded = []
         for user, history in enumerate(histories):
             try:
-                encoded.append(self._encode_history(check_item_list(history, f"histories[{user}]"), max_items, True))
+                encoded.append(self._encode_history(_as_list(history, f"histories[{user}]"), max_items, True))
             except ValueError as error:  # e.g. an empty history: name the user
                 raise type(error)(f"histories[{user}]: {error}") from None
         width = max(len(row) for row in encoded)
@@ -542,9 +568,9 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
     def _excluded_indices(self, exclude_items: Optional[Sequence[Sequence]]) -> Optional[List[List[int]]]:
         if exclude_items is None:
             return None
-        rows = check_item_list(exclude_items, "exclude_items")
+        rows = _as_list(exclude_items, "exclude_items")
         return [
-            [self.item_index(item) for item in check_item_list(items, f"exclude_items[{row}]")]
+            [self.item_index(item) for item in _as_list(items, f"exclude_items[{row}]")]
             for row, items in enumerate(rows)
         ]
 
@@ -569,14 +595,8 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         """
         return SessionConstrainedLogitsProcessor(
             self.trie,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id,
-            num_items=num_items,
-            prefix_length=prefix_length,
-            forbid_repeats=forbid_repeats,
-            excluded_items=self._excluded_indices(exclude_items),
             num_beams=num_beams,
+            **self._constraint_arguments(num_items, prefix_length, forbid_repeats, exclude_items),
         )
 
     def prefix_allowed_tokens_fn(
@@ -587,11 +607,19 @@ class SemanticIDTokenizer(PreTrainedTokenizer):
         forbid_repeats: bool = True,
         exclude_items: Optional[Sequence[Sequence]] = None,
     ) -> SessionPrefixAllowedTokensFn:
-        """The reference constraint for ``generate(prefix_allowed_tokens_fn=...)``; same arguments
-        and results as :meth:`session_logits_processor` (no ``num_beams``: generate() passes each row's input), but a Python
-        call per beam (slow)."""
+        """The same constraint for ``generate(prefix_allowed_tokens_fn=...)``; same arguments and results as
+        :meth:`session_logits_processor` (no ``num_beams``: generate() passes each row's input), but a Python call
+        per beam (slow)."""
         return SessionPrefixAllowedTokensFn(
-            self.item_tokens,
+            self.trie, **self._constraint_arguments(num_items, prefix_length, forbid_repeats, exclude_items)
+        )
+
+    def _constraint_arguments(
+        self, num_items: int, prefix_length: int, forbid_repeats: bool, exclude_items: Optional[Sequence[Sequence]]
+    ) -> dict:
+        """The session constraint's arguments (both generate() interfaces): this tokenizer's special tokens and the
+        excluded items' catalogue rows."""
+        return dict(
             bos_token_id=self.bos_token_id,
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,

@@ -152,7 +152,8 @@ class SemanticIDTrie:
             return torch.full_like(nodes, -1)
         keys = nodes * self.vocab_size + tokens
         position = torch.searchsorted(self.edge_key, keys).clamp(max=max(self.edge_key.numel() - 1, 0))
-        found = (nodes >= 0) & (self.edge_key.numel() > 0) & (self.edge_key[position] == keys)
+        # A token outside [0, vocab_size) (a junk beam's) would alias another parent's key: never an edge.
+        found = (nodes >= 0) & (tokens >= 0) & (tokens < self.vocab_size) & (self.edge_key[position] == keys)
         return torch.where(found, position + 1, torch.full_like(nodes, -1))
 
     def walk(self, tokens: torch.Tensor, start: Optional[torch.Tensor] = None) -> torch.Tensor:

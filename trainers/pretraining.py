@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-import numpy as np
 import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from modeling_onerec.modeling_onerec import route_tokens
+from modeling_onerec.modeling_onerec import router_loss_sums
 
+from .data.collation import check_batch_columns, pad_labels, pad_rows
 from .distributed import sum_over_processes
 
 
@@ -54,14 +52,7 @@ class SessionDataCollator:
         self.session_length = session_length
 
     def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-        if not features:
-            raise ValueError("Empty batch.")
-        missing = [key for key in ("history", "target") if key not in features[0]]
-        if missing:
-            raise KeyError(
-                f"Samples need 'history' and 'target' item-id lists; missing {missing}. Build them with "
-                "trainers.data.build_session_samples(...)."
-            )
+        check_batch_columns(features, ("history", "target"), "trainers.data.build_session_samples(...)")
         encoded = self.tokenizer.batch_encode_histories(
             [f["history"] for f in features], max_items=self.max_history_items
         )
@@ -71,26 +62,6 @@ class SessionDataCollator:
             "attention_mask": encoded["attention_mask"],
             "labels": pad_labels(sessions),
         }
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_value: int, width: Optional[int] = None):
-    """Integer rows right-padded with `pad_value` to `width` (default: the longest row).
-
-    Vectorised: the rows are read once into one flat array, no Python loop per row.
-
-    Returns:
-        `(padded, mask)`: `[len(rows), width]` long tensor and its `[len(rows), width]` long mask (1 = a real token).
-    """
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    longest = int(lengths.max()) if len(lengths) else 0
-    width = longest if width is None else width
-    if width < longest:
-        raise ValueError(f"pad_rows: width={width} is shorter than the longest row ({longest}).")
-    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-    mask = np.arange(width)[None, :] < lengths[:, None]
-    padded = np.full((len(rows), width), pad_value, dtype=np.int64)
-    padded[mask] = flat
-    return torch.from_numpy(padded), torch.from_numpy(mask.astype(np.int64))
 
 
 class TokenizedSessionCollator:
@@ -108,22 +79,12 @@ class TokenizedSessionCollator:
         self.pad_token_id = int(pad_token_id)
 
     def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-        if not features:
-            raise ValueError("Empty batch.")
-        if "input_ids" not in features[0] or "labels" not in features[0]:
-            raise KeyError(
-                f"Samples need 'input_ids' and 'labels' token rows; got {sorted(features[0])}. Add them "
-                "with trainers.data.tokenize_session_samples(samples, tokenizer, ...)."
-            )
+        check_batch_columns(
+            features, ("input_ids", "labels"), "trainers.data.tokenize_session_samples(samples, tokenizer, ...)"
+        )
         input_ids, attention_mask = pad_rows([f["input_ids"] for f in features], self.pad_token_id)
         labels, _ = pad_rows([f["labels"] for f in features], -100)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def pad_labels(rows: Sequence[Sequence[int]], width: Optional[int] = None) -> torch.Tensor:
-    """Decoder label rows (token ids) right-padded with -100 (ignored by the loss) to ``width`` (default: the
-    longest row): ``[len(rows), width]`` long."""
-    return pad_rows(rows, -100, width)[0]
 
 
 def history_lengths(dataset) -> list:
@@ -265,28 +226,20 @@ def global_batch_losses(
     Returns:
         ``{"ntp_loss", "aux_loss", "z_loss"}``, each this process's share (no term when the model has no sparse layer).
     """
+
     token_mask = labels.reshape(-1).to(outputs.ntp_loss.device) != -100
-    weight = token_mask.float()
     router_logits = outputs.router_logits or ()
     top_k = config.num_experts_per_token
-    assignments, probability_sums, z_sums = [], [], []
-    for layer_logits in router_logits:
-        _, expert_index, router_probs = route_tokens(layer_logits, top_k)
-        chosen = F.one_hot(expert_index, router_probs.shape[-1]).sum(dim=1).float()  # [N, E]
-        assignments.append((chosen * weight[:, None]).sum(dim=0))
-        probability_sums.append((router_probs * weight[:, None]).sum(dim=0))
-        z_sums.append((torch.logsumexp(layer_logits.float(), dim=-1) ** 2 * weight).sum())
-    local_counts = [outputs.ntp_num_tokens.float().reshape(1), weight.sum().reshape(1)] + assignments
+    sums = router_loss_sums(router_logits, top_k, token_mask) if router_logits else None
+    local_counts = [outputs.ntp_num_tokens.float().reshape(1)]
+    if sums is not None:
+        local_counts += [sums.num_tokens.reshape(1), sums.assignments.reshape(-1)]
     totals = sum_over_processes(torch.cat(local_counts).detach())
-    ntp_tokens, router_tokens = totals[0].clamp(min=1), totals[1].clamp(min=1)
-    terms = {"ntp_loss": outputs.ntp_loss * outputs.ntp_num_tokens.float() / ntp_tokens}
-    if router_logits:
-        global_assignments = totals[2:].reshape(len(router_logits), -1)  # [layers, E]
-        fraction_routed = global_assignments / (router_tokens * top_k)
-        mean_probability_share = torch.stack(probability_sums) / router_tokens
-        num_experts = fraction_routed.shape[-1]
-        terms["aux_loss"] = (num_experts * (fraction_routed * mean_probability_share).sum(dim=-1)).mean()
-        terms["z_loss"] = torch.stack(z_sums).mean() / router_tokens
+    terms = {"ntp_loss": outputs.ntp_loss * outputs.ntp_num_tokens.float() / totals[0].clamp(min=1)}
+    if sums is not None:
+        # Global assignment fractions and token count, this process's probability and z sums: the shares add up.
+        global_sums = sums._replace(num_tokens=totals[1], assignments=totals[2:].reshape(sums.assignments.shape))
+        terms["aux_loss"], terms["z_loss"] = global_sums.losses(top_k)
     return terms
 
 
@@ -310,7 +263,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
         Args:
             ranking_eval_samples: Optional samples (``history``, ``target``) on which every ``evaluate()`` also
                 computes ``recall@k`` / ``ndcg@k`` by full-catalogue constrained beam search
-                (:class:`~trainers.generative_recommender.GenerativeRecommender`); a validation subsample keeps
+                (:class:`~trainers.evaluation.generative.GenerativeRecommender`); a validation subsample keeps
                 this affordable on a CPU.
             ranking_ks: Cut-offs of those metrics.
             ranking_num_beams: Beam width (default: the first level's codebook size).
@@ -385,7 +338,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
         if self.expert_load_total is not None:
             self.expert_load_total = self._sum_over_processes(self.expert_load_total)
         if getattr(self.args, "expert_load_plot", False) and self.is_world_process_zero():
-            from .plots import plot_expert_load, plot_training_curves
+            from .evaluation.plots import plot_expert_load, plot_training_curves
 
             plot_training_curves(self.state.log_history, f"{self.args.output_dir}/training_curves.png")
             if self.expert_load_total is not None:
@@ -413,8 +366,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
             metric_key_prefix=metric_key_prefix,
         )
         if self.ranking_eval_samples is not None and description == "Evaluation":  # not for predict()
-            from .evaluation import evaluate_recommender
-            from .generative_recommender import GenerativeRecommender
+            from .evaluation import GenerativeRecommender, evaluate_recommender
 
             recommender = GenerativeRecommender(self.model, self.processing_class, num_beams=self.ranking_num_beams)
             # Each process ranks its share of the users; every process gets the same metrics.

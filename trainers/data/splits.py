@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features
 
-from .loaders import PER_INTERACTION_COLUMNS, _list_array
+from .loaders import PER_INTERACTION_COLUMNS, list_array
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _gather(values: pa.Array, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
         `pa.ListArray` with `num_rows` lists.
     """
     indices, offsets = range_indices(starts, ends)
-    return _list_array(offsets, values.take(pa.array(indices)))
+    return list_array(offsets, values.take(pa.array(indices)))
 
 
 def range_indices(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

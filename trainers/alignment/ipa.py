@@ -3,7 +3,7 @@
 For ``t = 0 .. T-1``: sample ``r_DPO`` of the training rows, let the current snapshot ``M_t`` generate ``N`` sessions
 per sampled user by trie-constrained beam search (Eq. 8), score them with a session reward model (Eq. 9), keep the
 best as *chosen* and the worst as *rejected*, and train ``M_{t+1}`` from ``M_t`` on those rows with
-``L_NTP(real next session) + λ L_DPO`` (Eq. 10; :class:`~trainers.preference.OneRecDPOTrainer`, reference = frozen
+``L_NTP(real next session) + λ L_DPO`` (Eq. 10; :class:`~trainers.alignment.OneRecDPOTrainer`, reference = frozen
 copy of ``M_t``).
 
 * :class:`SessionRewardFn` -- the reward model's interface (a Protocol).
@@ -40,9 +40,11 @@ from datasets import Dataset
 from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_onerec.generation_onerec import length_sorted_batches
+from tokenization_semantic_id.tokenization_semantic_id import check_item_list
 
-from .distributed import map_across_processes
-from .preference import OneRecDPOConfig, OneRecDPOTrainer, check_item_list
+from ..distributed import map_across_processes
+from .dpo_config import OneRecDPOConfig
+from .dpo_trainer import OneRecDPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +230,7 @@ class IPAConfig:
         mining_batch_size: Users per beam search / reward call.
         min_reward_gap: Users whose best and worst rewards differ by no more than this are dropped.
         epochs_per_iteration: Passes over the mined rows when training ``M_{t+1}`` (Algorithm 2: one).
-        training_args: Template :class:`~trainers.preference.OneRecDPOConfig` (``beta``, ``loss_type``,
+        training_args: Template :class:`~trainers.alignment.OneRecDPOConfig` (``beta``, ``loss_type``,
             ``dpo_weight`` λ, ``ntp_weight``, batch size, learning rate, ``save_steps``, ...). Its ``output_dir``,
             ``num_train_epochs`` and ``seed`` are replaced per iteration. Default: ``OneRecDPOConfig`` defaults with
             a checkpoint every 200 steps (2 kept) and no reporting.

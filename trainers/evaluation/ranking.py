@@ -1,15 +1,11 @@
-"""The one evaluation code path shared by every recommender of the project.
+"""Ranking evaluation of any recommender under the leave-one-out protocol of TIGER / S3-Rec.
 
-OneRec, the TIGER-style model, SASRec and the baselines of `trainers.baselines` are all scored here, with the
-leave-one-out protocol of TIGER / S3-Rec (see `trainers.data.leave_one_out_split`): one held-out target item per
-user, full ranking over the catalogue, Recall@k and NDCG@k averaged over users.
+One held-out target item per user, full ranking over the catalogue, Recall@k and NDCG@k averaged over users:
 
 - `ranking_metrics`: Recall@k / NDCG@k of ranked item lists against one target per user;
 - `Recommender` + `evaluate_recommender`: batches the `history` column of session samples through any object
   with a `rank(histories, k, exclude_history)` method and scores the result with `ranking_metrics`;
-- `session_metrics`: hit rate, consumed items, coverage and intra-session diversity of generated sessions;
 - `write_topk_json` / `read_topk_json`: the per-user top-k lists as `{user_id: [item_id, ...]}`;
-- `metrics_table`: Recall@k / NDCG@k rows (and published reference numbers) as a markdown table;
 - `sample_users`: a seeded random subset of users for evaluations too slow to run on every user;
 - `held_out_sessions`: per user, the training history and the two held-out items, for session metrics.
 
@@ -18,7 +14,7 @@ given) is ever recommended. The Amazon leave-one-out targets can be re-purchases
 the history changes the numbers in both directions (it frees slots, and it makes re-purchase targets
 unreachable): report both settings and always say which one a number uses.
 
-The offline `evaluate` metric `trainers/metrics/recall_ndcg` (path in `RECALL_NDCG_METRIC_PATH`) calls
+The offline `evaluate` metric `trainers/evaluation/recall_ndcg` (path in `RECALL_NDCG_METRIC_PATH`) calls
 `ranking_metrics`, so its numbers are identical.
 """
 
@@ -28,42 +24,14 @@ import gzip
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from scipy.stats import rankdata
 
-from .distributed import map_across_processes
-
-__all__ = [
-    "DEFAULT_POSITIVE_THRESHOLDS",
-    "PUBLISHED_BEAUTY",
-    "RECALL_NDCG_METRIC_PATH",
-    "Recommender",
-    "RewardMetrics",
-    "evaluate_recommender",
-    "format_auc_table",
-    "markdown_table",
-    "held_out_sessions",
-    "metrics_table",
-    "ranking_metrics",
-    "read_topk_json",
-    "reward_metrics",
-    "roc_auc",
-    "sample_users",
-    "session_metrics",
-    "write_topk_json",
-]
-
-#: Published full-ranking leave-one-out numbers on Amazon Beauty (TIGER paper, Table 1; `../shared/data/README.md`),
-#: printed as reference rows next to our own on that dataset.
-PUBLISHED_BEAUTY: dict[str, dict[str, float]] = {
-    "SASRec (published)": {"recall@5": 0.0387, "ndcg@5": 0.0249, "recall@10": 0.0605, "ndcg@10": 0.0318},
-    "TIGER (published)": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384},
-}
+from ..distributed import map_across_processes
 
 #: Directory of the offline `evaluate` metric: `evaluate.load(str(RECALL_NDCG_METRIC_PATH))`.
-RECALL_NDCG_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "recall_ndcg"
+RECALL_NDCG_METRIC_PATH = Path(__file__).resolve().parent / "recall_ndcg"
 
 
 def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
@@ -150,105 +118,6 @@ def ranking_metrics(
         hit = ranks < k
         metrics[f"recall@{k}"] = float(hit.mean())
         metrics[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
-    return metrics
-
-
-def _category_lookup(item_categories: Any) -> tuple[Mapping | None, int | None]:
-    """`(item -> category mapping, catalogue size)` from a mapping or a `SemanticIDTokenizer`-like object."""
-    if item_categories is None:
-        return None, None
-    if hasattr(item_categories, "item_codes") and hasattr(item_categories, "item_ids"):
-        first_codes = np.asarray(item_categories.item_codes[:, 0]).tolist()
-        return dict(zip(item_categories.item_ids, first_codes)), len(first_codes)
-    if isinstance(item_categories, Mapping):
-        return {str(item): category for item, category in item_categories.items()}, len(item_categories)
-    raise TypeError(
-        f"item_categories must be a mapping item id -> category or a SemanticIDTokenizer, got "
-        f"{type(item_categories).__name__}."
-    )
-
-
-def session_metrics(
-    sessions: Sequence[Sequence[Any]],
-    targets: Sequence[Any],
-    item_categories: Any = None,
-    catalogue_size: int | None = None,
-) -> dict[str, float]:
-    """Quality of generated sessions (OneRec's session-wise output): hits, coverage and diversity.
-
-    Only the best session of each user (the first of its list) is scored. With `S_u` the best session of user
-    `u` (a list of item ids, possibly with repeats) and `T_u` the set of items the user really consumed next:
-
-    - `session_hit_rate` = fraction of users with `set(S_u) & T_u` non-empty (with one leave-one-out target:
-      the target is somewhere in the session);
-    - `session_consumed_items` = mean over users of `len(set(S_u) & T_u)`, the number of distinct session
-      items the user really consumed (at most 1 in leave-one-out, up to `min(len(S_u), len(T_u))` with several
-      true next items);
-    - `coverage` = `len(union of set(S_u) over users) / catalogue_size` (only when the catalogue size is known:
-      given, or the size of `item_categories`; otherwise the key is absent);
-    - `intra_session_diversity` = mean over users with a non-empty session of
-      `len({category(i) for i in S_u}) / len(S_u)`: 1 when every item has its own category, `1 / len(S_u)`
-      when all share one (only with `item_categories`); `category` is the item's first semantic-ID code when a
-      `SemanticIDTokenizer` is given, or the value of any mapping;
-    - `mean_session_length` = mean of `len(S_u)`, and `num_users`.
-
-    Args:
-        sessions (`Sequence` of shape ``[num_users, num_sessions, session_length]``):
-            Per user, the generated sessions best first (each a list of item ids). A user's entry may also be a
-            single session, a flat list of item ids.
-        targets (`Sequence` of shape ``[num_users]``):
-            Per user, the true future items: one id, or a list of ids (e.g. the leave-one-out target, or the
-            next `m` items of a real session).
-        item_categories (`Mapping[str, Hashable]` or `SemanticIDTokenizer`, *optional*):
-            Category of every item (item ids compared as strings). A tokenizer gives each item's first-level
-            semantic code.
-        catalogue_size (`int`, *optional*):
-            Number of recommendable items for `coverage`; defaults to the size of `item_categories`.
-
-    Returns:
-        `dict[str, float]` with the keys above.
-    """
-    if len(sessions) != len(targets):
-        raise ValueError(f"Got sessions for {len(sessions)} users and targets for {len(targets)}; pass one each.")
-    if len(sessions) == 0:
-        raise ValueError("No users to evaluate: sessions and targets are empty.")
-    categories, mapping_size = _category_lookup(item_categories)
-    catalogue_size = catalogue_size if catalogue_size is not None else mapping_size
-    hits, consumed, lengths, diversities = [], [], [], []
-    recommended: set[str] = set()
-    for user, (user_sessions, truth) in enumerate(zip(sessions, targets)):
-        if len(user_sessions) and isinstance(user_sessions[0], (list, tuple, np.ndarray)):
-            best = user_sessions[0]
-        else:
-            best = user_sessions  # a single flat session (or no session at all)
-        best = [str(item) for item in best]
-        if isinstance(truth, (list, tuple, np.ndarray, set, frozenset)):
-            truth = {str(item) for item in truth}
-        else:
-            truth = {str(truth)}
-        common = set(best) & truth
-        hits.append(bool(common))
-        consumed.append(len(common))
-        lengths.append(len(best))
-        recommended.update(best)
-        if categories is not None and best:
-            missing = [item for item in best if item not in categories]
-            if missing:
-                raise ValueError(
-                    f"User {user}: item(s) {missing[:5]} have no category in item_categories; give every "
-                    "recommendable item a category (or the tokenizer that built the catalogue)."
-                )
-            diversities.append(len({categories[item] for item in best}) / len(best))
-    metrics = {
-        "session_hit_rate": float(np.mean(hits)),
-        "session_consumed_items": float(np.mean(consumed)),
-        "mean_session_length": float(np.mean(lengths)),
-        "num_users": len(hits),
-    }
-    if catalogue_size:
-        metrics["coverage"] = len(recommended) / int(catalogue_size)
-    if categories is not None:
-        metrics["intra_session_diversity"] = float(np.mean(diversities)) if diversities else 0.0
     return metrics
 
 
@@ -403,49 +272,6 @@ def read_topk_json(path: str | Path) -> dict[str, list[str]]:
     return {str(user): [str(item) for item in items] for user, items in raw.items()}
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
-    """A Markdown table: `header` cells, then one line per row (cells through `str`). `align` gives one character
-    per column, `"l"` or `"r"` (numbers read best right-aligned); default: all left."""
-    align = align or "l" * len(header)
-    if len(align) != len(header) or set(align) - {"l", "r"}:
-        raise ValueError(f"align={align!r} needs one 'l' or 'r' per column ({len(header)} columns).")
-    lines = ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def metrics_table(
-    rows: Iterable[tuple[Sequence[str], Mapping[str, Any]]],
-    ks: Iterable[int],
-    label_columns: Sequence[str] = ("model", "history"),
-    references: Mapping[str, Mapping[str, float]] | None = None,
-) -> str:
-    """A markdown table of Recall@k / NDCG@k, as the example scripts print it.
-
-    Args:
-        rows (`Iterable[tuple[Sequence[str], Mapping]]`): Per row, its text cells (one per `label_columns`) and its
-            metrics (`"recall@5"`, `"ndcg@5"`, ...; other keys are ignored), e.g. from `evaluate_recommender`.
-        ks (`Iterable[int]`): Cut-offs: columns Recall@k and NDCG@k for each `k`, ascending.
-        label_columns (`Sequence[str]`, defaults to `("model", "history")`): Headers of the leading text columns.
-        references (`Mapping[str, Mapping[str, float]]`, *optional*): Published numbers `{name: metrics}`, added
-            after `rows` as rows named `name` with `-` in the other text columns.
-
-    Returns:
-        `str`: The table, metrics to 4 decimals and `-` where a row has no value.
-    """
-    columns = [f"{name}@{k}" for k in sorted(ks) for name in ("recall", "ndcg")]
-    header = list(label_columns) + [column.replace("recall", "Recall").replace("ndcg", "NDCG") for column in columns]
-    blanks = ["-"] * (len(label_columns) - 1)
-    references = [([name, *blanks], metrics) for name, metrics in (references or {}).items()]
-    return markdown_table(
-        header,
-        [
-            list(labels) + [f"{metrics[column]:.4f}" if column in metrics else "-" for column in columns]
-            for labels, metrics in [*rows, *references]
-        ],
-    )
-
-
 def sample_users(samples: Any, num_users: int | None, seed: int = 0) -> Any:
     """A seeded random subset of `num_users` rows of `samples` (a `datasets.Dataset`), kept in their original order.
 
@@ -503,102 +329,3 @@ def held_out_sessions(validation: Any, test: Any) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reward-model metrics: held-out ROC AUC per tower
-# ---------------------------------------------------------------------------------------------------------
-
-# Held-out AUC needs binary outcomes: a soft `rating` label counts as positive from a mean rating of 4 on 1-5.
-DEFAULT_POSITIVE_THRESHOLDS: dict[str, float] = {"rating": 0.75}
-
-
-def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Area under the ROC curve: the probability that a random positive scores above a random negative (ties
-    count 1/2), computed from average ranks (Mann-Whitney U). NaN when one class is missing.
-
-    Args:
-        scores (`np.ndarray` of shape ``[N]``): Higher means more likely positive.
-        positives (`np.ndarray` of shape ``[N]``): Boolean outcomes.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = np.asarray(positives, dtype=bool)
-    num_positive = int(positives.sum())
-    num_negative = len(positives) - num_positive
-    if num_positive == 0 or num_negative == 0:
-        return float("nan")
-    ranks = rankdata(scores)  # average ranks for ties
-    return float((ranks[positives].sum() - num_positive * (num_positive + 1) / 2) / (num_positive * num_negative))
-
-
-def reward_metrics(
-    logits: np.ndarray,
-    labels: np.ndarray,
-    label_mask: Optional[np.ndarray],
-    reward_names: Sequence[str],
-    positive_thresholds: Optional[Mapping[str, float]] = None,
-) -> Dict[str, float]:
-    """Per-tower ROC AUC over the samples that have the target.
-
-    Args:
-        logits (`np.ndarray` of shape ``[N, T]``): Tower logits (or rewards; AUC only uses their order).
-        labels (`np.ndarray` of shape ``[N, T]``): Targets in ``[0, 1]``.
-        label_mask (`np.ndarray` of shape ``[N, T]``, *optional*): 1 where the target exists.
-        reward_names (`Sequence[str]`): The ``T`` tower names.
-        positive_thresholds (`Mapping[str, float]`, *optional*): A label counts as positive from this value;
-            default 0.5, and 0.75 for ``rating`` (:data:`DEFAULT_POSITIVE_THRESHOLDS`: a mean rating >= 4 of 5).
-
-    Returns:
-        `dict` with ``auc_<name>``, ``positive_rate_<name>`` and ``samples_<name>`` per tower, and for soft targets
-        (labels other than 0/1) ``pearson_<name>`` between ``sigmoid(logit)`` and the label.
-    """
-    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.float64)
-    if logits.shape != labels.shape or logits.ndim != 2 or logits.shape[1] != len(reward_names):
-        raise ValueError(f"logits {logits.shape} and labels {labels.shape} must both be (N, {len(reward_names)}).")
-    mask = np.ones_like(labels, dtype=bool) if label_mask is None else np.asarray(label_mask) > 0
-    thresholds = {**DEFAULT_POSITIVE_THRESHOLDS, **(positive_thresholds or {})}
-    metrics: Dict[str, float] = {}
-    for t, name in enumerate(reward_names):
-        keep = mask[:, t]
-        scores, targets = logits[keep, t], labels[keep, t]
-        positives = targets >= thresholds.get(name, 0.5)
-        metrics[f"auc_{name}"] = roc_auc(scores, positives)
-        metrics[f"positive_rate_{name}"] = float(positives.mean()) if len(targets) else float("nan")
-        metrics[f"samples_{name}"] = int(keep.sum())
-        if len(targets) > 1 and not np.isin(targets, (0.0, 1.0)).all():
-            probabilities = 1.0 / (1.0 + np.exp(-scores))
-            metrics[f"pearson_{name}"] = float(np.corrcoef(probabilities, targets)[0, 1])
-    return metrics
-
-
-class RewardMetrics:
-    """``compute_metrics`` for the Trainer: :func:`reward_metrics` from an ``EvalPrediction`` whose ``label_ids``
-    are ``(labels, label_mask)`` (with ``label_names=["labels", "label_mask"]``) or ``labels`` alone."""
-
-    def __init__(self, reward_names: Sequence[str], positive_thresholds: Optional[Mapping[str, float]] = None):
-        self.reward_names = tuple(reward_names)
-        self.positive_thresholds = positive_thresholds
-
-    def __call__(self, prediction) -> Dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        label_ids = prediction.label_ids
-        labels, mask = (label_ids[0], label_ids[1]) if isinstance(label_ids, (tuple, list)) else (label_ids, None)
-        return reward_metrics(logits, labels, mask, self.reward_names, self.positive_thresholds)
-
-
-def format_auc_table(metrics: Mapping[str, float], reward_names: Sequence[str], prefix: str = "") -> str:
-    """Markdown table: one row per tower with held-out samples, positive rate, ROC AUC and (soft targets)
-    Pearson r. ``prefix`` is the metric-key prefix, e.g. ``"test_"`` for ``Trainer.predict`` metrics."""
-    rows = []
-    for name in reward_names:
-        pearson = metrics.get(f"{prefix}pearson_{name}")
-        rows.append(
-            [
-                name,
-                int(metrics[f"{prefix}samples_{name}"]),
-                f"{metrics[f'{prefix}positive_rate_{name}']:.3f}",
-                f"{metrics[f'{prefix}auc_{name}']:.4f}",
-                "" if pearson is None else f"{pearson:.4f}",
-            ]
-        )
-    return markdown_table(["tower", "held-out samples", "positive rate", "ROC AUC", "Pearson r"], rows)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .distributed import map_across_processes
-from .evaluation import evaluate_recommender, session_metrics
+from ..distributed import map_across_processes
+from .ranking import evaluate_recommender
+from .sessions import session_metrics
 
 
 class GenerativeRecommender:

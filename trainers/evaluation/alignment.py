@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from .evaluation import ranking_metrics
+from .ranking import ranking_metrics
 
 
 def sessions_from_ranking(

@@ -28,9 +28,9 @@ from transformers import Trainer, TrainingArguments
 
 from modeling_onerec.configuration_reward import REWARD_PAD_INDEX
 
-from .data import index_items, natural_order
-from .evaluation import RewardMetrics
-from .pretraining import pad_rows
+from ..data import index_items, natural_order
+from ..data.collation import check_batch_columns, pad_rows
+from ..evaluation import RewardMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -138,14 +138,7 @@ class RewardDataCollator:
         self.max_session_items = max_session_items
 
     def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-        if not features:
-            raise ValueError("Empty batch.")
-        missing = [key for key in ("history", "session") if key not in features[0]]
-        if missing:
-            raise KeyError(
-                f"Samples need 'history' and 'session' item-id lists; missing {missing}. Build them with "
-                "trainers.data.reward_samples.build_reward_samples(...)."
-            )
+        check_batch_columns(features, ("history", "session"), "trainers.data.reward_samples.build_reward_samples(...)")
         batch = {
             "history_ids": _pad(
                 [self.vocabulary.encode(list(f["history"])[-self.max_history_items :]) for f in features]

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .data import index_items
-from .evaluation import evaluate_recommender
+from ..data import index_items
+from ..evaluation import evaluate_recommender
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _training_rows(train_sequences: Any) -> list[list[str]]:
 
 def _catalogue_ids(catalogue: Any, rows: list[list[str]]) -> list[str]:
     if catalogue is None:
-        from .data import natural_order
+        from ..data import natural_order
 
         return natural_order({item for row in rows for item in row})
     if hasattr(catalogue, "column_names"):

@@ -42,7 +42,7 @@ Args:
 Returns:
     `dict[str, float]`: `recall@k` and `ndcg@k` for every k in increasing order.
 Example:
-    >>> metric = evaluate.load("trainers/metrics/recall_ndcg")
+    >>> metric = evaluate.load("trainers/evaluation/recall_ndcg")
     >>> metric.compute(predictions=[["a", "b"], ["c"]], references=["b", "z"], k_values=[1, 2])
     {'recall@1': 0.0, 'ndcg@1': 0.0, 'recall@2': 0.5, 'ndcg@2': 0.31546487678572877}
 """

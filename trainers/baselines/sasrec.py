@@ -21,7 +21,7 @@ The reference point for the generative models of this project on the leave-one-o
   (`rank(histories, k, exclude_history) -> list[list[str]]`), full ranking over every catalogue item.
 
     from trainers.data import leave_one_out_split, load_bundled
-    from trainers.sasrec import SASRecConfig, SASRecRecommender
+    from trainers.baselines.sasrec import SASRecConfig, SASRecRecommender
 
     data = load_bundled("beauty")
     splits = leave_one_out_split(data["sequences"])
@@ -51,7 +51,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from modeling_onerec.generation_onerec import eval_mode
 
-from .data import index_items, natural_order
+from ..data import index_items, natural_order
 
 logger = logging.getLogger(__name__)
 
