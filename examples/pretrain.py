@@ -27,7 +27,7 @@ import torch
 from transformers import HfArgumentParser, pipeline, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from modeling_onerec import RECOMMENDATION_TASK, OneRecConfig, OneRecForConditionalGeneration
+from modeling_onerec import RECOMMENDATION_TASK, SHAPE_KEYS, OneRecConfig, OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
     PAIR_CONSTRUCTIONS,
@@ -387,22 +387,6 @@ def check_output_dir(output_dir: Path, training_args) -> Optional[str]:
     return last
 
 
-SHAPE_FIELDS = (
-    "vocab_size",
-    "d_model",
-    "d_kv",
-    "d_ff",
-    "num_heads",
-    "num_layers",
-    "num_decoder_layers",
-    "num_experts",
-    "num_experts_per_token",
-    "expert_d_ff",
-    "feed_forward_proj",
-    "codebook_sizes",
-)
-
-
 def check_checkpoint_shape(checkpoint: str, config) -> None:
     """A checkpoint resumed into a model of another shape (another ``--preset``, ``--num_experts``, tokenizer) fails in
     torch with a list of size mismatches; name the settings that differ instead."""
@@ -412,7 +396,7 @@ def check_checkpoint_shape(checkpoint: str, config) -> None:
     saved = json.loads(path.read_text())
     differing = [
         f"{name}: {saved.get(name)!r} in the checkpoint, {getattr(config, name, None)!r} now"
-        for name in SHAPE_FIELDS
+        for name in SHAPE_KEYS
         if name in saved and saved.get(name) != getattr(config, name, None)
     ]
     if differing:

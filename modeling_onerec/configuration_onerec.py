@@ -176,6 +176,22 @@ class SavedFolderLoading:
         )
 
 
+#: The T5 settings that fix the shapes of the weights (shared by a dense T5 and the OneRec upcycled from it).
+T5_SHAPE_KEYS = (
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_heads",
+    "num_layers",
+    "num_decoder_layers",
+    "feed_forward_proj",
+    "relative_attention_num_buckets",
+)
+#: Every setting that fixes a OneRec checkpoint's weights: T5's, the experts' and the codebooks'.
+SHAPE_KEYS = T5_SHAPE_KEYS + ("num_experts", "num_experts_per_token", "expert_d_ff", "codebook_sizes")
+
+
 @strict(accept_kwargs=True)
 class OneRecConfig(T5Config):
     r"""Configuration of :class:`OneRecForConditionalGeneration`.
@@ -489,4 +505,4 @@ class OneRecConfig(T5Config):
             )
 
 
-__all__ = ["OneRecConfig", "PRESETS", "SavedFolderLoading", "load_saved_folder"]
+__all__ = ["OneRecConfig", "PRESETS", "SHAPE_KEYS", "T5_SHAPE_KEYS", "SavedFolderLoading", "load_saved_folder"]

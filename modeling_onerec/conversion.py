@@ -19,7 +19,7 @@ from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.utils import logging
 
-from .configuration_onerec import NUM_SPECIAL_TOKENS, OneRecConfig
+from .configuration_onerec import NUM_SPECIAL_TOKENS, T5_SHAPE_KEYS, OneRecConfig
 from .modeling_onerec import OneRecForConditionalGeneration, OneRecLayerSparseFF
 
 logger = logging.get_logger(__name__)
@@ -60,17 +60,7 @@ def _load_dense_t5(t5) -> T5ForConditionalGeneration:
 def _onerec_config(t5: T5ForConditionalGeneration, overrides: dict) -> OneRecConfig:
     base = {key: value for key, value in t5.config.to_dict().items() if key not in _CONFIG_KEYS_NOT_COPIED}
     overrides = dict(overrides)
-    for key in (
-        "d_model",
-        "d_kv",
-        "d_ff",
-        "num_heads",
-        "num_layers",
-        "num_decoder_layers",
-        "feed_forward_proj",
-        "relative_attention_num_buckets",
-        "vocab_size",
-    ):
+    for key in T5_SHAPE_KEYS:
         if key in overrides and overrides[key] != base.get(key):
             raise ValueError(
                 f"config_overrides cannot change {key} ({base.get(key)!r} in the dense T5, "

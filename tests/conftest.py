@@ -109,6 +109,50 @@ def forty_item_tokenizer():
     )
 
 
+def tiny_t5(vocab_size: int, seed: int = 0, **overrides):
+    """A seeded one-layer ``T5ForConditionalGeneration`` in eval mode, with the tokenizer's special ids (PAD 0, EOS 1)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = dict(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_ff=64,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        d_kv=16,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        dropout_rate=0.0,
+    )
+    return T5ForConditionalGeneration(T5Config(**{**config, **overrides})).eval()
+
+
+def constrained_generate(
+    model, tokenizer, inputs, num_items, beams, forbid_repeats=True, exclude=None, length_penalty=0.0
+):
+    """transformers' ``generate()`` under the tokenizer's session logits processor: every one of ``beams`` beams of
+    ``num_items``-item sessions returned with its scores (the reference the native session search is tested against).
+    """
+    processor = tokenizer.session_logits_processor(
+        num_items, forbid_repeats=forbid_repeats, exclude_items=exclude, num_beams=beams
+    )
+    return model.generate(
+        **inputs,
+        logits_processor=[processor],
+        renormalize_logits=True,
+        num_beams=beams,
+        num_return_sequences=beams,
+        do_sample=False,
+        length_penalty=length_penalty,
+        max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+
+
 @pytest.fixture
 def saved_figures(monkeypatch):
     """Every matplotlib figure saved during the test, in order (the file is still written): plot tests check the data

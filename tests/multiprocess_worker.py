@@ -228,7 +228,8 @@ def reward(output: Path) -> None:
     The loss is a mean over samples and the shares are equal, so DDP's gradient average is the global batch's."""
     from datasets import Dataset
 
-    from modeling_onerec import OneRecRewardConfig, OneRecRewardModel
+    from modeling_onerec import OneRecRewardModel
+    from tests.test_reward_model import tiny_config
     from trainers.alignment.reward_model import RewardItemVocabulary, RewardModelTrainer, RewardModelTrainingConfig
 
     vocabulary = RewardItemVocabulary([f"item{i}" for i in range(NUM_ITEMS)])
@@ -242,16 +243,8 @@ def reward(output: Path) -> None:
         for position, row in enumerate(users())
     ]
     torch.manual_seed(0)
-    config = OneRecRewardConfig(
-        num_items=vocabulary.num_indices,
-        hidden_size=16,
-        num_attention_heads=2,
-        num_session_layers=1,
-        tower_hidden_size=8,
-        reward_names=("liked", "long"),
-        max_history_items=8,
-        max_session_items=2,
-        dropout=0.0,
+    config = tiny_config(  # the reward-model tests' tiny configuration
+        num_items=vocabulary.num_indices, reward_names=("liked", "long"), max_session_items=2, initializer_range=0.02
     )
     model = OneRecRewardModel(config)
     args = RewardModelTrainingConfig(**step_arguments("reward", output), eval_strategy="no")

@@ -7,30 +7,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import T5Config, T5ForConditionalGeneration
 
+from tests.conftest import tiny_t5
 from tokenization_semantic_id import SemanticIDTrie, build_semantic_ids
 from tokenization_semantic_id.trie import excluded_below, fixed_children
 
 BOS, EOS, PAD = 2, 1, 0
-
-
-def tiny_model(vocab_size: int, seed: int = 0) -> T5ForConditionalGeneration:
-    torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=vocab_size,
-        d_model=32,
-        d_ff=64,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=2,
-        d_kv=16,
-        decoder_start_token_id=PAD,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        dropout_rate=0.0,
-    )
-    return T5ForConditionalGeneration(config).eval()
 
 
 def test_trie_matches_python_dict():
@@ -163,7 +145,7 @@ def _generate(model, tokenizer, histories, num_items, beams, use_processor, **co
 )
 def test_generate_paths_agree_and_every_item_is_real(small_tokenizer, seed, num_items, beams, exclude_history):
     tokenizer = small_tokenizer
-    model = tiny_model(tokenizer.vocab_size, seed)
+    model = tiny_t5(tokenizer.vocab_size, seed)
     generator = torch.Generator().manual_seed(seed)
     histories = [
         [tokenizer.item_ids[i] for i in torch.randint(tokenizer.num_items, (n,), generator=generator)] for n in (5, 2)
@@ -196,7 +178,7 @@ def test_more_beams_than_reachable_items_is_flagged_not_junk():
         ResidualKMeansConfig(num_levels=2, codebook_size=2),
         progress=False,
     )
-    model = tiny_model(tokenizer.vocab_size)
+    model = tiny_t5(tokenizer.vocab_size)
     histories = [["0", "1"]]  # 4 items reachable once the history is excluded
     out = _generate(model, tokenizer, histories, 1, 8, True, exclude_items=histories)
     sessions = [tokenizer.decode_session(s, prefix_length=1) for s in out.sequences]

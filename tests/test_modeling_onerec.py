@@ -29,7 +29,7 @@ from modeling_onerec import (
 )
 from modeling_onerec.conversion import logger as conversion_logger
 from modeling_onerec.conversion import upcycle_dense_t5
-from tests.conftest import run_without_the_project
+from tests.conftest import run_without_the_project, tiny_t5
 
 CODEBOOKS = [4, 4, 4]  # vocab 3 + 12 = 15
 VOCAB = 3 + sum(CODEBOOKS)
@@ -605,25 +605,8 @@ def test_generate_beam_search_with_cache_on_deeper_decoder():
 
 
 def dense_t5(feed_forward_proj="relu", seed=0, **overrides):
-    torch.manual_seed(seed)
-    config = T5Config(
-        **{
-            **dict(
-                vocab_size=VOCAB,
-                d_model=16,
-                d_kv=4,
-                num_heads=2,
-                d_ff=32,
-                num_layers=2,
-                num_decoder_layers=3,
-                feed_forward_proj=feed_forward_proj,
-                dropout_rate=0.0,
-                decoder_start_token_id=0,
-            ),
-            **overrides,
-        }
-    )
-    model = T5ForConditionalGeneration(config).eval()
+    shape = dict(d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=3, feed_forward_proj=feed_forward_proj)
+    model = tiny_t5(VOCAB, seed, **{**shape, **overrides})
     with torch.no_grad():  # norms start at 1: randomise them so that a norm that is not copied shows
         for name, param in model.named_parameters():
             if "layer_norm" in name:
@@ -721,7 +704,6 @@ def test_upcycling_rejects_bad_input(saved_model):
 def test_initialisation_matches_t5_for_every_shared_weight():
     """Regression: transformers skipped T5's parent-module init for 'custom code', leaving the decoder's attention
     and FFN weights at N(0, 1) -- about 15x too large -- and training far slower than plain T5."""
-    from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
     config = tiny_config(d_model=64, d_kv=16, d_ff=128, sparse_decoder_layers=[1])

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
-from tests.conftest import clustered_embeddings
+from tests.conftest import clustered_embeddings, constrained_generate
 from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, UnknownItemError, build_semantic_ids
 
 
@@ -25,21 +25,9 @@ def catalogue():
     return tokenizer, model
 
 
-def _generate(model, tokenizer, histories, num_items, beams, **kwargs):
-    processor = tokenizer.session_logits_processor(num_items, exclude_items=histories, num_beams=beams)
-    return model.generate(
-        **tokenizer.batch_encode_histories(histories),
-        logits_processor=[processor],
-        renormalize_logits=True,
-        num_beams=beams,
-        num_return_sequences=beams,
-        do_sample=False,
-        max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
-        output_scores=True,
-        return_dict_in_generate=True,
-        length_penalty=0.0,
-        **kwargs,
-    )
+def _generate(model, tokenizer, histories, num_items, beams):
+    inputs = tokenizer.batch_encode_histories(histories)
+    return constrained_generate(model, tokenizer, inputs, num_items, beams, exclude=histories)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

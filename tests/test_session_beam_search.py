@@ -12,7 +12,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import T5Config, T5ForConditionalGeneration
 
 from modeling_onerec.generation_onerec import (
     SessionConstraint,
@@ -21,8 +20,7 @@ from modeling_onerec.generation_onerec import (
     drop_duplicate_items,
     session_beam_search,
 )
-from tests.conftest import clustered_embeddings
-from tests.test_constrained_decoding import tiny_model
+from tests.conftest import clustered_embeddings, constrained_generate, tiny_t5
 from tokenization_semantic_id import (
     ResidualKMeansConfig,
     SemanticIDTrie,
@@ -47,24 +45,6 @@ def _search(model, tokenizer, inputs, num_items, beams, forbid_repeats=True, exc
         level_offsets=tokenizer.level_offsets,
         **SPECIAL,
         **kwargs,
-    )
-
-
-def _generate(model, tokenizer, inputs, num_items, beams, forbid_repeats=True, exclude=None, length_penalty=0.0):
-    processor = tokenizer.session_logits_processor(
-        num_items, forbid_repeats=forbid_repeats, exclude_items=exclude, num_beams=beams
-    )
-    return model.generate(
-        **inputs,
-        logits_processor=[processor],
-        renormalize_logits=True,
-        num_beams=beams,
-        num_return_sequences=beams,
-        do_sample=False,
-        length_penalty=length_penalty,
-        max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
-        output_scores=True,
-        return_dict_in_generate=True,
     )
 
 
@@ -103,12 +83,12 @@ def _histories(tokenizer, seed, lengths):
 @pytest.mark.parametrize("forbid_repeats,exclude_history", [(True, True), (True, False), (False, False), (False, True)])
 def test_equals_generate(small_tokenizer, seed, num_items, beams, forbid_repeats, exclude_history):
     tokenizer = small_tokenizer
-    model = tiny_model(tokenizer.vocab_size, seed)
+    model = tiny_t5(tokenizer.vocab_size, seed)
     histories = _histories(tokenizer, seed, (5, 2, 30))
     inputs = tokenizer.batch_encode_histories(histories)
     exclude = histories if exclude_history else None
     out = _search(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
-    reference = _generate(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
+    reference = constrained_generate(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
     _assert_same_as_generate(out, reference, 3, beams)
     assert (out.num_valid == beams).all()
     # item_indices / item_scores agree with the sequences and the session score
@@ -123,11 +103,11 @@ def test_equals_generate(small_tokenizer, seed, num_items, beams, forbid_repeats
 def test_heavy_exclusions_prune_subtrees_like_generate(small_tokenizer, seed):
     # 150 of 240 items excluded per row: whole subtrees are exhausted at every level.
     tokenizer = small_tokenizer
-    model = tiny_model(tokenizer.vocab_size, seed)
+    model = tiny_t5(tokenizer.vocab_size, seed)
     histories = _histories(tokenizer, seed, (150, 150))
     inputs = tokenizer.batch_encode_histories(histories, max_items=4)  # short encoder input, long exclusion list
     out = _search(model, tokenizer, inputs, 3, 12, True, histories)
-    _assert_same_as_generate(out, _generate(model, tokenizer, inputs, 3, 12, True, histories), 2, 12)
+    _assert_same_as_generate(out, constrained_generate(model, tokenizer, inputs, 3, 12, True, histories), 2, 12)
     for row, history in enumerate(histories):
         excluded = {tokenizer.item_index(item) for item in history}
         assert not set(out.item_indices[row].flatten().tolist()) & excluded
@@ -135,10 +115,10 @@ def test_heavy_exclusions_prune_subtrees_like_generate(small_tokenizer, seed):
 
 def test_length_penalty_and_unfused_feeding_match_generate(small_tokenizer):
     tokenizer = small_tokenizer
-    model = tiny_model(tokenizer.vocab_size, 7)
+    model = tiny_t5(tokenizer.vocab_size, 7)
     histories = _histories(tokenizer, 7, (4, 9))
     inputs = tokenizer.batch_encode_histories(histories)
-    reference = _generate(model, tokenizer, inputs, 2, 8, length_penalty=1.0)  # generate's default penalty
+    reference = constrained_generate(model, tokenizer, inputs, 2, 8, length_penalty=1.0)  # generate's default penalty
     _assert_same_as_generate(_search(model, tokenizer, inputs, 2, 8, length_penalty=1.0), reference, 2, 8)
     fused = _search(model, tokenizer, inputs, 2, 8)
     unfused = _search(model, tokenizer, inputs, 2, 8, fuse_forced_tokens=False)
@@ -146,40 +126,22 @@ def test_length_penalty_and_unfused_feeding_match_generate(small_tokenizer):
     assert torch.allclose(fused.scores, unfused.scores, atol=1e-5)
 
 
-def _t5(vocab_size, seed, **overrides):
-    torch.manual_seed(seed)
-    config = dict(
-        vocab_size=vocab_size,
-        d_model=32,
-        d_ff=64,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=2,
-        d_kv=16,
-        decoder_start_token_id=PAD,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        dropout_rate=0.0,
-    )
-    return T5ForConditionalGeneration(T5Config(**{**config, **overrides})).eval()
-
-
 def test_deeper_unscaled_model_matches_generate(small_tokenizer):
     # several decoder layers (the cache of every layer is reordered), no output scaling (tie_word_embeddings=False)
     tokenizer = small_tokenizer
-    model = _t5(tokenizer.vocab_size, 11, num_layers=3, num_decoder_layers=2, tie_word_embeddings=False)
+    model = tiny_t5(tokenizer.vocab_size, 11, num_layers=3, num_decoder_layers=2, tie_word_embeddings=False)
     assert not model.config.scale_decoder_outputs
     histories = _histories(tokenizer, 11, (6, 3))
     inputs = tokenizer.batch_encode_histories(histories)
     out = _search(model, tokenizer, inputs, 3, 6, True, histories)
-    _assert_same_as_generate(out, _generate(model, tokenizer, inputs, 3, 6, True, histories), 2, 6)
+    _assert_same_as_generate(out, constrained_generate(model, tokenizer, inputs, 3, 6, True, histories), 2, 6)
 
 
 def test_decoder_deeper_than_encoder(six_item_tokenizer):
     # transformers 5.24 generate() sizes its cache from num_layers (the encoder's) and fails with IndexError when
     # num_decoder_layers > num_layers; the native search grows its cache lazily. Checked against brute force.
     tokenizer = six_item_tokenizer
-    model = _t5(tokenizer.vocab_size, 2, num_layers=1, num_decoder_layers=3)
+    model = tiny_t5(tokenizer.vocab_size, 2, num_layers=1, num_decoder_layers=3)
     inputs = tokenizer.batch_encode_histories([["2", "3"]])
     out = _search(model, tokenizer, inputs, 2, 32)
     exhaustive = _exhaustive_scores(model, tokenizer.item_tokens, inputs["input_ids"], 2, True, [])
@@ -191,7 +153,7 @@ def test_decoder_deeper_than_encoder(six_item_tokenizer):
 
 def test_encoder_once_decoder_per_code_and_no_full_vocabulary_head(small_tokenizer):
     tokenizer = small_tokenizer
-    model = tiny_model(tokenizer.vocab_size, 0)
+    model = tiny_t5(tokenizer.vocab_size, 0)
     calls = {"encoder": 0, "decoder": 0}
     model.get_encoder().register_forward_hook(lambda *_: calls.__setitem__("encoder", calls["encoder"] + 1))
     model.decoder.register_forward_hook(lambda *_: calls.__setitem__("decoder", calls["decoder"] + 1))
@@ -221,7 +183,7 @@ def test_onerec_model_matches_generate(small_tokenizer):
     histories = _histories(tokenizer, 1, (5, 9))
     inputs = tokenizer.batch_encode_histories(histories)
     out = _search(model, tokenizer, inputs, 2, 8, True, histories)
-    _assert_same_as_generate(out, _generate(model, tokenizer, inputs, 2, 8, True, histories), 2, 8)
+    _assert_same_as_generate(out, constrained_generate(model, tokenizer, inputs, 2, 8, True, histories), 2, 8)
 
 
 # ---------------------------------------------------------------------------------------------- tiny catalogues
@@ -274,11 +236,11 @@ def _exhaustive_scores(model, item_tokens, input_ids, num_items, forbid_repeats,
 )
 def test_tiny_catalogue_returns_only_real_sessions(six_item_tokenizer, num_items, forbid_repeats, history, beams):
     tokenizer = six_item_tokenizer
-    model = tiny_model(tokenizer.vocab_size, 5)
+    model = tiny_t5(tokenizer.vocab_size, 5)
     inputs = tokenizer.batch_encode_histories([["2", "3"]])
     exclude = [history]
     out = _search(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
-    reference = _generate(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
+    reference = constrained_generate(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
     _assert_same_as_generate(out, reference, 1, beams)
     available = tokenizer.num_items - len(history)
     total = math.perm(available, num_items) if forbid_repeats else available**num_items
@@ -297,7 +259,7 @@ def test_tiny_catalogue_returns_only_real_sessions(six_item_tokenizer, num_items
 
 def test_no_valid_session_at_all(six_item_tokenizer):
     tokenizer = six_item_tokenizer
-    model = tiny_model(tokenizer.vocab_size, 0)
+    model = tiny_t5(tokenizer.vocab_size, 0)
     inputs = tokenizer.batch_encode_histories([["1"], ["2"]])
     everything = [tokenizer.item_ids, []]  # row 0: every item excluded; row 1: nothing excluded
     out = _search(model, tokenizer, inputs, 1, 4, exclude=everything)
@@ -335,7 +297,7 @@ def _catalogues(draw):
 def test_every_item_is_real_distinct_and_allowed(catalogue, seed, num_items, beams, forbid, use_exclusions):
     tokens, vocab_size, excluded = catalogue
     trie = SemanticIDTrie(tokens, vocab_size)
-    model = tiny_model(vocab_size, seed)
+    model = tiny_t5(vocab_size, seed)
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(3, vocab_size, (2, 4), generator=generator)
     excluded = excluded if use_exclusions else [[], []]
@@ -375,7 +337,7 @@ def test_every_item_is_real_distinct_and_allowed(catalogue, seed, num_items, bea
 # ---------------------------------------------------------------------------------------------- argument checks
 def test_bad_arguments_raise_clear_errors(small_tokenizer):
     tokenizer = small_tokenizer
-    model = tiny_model(tokenizer.vocab_size, 0)
+    model = tiny_t5(tokenizer.vocab_size, 0)
     inputs = tokenizer.batch_encode_histories(_histories(tokenizer, 0, (3, 5)))
     args = (model, inputs["input_ids"], inputs["attention_mask"], tokenizer.trie)
     with pytest.raises(ValueError, match="num_beams"):
@@ -397,7 +359,7 @@ def test_bad_arguments_raise_clear_errors(small_tokenizer):
             **SPECIAL,
         )
     with pytest.raises(ValueError, match="lm_head"):
-        session_beam_search(tiny_model(tokenizer.vocab_size - 5), *args[1:], num_beams=2, num_items=1, **SPECIAL)
+        session_beam_search(tiny_t5(tokenizer.vocab_size - 5), *args[1:], num_beams=2, num_items=1, **SPECIAL)
     with pytest.raises(ValueError, match="level_offsets"):
         session_beam_search(*args, num_beams=2, num_items=1, level_offsets=[3, 4, 5], **SPECIAL)
     with pytest.raises(ValueError, match="level_offsets has"):
@@ -411,7 +373,7 @@ def test_bad_arguments_raise_clear_errors(small_tokenizer):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_gpu_equals_cpu(small_tokenizer):
     tokenizer = small_tokenizer
-    model = tiny_model(tokenizer.vocab_size, 3)
+    model = tiny_t5(tokenizer.vocab_size, 3)
     histories = _histories(tokenizer, 3, (40, 7, 2))
     inputs = tokenizer.batch_encode_histories(histories)
     cpu = _search(model, tokenizer, inputs, 3, 16, True, histories)
