@@ -24,7 +24,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, List, Mapping
 
@@ -35,28 +35,35 @@ from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.alignment import OneRecDPOConfig
 from trainers.alignment.ipa import IPAConfig, run_ipa
 from trainers.alignment.reward_model import SessionRewardScorer
-from trainers.data import DatasetArguments, build_session_samples, check_local_dir, leave_one_out_split
+from trainers.data import build_session_samples, check_local_dir, leave_one_out_split
+from trainers.data.arguments import (
+    CheckedArguments,
+    DatasetArguments,
+    ModelDirArguments,
+    RewardModelDirArguments,
+    redeclare,
+)
 from trainers.evaluation import markdown_table
 
 logger = logging.getLogger("align_ipa")
 
 
 @dataclass
-class AlignmentArguments(DatasetArguments):
-    model_dir: str = field(
-        default="outputs/ml-100k/onerec/final",
-        metadata={"help": "Pretrained OneRec M_0 with its tokenizer (examples/pretrain.py writes <output_dir>/final)."},
-    )
-    reward_model_dir: str = field(
-        default="outputs/reward/ml-100k",
-        metadata={"help": "Session reward model + reward_item_vocab.json (examples/train_reward_model.py)."},
-    )
+class AlignmentArguments(RewardModelDirArguments, ModelDirArguments, DatasetArguments):
+    # M_0, from the ml-100k pipeline by default (the dataset of the default --reward_model_dir).
+    model_dir: str = redeclare(ModelDirArguments, "model_dir", default="outputs/ml-100k/onerec/final")
     reward_weights: List[str] = field(
         default_factory=list,
         metadata={
             "help": "NAME=WEIGHT per reward tower in the scalar that ranks candidates (default: mean of all towers)."
         },
     )
+
+
+@dataclass
+class IPAArguments(CheckedArguments):
+    """The settings of :class:`IPAConfig` that the command line sets (passed on as ``IPAConfig(**asdict(...))``)."""
+
     dpo_sample_ratio: float = field(default=0.01, metadata={"help": "r_DPO: share of training samples mined."})
     num_candidates: int = field(default=128, metadata={"help": "N: sessions generated per sampled user."})
     num_iterations: int = field(default=1, metadata={"help": "T: snapshots (1 = single-round DPO)."})
@@ -83,8 +90,8 @@ def parse_weights(values: List[str]) -> dict | None:
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser((AlignmentArguments, OneRecDPOConfig))
-    args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((AlignmentArguments, IPAArguments, OneRecDPOConfig))
+    args, ipa_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     set_seed(training_args.seed)
     started = time.perf_counter()
@@ -99,14 +106,7 @@ def main(argv=None) -> dict:
     train = build_session_samples(
         splits, max_history=model.config.max_history_items, session_length=model.config.session_length
     )["train"]
-    config = IPAConfig(
-        dpo_sample_ratio=args.dpo_sample_ratio,
-        num_candidates=args.num_candidates,
-        num_iterations=args.num_iterations,
-        seed=training_args.seed,
-        mining_batch_size=args.mining_batch_size,
-        training_args=training_args,
-    )
+    config = IPAConfig(**asdict(ipa_args), seed=training_args.seed, training_args=training_args)
     output_dir = Path(training_args.output_dir)
     run_inputs = {
         "dataset": args.dataset,
@@ -128,8 +128,8 @@ def main(argv=None) -> dict:
         "dpo_weight": training_args.dpo_weight,
         "ntp_weight": training_args.ntp_weight,
         "learning_rate": training_args.learning_rate,
-        "dpo_sample_ratio": args.dpo_sample_ratio,
-        "num_candidates": args.num_candidates,
+        "dpo_sample_ratio": ipa_args.dpo_sample_ratio,
+        "num_candidates": ipa_args.num_candidates,
         "train_samples": len(train),
         "iterations": result.iterations,
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
     (output_dir / "alignment.json").write_text(json.dumps(report, indent=2, default=str))
     print(
         f"\nAlignment of {args.model_dir} on {args.dataset}: loss {training_args.loss_type}, beta "
-        f"{training_args.beta}, r_DPO {args.dpo_sample_ratio}, N {args.num_candidates}, "
+        f"{training_args.beta}, r_DPO {ipa_args.dpo_sample_ratio}, N {ipa_args.num_candidates}, "
         f"{report['wall_seconds'] / 60:.1f} min in all"
     )
     rows = []
@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
         "training s",
     ]
     print(markdown_table(header, rows, align="rrlrrrrr"))
-    print(f"final model -> {output_dir / f'iteration-{args.num_iterations}'}")
+    print(f"final model -> {output_dir / f'iteration-{ipa_args.num_iterations}'}")
     return report
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, List, Mapping, Optional
+from typing import List, Optional
 
 from transformers import HfArgumentParser
 
@@ -29,18 +29,16 @@ from tokenization_semantic_id import (
     build_semantic_ids,
     plot_codebook_report,
 )
-from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
+from trainers.data import build_session_samples, describe, leave_one_out_split
+from trainers.data.arguments import DatasetArguments, SessionSampleArguments
 from trainers.evaluation import markdown_table
 
 logger = logging.getLogger("build_semantic_ids")
 
 
 @dataclass
-class DataArguments(DatasetArguments):
-    max_history: int = field(default=50, metadata={"help": "n: newest history items a sample keeps."})
-    session_length: int = field(default=5, metadata={"help": "m: target items per session sample (paper: 5)."})
-
-    minimum_values: ClassVar[Mapping[str, int]] = {"max_history": 1, "session_length": 1}
+class DataArguments(SessionSampleArguments, DatasetArguments):
+    """The dataset and its session samples (``--max_history`` is also the tokenizer's ``max_history_items``)."""
 
 
 @dataclass

@@ -29,14 +29,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, List, Mapping, Optional
+from typing import List, Optional
 
 from transformers import HfArgumentParser
 
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.baselines import MostPopularRecommender, SuccessorRecommender, tune_successor
-from trainers.data import DatasetArguments, build_session_samples, leave_one_out_split, named_paths
+from trainers.data import build_session_samples, leave_one_out_split, named_paths
+from trainers.data.arguments import DatasetArguments, GenerativeEvaluationArguments, HistoryArguments, redeclare
 from trainers.distributed import distributed_state, release_processes
 from trainers.evaluation import (
     PUBLISHED_BEAUTY,
@@ -56,7 +57,15 @@ _SETTINGS = (("exclude_history", True, "excluded"), ("all_items", False, "allowe
 
 
 @dataclass
-class EvaluateArguments(DatasetArguments):
+class EvaluateArguments(GenerativeEvaluationArguments, HistoryArguments, DatasetArguments):
+    # The whole history by default (the shared default is 50): each model cuts its own window.
+    max_history: Optional[int] = redeclare(
+        HistoryArguments,
+        "max_history",
+        default=None,
+        help="Newest history items of each test user kept (None: all). Each model reads its own window (OneRec its "
+        "config.max_history_items); excluding the history from a ranking excludes every kept item.",
+    )
     model_dirs: List[str] = field(
         default_factory=list,
         metadata={
@@ -77,13 +86,6 @@ class EvaluateArguments(DatasetArguments):
             "help": "Also score most-popular and the item-to-item successor (tuned on validation) on the same users."
         },
     )
-    test_users: Optional[int] = field(
-        default=None, metadata={"help": "Score a seeded random subset of N test users (None = all)."}
-    )
-    users_seed: int = field(default=0, metadata={"help": "Seed of that subset (same as examples/pretrain.py)."})
-    num_beams: Optional[int] = field(
-        default=None, metadata={"help": "Beam of the ranking search (default: the first level's codebook size)."}
-    )
     history_settings: List[str] = field(
         default_factory=lambda: ["exclude_history", "all_items"],
         metadata={
@@ -91,22 +93,7 @@ class EvaluateArguments(DatasetArguments):
             "choices": ["exclude_history", "all_items"],
         },
     )
-    session_eval_length: int = field(default=5, metadata={"help": "m of scored sessions (0 = no session metrics)."})
-    max_history: Optional[int] = field(
-        default=None,
-        metadata={
-            "help": "Newest history items of each test user kept (None: all). Each model reads its own window (OneRec "
-            "its config.max_history_items); excluding the history from a ranking excludes every kept item."
-        },
-    )
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where metrics and top-k files go."})
-
-    minimum_values: ClassVar[Mapping[str, int]] = {
-        "test_users": 1,
-        "num_beams": 1,
-        "session_eval_length": 0,
-        "max_history": 1,
-    }
 
 
 def _slug(name: str) -> str:

@@ -29,7 +29,14 @@ from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.alignment.reward_model import SessionRewardScorer
 from trainers.baselines import SuccessorRecommender, tune_successor
 from trainers.baselines.sasrec import SASRecRecommender
-from trainers.data import DatasetArguments, build_session_samples, check_local_dir, leave_one_out_split, named_paths
+from trainers.data import build_session_samples, check_local_dir, leave_one_out_split, named_paths
+from trainers.data.arguments import (
+    DatasetArguments,
+    RewardModelDirArguments,
+    SessionSampleArguments,
+    UserSubsetArguments,
+    redeclare,
+)
 from trainers.evaluation import markdown_table, sample_users
 from trainers.evaluation.alignment import (
     generated_sessions,
@@ -43,7 +50,10 @@ logger = logging.getLogger("evaluate_alignment")
 
 
 @dataclass
-class AlignmentEvaluationArguments(DatasetArguments):
+class AlignmentEvaluationArguments(
+    RewardModelDirArguments, UserSubsetArguments, SessionSampleArguments, DatasetArguments
+):
+    test_users: Optional[int] = redeclare(UserSubsetArguments, "test_users", default=300)
     models: List[str] = field(
         default_factory=list,
         metadata={
@@ -51,22 +61,11 @@ class AlignmentEvaluationArguments(DatasetArguments):
         },
     )
     successor: bool = field(default=True, metadata={"help": "Add the successor baseline (tuned on validation)."})
-    reward_model_dir: str = field(default="outputs/reward/ml-100k", metadata={"help": "The session reward model."})
-    test_users: Optional[int] = field(default=300, metadata={"help": "Seeded random test users (None = all)."})
-    users_seed: int = field(default=0, metadata={"help": "Seed of the user subset."})
     num_sessions: int = field(default=8, metadata={"help": "S: sessions per user scored by the reward model."})
-    session_length: int = field(default=5, metadata={"help": "m: items per session."})
     session_beams: int = field(default=16, metadata={"help": "Beam of OneRec's session search (>= S)."})
-    max_history: int = field(default=50, metadata={"help": "Newest history items every model is given."})
     output_dir: str = field(default="outputs/table1", metadata={"help": "Where metrics.json goes."})
 
-    minimum_values: ClassVar[Mapping[str, int]] = {
-        "test_users": 1,
-        "num_sessions": 1,
-        "session_length": 1,
-        "session_beams": 1,
-        "max_history": 1,
-    }
+    minimum_values: ClassVar[Mapping[str, int]] = {"num_sessions": 1, "session_beams": 1}
 
 
 def main(argv=None) -> dict:

@@ -27,28 +27,24 @@ from typing import ClassVar, List, Mapping
 from transformers import HfArgumentParser
 
 from trainers.baselines import DEFAULT_SUCCESSOR_GRID, MostPopularRecommender, SuccessorRecommender, tune_successor
-from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
+from trainers.data import build_session_samples, describe, leave_one_out_split
+from trainers.data.arguments import DatasetArguments, HistoryArguments, TopKArguments
 from trainers.evaluation import PUBLISHED_BEAUTY, evaluate_recommender, metrics_table, write_topk_json
 
 logger = logging.getLogger("evaluate_baselines")
 
 
 @dataclass
-class BaselineArguments(DatasetArguments):
+class BaselineArguments(TopKArguments, HistoryArguments, DatasetArguments):
     output_dir: str = field(default="outputs/baselines", metadata={"help": "Where metrics.json and top-10 go."})
-    max_history: int = field(
-        default=50, metadata={"help": "Newest history items per sample (the same samples the neural models get)."}
-    )
-    ks: List[int] = field(default_factory=lambda: [5, 10], metadata={"help": "Cut-offs of Recall/NDCG."})
     tune_metric: str = field(default="ndcg@10", metadata={"help": "Validation metric choosing the successor grid."})
     windows: List[int] = field(default_factory=lambda: list(DEFAULT_SUCCESSOR_GRID["window"]))
     decays: List[float] = field(default_factory=lambda: list(DEFAULT_SUCCESSOR_GRID["decay"]))
     max_gaps: List[int] = field(default_factory=lambda: list(DEFAULT_SUCCESSOR_GRID["max_gap"]))
     batch_size: int = field(default=2048, metadata={"help": "Histories per rank() call."})
-    top_k_json: int = field(default=10, metadata={"help": "Items per user in the written top-k JSON files."})
     progress: bool = field(default=False, metadata={"help": "tqdm bars over test batches."})
 
-    minimum_values: ClassVar[Mapping[str, int]] = {"max_history": 1, "batch_size": 1, "top_k_json": 1}
+    minimum_values: ClassVar[Mapping[str, int]] = {"batch_size": 1}
 
 
 def format_table(rows: List[dict], ks: List[int], with_reference: bool) -> str:
@@ -82,6 +78,17 @@ def main(argv=None) -> dict:
     grid = {"window": args.windows, "decay": args.decays, "max_gap": args.max_gaps}
     test_user_ids = samples["test"].with_format("arrow")[:].column("user_id").to_pylist()
 
+    def score_test_split(recommender, exclude_history: bool):
+        """Test metrics and ranked lists of a fitted baseline (every baseline scored by the same call)."""
+        return evaluate_recommender(
+            recommender,
+            samples["test"],
+            args.ks,
+            exclude_history=exclude_history,
+            batch_size=args.batch_size,
+            progress=args.progress,
+        )
+
     rows = []
     fit_start = time.perf_counter()
     popularity = MostPopularRecommender(train, catalogue=catalogue)
@@ -89,14 +96,7 @@ def main(argv=None) -> dict:
     for exclude_history in (True, False):
         setting = "exclude_history" if exclude_history else "keep_history"
         start = time.perf_counter()
-        metrics, ranked = evaluate_recommender(
-            popularity,
-            samples["test"],
-            args.ks,
-            exclude_history=exclude_history,
-            batch_size=args.batch_size,
-            progress=args.progress,
-        )
+        metrics, ranked = score_test_split(popularity, exclude_history)
         rows.append(
             {
                 "model": "most-popular",
@@ -127,14 +127,7 @@ def main(argv=None) -> dict:
         best_row = next(row for row in table if all(row[name] == value for name, value in best.items()))
         start = time.perf_counter()
         successor = SuccessorRecommender(train, catalogue=catalogue, **best)
-        metrics, ranked = evaluate_recommender(
-            successor,
-            samples["test"],
-            args.ks,
-            exclude_history=exclude_history,
-            batch_size=args.batch_size,
-            progress=args.progress,
-        )
+        metrics, ranked = score_test_split(successor, exclude_history)
         params_text = f"window={best['window']}, decay={best['decay']:g}, max_gap={best['max_gap']}" + (
             ", normalized" if best["normalize"] else ""
         )

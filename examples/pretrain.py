@@ -32,13 +32,13 @@ from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
     PAIR_CONSTRUCTIONS,
     TOKENIZED_COLUMNS,
-    DatasetArguments,
     RandomWindowDataset,
     build_session_samples,
     check_local_dir,
     leave_one_out_split,
     tokenize_session_samples,
 )
+from trainers.data.arguments import DatasetArguments, GenerativeEvaluationArguments, redeclare
 from trainers.distributed import release_processes
 from trainers.evaluation import held_out_sessions, markdown_table, sample_users, write_topk_json
 from trainers.evaluation.generative import evaluate_generative_model
@@ -121,37 +121,32 @@ class DataArguments(DatasetArguments):
             "'excluded' row); default: history items allowed."
         },
     )
-    test_users: Optional[int] = field(
-        default=None,
-        metadata={
-            "help": "Evaluate a seeded random subset of N test users (None = all, 0 = skip the test evaluation). The same "
-            "N and --users_seed give the same users in examples/evaluate.py."
-        },
-    )
-    users_seed: int = field(default=0, metadata={"help": "Seed of the test-user subset."})
-    session_eval_length: int = field(
-        default=5,
-        metadata={"help": "m of the generated sessions scored by the session metrics (0 = no session metrics)."},
-    )
-    num_beams: Optional[int] = field(
-        default=None,
-        metadata={"help": "Beam width of the ranking beam search (default: the first level's codebook size)."},
-    )
-    topk_json: bool = field(default=True, metadata={"help": "Write each test user's top-10 item ids as JSON."})
 
     minimum_values: ClassVar[Mapping[str, int]] = {
         "max_train_samples": 1,
         "max_eval_samples": 1,
         "ranking_eval_users": 0,
-        "test_users": 0,
-        "session_eval_length": 0,
-        "num_beams": 1,
     }
 
 
+@dataclass
+class EvaluationArguments(GenerativeEvaluationArguments):
+    """The evaluation on the test split after training (``--num_beams`` also sets the validation ranking's beam)."""
+
+    test_users: Optional[int] = redeclare(
+        GenerativeEvaluationArguments,
+        "test_users",
+        help="Evaluate a seeded random subset of N test users (None = all, 0 = skip the test evaluation). The same N "
+        "and --users_seed give the same users in examples/evaluate.py.",
+    )
+    topk_json: bool = field(default=True, metadata={"help": "Write each test user's top-10 item ids as JSON."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"test_users": 0}
+
+
 def main(argv=None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, OneRecPretrainingConfig))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, EvaluationArguments, OneRecPretrainingConfig))
+    model_args, data_args, eval_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
@@ -257,7 +252,7 @@ def main(argv=None) -> dict:
         data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         ranking_eval_samples=ranking_eval,
-        ranking_num_beams=data_args.num_beams,
+        ranking_num_beams=eval_args.num_beams,
         ranking_exclude_history=data_args.ranking_exclude_history,
     )
     if resume_from:
@@ -318,25 +313,25 @@ def main(argv=None) -> dict:
         * training_args.gradient_accumulation_steps,
         "seed": training_args.seed,
     }
-    if data_args.test_users != 0:
-        chosen = sample_users(samples["test"], data_args.test_users, seed=data_args.users_seed)
+    if eval_args.test_users != 0:
+        chosen = sample_users(samples["test"], eval_args.test_users, seed=eval_args.users_seed)
         session_rows = None
-        if data_args.session_eval_length > 0:
+        if eval_args.session_eval_length > 0:
             session_rows = held_out_sessions(
-                sample_users(samples["validation"], data_args.test_users, seed=data_args.users_seed), chosen
+                sample_users(samples["validation"], eval_args.test_users, seed=eval_args.users_seed), chosen
             )
         results, ranked = evaluate_generative_model(
             trainer.model,
             tokenizer,
             chosen,
-            num_beams=data_args.num_beams,
+            num_beams=eval_args.num_beams,
             session_rows=session_rows,
-            session_length=data_args.session_eval_length or None,
+            session_length=eval_args.session_eval_length or None,
         )
-        if data_args.topk_json and writes_files:
+        if eval_args.topk_json and writes_files:
             for name, lists in ranked.items():
                 write_topk_json(output_dir / f"topk_test_{name}.json", list(chosen["user_id"]), lists, k=10)
-        report |= {"test_users": len(chosen), "users_seed": data_args.users_seed, "test": results}
+        report |= {"test_users": len(chosen), "users_seed": eval_args.users_seed, "test": results}
     if writes_files:
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         card = trainer.model.model_card(

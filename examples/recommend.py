@@ -25,15 +25,12 @@ from transformers import HfArgumentParser
 
 from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
-from trainers.data import DatasetArguments, check_local_dir
+from trainers.data import check_local_dir
+from trainers.data.arguments import DatasetArguments, ModelDirArguments
 
 
 @dataclass
-class RecommendArguments(DatasetArguments):
-    model_dir: str = field(
-        default="outputs/beauty/onerec/final",
-        metadata={"help": "Folder with the model and its tokenizer (examples/pretrain.py writes <output_dir>/final)."},
-    )
+class RecommendArguments(ModelDirArguments, DatasetArguments):
     user_ids: List[str] = field(
         default_factory=list,
         metadata={"help": "Users of --dataset to recommend for (their whole sequence is the history)."},

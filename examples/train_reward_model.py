@@ -30,7 +30,8 @@ from transformers import HfArgumentParser, set_seed
 from modeling_onerec.configuration_reward import OneRecRewardConfig
 from modeling_onerec.modeling_reward import OneRecRewardModel, register_reward_auto_classes
 from trainers.alignment.reward_model import RewardItemVocabulary, RewardModelTrainer, RewardModelTrainingConfig
-from trainers.data import DatasetArguments, build_reward_samples, default_reward_names, leave_one_out_split
+from trainers.data import build_reward_samples, default_reward_names, leave_one_out_split
+from trainers.data.arguments import DatasetArguments, SessionSampleArguments
 from trainers.evaluation import format_auc_table
 
 logger = logging.getLogger("train_reward_model")
@@ -38,14 +39,6 @@ logger = logging.getLogger("train_reward_model")
 
 @dataclass
 class RewardDataArguments(DatasetArguments):
-    session_length: int = field(default=5, metadata={"help": "m: most items per session."})
-    max_history: int = field(default=50, metadata={"help": "Newest history items per sample."})
-    max_gap_seconds: Optional[float] = field(
-        default=3600,
-        metadata={"help": "With timestamps, sessions never span a gap longer than this (None: ignore timestamps)."},
-    )
-    negatives_per_session: int = field(default=1, metadata={"help": "Sampled sessions per real one (engaged = 0)."})
-    test_user_fraction: float = field(default=0.2, metadata={"help": "Share of users held out for AUC."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training samples (smoke runs)."})
     training_part_only: bool = field(
         default=True,
@@ -55,12 +48,22 @@ class RewardDataArguments(DatasetArguments):
         },
     )
 
-    minimum_values: ClassVar[Mapping[str, int]] = {
-        "session_length": 1,
-        "max_history": 1,
-        "negatives_per_session": 0,
-        "max_train_samples": 1,
-    }
+    minimum_values: ClassVar[Mapping[str, int]] = {"max_train_samples": 1}
+
+
+@dataclass
+class RewardSampleArguments(SessionSampleArguments):
+    """The options of :func:`trainers.data.build_reward_samples` that the command line sets (passed on as
+    ``build_reward_samples(data, **asdict(...), ...)``)."""
+
+    max_gap_seconds: Optional[float] = field(
+        default=3600,
+        metadata={"help": "With timestamps, sessions never span a gap longer than this (None: ignore timestamps)."},
+    )
+    negatives_per_session: int = field(default=1, metadata={"help": "Sampled sessions per real one (engaged = 0)."})
+    test_user_fraction: float = field(default=0.2, metadata={"help": "Share of users held out for AUC."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"negatives_per_session": 0}
 
 
 @dataclass
@@ -73,8 +76,10 @@ class RewardModelArguments:
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser((RewardDataArguments, RewardModelArguments, RewardModelTrainingConfig))
-    data_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(
+        (RewardDataArguments, RewardSampleArguments, RewardModelArguments, RewardModelTrainingConfig)
+    )
+    data_args, sample_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     register_reward_auto_classes()
     set_seed(training_args.seed)
@@ -85,16 +90,7 @@ def main(argv=None) -> dict:
         # The reward picks DPO pairs for OneRec; had it seen the held-out targets, alignment would leak them.
         data = DatasetDict({**data, "sequences": leave_one_out_split(data["sequences"])["train"]})
     reward_names = default_reward_names(data["sequences"])
-    samples = build_reward_samples(
-        data,
-        session_length=data_args.session_length,
-        max_history=data_args.max_history,
-        max_gap_seconds=data_args.max_gap_seconds,
-        negatives_per_session=data_args.negatives_per_session,
-        test_user_fraction=data_args.test_user_fraction,
-        seed=training_args.seed,
-        reward_names=reward_names,
-    )
+    samples = build_reward_samples(data, **asdict(sample_args), seed=training_args.seed, reward_names=reward_names)
     train, test = samples["train"], samples["test"]
     if data_args.max_train_samples is not None:
         train = train.shuffle(seed=training_args.seed).select(range(min(data_args.max_train_samples, len(train))))
@@ -112,8 +108,8 @@ def main(argv=None) -> dict:
     config = OneRecRewardConfig(
         num_items=vocabulary.num_indices,
         reward_names=reward_names,
-        max_history_items=data_args.max_history,
-        max_session_items=data_args.session_length,
+        max_history_items=sample_args.max_history,
+        max_session_items=sample_args.session_length,
         **asdict(model_args),
     )
     model = OneRecRewardModel(config)
@@ -144,7 +140,7 @@ def main(argv=None) -> dict:
             "epochs": training_args.num_train_epochs,
             "batch_size": training_args.per_device_train_batch_size,
         },
-        "data_arguments": asdict(data_args),
+        "data_arguments": asdict(data_args) | asdict(sample_args),
         "model_config": config.to_dict(),
         "auc_note": "ROC AUC on held-out users, over the samples that have the target; 'rating' (soft label) counts "
         "as positive from 0.75 (mean rating >= 4 of 5), Pearson r against the soft label is given too.",

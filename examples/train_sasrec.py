@@ -48,21 +48,20 @@ import torch
 from transformers import HfArgumentParser
 
 from trainers.baselines.sasrec import SASRecConfig, SASRecRecommender
-from trainers.data import DatasetArguments, build_session_samples, describe, leave_one_out_split
+from trainers.data import build_session_samples, describe, leave_one_out_split
+from trainers.data.arguments import DatasetArguments, TopKArguments
 from trainers.evaluation import PUBLISHED_BEAUTY, evaluate_recommender, metrics_table, write_topk_json
 
 logger = logging.getLogger("train_sasrec")
 
 
 @dataclass
-class RunArguments(DatasetArguments):
+class RunArguments(TopKArguments, DatasetArguments):
     output_dir: str = field(default="outputs/sasrec/beauty", metadata={"help": "Where metrics and top-k go."})
-    ks: List[int] = field(default_factory=lambda: [5, 10], metadata={"help": "Cut-offs of Recall/NDCG."})
-    top_k_json: int = field(default=10, metadata={"help": "Items per user in the written top-k JSON files."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
     progress: bool = field(default=True, metadata={"help": "tqdm bar over epochs."})
 
-    minimum_values: ClassVar[Mapping[str, int]] = {"top_k_json": 1, "num_threads": 0}
+    minimum_values: ClassVar[Mapping[str, int]] = {"num_threads": 0}
 
 
 def format_table(rows: List[dict], ks: List[int], with_reference: bool) -> str:

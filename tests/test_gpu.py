@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tests.conftest import clustered_embeddings
-from tests.test_constrained_decoding import _random_prefix, tiny_model
+from tests.conftest import clustered_embeddings, tiny_t5
+from tests.test_constrained_decoding import _random_prefix
 from tokenization_semantic_id import ResidualKMeansConfig, balanced_kmeans, build_semantic_ids
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -50,7 +50,7 @@ def test_generate_on_gpu_gives_only_real_items():
         progress=False,
     )
     tokenizer.trie.to("cuda")
-    model = tiny_model(tokenizer.vocab_size).cuda()
+    model = tiny_t5(tokenizer.vocab_size).cuda()
     histories = [["i1", "i2"], ["i3"]]
     inputs = tokenizer.batch_encode_histories(histories).to("cuda")
     out = model.generate(

@@ -1,15 +1,35 @@
-"""The dataset flags the example scripts share (``--dataset``, ``--data_path``, ``--item_path``) and their loading.
+"""The flags the example scripts share, each defined once: the dataset (``--dataset``, ``--data_path``,
+``--item_path``) and its loading, and the small groups below that several scripts take.
 
-A script's own argument dataclass subclasses :class:`DatasetArguments` (so that the three flags come first in
-``--help``) and loads with ``args.load()``. :func:`named_paths` parses the ``NAME=PATH`` lists of the evaluation
-scripts.
+A script's own argument dataclass subclasses :class:`DatasetArguments` and the groups it takes, e.g.
+``class EvaluateArguments(GenerativeEvaluationArguments, HistoryArguments, DatasetArguments)``, and loads with
+``args.load()``. A dataclass lists inherited fields from its *last* base to its first, so ``DatasetArguments``
+goes last (its three flags come first in ``--help``), then the groups, then the script's own fields. A script
+whose default (or meaning) of a shared flag differs redeclares that one field with :func:`redeclare`. A group (or a
+script's subclass of it) may instead be a dataclass of its own in the script's ``HfArgumentParser``, its flags then
+kept together after the script's: pretrain's test evaluation, train_reward_model's sample options.
+
+The groups, and the scripts that take them:
+
+* :class:`UserSubsetArguments` (``--test_users``, ``--users_seed``): evaluate_alignment; extended by
+  :class:`GenerativeEvaluationArguments` (+ ``--num_beams``, ``--session_eval_length``): evaluate, pretrain (its
+  ``EvaluationArguments``);
+* :class:`HistoryArguments` (``--max_history``): evaluate, evaluate_baselines; extended by
+  :class:`SessionSampleArguments` (+ ``--session_length``): build_semantic_ids, evaluate_alignment,
+  train_reward_model (its ``RewardSampleArguments``);
+* :class:`ModelDirArguments` (``--model_dir``): recommend, align_ipa;
+* :class:`RewardModelDirArguments` (``--reward_model_dir``): align_ipa, evaluate_alignment;
+* :class:`TopKArguments` (``--ks``, ``--top_k_json``): evaluate_baselines, train_sasrec.
+
+Every group checks its integer flags when parsed (``minimum_values``, see :class:`CheckedArguments`).
+:func:`named_paths` parses the ``NAME=PATH`` lists of the evaluation scripts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from datasets import DatasetDict
 
@@ -20,7 +40,45 @@ FILE_FORMATS: tuple[str, ...] = tuple(name for name in NAMED_DATASETS if name no
 
 
 @dataclass
-class DatasetArguments:
+class CheckedArguments:
+    """Base of the shared argument dataclasses: integer flags checked against their smallest valid value when parsed,
+    before a script loads data, trains for an hour or creates its output folder.
+
+    Each class names its own flags in ``minimum_values``; the mappings of all its bases are merged, a subclass's entry
+    replacing an inherited one, so that a script lists only the flags it adds or whose minimum it changes.
+    """
+
+    minimum_values: ClassVar[Mapping[str, int]] = {}
+
+    def __post_init__(self) -> None:
+        check_minimum_values(self, inherited_minimum_values(type(self)))
+
+
+def inherited_minimum_values(arguments_class: type) -> Dict[str, int]:
+    """The ``minimum_values`` of ``arguments_class`` and of all its bases, a subclass's entry winning."""
+    merged: Dict[str, int] = {}
+    for klass in reversed(arguments_class.__mro__):
+        merged.update(vars(klass).get("minimum_values", {}))
+    return merged
+
+
+def redeclare(arguments_class: type, name: str, *, default: Any = MISSING, help: Optional[str] = None) -> Any:
+    """The shared field ``name`` of ``arguments_class`` again, with another ``default`` and/or ``help`` (the rest of its
+    metadata kept), for a script whose default or meaning differs. The subclass states the type again:
+
+        test_users: Optional[int] = redeclare(UserSubsetArguments, "test_users", default=300)
+
+    The flag keeps its place in ``--help`` (a redeclared dataclass field stays where it was first declared).
+    """
+    shared = {shared_field.name: shared_field for shared_field in fields(arguments_class)}[name]
+    metadata = dict(shared.metadata) if help is None else {**shared.metadata, "help": help}
+    if default is MISSING and shared.default_factory is not MISSING:
+        return field(default_factory=shared.default_factory, metadata=metadata)
+    return field(default=shared.default if default is MISSING else default, metadata=metadata)
+
+
+@dataclass
+class DatasetArguments(CheckedArguments):
     """Which dataset a script reads.
 
     * ``dataset`` a bundled name (``beauty``, ``scientific``) and no ``data_path``: the bundled dataset;
@@ -49,12 +107,6 @@ class DatasetArguments:
     item_path: Optional[str] = field(
         default=None, metadata={"help": "Optional item-metadata file (s3rec, inter-json)."}
     )
-    # A subclass's integer flags and their smallest valid value, checked when the arguments are parsed: before a
-    # script loads data, trains for an hour or creates its output folder.
-    minimum_values: ClassVar[Mapping[str, int]] = {}
-
-    def __post_init__(self) -> None:
-        check_minimum_values(self, self.minimum_values)
 
     def load(self) -> DatasetDict:
         """The dataset as the loaders return it (``"sequences"`` and ``"items"`` splits).
@@ -66,6 +118,88 @@ class DatasetArguments:
         if self.data_path is not None and self.dataset not in FILE_FORMATS:
             return load_s3rec(self.data_path, self.item_path)
         return load_named_dataset(self.dataset, self.data_path, self.item_path)
+
+
+@dataclass
+class UserSubsetArguments(CheckedArguments):
+    """Which test users a script scores: a seeded random subset (:func:`trainers.evaluation.sample_users`), the same
+    users in every script for the same dataset, ``--test_users`` and ``--users_seed``."""
+
+    test_users: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Score a seeded random subset of N test users (None = all). The same N and --users_seed give the "
+            "same users in examples/pretrain.py, evaluate.py and evaluate_alignment.py."
+        },
+    )
+    users_seed: int = field(default=0, metadata={"help": "Seed of the test-user subset."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"test_users": 1}
+
+
+@dataclass
+class GenerativeEvaluationArguments(UserSubsetArguments):
+    """How a generative model is scored on the test users: full-catalogue beam search, and the sessions it generates
+    (:func:`trainers.evaluation.generative.evaluate_generative_model`)."""
+
+    num_beams: Optional[int] = field(
+        default=None,
+        metadata={"help": "Beam width of the ranking beam search (default: the first level's codebook size)."},
+    )
+    session_eval_length: int = field(
+        default=5,
+        metadata={"help": "m of the generated sessions scored by the session metrics (0 = no session metrics)."},
+    )
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"num_beams": 1, "session_eval_length": 0}
+
+
+@dataclass
+class HistoryArguments(CheckedArguments):
+    """How much of a user's history each sample keeps (``build_session_samples(max_history=...)``)."""
+
+    max_history: int = field(default=50, metadata={"help": "n: newest history items a sample keeps."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"max_history": 1}
+
+
+@dataclass
+class SessionSampleArguments(HistoryArguments):
+    """History and session length of ``(history, session)`` samples."""
+
+    session_length: int = field(default=5, metadata={"help": "m: items per session (paper: 5)."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"session_length": 1}
+
+
+@dataclass
+class ModelDirArguments(CheckedArguments):
+    """A trained OneRec model to load."""
+
+    model_dir: str = field(
+        default="outputs/beauty/onerec/final",
+        metadata={"help": "Folder with the model and its tokenizer (examples/pretrain.py writes <output_dir>/final)."},
+    )
+
+
+@dataclass
+class RewardModelDirArguments(CheckedArguments):
+    """A trained session reward model to load."""
+
+    reward_model_dir: str = field(
+        default="outputs/reward/ml-100k",
+        metadata={"help": "Session reward model + reward_item_vocab.json (examples/train_reward_model.py)."},
+    )
+
+
+@dataclass
+class TopKArguments(CheckedArguments):
+    """The cut-offs of the ranking metrics and the length of the written top-k lists."""
+
+    ks: List[int] = field(default_factory=lambda: [5, 10], metadata={"help": "Cut-offs of Recall/NDCG."})
+    top_k_json: int = field(default=10, metadata={"help": "Items per user in the written top-k JSON files."})
+
+    minimum_values: ClassVar[Mapping[str, int]] = {"top_k_json": 1}
 
 
 def check_minimum_values(arguments, minimum_values: Mapping[str, int]) -> None:
