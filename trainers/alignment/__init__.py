@@ -5,13 +5,16 @@ Alignment (IPA) with self-hard negatives.
 - `session_scoring`: per-token and per-session log-probabilities of OneRec (what every preference loss reads);
 - `dpo_config` / `dpo_collator` / `dpo_trainer`: `OneRecDPOConfig`, `PreferenceDataCollator`, `OneRecDPOTrainer`
   on TRL's `DPOTrainer` (encoder-decoder path);
-- `ipa`: mining preference pairs with the reward model and the IPA loop.
+- `ipa`: mining preference pairs with the reward model and the IPA loop;
+- `policy_losses`: GRPO / ECPO / GBPO clipped-surrogate losses, group advantages and the k3 KL term (plain torch,
+  the pieces of on-policy alignment).
 """
 
 from .dpo_collator import PreferenceDataCollator
 from .dpo_config import OneRecDPOConfig
 from .dpo_trainer import OneRecDPOTrainer, disable_stochastic_layers
 from .ipa import IPAConfig, IPAResult, PreferencePairs, SessionRewardFn, mine_preference_pairs, run_ipa
+from .policy_losses import ecpo_loss, gbpo_loss, group_advantages, grpo_loss, kl_penalty
 from .reward_model import (
     RewardDataCollator,
     RewardItemVocabulary,
@@ -38,6 +41,11 @@ __all__ = [
     "SessionScorer",
     "code_token_scores",
     "disable_stochastic_layers",
+    "ecpo_loss",
+    "gbpo_loss",
+    "group_advantages",
+    "grpo_loss",
+    "kl_penalty",
     "mine_preference_pairs",
     "run_ipa",
     "session_log_probs",
