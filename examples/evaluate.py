@@ -51,6 +51,7 @@ from trainers.evaluation import (
     write_topk_json,
 )
 from trainers.evaluation.generative import evaluate_generative_model
+from trainers.evaluation.plots import plot_hit_ranks
 
 logger = logging.getLogger("evaluate")
 _SETTINGS = (("exclude_history", True, "excluded"), ("all_items", False, "allowed"))
@@ -134,6 +135,7 @@ def main(argv=None) -> dict:
             sample_users(samples["validation"], args.test_users, seed=args.users_seed), test
         )
     rows, sessions = [], []
+    hit_lists = {}  # model -> its top-10 lists in the first --history_settings setting, for the hit-rank figure
 
     def add_rows(name: str, results: dict, ranked: dict, detail: str) -> None:
         for key, _, setting in _SETTINGS:
@@ -141,6 +143,9 @@ def main(argv=None) -> dict:
                 rows.append({"model": name, "history": setting, "detail": detail, "test": results[key]})
                 if main_process:
                     write_topk_json(output_dir / f"topk_{_slug(name)}_{key}.json", user_ids, ranked[key], k=10)
+        first = next((key for key in args.history_settings if key in ranked), None)
+        if first is not None:
+            hit_lists.setdefault(name, ranked[first])
 
     for name, folder in models:
         model = OneRecForConditionalGeneration.from_pretrained(folder)
@@ -203,6 +208,7 @@ def main(argv=None) -> dict:
                 "test": ranking_metrics([topk[user] for user in user_ids], targets),
             }
         )
+        hit_lists[name] = [topk[user] for user in user_ids]
 
     report = {
         "dataset": label,
@@ -215,6 +221,8 @@ def main(argv=None) -> dict:
     if not main_process:
         return report
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    if hit_lists:
+        plot_hit_ranks(hit_lists, targets, output_dir / "hit_ranks.png")
     print(
         f"\n{label}: {len(test)} test users ({'all' if args.test_users is None else f'random, seed {args.users_seed}'}),"
         " full ranking"

@@ -113,6 +113,7 @@ def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
     assert rows[("successor", "excluded")]["num_users"] == 12
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test_users"] == 12 and len(saved["rows"]) == 7
+    assert (tmp_path / "hit_ranks.png").stat().st_size > 1000  # where each model's hits land in its top 10
 
 
 def test_evaluate_rejects_a_file_missing_the_chosen_users(trained_run, tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trainers.evaluation.plots import plot_expert_load, plot_training_curves
+from trainers.evaluation.plots import hit_rank_counts, plot_expert_load, plot_hit_ranks, plot_training_curves
 
 
 def test_training_curves_draw_each_logged_series(tmp_path, saved_figures):
@@ -56,3 +56,21 @@ def test_validation_curves_put_runs_side_by_side(tmp_path, saved_figures):
     assert {line.get_label(): line.get_xydata().tolist() for line in loss.lines} == {
         "OneRec m=5": [[1.0, 2.4], [2.0, 2.2]], "TIGER-style m=1": [[1.0, 2.8]]}  # fmt: skip
     assert [line.get_xydata().tolist() for line in recall.lines] == [[[1.0, 0.05], [2.0, 0.06]], [[1.0, 0.04]]]
+
+
+def test_hit_rank_counts_and_the_bars_drawn(tmp_path, saved_figures):
+    ranked = [["a", "b", "c"], ["b", "a", "c"], ["c", "b", "a"], ["x", "y", "z"]]
+    targets = ["a", "a", "a", "a"]  # found at positions 1, 2, 3 and nowhere
+    assert hit_rank_counts(ranked, targets, k=3) == [1, 1, 1]
+    assert hit_rank_counts(ranked, targets, k=2) == [1, 1, 0][:2]
+    with pytest.raises(ValueError, match="3 ranked lists for 4 targets"):
+        hit_rank_counts(ranked[:3], targets)
+    path = plot_hit_ranks({"first": ranked, "always": [["a"]] * 4}, targets, tmp_path / "hits.png", k=3)
+    assert path.stat().st_size > 1000
+    (axis,) = saved_figures[-1].axes
+    heights = [patch.get_height() for patch in axis.patches]
+    assert heights == [0.25, 0.25, 0.25, 1.0, 0.0, 0.0]  # model 1's three bars, then model 2's
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == [
+        "first (recall@3 0.7500)",
+        "always (recall@3 1.0000)",
+    ]

@@ -106,3 +106,37 @@ def plot_validation_curves(
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+def hit_rank_counts(ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int = 10) -> List[int]:
+    """How many users find their target at each position ``1..k`` of their ranked list: ``[k]`` counts (a user whose
+    target is not in the top ``k`` counts nowhere). The bars of :func:`plot_hit_ranks`."""
+    if len(ranked) != len(targets):
+        raise ValueError(f"hit_rank_counts: {len(ranked)} ranked lists for {len(targets)} targets.")
+    counts = [0] * k
+    for items, target in zip(ranked, targets):
+        top = list(items)[:k]
+        if target in top:
+            counts[top.index(target)] += 1
+    return counts
+
+
+def plot_hit_ranks(
+    ranked_by_model: Dict[str, Sequence[Sequence[str]]], targets: Sequence[str], path: Union[str, Path], k: int = 10
+) -> Path:
+    """Where each model's hits land in its top ``k``: the share of users whose target is at position 1, 2, ..., ``k``,
+    one group of bars per position and one bar per model (``{model name: ranked lists aligned with targets}``).
+    Recall@k is the sum of a model's bars; NDCG rewards the bars on the left."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * k), 3.8))
+    width = 0.8 / max(1, len(ranked_by_model))
+    for index, (name, ranked) in enumerate(ranked_by_model.items()):
+        shares = [count / max(1, len(targets)) for count in hit_rank_counts(ranked, targets, k)]
+        positions = [rank + 1 + (index - (len(ranked_by_model) - 1) / 2) * width for rank in range(k)]
+        axis.bar(positions, shares, width=width, label=f"{name} (recall@{k} {sum(shares):.4f})")
+    axis.set_xticks(range(1, k + 1))
+    axis.set_xlabel("position of the held-out item in the ranked list")
+    axis.set_ylabel("share of users")
+    axis.set_title(f"Where the hits land ({len(targets):,} users)")
+    axis.legend(fontsize=8)
+    return _save(figure, path)
