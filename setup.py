@@ -34,6 +34,7 @@ setup(
         "scipy>=1.11",
         "matplotlib>=3.8",
         "tqdm>=4.66",
+        "faiss-cpu>=1.15,<1.16",  # OPQ and faiss k-means quantizers (building codes only; a saved tokenizer needs none)
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "ruff>=0.17,<0.18"],

@@ -83,29 +83,71 @@ def clustered_embeddings(num_items: int, dim: int = 16, num_centres: int = 12, s
     return centres[which] + torch.randn(num_items, dim, generator=generator)
 
 
-@pytest.fixture(scope="session")
-def small_tokenizer():
+def semantic_id_tokenizer(item_ids, num_levels: int, codebook_size: int, seed: int = 0):
+    """A ``SemanticIDTokenizer`` for ``item_ids`` by residual k-means (``num_levels`` levels of ``codebook_size`` codes)
+    on ``clustered_embeddings`` drawn with ``seed``: the tests' way to get a small catalogue."""
     from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
 
-    embeddings = clustered_embeddings(240)
+    item_ids = list(item_ids)
     return build_semantic_ids(
-        [f"item{i}" for i in range(240)],
-        embeddings,
-        ResidualKMeansConfig(num_levels=3, codebook_size=6),
+        item_ids,
+        clustered_embeddings(len(item_ids), seed=seed),
+        ResidualKMeansConfig(num_levels=num_levels, codebook_size=codebook_size),
         progress=False,
     )
 
 
 @pytest.fixture(scope="session")
+def small_tokenizer():
+    return semantic_id_tokenizer([f"item{i}" for i in range(240)], num_levels=3, codebook_size=6)
+
+
+@pytest.fixture(scope="session")
 def forty_item_tokenizer():
     """40 items ``i0``..``i39`` on two levels of four codes: the training tests' tokenizer."""
-    from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
+    return semantic_id_tokenizer([f"i{i}" for i in range(40)], num_levels=2, codebook_size=4)
 
-    return build_semantic_ids(
-        [f"i{i}" for i in range(40)],
-        clustered_embeddings(40),
-        ResidualKMeansConfig(num_levels=2, codebook_size=4),
-        progress=False,
+
+def tiny_onerec(tokenizer, seed=None, **config):
+    """A ``OneRecForConditionalGeneration`` of the ``tiny`` preset sized for ``tokenizer`` (``config``: more
+    ``OneRecConfig.from_tokenizer`` fields, e.g. ``session_length``), in training mode as constructed.
+
+    ``seed`` seeds torch first; with None the weights come from the global generator as it stands."""
+    from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", **config))
+
+
+def tiny_pretrainer(
+    model,
+    tokenizer,
+    data_collator,
+    output_dir,
+    *,
+    train_dataset=None,
+    eval_dataset=None,
+    ranking_eval_samples=None,
+    callbacks=None,
+    **config,
+):
+    """A ``OneRecPretrainer`` on the CPU (``CPU_TRAINING``) for ``model``, with ``tokenizer`` as its processing class.
+
+    ``config``: the ``OneRecPretrainingConfig`` fields besides ``output_dir``; the config is then ``trainer.args``.
+    """
+    from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig
+
+    args = OneRecPretrainingConfig(output_dir=str(output_dir), **CPU_TRAINING, **config)
+    return OneRecPretrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=data_collator,
+        processing_class=tokenizer,
+        ranking_eval_samples=ranking_eval_samples,
+        callbacks=callbacks,
     )
 
 
@@ -130,6 +172,19 @@ def tiny_t5(vocab_size: int, seed: int = 0, **overrides):
     return T5ForConditionalGeneration(T5Config(**{**config, **overrides})).eval()
 
 
+def every_beam(tokenizer, num_items: int, beams: int) -> dict:
+    """``generate()`` arguments that return every one of ``beams`` beams, with scores, of a deterministic beam search
+    long enough for a session of ``num_items`` items and its EOS."""
+    return dict(
+        num_beams=beams,
+        num_return_sequences=beams,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
+    )
+
+
 def constrained_generate(
     model, tokenizer, inputs, num_items, beams, forbid_repeats=True, exclude=None, length_penalty=0.0
 ):
@@ -141,15 +196,10 @@ def constrained_generate(
     )
     return model.generate(
         **inputs,
+        **every_beam(tokenizer, num_items, beams),
         logits_processor=[processor],
         renormalize_logits=True,
-        num_beams=beams,
-        num_return_sequences=beams,
-        do_sample=False,
         length_penalty=length_penalty,
-        max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
-        output_scores=True,
-        return_dict_in_generate=True,
     )
 
 

@@ -8,8 +8,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import tiny_t5
-from tokenization_semantic_id import SemanticIDTrie, build_semantic_ids
+from tests.conftest import every_beam, semantic_id_tokenizer, tiny_t5
+from tokenization_semantic_id import SemanticIDTrie
 from tokenization_semantic_id.trie import excluded_below, fixed_children
 
 BOS, EOS, PAD = 2, 1, 0
@@ -121,14 +121,7 @@ def test_excluding_everything_allows_only_pad(small_tokenizer):
 
 def _generate(model, tokenizer, histories, num_items, beams, use_processor, **constraint):
     inputs = tokenizer.batch_encode_histories(histories)
-    kwargs = dict(
-        num_beams=beams,
-        num_return_sequences=beams,
-        do_sample=False,
-        output_scores=True,
-        return_dict_in_generate=True,
-        max_new_tokens=num_items * (tokenizer.num_levels + 1) + 1,
-    )
+    kwargs = every_beam(tokenizer, num_items, beams)
     if use_processor:
         kwargs["logits_processor"] = [tokenizer.session_logits_processor(num_items, num_beams=beams, **constraint)]
     else:
@@ -169,15 +162,7 @@ def test_generate_paths_agree_and_every_item_is_real(small_tokenizer, seed, num_
 
 
 def test_more_beams_than_reachable_items_is_flagged_not_junk():
-    from tests.conftest import clustered_embeddings
-    from tokenization_semantic_id import ResidualKMeansConfig
-
-    tokenizer = build_semantic_ids(
-        [str(i) for i in range(6)],
-        clustered_embeddings(6, seed=1),
-        ResidualKMeansConfig(num_levels=2, codebook_size=2),
-        progress=False,
-    )
+    tokenizer = semantic_id_tokenizer([str(i) for i in range(6)], num_levels=2, codebook_size=2, seed=1)
     model = tiny_t5(tokenizer.vocab_size)
     histories = [["0", "1"]]  # 4 items reachable once the history is excluded
     out = _generate(model, tokenizer, histories, 1, 8, True, exclude_items=histories)

@@ -34,18 +34,23 @@ def _definitions(path: Path) -> dict:
     return found
 
 
-def marked_copies():
+def _marked_lines(pattern: re.Pattern):
+    """``(path, line number, the original it names, the file's lines)`` for every line of the packages that
+    ``pattern`` matches."""
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             lines = path.read_text(encoding="utf-8").splitlines()
-            definitions = {node.lineno: (name, source) for name, (node, source) in _definitions(path).items()}
             for number, line in enumerate(lines, start=1):
-                match = MARK.match(line)
+                match = pattern.match(line)
                 if match:
-                    name, source = definitions.get(number + 1, (None, None))
-                    yield pytest.param(
-                        path, number, match.group(1), name, source, id=f"{path.relative_to(ROOT)}:{number}"
-                    )
+                    yield path, number, match.group(1), lines
+
+
+def marked_copies():
+    for path, number, original, _ in _marked_lines(MARK):
+        definitions = {node.lineno: (name, source) for name, (node, source) in _definitions(path).items()}
+        name, source = definitions.get(number + 1, (None, None))
+        yield pytest.param(path, number, original, name, source, id=f"{path.relative_to(ROOT)}:{number}")
 
 
 COPIES = list(marked_copies())
@@ -80,14 +85,9 @@ def test_copy_matches_its_original(path, line, original, name, copy):
 
 
 def adapted_markers():
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            lines = path.read_text(encoding="utf-8").splitlines()
-            for number, line in enumerate(lines, start=1):
-                match = ADAPTED.match(line)
-                if match:
-                    following = lines[number].strip() if number < len(lines) else ""
-                    yield pytest.param(path, number, match.group(1), following, id=f"{path.relative_to(ROOT)}:{number}")
+    for path, number, original, lines in _marked_lines(ADAPTED):
+        following = lines[number].strip() if number < len(lines) else ""
+        yield pytest.param(path, number, original, following, id=f"{path.relative_to(ROOT)}:{number}")
 
 
 ADAPTED_MARKERS = list(adapted_markers())

@@ -3,23 +3,15 @@
 import pytest
 import torch
 
-from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
-from tests.conftest import clustered_embeddings
-from tokenization_semantic_id import ResidualKMeansConfig, build_semantic_ids
+from tests.conftest import semantic_id_tokenizer, tiny_onerec
 from trainers.evaluation.generative import GenerativeRecommender
 
 
 def test_rank_returns_each_users_list_in_the_callers_order():
     # rank() batches users by history length; each result must still land on its own user. Distinct lengths make
     # the length order (so every batch) the same for both input orders, so the lists must match exactly.
-    tokenizer = build_semantic_ids(
-        [f"i{i}" for i in range(60)],
-        clustered_embeddings(60),
-        ResidualKMeansConfig(num_levels=2, codebook_size=4),
-        progress=False,
-    )
-    torch.manual_seed(0)
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
+    tokenizer = semantic_id_tokenizer([f"i{i}" for i in range(60)], num_levels=2, codebook_size=4)
+    model = tiny_onerec(tokenizer, seed=0, session_length=1)
     histories = [[f"i{(3 * user + j) % 60}" for j in range(length)] for user, length in enumerate((7, 1, 5, 2, 9, 3))]
     recommender = GenerativeRecommender(model.eval(), tokenizer, num_beams=8, batch_size=2)
     forward = recommender.rank(histories, 5, exclude_history=True)
@@ -58,15 +50,8 @@ def test_beam_ranking_against_exhaustive_scoring_of_every_item():
     # The beam approximation behind every Recall/NDCG number: with a beam as wide as the catalogue the ranking IS the
     # exhaustive one; with a narrow beam (here the default for k = 10: max(k, first-level codebook size) = 10) every
     # returned item carries its exact score, best first, and most of the exhaustive top-k is found.
-    tokenizer = build_semantic_ids(
-        [f"i{i}" for i in range(48)],
-        clustered_embeddings(48),
-        ResidualKMeansConfig(num_levels=3, codebook_size=4),
-        progress=False,
-    )
-    torch.manual_seed(3)
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
-    model.eval()
+    tokenizer = semantic_id_tokenizer([f"i{i}" for i in range(48)], num_levels=3, codebook_size=4)
+    model = tiny_onerec(tokenizer, seed=3, session_length=1).eval()
     for history in (["i1", "i7", "i30"], ["i44"]):
         exact = exhaustive_item_scores(model, tokenizer, history)
         truth = sorted(exact, key=exact.get, reverse=True)

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
-from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
+from modeling_onerec import OneRecForConditionalGeneration
 from modeling_onerec.generation_onerec import session_beam_search
-from tests.conftest import CPU_TRAINING
+from tests.conftest import CPU_TRAINING, tiny_onerec
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.alignment import (
     OneRecDPOConfig,
@@ -52,9 +52,7 @@ def tokenizer():
 
 
 def make_model(tokenizer, seed=0, **overrides):
-    torch.manual_seed(seed)
-    config = OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=2, dropout_rate=0.0, **overrides)
-    return OneRecForConditionalGeneration(config)
+    return tiny_onerec(tokenizer, seed, session_length=2, dropout_rate=0.0, **overrides)
 
 
 def item(i):

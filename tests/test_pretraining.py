@@ -4,10 +4,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
-from tests.conftest import CPU_TRAINING
+from tests.conftest import tiny_onerec, tiny_pretrainer
 from trainers.pretraining import (
-    OneRecPretrainer,
     OneRecPretrainingConfig,
     SessionDataCollator,
     check_process_count,
@@ -41,27 +39,19 @@ def test_pretrainer_learns_a_deterministic_successor_and_logs_moe_terms(tokenize
         {"history": [f"i{(s + j) % 40}" for j in range(3)], "target": [f"i{(s + 3) % 40}", f"i{(s + 4) % 40}"]}
         for s in range(40)
     ]
-    dataset = Dataset.from_list(rows * 2)
-    torch.manual_seed(0)
-    model = OneRecForConditionalGeneration(
-        OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=2, dropout_rate=0.0)
-    )
-    args = OneRecPretrainingConfig(
-        output_dir=str(tmp_path),
+    model = tiny_onerec(tokenizer, seed=0, session_length=2, dropout_rate=0.0)
+    trainer = tiny_pretrainer(
+        model,
+        tokenizer,
+        SessionDataCollator(tokenizer, 3, 2),
+        tmp_path,
+        train_dataset=Dataset.from_list(rows * 2),
         per_device_train_batch_size=16,
         num_train_epochs=20,
         learning_rate=1e-2,
         logging_steps=10,
         save_strategy="no",
         seed=0,
-        **CPU_TRAINING,
-    )
-    trainer = OneRecPretrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=SessionDataCollator(tokenizer, 3, 2),
-        processing_class=tokenizer,
     )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -86,23 +76,19 @@ def test_default_sampler_groups_histories_of_similar_length(tokenizer, tmp_path)
     # and pad far less than random batches.
     lengths = [1 + min((7 * index) % 97, (11 * index) % 89) // 3 for index in range(800)]
     dataset = Dataset.from_list([{"history": [f"i{j % 40}" for j in range(n)], "target": ["i1"]} for n in lengths])
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
+    model = tiny_onerec(tokenizer, session_length=1)
     tokens_per_item = len(tokenizer.encode_history(["i1", "i2"])) - len(tokenizer.encode_history(["i1"]))
 
     def padding_and_tokens(strategy):
-        args = OneRecPretrainingConfig(
-            output_dir=str(tmp_path),
+        trainer = tiny_pretrainer(
+            model,
+            tokenizer,
+            SessionDataCollator(tokenizer, 40, 1),
+            tmp_path,
+            train_dataset=dataset,
             per_device_train_batch_size=8,
             seed=0,
             train_sampling_strategy=strategy,
-            **CPU_TRAINING,
-        )
-        trainer = OneRecPretrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            data_collator=SessionDataCollator(tokenizer, 40, 1),
         )
         masks = [batch["attention_mask"] for batch in trainer.get_train_dataloader()]
         return sum(int((m == 0).sum()) for m in masks), sum(int(m.sum()) for m in masks), sum(len(m) for m in masks)
@@ -128,10 +114,16 @@ def test_ranking_metrics_reach_callbacks_and_early_stopping_on_recall_stops(toke
 
     rows = [{"history": [f"i{(s + j) % 40}" for j in range(3)], "target": [f"i{(s + 3) % 40}"]} for s in range(40)]
     dataset = Dataset.from_list(rows)
-    torch.manual_seed(0)
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
-    args = OneRecPretrainingConfig(
-        output_dir=str(tmp_path),
+    seen = Seen()
+    trainer = tiny_pretrainer(
+        tiny_onerec(tokenizer, seed=0, session_length=1),
+        tokenizer,
+        SessionDataCollator(tokenizer, 3, 1),
+        tmp_path,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        ranking_eval_samples=dataset.select(range(8)),
+        callbacks=[seen],
         per_device_train_batch_size=16,
         num_train_epochs=6,
         learning_rate=0.0,
@@ -140,18 +132,6 @@ def test_ranking_metrics_reach_callbacks_and_early_stopping_on_recall_stops(toke
         load_best_model_at_end=True,
         metric_for_best_model="recall@10",
         early_stopping_patience=1,
-        **CPU_TRAINING,
-    )
-    seen = Seen()
-    trainer = OneRecPretrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        eval_dataset=dataset,
-        data_collator=SessionDataCollator(tokenizer, 3, 1),
-        processing_class=tokenizer,
-        ranking_eval_samples=dataset.select(range(8)),
-        callbacks=[seen],
     )
     trainer.train()
     assert seen.keys and all({"eval_loss", "eval_recall@10", "eval_ndcg@10"} <= keys for keys in seen.keys)
@@ -161,10 +141,7 @@ def test_ranking_metrics_reach_callbacks_and_early_stopping_on_recall_stops(toke
 
 
 def test_global_batch_losses_split_over_two_processes_sum_to_the_whole_batch(tokenizer):
-    torch.manual_seed(0)
-    model = OneRecForConditionalGeneration(
-        OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3, dropout_rate=0.0)
-    ).eval()
+    model = tiny_onerec(tokenizer, seed=0, session_length=3, dropout_rate=0.0).eval()
     rows = [
         {"history": [f"i{(s * 7 + j) % 40}" for j in range(1 + s % 4)], "target": [f"i{(s * 3 + j) % 40}" for j in range(1 + s % 3)]}
         for s in range(10)
@@ -211,10 +188,13 @@ def test_sampler_reads_lengths_once_and_is_a_function_of_seed_and_epoch(tokenize
     assert list(inspect.signature(Trainer._get_train_sampler).parameters) == ["self", "train_dataset"]
     lengths = [1 + (7 * index) % 13 for index in range(300)]
     dataset = Dataset.from_list([{"history": ["i0"] * n, "target": ["i1"]} for n in lengths]).shuffle(seed=1)
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=1))
-    args = OneRecPretrainingConfig(output_dir=str(tmp_path), per_device_train_batch_size=10, report_to=[], use_cpu=True)
-    trainer = OneRecPretrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=lambda rows: rows
+    trainer = tiny_pretrainer(
+        tiny_onerec(tokenizer, session_length=1),
+        tokenizer,
+        lambda rows: rows,
+        tmp_path,
+        train_dataset=dataset,
+        per_device_train_batch_size=10,
     )
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, EpochLengthGroupedSampler)
@@ -249,12 +229,15 @@ def test_random_window_pretraining_resumes_exactly(tokenizer, tmp_path):
             control.should_training_stop = state.global_step == 9
 
     def run(output_dir, resume=None, killed=False):
-        torch.manual_seed(0)
-        model = OneRecForConditionalGeneration(
-            OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=2, dropout_rate=0.1)
-        )
-        args = OneRecPretrainingConfig(
-            output_dir=str(output_dir),
+        model = tiny_onerec(tokenizer, seed=0, session_length=2, dropout_rate=0.1)
+        data = RandomWindowDataset(splits["train"], tokenizer, max_history=5, session_length=2, seed=0)
+        trainer = tiny_pretrainer(
+            model,
+            tokenizer,
+            TokenizedSessionCollator(tokenizer.pad_token_id),
+            output_dir,
+            train_dataset=data,
+            callbacks=[Kill()] if killed else None,
             per_device_train_batch_size=8,
             max_steps=20,
             learning_rate=1e-2,
@@ -262,16 +245,6 @@ def test_random_window_pretraining_resumes_exactly(tokenizer, tmp_path):
             save_steps=9,
             seed=0,
             expert_load_plot=False,
-            **CPU_TRAINING,
-        )
-        data = RandomWindowDataset(splits["train"], tokenizer, max_history=5, session_length=2, seed=0)
-        trainer = OneRecPretrainer(
-            model=model,
-            args=args,
-            train_dataset=data,
-            data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
-            processing_class=tokenizer,
-            callbacks=[Kill()] if killed else None,
         )
         trainer.train(resume_from_checkpoint=resume)
         return model, data

@@ -1,4 +1,4 @@
-"""Balanced / plain residual k-means, collision resolution and codebook statistics."""
+"""Balanced / plain residual k-means (torch, and faiss's for plain), collision resolution and codebook statistics."""
 
 import pytest
 import torch
@@ -9,8 +9,10 @@ from tokenization_semantic_id.quantization import (
     ResidualKMeansConfig,
     balanced_capacities,
     balanced_kmeans,
+    faiss_kmeans,
     fit_residual_kmeans,
     kmeans,
+    nearest_centroid,
     quantize_with_codebooks,
 )
 from tokenization_semantic_id.statistics import codebook_report, plot_codebook_report
@@ -99,7 +101,19 @@ def test_sampled_balanced_kmeans_fits_on_a_sample_then_balances_every_item():
     assert torch.equal(whole.centroids, unsampled.centroids)
 
 
-@pytest.mark.parametrize("clusterer", [balanced_kmeans, kmeans])
+def test_faiss_kmeans_is_seeded_and_codes_are_nearest_centroids():
+    points = clustered_embeddings(400, dim=6, seed=2)
+    result = faiss_kmeans(points, 16, max_iterations=10, seed=1)
+    assert torch.equal(result.assignment, nearest_centroid(points, result.centroids))
+    assert 1 <= result.iterations <= 10 and isinstance(result.converged, bool)
+    assert torch.equal(faiss_kmeans(points, 16, max_iterations=10, seed=1).centroids, result.centroids)
+    # through the residual fit: plain codes are nearest-centroid codes, so re-quantising reproduces them
+    config = ResidualKMeansConfig(num_levels=2, codebook_size=8, balanced=False, backend="faiss")
+    fit = fit_residual_kmeans(points, config, progress=False)
+    assert torch.equal(quantize_with_codebooks(points, fit.codebooks), fit.codes)
+
+
+@pytest.mark.parametrize("clusterer", [balanced_kmeans, kmeans, faiss_kmeans])
 def test_bad_clustering_input(clusterer):
     with pytest.raises(ValueError, match="larger than the catalogue"):
         clusterer(torch.randn(5, 3), 8)
@@ -131,6 +145,10 @@ def test_config_validation():
         ResidualKMeansConfig(max_points_per_centroid=0)
     with pytest.raises(ValueError, match="sweeps_after_sample"):
         ResidualKMeansConfig(sweeps_after_sample=0)
+    with pytest.raises(ValueError, match="backend must be 'torch' or 'faiss'"):
+        ResidualKMeansConfig(balanced=False, backend="sklearn")
+    assert ResidualKMeansConfig().quantizer_name == "balanced_rkmeans"
+    assert ResidualKMeansConfig(balanced=False).quantizer_name == "rkmeans"
 
 
 def test_resolve_collisions_appends_rank_within_group():
@@ -164,6 +182,8 @@ def test_codebook_report_and_plot(tmp_path, saved_figures):
     assert report["levels"][0]["utilisation"] == pytest.approx(2 / 3)
     assert report["levels"][1]["max_cluster"] == 3 and report["levels"][1]["min_cluster"] == 1
     assert report["collision_rate_before"] == pytest.approx(0.5) == collision_rate(codes)
+    assert report["colliding_items_before"] == 2 and report["num_semantic_levels"] == 2
+    assert report["levels"][1]["cv_cluster"] == pytest.approx(0.5)  # counts [1, 3]: std 1, mean 2
     assert report["prefixes"][0]["distinct_prefixes"] == 2
     other = torch.tensor([[0, 0], [1, 1], [2, 1], [2, 1]])
     other_report = codebook_report(other, [3, 2], num_semantic_levels=2)
@@ -175,3 +195,15 @@ def test_codebook_report_and_plot(tmp_path, saved_figures):
     assert level_one == {"a": [2, 2, 0], "b": [2, 1, 1]}  # items per code, largest first, unused codes as 0
     assert [line.get_ydata().tolist() for line in figure.axes[1].lines] == [[3, 1], [3, 1]]
     assert "a: 50.00%" in figure._suptitle.get_text()
+
+
+def test_codebook_plot_overlays_variants_with_and_without_a_collision_level(tmp_path, saved_figures):
+    resolved = torch.tensor([[0, 0, 0], [0, 0, 1], [1, 1, 0]])
+    unique = torch.tensor([[0, 0], [1, 0], [1, 1]])
+    reports = {
+        "with": codebook_report(resolved, [2, 2, 4], num_semantic_levels=2),
+        "without": codebook_report(unique, [2, 2], num_semantic_levels=2),
+    }
+    plot_codebook_report(reports, {"with": resolved, "without": unique}, tmp_path / "plot.png")
+    (figure,) = saved_figures
+    assert [len(ax.lines) for ax in figure.axes] == [2, 2, 1]  # the collision level's panel: only the variant with it

@@ -7,22 +7,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
-from tests.conftest import clustered_embeddings, constrained_generate
-from tokenization_semantic_id import ResidualKMeansConfig, SemanticIDTokenizer, UnknownItemError, build_semantic_ids
+from modeling_onerec import OneRecConfig
+from tests.conftest import clustered_embeddings, constrained_generate, semantic_id_tokenizer, tiny_onerec
+from tokenization_semantic_id import SemanticIDTokenizer, UnknownItemError
 
 
 @pytest.fixture(scope="module")
 def catalogue():
-    item_ids = [f"sku{i}" for i in range(80)]
-    tokenizer = build_semantic_ids(
-        item_ids, clustered_embeddings(80), ResidualKMeansConfig(num_levels=3, codebook_size=4), progress=False
-    )
-    torch.manual_seed(0)
-    model = OneRecForConditionalGeneration(
-        OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3)
-    ).eval()
-    return tokenizer, model
+    tokenizer = semantic_id_tokenizer([f"sku{i}" for i in range(80)], num_levels=3, codebook_size=4)
+    return tokenizer, tiny_onerec(tokenizer, seed=0, session_length=3).eval()
 
 
 def _generate(model, tokenizer, histories, num_items, beams):
@@ -134,12 +127,7 @@ def test_recommend_bad_input_is_a_clear_error(catalogue):
         model.recommend(tokenizer, "sku1")
     with pytest.raises(ValueError, match="num_sessions <= num_beams"):
         model.recommend(tokenizer, [["sku1"]], num_sessions=5, num_beams=2)
-    other = build_semantic_ids(
-        [f"x{i}" for i in range(40)],
-        clustered_embeddings(40),
-        ResidualKMeansConfig(num_levels=2, codebook_size=4),
-        progress=False,
-    )
+    other = semantic_id_tokenizer([f"x{i}" for i in range(40)], num_levels=2, codebook_size=4)
     with pytest.raises(ValueError, match="does not match this OneRec model"):
         model.recommend(other, [["x1"]])
 
@@ -183,11 +171,7 @@ def test_length_sorted_batches_is_a_shortest_first_partition():
 def test_recommend_searches_in_eval_mode_and_restores_the_training_mode(catalogue):
     # A model handed over in training mode (dropout 0.5, router jitter) must give the eval-mode sessions.
     tokenizer, _ = catalogue
-    torch.manual_seed(1)
-    config = OneRecConfig.from_tokenizer(
-        tokenizer, preset="tiny", session_length=2, dropout_rate=0.5, router_jitter_noise=0.5
-    )
-    model = OneRecForConditionalGeneration(config).eval()
+    model = tiny_onerec(tokenizer, seed=1, session_length=2, dropout_rate=0.5, router_jitter_noise=0.5).eval()
     histories = [tokenizer.item_ids[:5], tokenizer.item_ids[40:47]]
     expected = model.recommend(tokenizer, histories, num_sessions=4)
     model.train()
@@ -264,12 +248,7 @@ def test_a_tokenizer_with_the_same_layout_but_another_catalogue_is_refused(catal
     tokenizer, _ = catalogue
     config = OneRecConfig.from_tokenizer(tokenizer, preset="tiny")
     assert config.catalogue_size == 80 and config.catalogue_fingerprint == tokenizer.catalogue_fingerprint()
-    renamed = build_semantic_ids(
-        [f"other{i}" for i in range(80)],
-        clustered_embeddings(80),
-        ResidualKMeansConfig(num_levels=3, codebook_size=4),
-        progress=False,
-    )
+    renamed = semantic_id_tokenizer([f"other{i}" for i in range(80)], num_levels=3, codebook_size=4)
     assert renamed.level_offsets == tokenizer.level_offsets and renamed.vocab_size == tokenizer.vocab_size
     with pytest.raises(ValueError, match="another catalogue"):
         config.check_tokenizer(renamed)
@@ -320,9 +299,7 @@ def test_history_longer_than_the_encoder_window_is_excluded_whole(catalogue, tmp
     # The model reads the newest 5 items; 70 of the 80 items are in the history, so every recommended item must be
     # one of the 10 others: in recommend(), in the pipeline, and in generate() with the tokenizer's processor.
     tokenizer, model = catalogue
-    model = OneRecForConditionalGeneration(
-        OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=3, max_history_items=5)
-    ).eval()
+    model = tiny_onerec(tokenizer, session_length=3, max_history_items=5).eval()
     history = [f"sku{i}" for i in range(70)]
     allowed = {f"sku{i}" for i in range(70, 80)}
     sessions = model.recommend(tokenizer, [history], num_sessions=8, num_beams=16)[0]

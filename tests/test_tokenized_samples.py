@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from modeling_onerec import OneRecConfig, OneRecForConditionalGeneration
+from tests.conftest import tiny_onerec, tiny_pretrainer
 from trainers.alignment import PreferenceDataCollator
 from trainers.data import (
     TOKENIZED_COLUMNS,
@@ -16,13 +16,7 @@ from trainers.data import (
     tokenize_session_samples,
 )
 from trainers.data.collation import check_batch_columns, pad_rows
-from trainers.pretraining import (
-    OneRecPretrainer,
-    OneRecPretrainingConfig,
-    SessionDataCollator,
-    TokenizedSessionCollator,
-    history_lengths,
-)
+from trainers.pretraining import SessionDataCollator, TokenizedSessionCollator, history_lengths
 
 
 @pytest.fixture(scope="module")
@@ -111,21 +105,20 @@ def test_pretrainer_groups_tokenized_samples_by_stored_length(tokenizer, samples
     tokenized = tokenize_session_samples(samples["train"], tokenizer, max_history_items=20, session_length=4)
     slim = tokenized.select_columns(list(TOKENIZED_COLUMNS)).shuffle(seed=2)
     assert history_lengths(slim) == [min(n, 20) for n in slim["num_history_items"]]
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=4))
-    args = OneRecPretrainingConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True, seed=0
-    )
-    trainer = OneRecPretrainer(
-        model=model,
-        args=args,
+    model = tiny_onerec(tokenizer, session_length=4)
+    trainer = tiny_pretrainer(
+        model,
+        tokenizer,
+        TokenizedSessionCollator(tokenizer.pad_token_id),
+        tmp_path,
         train_dataset=slim,
-        processing_class=tokenizer,
-        data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
+        per_device_train_batch_size=4,
+        seed=0,
     )
     batches = list(trainer.get_train_dataloader())
     assert sum(len(batch["input_ids"]) for batch in batches) == len(slim)
     grouped_padding = sum(int((batch["attention_mask"] == 0).sum()) for batch in batches)
-    args.train_sampling_strategy = "random"
+    trainer.args.train_sampling_strategy = "random"
     random_padding = sum(int((batch["attention_mask"] == 0).sum()) for batch in trainer.get_train_dataloader())
     assert grouped_padding < random_padding
     loss = model(**batches[0]).loss
@@ -135,29 +128,22 @@ def test_pretrainer_groups_tokenized_samples_by_stored_length(tokenizer, samples
 def test_early_stopping_needs_a_restorable_best_checkpoint(tokenizer, samples, tmp_path):
     from transformers import EarlyStoppingCallback
 
-    model = OneRecForConditionalGeneration(OneRecConfig.from_tokenizer(tokenizer, preset="tiny", session_length=4))
+    model = tiny_onerec(tokenizer, session_length=4)
     validation = tokenize_session_samples(samples["validation"], tokenizer, max_history_items=20, session_length=4)
-    common = dict(output_dir=str(tmp_path), report_to=[], use_cpu=True, early_stopping_patience=2)
+    collator = TokenizedSessionCollator(tokenizer.pad_token_id)
     with pytest.raises(ValueError, match="load_best_model_at_end"):
-        OneRecPretrainer(
-            model=model,
-            args=OneRecPretrainingConfig(**common),
-            processing_class=tokenizer,
-            data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
-        )
-    args = OneRecPretrainingConfig(
-        **common,
+        tiny_pretrainer(model, tokenizer, collator, tmp_path, early_stopping_patience=2)
+    trainer = tiny_pretrainer(
+        model,
+        tokenizer,
+        collator,
+        tmp_path,
+        eval_dataset=validation,
+        early_stopping_patience=2,
         load_best_model_at_end=True,
         metric_for_best_model="loss",
         eval_strategy="epoch",
         save_strategy="epoch",
-    )
-    trainer = OneRecPretrainer(
-        model=model,
-        args=args,
-        processing_class=tokenizer,
-        eval_dataset=validation,
-        data_collator=TokenizedSessionCollator(tokenizer.pad_token_id),
     )
     stoppers = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
     assert len(stoppers) == 1 and stoppers[0].early_stopping_patience == 2

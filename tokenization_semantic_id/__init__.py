@@ -1,4 +1,4 @@
-"""Semantic-ID tokenizer: item embeddings -> balanced residual k-means codes -> tokens, and back."""
+"""Semantic-ID tokenizer: item embeddings -> quantizer codes (balanced residual k-means by default) -> tokens, and back."""
 
 from transformers import AutoTokenizer
 
@@ -14,17 +14,28 @@ from .embeddings import (
     load_embedding_array,
     text_item_embeddings,
 )
+from .opq import OPQConfig, fit_opq
 from .quantization import (
+    CodebookConfig,
     KMeansResult,
     ResidualKMeansConfig,
     ResidualQuantization,
     balanced_kmeans,
+    faiss_kmeans,
     fit_residual_kmeans,
     kmeans,
     quantize_with_codebooks,
     validate_item_embeddings,
 )
-from .statistics import codebook_report, plot_codebook_report
+from .quantizers import QUANTIZERS, QuantizerFit, fit_quantizer, quantizer_config
+from .rqvae import RQVAE, RQVAEConfig, fit_rqvae
+from .statistics import (
+    codebook_report,
+    plot_codebook_report,
+    plot_quantizer_comparison,
+    quantizer_statistics,
+    reconstruction_report,
+)
 from .tokenization_semantic_id import SemanticIDTokenizer, UnknownItemError
 from .trie import SemanticIDTrie
 
@@ -39,9 +50,15 @@ def register_auto_classes() -> None:
 register_auto_classes()
 
 __all__ = [
+    "QUANTIZERS",
+    "CodebookConfig",
     "CollisionReport",
     "ItemEmbeddingConfig",
     "KMeansResult",
+    "OPQConfig",
+    "QuantizerFit",
+    "RQVAE",
+    "RQVAEConfig",
     "ResidualKMeansConfig",
     "ResidualQuantization",
     "SemanticIDTokenizer",
@@ -56,12 +73,20 @@ __all__ = [
     "codebook_report",
     "collaborative_item_embeddings",
     "collision_rate",
+    "faiss_kmeans",
+    "fit_opq",
+    "fit_quantizer",
     "fit_residual_kmeans",
+    "fit_rqvae",
     "kmeans",
     "load_embedding_array",
     "plot_codebook_report",
+    "plot_quantizer_comparison",
     "plot_semantic_ids",
     "quantize_with_codebooks",
+    "quantizer_config",
+    "quantizer_statistics",
+    "reconstruction_report",
     "register_auto_classes",
     "resolve_collisions",
     "text_item_embeddings",

@@ -98,42 +98,31 @@ def validate_item_embeddings(
     return tensor
 
 
+def import_faiss():
+    """``faiss`` (the ``faiss-cpu`` package), or an ImportError that says how to get it. The import sits in a ``try``
+    block so that transformers' remote-code check, which reads a module's imports, does not ask for faiss when a saved
+    tokenizer (whose modules include this one) is loaded: faiss is only needed to *build* codes."""
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss-cpu is an install requirement of this project
+        raise ImportError(
+            "This quantizer needs faiss: pip install 'faiss-cpu>=1.15,<1.16' (an install requirement of onerec-hf)."
+        ) from error
+    return faiss
+
+
 @dataclass
-class ResidualKMeansConfig:
-    """How semantic IDs are learned from item embeddings.
+class CodebookConfig:
+    """The code layout every quantizer shares: ``num_levels`` code positions of ``codebook_size`` codes each.
 
     Args:
-        num_levels: Number of residual levels ``L`` (3 in the paper).
+        num_levels: Number of code levels ``L`` (3 in the paper).
         codebook_size: Codes per level ``K``: one int for every level, or one per level
             (8192 in the paper; 256 is the usual size for catalogues of ~10k items).
-        balanced: ``True`` runs the paper's balanced k-means (Algorithm 1); ``False`` plain k-means
-            (an ablation).
-        max_iterations: Upper bound on assignment sweeps per level; a level stops earlier once its
-            assignment no longer changes.
-        seed: Seed of the random centroid initialisation.
-        device: Where to run (``None``: CUDA when available, else CPU).
-        cluster_block_size: How many clusters' distance columns are computed per matrix product
-            in the balanced sweep; trades memory (``N x block`` floats) for speed.
-        max_points_per_centroid: Balanced k-means on a catalogue larger than ``K x`` this fits the
-            centroids on a random sample of ``K x`` this many items first (faiss's k-means samples the
-            same way, 256 per centroid by default), then runs ``sweeps_after_sample`` sweeps over every
-            item from those centroids. ``None`` sweeps over every item from the random start, as
-            Algorithm 1 is written. Catalogues up to ``K x`` this many items are never sampled.
-        sweeps_after_sample: Sweeps over all items after the sample's fit (at most; fewer once the
-            assignment stops changing). Each gives an exactly balanced assignment; at 1M items the
-            greedy sweep keeps moving ~5% of the items for tens of sweeps while the quantisation error
-            falls by under 0.1% per sweep (``benchmarks/RESULTS.md``), so a few suffice.
     """
 
     num_levels: int = 3
     codebook_size: Union[int, Sequence[int]] = 256
-    balanced: bool = True
-    max_iterations: int = 30
-    seed: int = 0
-    device: Optional[str] = None
-    cluster_block_size: int = 256
-    max_points_per_centroid: Optional[int] = 256
-    sweeps_after_sample: int = 3
 
     def __post_init__(self):
         if not isinstance(self.num_levels, int) or not 1 <= self.num_levels <= 25:
@@ -150,19 +139,6 @@ class ResidualKMeansConfig:
         for size in sizes:
             if not isinstance(size, int) or size < 2:
                 raise ValueError(f"every codebook size must be an int >= 2, got {size!r} in {list(sizes)}.")
-        if not isinstance(self.max_iterations, int) or self.max_iterations < 1:
-            raise ValueError(f"max_iterations must be a positive int, got {self.max_iterations!r}.")
-        if self.cluster_block_size < 1:
-            raise ValueError(f"cluster_block_size must be >= 1, got {self.cluster_block_size!r}.")
-        if self.max_points_per_centroid is not None and (
-            not isinstance(self.max_points_per_centroid, int) or self.max_points_per_centroid < 1
-        ):
-            raise ValueError(
-                f"max_points_per_centroid must be a positive int or None (no sampling), got "
-                f"{self.max_points_per_centroid!r}."
-            )
-        if not isinstance(self.sweeps_after_sample, int) or self.sweeps_after_sample < 1:
-            raise ValueError(f"sweeps_after_sample must be a positive int, got {self.sweeps_after_sample!r}.")
 
     @property
     def codebook_sizes(self) -> List[int]:
@@ -174,6 +150,81 @@ class ResidualKMeansConfig:
         config = asdict(self)
         config["codebook_size"] = self.codebook_sizes
         return config
+
+
+def check_positive_ints(config, *names: str) -> None:
+    """A ValueError for the first of ``config``'s fields ``names`` that is not a positive int."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+@dataclass
+class ResidualKMeansConfig(CodebookConfig):
+    """How semantic IDs are learned from item embeddings by residual k-means (the ``balanced_rkmeans`` and
+    ``rkmeans`` quantizers).
+
+    Args:
+        num_levels: Number of residual levels ``L`` (3 in the paper).
+        codebook_size: Codes per level ``K``: one int for every level, or one per level
+            (8192 in the paper; 256 is the usual size for catalogues of ~10k items).
+        balanced: ``True`` runs the paper's balanced k-means (Algorithm 1); ``False`` plain k-means
+            (an ablation, and the RQ-KMeans of peers).
+        max_iterations: Upper bound on assignment sweeps per level; a level stops earlier once its
+            assignment no longer changes.
+        seed: Seed of the random centroid initialisation.
+        device: Where to run (``None``: CUDA when available, else CPU).
+        cluster_block_size: How many clusters' distance columns are computed per matrix product
+            in the balanced sweep; trades memory (``N x block`` floats) for speed.
+        max_points_per_centroid: Balanced k-means on a catalogue larger than ``K x`` this fits the
+            centroids on a random sample of ``K x`` this many items first (faiss's k-means samples the
+            same way, 256 per centroid by default), then runs ``sweeps_after_sample`` sweeps over every
+            item from those centroids. ``None`` sweeps over every item from the random start, as
+            Algorithm 1 is written. Catalogues up to ``K x`` this many items are never sampled.
+        sweeps_after_sample: Sweeps over all items after the sample's fit (at most; fewer once the
+            assignment stops changing). Each gives an exactly balanced assignment; at 1M items the
+            greedy sweep keeps moving ~5% of the items for tens of sweeps while the quantisation error
+            falls by under 0.1% per sweep (``benchmarks/RESULTS.md``), so a few suffice.
+        backend: Plain k-means only (``balanced=False``): ``"torch"`` (this module's Lloyd k-means, the same random
+            start as the balanced fit; an emptied cluster stays unused) or ``"faiss"`` (``faiss.Kmeans``, as the
+            RQ-KMeans peers run it: ``max_iterations`` iterations on a sample of ``max_points_per_centroid`` items
+            per code, an emptied cluster re-seeded by splitting a large one; CPU). Codes are the nearest final
+            centroid either way.
+    """
+
+    balanced: bool = True
+    max_iterations: int = 30
+    seed: int = 0
+    device: Optional[str] = None
+    cluster_block_size: int = 256
+    max_points_per_centroid: Optional[int] = 256
+    sweeps_after_sample: int = 3
+    backend: str = "torch"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive_ints(self, "max_iterations", "sweeps_after_sample")
+        if self.cluster_block_size < 1:
+            raise ValueError(f"cluster_block_size must be >= 1, got {self.cluster_block_size!r}.")
+        if self.max_points_per_centroid is not None and (
+            not isinstance(self.max_points_per_centroid, int) or self.max_points_per_centroid < 1
+        ):
+            raise ValueError(
+                f"max_points_per_centroid must be a positive int or None (no sampling), got "
+                f"{self.max_points_per_centroid!r}."
+            )
+        if self.backend not in ("torch", "faiss"):
+            raise ValueError(f"backend must be 'torch' or 'faiss', got {self.backend!r}.")
+        if self.backend == "faiss" and self.balanced:
+            raise ValueError(
+                "backend='faiss' runs plain k-means: pass balanced=False with it (faiss has no balanced k-means)."
+            )
+
+    @property
+    def quantizer_name(self) -> str:
+        """``"balanced_rkmeans"`` or ``"rkmeans"``: the name ``build_semantic_ids(quantizer=...)`` knows it by."""
+        return "balanced_rkmeans" if self.balanced else "rkmeans"
 
 
 @dataclass
@@ -427,6 +478,41 @@ def kmeans(
     return KMeansResult(centroids, assignment, iterations, converged, changed_fraction)
 
 
+def faiss_kmeans(
+    points: torch.Tensor,
+    num_clusters: int,
+    *,
+    max_iterations: int = 30,
+    seed: int = 0,
+    max_points_per_centroid: Optional[int] = 256,
+) -> KMeansResult:
+    """Plain k-means by ``faiss.Kmeans`` (CPU), as the RQ-KMeans peers run it.
+
+    faiss runs ``max_iterations`` Lloyd iterations on a random sample of ``K x max_points_per_centroid`` items
+    (``None``: every item) and re-seeds a cluster that empties by splitting a large one, so it rarely leaves codes
+    unused, unlike :func:`kmeans`. The codes are the nearest final centroid of every item (the rule for items added
+    later). ``converged`` says whether the last iteration left the objective unchanged.
+    """
+    _check_clustering_input(points, num_clusters)
+    faiss = import_faiss()
+    array = np.ascontiguousarray(points.detach().cpu().numpy(), dtype=np.float32)
+    num_points, dim = array.shape
+    clustering = faiss.Kmeans(
+        dim,
+        num_clusters,
+        niter=max_iterations,
+        seed=seed,
+        max_points_per_centroid=max_points_per_centroid or num_points,
+        min_points_per_centroid=1,  # small catalogues are expected here: no "please provide more points" warnings
+        verbose=False,
+    )
+    clustering.train(array)
+    centroids = torch.from_numpy(np.array(clustering.centroids, dtype=np.float32)).to(points.device, points.dtype)
+    objective = [float(value) for value in clustering.obj]
+    converged = bool(len(objective) > 1 and objective[-1] == objective[-2])
+    return KMeansResult(centroids, nearest_centroid(points, centroids), len(objective), converged)
+
+
 def _resolve_device(device: Optional[str]) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -450,18 +536,20 @@ def fit_residual_kmeans(
     codebooks, levels, residual_norm, codes = [], [], [], []
     for level, size in enumerate(tqdm(config.codebook_sizes, desc="residual k-means levels", disable=not progress)):
         residual_norm.append(residual.norm(dim=1).mean().item())
+        common = dict(max_iterations=config.max_iterations, seed=config.seed + level)
         if config.balanced:
             result = balanced_kmeans(
                 residual,
                 size,
-                max_iterations=config.max_iterations,
-                seed=config.seed + level,
+                **common,
                 block_size=config.cluster_block_size,
                 max_points_per_centroid=config.max_points_per_centroid,
                 sweeps_after_sample=config.sweeps_after_sample,
             )
+        elif config.backend == "faiss":
+            result = faiss_kmeans(residual, size, **common, max_points_per_centroid=config.max_points_per_centroid)
         else:
-            result = kmeans(residual, size, max_iterations=config.max_iterations, seed=config.seed + level)
+            result = kmeans(residual, size, **common)
         residual = residual - result.centroids[result.assignment]
         codebooks.append(result.centroids.cpu())
         codes.append(result.assignment.cpu())

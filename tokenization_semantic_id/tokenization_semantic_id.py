@@ -10,7 +10,8 @@ collided, one disambiguation level). A history is the items' tokens in time orde
 followed by EOS; a session is ``BOS + item tokens`` per item followed by EOS (paper Eq. 3).
 
 Files written by ``save_pretrained``: ``tokenizer_config.json`` (layout and build report),
-``semantic_ids.safetensors`` (codebooks and the ``[N, L']`` item code table) and ``item_ids.json``
+``semantic_ids.safetensors`` (codebooks, the ``[N, L']`` item code table and, for the ``rqvae`` and ``opq``
+quantizers, the tensors that place new items: ``quantizer.encoder.*`` or ``quantizer.rotation``) and ``item_ids.json``
 (the catalogue's original item ids, in code-table order).
 """
 
@@ -32,14 +33,17 @@ from safetensors.torch import load_file, save_file
 from transformers import BatchEncoding
 from transformers.tokenization_python import AddedToken, PreTrainedTokenizer
 
+from .code_assignment import assign_codes, check_quantizer_tensors, embedding_dim
 from .constrained_decoding import SessionConstrainedLogitsProcessor, SessionPrefixAllowedTokensFn
-from .quantization import quantize_with_codebooks, validate_item_embeddings
+from .quantization import validate_item_embeddings
 from .statistics import codebook_report
 from .trie import SemanticIDTrie
 
 logger = logging.getLogger(__name__)
 
 SEMANTIC_IDS_FILE = "semantic_ids.safetensors"
+# Keys of semantic_ids.safetensors holding a quantizer's cold-start tensors (an RQ-VAE encoder, an OPQ rotation).
+QUANTIZER_PREFIX = "quantizer."
 ITEM_IDS_FILE = "item_ids.json"
 # This file travels with a saved tokenizer but without the model package (trust_remote_code): the token layout and the
 # loading helpers are copied from the model's config module (tests/test_copies.py fails when a copy drifts).
@@ -196,9 +200,13 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
         max_history_items: ``n``, the newest items a history keeps (paper: 256).
         build_info: JSON-serialisable record of how the codes were built (quantiser config,
             statistics); informational.
-        item_ids / item_codes / codebooks: In-memory catalogue, used by ``build_semantic_ids`` instead of files:
-            ``item_ids`` (``N`` strings), ``item_codes`` (``[N, L']`` long), ``codebooks``
-            (``L`` tensors ``[K_l, D]``).
+        quantizer_type: How new items get codes (:meth:`add_items`): ``"balanced_rkmeans"`` or ``"rkmeans"``
+            (nearest centroid level by level; the default, and what a folder saved without this field means),
+            ``"rqvae"`` (the stored encoder, then residual codewords in its latent space) or ``"opq"`` (the stored
+            rotation, then the nearest centroid in each sub-space). See ``code_assignment.py``.
+        item_ids / item_codes / codebooks / quantizer_tensors: In-memory catalogue, used by ``build_semantic_ids``
+            instead of files: ``item_ids`` (``N`` strings), ``item_codes`` (``[N, L']`` long), ``codebooks``
+            (``L`` tensors ``[K_l, d_l]``), ``quantizer_tensors`` (name -> tensor, the quantizer's cold-start tensors).
     """
 
     vocab_files_names = {"semantic_ids_file": SEMANTIC_IDS_FILE, "item_ids_file": ITEM_IDS_FILE}
@@ -213,18 +221,22 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
         num_semantic_levels: Optional[int] = None,
         max_history_items: int = 50,
         build_info: Optional[dict] = None,
+        quantizer_type: Optional[str] = None,
         pad_token: str = "<pad>",
         eos_token: str = "</s>",
         bos_token: str = "<s>",
         item_ids: Optional[Sequence[str]] = None,
         item_codes: Optional[torch.Tensor] = None,
         codebooks: Optional[Sequence[torch.Tensor]] = None,
+        quantizer_tensors: Optional[Dict[str, torch.Tensor]] = None,
         **kwargs,
     ):
         saved_fingerprint = kwargs.pop("semantic_ids_fingerprint", None)
         from_files = item_ids is None or item_codes is None
         if from_files:
-            item_ids, item_codes, codebooks = self._load_catalogue(semantic_ids_file, item_ids_file, kwargs)
+            item_ids, item_codes, codebooks, quantizer_tensors = self._load_catalogue(
+                semantic_ids_file, item_ids_file, kwargs
+            )
         if codebook_sizes is None or num_semantic_levels is None:
             raise ValueError(
                 "SemanticIDTokenizer needs codebook_sizes and num_semantic_levels; they are stored in "
@@ -239,6 +251,13 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
         self.num_semantic_levels = int(num_semantic_levels)
         self.max_history_items = int(max_history_items)
         self.build_info = build_info or {}
+        # A folder saved before quantizer_type existed was built by residual k-means (its build_info says which).
+        balanced = (self.build_info.get("quantizer") or {}).get("balanced", True)
+        self.quantizer_type = quantizer_type or ("balanced_rkmeans" if balanced else "rkmeans")
+        self.quantizer_tensors = {
+            name: torch.as_tensor(tensor, dtype=torch.float32) for name, tensor in (quantizer_tensors or {}).items()
+        }
+        check_quantizer_tensors(self.quantizer_type, codebooks or [], self.quantizer_tensors)
         self._set_catalogue(
             list(item_ids),
             torch.as_tensor(item_codes, dtype=torch.long),
@@ -265,6 +284,7 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
             num_semantic_levels=self.num_semantic_levels,
             max_history_items=self.max_history_items,
             build_info=self.build_info,
+            quantizer_type=self.quantizer_type,
             **kwargs,
         )
 
@@ -316,6 +336,11 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
                 f"{semantic_ids_file} has no 'item_codes' tensor; it was not written by SemanticIDTokenizer."
             )
         codebooks = [tensors[f"codebook_{level}"] for level in range(len(tensors)) if f"codebook_{level}" in tensors]
+        quantizer_tensors = {
+            name[len(QUANTIZER_PREFIX) :]: tensor
+            for name, tensor in tensors.items()
+            if name.startswith(QUANTIZER_PREFIX)
+        }
         try:
             with open(item_ids_file, encoding="utf-8") as handle:
                 item_ids = json.load(handle)
@@ -326,7 +351,7 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
             ) from error
         if not isinstance(item_ids, list):
             raise ValueError(f"{item_ids_file} must hold a JSON list of item ids, got a {type(item_ids).__name__}.")
-        return item_ids, tensors["item_codes"], codebooks
+        return item_ids, tensors["item_codes"], codebooks, quantizer_tensors
 
     def _set_catalogue(self, item_ids: List[str], item_codes: torch.Tensor, codebooks: List[torch.Tensor]) -> None:
         if len(item_ids) == 0:
@@ -452,6 +477,7 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
         items_path = os.path.join(save_directory, prefix + ITEM_IDS_FILE)
         tensors = {"item_codes": self.item_codes.contiguous()}
         tensors.update({f"codebook_{level}": c.contiguous() for level, c in enumerate(self.codebooks)})
+        tensors.update({QUANTIZER_PREFIX + name: t.contiguous() for name, t in self.quantizer_tensors.items()})
         save_file(tensors, ids_path, metadata={"format": "pt", "codebook_sizes": json.dumps(self.codebook_sizes)})
         with open(items_path, "w", encoding="utf-8") as handle:
             json.dump(self._item_ids, handle)
@@ -630,11 +656,21 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
         )
 
     # ------------------------------------------------------------------ cold start
-    def add_items(self, item_ids: Sequence, embeddings) -> torch.Tensor:
-        """Cold start: codes for new items from the frozen codebooks, decodable at once.
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the item embeddings :meth:`add_items` reads (the catalogue's embedding width)."""
+        if not self.codebooks:
+            raise ValueError("This tokenizer has no codebooks saved, so new items cannot be encoded.")
+        return embedding_dim(self.quantizer_type, self.codebooks, self.quantizer_tensors)
 
-        Each new item takes its nearest centroid level by level; if that code is already used it takes
-        the next free code of the disambiguation level. Vocabulary and trained models are unchanged.
+    def add_items(self, item_ids: Sequence, embeddings) -> torch.Tensor:
+        """Cold start: codes for new items from the frozen quantizer, decodable at once.
+
+        Each new item gets the semantic code its quantizer assigns (``quantizer_type``: for residual k-means the
+        nearest centroid level by level; for an RQ-VAE the stored encoder, then the nearest codeword level by level
+        in its latent space; for OPQ the stored rotation, then the nearest centroid of each sub-space); if that code
+        is already used it takes the next free code of the disambiguation level. Vocabulary and trained models are
+        unchanged.
 
         Args:
             item_ids: New, previously unknown item ids.
@@ -645,13 +681,12 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
         item_ids = [str(item) for item in item_ids]
         if not item_ids:
             return torch.zeros((0, self.num_levels), dtype=torch.long)
-        if not self.codebooks:
-            raise ValueError("This tokenizer has no codebooks saved, so new items cannot be encoded.")
+        width = self.embedding_dim
         known = [item for item in item_ids if item in self._item_index]
         if known or len(set(item_ids)) != len(item_ids):
             raise ValueError(f"add_items got ids already in the catalogue or repeated: {(known or item_ids)[:5]}.")
-        embeddings = validate_item_embeddings(embeddings, num_items=len(item_ids), dim=self.codebooks[0].shape[1])
-        semantic = quantize_with_codebooks(embeddings, self.codebooks)
+        embeddings = validate_item_embeddings(embeddings, num_items=len(item_ids), dim=width)
+        semantic = assign_codes(self.quantizer_type, embeddings, self.codebooks, self.quantizer_tensors)
         new_codes = self._disambiguate(semantic)
         self._set_catalogue(self._item_ids + item_ids, torch.cat([self.item_codes, new_codes]), self.codebooks)
         return self.item_tokens[-len(item_ids) :]
