@@ -84,8 +84,9 @@ def main(argv=None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = describe(data)
     splits = leave_one_out_split(data["sequences"])
-    # The test histories the model is scored on: everything but the last item, newest `max_len` kept.
-    test = build_session_samples(splits, max_history=config.max_len, session_length=1)["test"]
+    # The test histories: everything before the held-out item. SASRec reads the newest `max_len` of each itself, and
+    # with history excluded no item of the whole history is recommended (as OneRec's evaluation does).
+    test = build_session_samples(splits, max_history=None, session_length=1)["test"]
     logger.info("dataset %s: %s", args.dataset, summary)
 
     started = time.perf_counter()

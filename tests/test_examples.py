@@ -81,3 +81,18 @@ def test_bad_arguments_fail_before_any_work_and_leave_no_output(tmp_path, name, 
     with pytest.raises(error, match=match):
         load_example(name).main(["--dataset", "scientific"] + output + arguments)
     assert not output_dir.exists()
+
+
+def test_train_sasrec_never_recommends_an_item_older_than_its_window(tmp_path):
+    # Users with 12 items and a 4-item window: the model reads the newest 4, and with history excluded none of the
+    # 11 history items (older ones included) may be recommended.
+    lines = [" ".join([str(user)] + [str((user + step) % 30 + 1) for step in range(12)]) for user in range(1, 41)]
+    (tmp_path / "log.txt").write_text("\n".join(lines) + "\n")
+    load_example("train_sasrec").main(
+        ["--dataset", "toy", "--data_path", str(tmp_path / "log.txt"), "--output_dir", str(tmp_path / "out")]
+        + "--max_len 4 --hidden_size 8 --num_heads 1 --ffn_size 8 --epochs 1 --batch_size 16 --no_progress".split()
+        + "--device cpu --num_threads 1".split()
+    )
+    top = json.loads((tmp_path / "out" / "topk_test.json").read_text())
+    histories = {line.split()[0]: set(line.split()[1:-1]) for line in lines}
+    assert len(top) == 40 and all(len(items) == 10 and not set(items) & histories[user] for user, items in top.items())
