@@ -68,6 +68,14 @@ class IPAArguments(CheckedArguments):
     num_candidates: int = field(default=128, metadata={"help": "N: sessions generated per sampled user."})
     num_iterations: int = field(default=1, metadata={"help": "T: snapshots (1 = single-round DPO)."})
     mining_batch_size: int = field(default=8, metadata={"help": "Users per beam search."})
+    search_backend: str = field(
+        default="native",
+        metadata={
+            "help": "'native' (the model's session beam search) or 'generate' (transformers' generate() with the "
+            "tokenizer's prefix_allowed_tokens_fn: the same sessions, slower).",
+            "choices": ["native", "generate"],
+        },
+    )
 
     minimum_values: ClassVar[Mapping[str, int]] = {"num_candidates": 1, "num_iterations": 1, "mining_batch_size": 1}
 

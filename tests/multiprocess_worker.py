@@ -308,9 +308,45 @@ def mine(output: Path) -> None:
         )
 
 
+def grpo(output: Path) -> None:
+    """Four ECPO steps (TRL's GRPOTrainer through OneRecGRPOTrainer) on beam-search groups of 4 with two passes per
+    generated batch: 2 groups per generation on one process, 1 + 1 on two. A configuration that would split a group
+    across the two processes is refused first."""
+    from trainers.alignment import NextItemsReward, OneRecGRPOConfig, OneRecGRPOTrainer
+
+    tokenizer, model = tokenizer_and_model()
+    model.train()
+    num_processes = distributed_state().num_processes
+    common = step_arguments("grpo", output)
+    common.update(per_device_train_batch_size=8 // num_processes, learning_rate=1e-3)
+    refused = None
+    if num_processes > 1:
+        try:
+            OneRecGRPOConfig(**{**common, "per_device_train_batch_size": 2}, num_generations=4)
+        except ValueError as error:
+            refused = str(error)
+    args = OneRecGRPOConfig(**common, num_generations=4, num_iterations=2, beta=0.05, objective="ecpo")
+    rows = [{"prompt": row["history"], "target": row["target"]} for row in users()]
+    trainer = OneRecGRPOTrainer(model, [NextItemsReward()], args=args, train_dataset=rows, processing_class=tokenizer)
+    groups_here = []
+    generate_groups = trainer.generate_groups
+
+    def recording(prompts):
+        groups_here.extend(prompts[::4])
+        return generate_groups(prompts)
+
+    trainer.generate_groups = recording
+    keys = ("loss", "grad_norm", "kl", "ratio_mean", "ntp_loss", "entropy")
+    write_steps(trainer, keys, output)
+    groups_per_process = users_per_process_of(len(groups_here))
+    if distributed_state().is_main_process:
+        record = json.loads(output.read_text())
+        output.write_text(json.dumps(record | {"groups_per_process": groups_per_process, "refused": refused}))
+
+
 if __name__ == "__main__":
     task, path = sys.argv[1], Path(sys.argv[2])
-    tasks = {"evaluate": evaluate, "pretrain": pretrain, "reward": reward, "dpo": dpo, "mine": mine}
+    tasks = {"evaluate": evaluate, "pretrain": pretrain, "reward": reward, "dpo": dpo, "mine": mine, "grpo": grpo}
     tasks["fsdp2"] = fsdp2
     tasks["trainer_fsdp"] = trainer_fsdp
     tasks[task](path)

@@ -112,3 +112,12 @@ def test_ipa_mining_on_two_processes_finds_the_pairs_of_one(tmp_path):
     assert [row["index"] for row in one["rows"]] == sorted(row["index"] for row in one["rows"])  # user order
     assert sum(two["users_per_process"]) == one["users_per_process"][0] and min(two["users_per_process"]) > 0
     assert {**two, "num_processes": 1, "users_per_process": None} == {**one, "users_per_process": None}
+
+
+def test_grpo_on_two_processes_takes_the_steps_of_one_with_whole_groups_on_each(tmp_path):
+    one = assert_same_steps("grpo", tmp_path)
+    two = json.loads((tmp_path / "two.json").read_text())
+    # two generations of 2 groups: each process generated whole groups of its own (1 + 1 per generation)
+    assert one["groups_per_process"] == [4] and two["groups_per_process"] == [2, 2]
+    assert "would be split across processes" in two["refused"]
+    assert all(entry["ratio_mean"] != 1.0 for entry in one["logs"][1::2])  # the second pass sees an updated policy

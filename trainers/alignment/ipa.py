@@ -45,6 +45,7 @@ from tokenization_semantic_id.tokenization_semantic_id import check_item_list
 from ..distributed import map_across_processes
 from .dpo_config import OneRecDPOConfig
 from .dpo_trainer import OneRecDPOTrainer
+from .rollouts import SearchBackend, session_groups
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def mine_preference_pairs(
     batch_size: int = 8,
     min_reward_gap: float = 0.0,
     progress: bool = True,
+    search_backend: SearchBackend = "native",
 ) -> PreferencePairs:
     """Preference pairs from the current snapshot (paper Eq. 8-9, Algorithm 2 lines 4-11).
 
@@ -139,6 +141,9 @@ def mine_preference_pairs(
         batch_size: Users per beam search and per ``reward_fn`` call.
         min_reward_gap: A user is kept only if best reward - worst reward > this (equal rewards carry no preference).
         progress: Show a tqdm bar over the batches.
+        search_backend: ``"native"`` (the model's session beam search) or ``"generate"`` (``model.generate()`` with the
+            tokenizer's prefix-allowed-tokens function; the same sessions, slower): see
+            :func:`~.rollouts.session_groups`.
     Returns:
         :class:`PreferencePairs`: per kept user ``{"index": position in histories, "history", "chosen", "rejected",
         "chosen_reward", "rejected_reward"}`` (chosen = argmax reward, rejected = argmin; ties go to the candidate
@@ -152,6 +157,8 @@ def mine_preference_pairs(
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
     if session_length is not None and (not isinstance(session_length, int) or session_length < 1):
         raise ValueError(f"session_length must be an int >= 1 or None, got {session_length!r}.")
+    if search_backend not in ("native", "generate"):
+        raise ValueError(f"search_backend must be 'native' or 'generate', got {search_backend!r}.")
     if not callable(reward_fn):
         raise TypeError(f"reward_fn must be callable (see SessionRewardFn), got {type(reward_fn).__name__}.")
     if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
@@ -163,20 +170,37 @@ def mine_preference_pairs(
     def mine_batch(indices: List[int]) -> List[Dict[str, Any]]:
         """One outcome per user of the batch: a pair, or ``{"skipped": True}`` / ``{"tied": True}``."""
         batch = [histories[index] for index in indices]
-        recommendations = model.recommend(
-            tokenizer,
-            batch,
-            num_sessions=num_candidates,
-            num_beams=num_candidates,
-            session_length=session_length,
-            exclude_history=exclude_history,
-            batch_size=len(batch),
-        )
+        if search_backend == "native":
+            recommendations = model.recommend(
+                tokenizer,
+                batch,
+                num_sessions=num_candidates,
+                num_beams=num_candidates,
+                session_length=session_length,
+                exclude_history=exclude_history,
+                batch_size=len(batch),
+            )
+            candidates_of = [[list(s.items) for s in sessions] for sessions in recommendations]
+        else:
+            groups = session_groups(
+                model,
+                tokenizer,
+                batch,
+                group_size=num_candidates,
+                session_length=session_length,
+                backend="generate",
+                exclude_history=exclude_history,
+            )
+            flat = groups.sessions
+            candidates_of = [
+                [s for s in flat[u * num_candidates : (u + 1) * num_candidates] if s is not None]
+                for u in range(len(batch))
+            ]
         outcomes: List[Dict[str, Any]] = [{"skipped": True}] * len(batch)
-        users = [u for u, sessions in enumerate(recommendations) if len(sessions) >= 2]
+        users = [u for u, sessions in enumerate(candidates_of) if len(sessions) >= 2]
         if not users:
             return outcomes
-        sessions = [[list(s.items) for s in recommendations[u]] for u in users]
+        sessions = [candidates_of[u] for u in users]
         rewards = _check_rewards(
             reward_fn([list(batch[u]) for u in users], sessions), sessions, [indices[u] for u in users]
         )
@@ -236,6 +260,8 @@ class IPAConfig:
             a checkpoint every 200 steps (2 kept) and no reporting.
         keep_checkpoints: Keep each iteration's Trainer checkpoints after its snapshot is saved.
         progress: tqdm bars.
+        search_backend: How candidates are searched: ``"native"`` or ``"generate()"`` with the prefix-allowed-tokens
+            function (:func:`mine_preference_pairs`); the same sessions.
     """
 
     dpo_sample_ratio: float = 0.01
@@ -250,6 +276,7 @@ class IPAConfig:
     training_args: Optional[OneRecDPOConfig] = None
     keep_checkpoints: bool = False
     progress: bool = True
+    search_backend: str = "native"
 
     def __post_init__(self):
         if not 0 < self.dpo_sample_ratio <= 1:
@@ -262,6 +289,8 @@ class IPAConfig:
             raise ValueError(f"mining_batch_size must be >= 1, got {self.mining_batch_size}.")
         if self.epochs_per_iteration <= 0:
             raise ValueError(f"epochs_per_iteration must be > 0, got {self.epochs_per_iteration}.")
+        if self.search_backend not in ("native", "generate"):
+            raise ValueError(f"search_backend must be 'native' or 'generate', got {self.search_backend!r}.")
         if self.training_args is not None and not isinstance(self.training_args, OneRecDPOConfig):
             raise TypeError(f"training_args must be a OneRecDPOConfig, got {type(self.training_args).__name__}.")
 
@@ -478,6 +507,7 @@ def _mine_iteration(
         batch_size=config.mining_batch_size,
         min_reward_gap=config.min_reward_gap,
         progress=config.progress,
+        search_backend=config.search_backend,
     )
     rows = [
         {
