@@ -4,7 +4,9 @@ Rows are models (OneRec / TIGER-style checkpoints, aligned snapshots from ``exam
 from ``examples/train_sasrec.py``, and the successor baseline); columns are each reward tower's mean and max over
 the ``S`` sessions a model proposes per user (``trainers/evaluation/alignment.py`` says exactly how), then
 Recall@10 / NDCG@10 of the held-out test item and the best session's hit rate on the same users, so that a model
-that games the reward model without recommending better would show.
+that games the reward model without recommending better would show. With ``--heldout_reward_model_dir`` a second
+reward model (trained on another seed, never seen by the aligned policies) scores the same sessions; catalogue
+coverage and intra-session diversity (distinct first-level semantic codes per session) are reported for every row.
 
     python examples/evaluate_alignment.py --dataset ml-100k --data_path "$ONEREC_ML100K_DIR" \\
         --reward_model_dir outputs/reward/ml-100k --test_users 300 --output_dir outputs/ml-100k/table1 \\
@@ -39,8 +41,10 @@ from trainers.data.arguments import (
 )
 from trainers.evaluation import markdown_table, sample_users
 from trainers.evaluation.alignment import (
+    catalogue_coverage,
     generated_sessions,
     ground_truth_summary,
+    intra_session_diversity,
     reward_summary,
     sessions_from_ranking,
 )
@@ -60,6 +64,13 @@ class AlignmentEvaluationArguments(
             "help": "NAME=FOLDER: a OneRec checkpoint (config.json + tokenizer) or a SASRec folder (sasrec_config.json)."
         },
     )
+    heldout_reward_model_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A second reward model (another seed) that no aligned model was trained against: reward hacking "
+            "shows as the first reward rising while this one falls."
+        },
+    )
     successor: bool = field(default=True, metadata={"help": "Add the successor baseline (tuned on validation)."})
     num_sessions: int = field(default=8, metadata={"help": "S: sessions per user scored by the reward model."})
     session_beams: int = field(default=16, metadata={"help": "Beam of OneRec's session search (>= S)."})
@@ -73,6 +84,11 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     models = named_paths(args.models, "--models")
     scorer = SessionRewardScorer.from_pretrained(check_local_dir(args.reward_model_dir, "--reward_model_dir"))
+    heldout = None
+    if args.heldout_reward_model_dir is not None:
+        heldout = SessionRewardScorer.from_pretrained(
+            check_local_dir(args.heldout_reward_model_dir, "--heldout_reward_model_dir")
+        )
     data = args.load()
     splits = leave_one_out_split(data["sequences"])
     samples = build_session_samples(splits, max_history=args.max_history, session_length=1)
@@ -81,15 +97,25 @@ def main(argv=None) -> dict:
     targets = [t[0] for t in test["target"]]
 
     rows = []
+    num_items = len(data["items"])
+    first_codes = None  # item id -> first semantic code, from the first OneRec model's tokenizer (one catalogue)
 
     def add(name: str, kind: str, ranked, sessions, seconds: float) -> None:
         row = {
             "model": name,
             "sessions_from": kind,
             **reward_summary(scorer, histories, sessions),
+            **(
+                {f"heldout_{k}": v for k, v in reward_summary(heldout, histories, sessions).items()}
+                if heldout is not None
+                else {}
+            ),
             **ground_truth_summary(ranked, sessions, targets),
+            "coverage": catalogue_coverage(sessions, num_items),
             "seconds": round(seconds, 1),
         }
+        if first_codes is not None:
+            row["diversity"] = intra_session_diversity(sessions, first_codes)
         rows.append(row)
         logger.info("%s: %s", name, row)
 
@@ -113,6 +139,8 @@ def main(argv=None) -> dict:
             continue
         model = OneRecForConditionalGeneration.from_pretrained(folder).eval()
         tokenizer = SemanticIDTokenizer.from_pretrained(folder)
+        if first_codes is None:
+            first_codes = dict(zip(tokenizer.item_ids, tokenizer.item_codes[:, 0].tolist()))
         recommender = GenerativeRecommender(model, tokenizer)
         if model.config.session_length == 1:
             add_pointwise(name, recommender, start)
@@ -142,10 +170,11 @@ def main(argv=None) -> dict:
     }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     names = scorer.reward_names
+    heldout_names = [f"heldout_{n}" for n in heldout.reward_names] if heldout is not None else []
     header = (
         ["model", "sessions"]
-        + [f"{n} {s}" for n in names for s in ("mean", "max")]
-        + ["Recall@10", "NDCG@10", "session hit"]
+        + [f"{n} {s}" for n in names + heldout_names for s in ("mean", "max")]
+        + ["Recall@10", "NDCG@10", "session hit", "coverage", "diversity"]
     )
     print(
         f"\n{args.dataset}: {len(test)} random test users (seed {args.users_seed}), S={args.num_sessions} sessions "
@@ -154,9 +183,10 @@ def main(argv=None) -> dict:
     table_rows = []
     for row in rows:
         cells = [row["model"], row["sessions_from"]] + [
-            f"{row[f'{n}_{s}']:.4f}" for n in names for s in ("mean", "max")
+            f"{row[f'{n}_{s}']:.4f}" for n in names + heldout_names for s in ("mean", "max")
         ]
         cells += [f"{row['recall@10']:.4f}", f"{row['ndcg@10']:.4f}", f"{row['session_hit_rate']:.4f}"]
+        cells += [f"{row['coverage']:.4f}", f"{row['diversity']:.3f}" if "diversity" in row else "-"]
         table_rows.append(cells)
     print(markdown_table(header, table_rows))
     print(f"metrics -> {output_dir / 'metrics.json'}")

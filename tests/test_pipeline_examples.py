@@ -270,6 +270,37 @@ def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
         load_example("align_ipa").parse_weights(["liked"])
 
 
+def test_align_grpo_resumes_and_its_model_scores_with_a_held_out_reward_model(trained_run, reward_model_dir, tmp_path):
+    root, _ = trained_run
+    common = (
+        ["--dataset", "scientific", "--model_dir", str(root / "run" / "final")]
+        + ["--reward_model_dir", str(reward_model_dir), "--output_dir", str(tmp_path / "grpo")]
+        + "--max_prompts 8 --num_generations 4 --per_device_train_batch_size 8 --num_iterations 2".split()
+        + "--save_steps 2 --logging_steps 1".split()
+        + QUIET_CPU_TRAINING
+    )
+    first = load_example("align_grpo").main(common + ["--max_steps", "2"])
+    assert first["steps"] == 2 and first["prompts"] == 8
+    assert first["reward_functions"] == ["reward_model", "next_items"] and first["reward_weights"] == [1.0, 1.0]
+    resumed = load_example("align_grpo").main(common + ["--max_steps", "4"])
+    assert resumed["steps"] == 4 and (tmp_path / "grpo" / "checkpoint-2").is_dir()
+    assert (tmp_path / "grpo" / "final" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="No reward"):
+        load_example("align_grpo").main(
+            common[:4] + ["--output_dir", str(tmp_path / "none"), "--next_items_weight", "0"] + QUIET_CPU_TRAINING
+        )
+
+    table = load_example("evaluate_alignment").main(
+        ["--dataset", "scientific", "--reward_model_dir", str(reward_model_dir)]
+        + ["--heldout_reward_model_dir", str(reward_model_dir), "--test_users", "8", "--num_sessions", "2"]
+        + ["--session_beams", "4", "--output_dir", str(tmp_path / "table"), "--no_successor"]
+        + ["--models", f"OneRec={root / 'run' / 'final'}", f"OneRec+ECPO={tmp_path / 'grpo' / 'final'}"]
+    )
+    for row in table["rows"]:
+        assert row["heldout_engaged_mean"] == pytest.approx(row["engaged_mean"])  # the same model, as a check
+        assert 0 < row["coverage"] <= 1 and 0 < row["diversity"] <= 1
+
+
 def test_pretrain_never_replaces_a_finished_run_and_saves_what_it_trains(trained_run):
     root, _ = trained_run
     common = pretrain_arguments(root, max_steps=1, test_users=0)

@@ -16,7 +16,7 @@ the held-out test item, and the hit rate of its best session (the test item is i
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
@@ -86,4 +86,29 @@ def ground_truth_summary(
     return metrics
 
 
-__all__ = ["generated_sessions", "ground_truth_summary", "reward_summary", "sessions_from_ranking"]
+def catalogue_coverage(sessions: Sequence[Sequence[Sequence[str]]], num_items: int) -> float:
+    """Share of the catalogue's ``num_items`` items that appear in at least one user's sessions (a model that
+    collapses onto a few popular items, a known side effect of reward optimisation, shows here)."""
+    if num_items < 1:
+        raise ValueError(f"num_items must be >= 1, got {num_items}.")
+    return len({item for user in sessions for session in user for item in session}) / num_items
+
+
+def intra_session_diversity(sessions: Sequence[Sequence[Sequence[str]]], first_codes: Mapping[str, int]) -> float:
+    """Mean over all sessions of ``distinct first-level semantic codes / session length``: 1 when every item of a
+    session comes from another coarse cluster, ``1/m`` when all share one. ``first_codes`` maps item id -> its first
+    code (``tokenizer.item_codes[:, 0]``)."""
+    values = [
+        len({first_codes[item] for item in session}) / len(session) for user in sessions for session in user if session
+    ]
+    return float(np.mean(values)) if values else float("nan")
+
+
+__all__ = [
+    "catalogue_coverage",
+    "generated_sessions",
+    "ground_truth_summary",
+    "intra_session_diversity",
+    "reward_summary",
+    "sessions_from_ranking",
+]
