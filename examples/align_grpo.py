@@ -66,7 +66,11 @@ class GRPOScriptArguments(ModelDirArguments, DatasetArguments):
 @dataclass
 class PromptArguments(CheckedArguments):
     prompt_ratio: float = field(
-        default=0.05, metadata={"help": "Share of the training samples used as prompts (seeded by --seed)."}
+        default=0.01,
+        metadata={
+            "help": "Share of the training samples used as prompts, drawn with --seed as align_ipa.py draws the rows "
+            "of its first iteration (r_DPO): the same prompts at the same ratio and seed."
+        },
     )
     max_prompts: Optional[int] = field(default=None, metadata={"help": "At most this many prompts."})
 
@@ -130,7 +134,7 @@ def main(argv=None) -> dict:
     size = max(1, int(round(prompt_args.prompt_ratio * len(train))))
     if prompt_args.max_prompts is not None:
         size = min(size, prompt_args.max_prompts)
-    rng = np.random.default_rng(training_args.seed)
+    rng = np.random.default_rng([training_args.seed, 0])  # the rows IPA's first iteration mines at the same ratio
     chosen = np.sort(rng.choice(len(train), size=size, replace=False)).tolist()
     prompts = train.select(chosen).map(
         lambda row: {"prompt": row["history"], "target": row["target"]},
