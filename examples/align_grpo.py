@@ -37,7 +37,7 @@ from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.alignment import NextItemsReward, OneRecGRPOConfig, OneRecGRPOTrainer, SessionRewardModelReward
 from trainers.alignment.reward_model import SessionRewardScorer
 from trainers.data import build_session_samples, check_local_dir, leave_one_out_split
-from trainers.data.arguments import CheckedArguments, DatasetArguments, ModelDirArguments, redeclare
+from trainers.data.arguments import CheckedArguments, DatasetArguments, ModelDirArguments, named_weights, redeclare
 from trainers.evaluation import markdown_table
 
 logger = logging.getLogger("align_grpo")
@@ -82,21 +82,6 @@ class PromptArguments(CheckedArguments):
             raise ValueError(f"--prompt_ratio must be in (0, 1], got {self.prompt_ratio}.")
 
 
-def parse_tower_weights(values: List[str]) -> Optional[dict]:
-    if not values:
-        return None
-    weights = {}
-    for value in values:
-        name, sep, number = value.partition("=")
-        try:
-            weights[name] = float(number)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise ValueError(f"--reward_towers expects NAME=WEIGHT, got {value!r}; e.g. --reward_towers engaged=1")
-    return weights
-
-
 def main(argv=None) -> dict:
     parser = HfArgumentParser((GRPOScriptArguments, PromptArguments, OneRecGRPOConfig))
     args, prompt_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -111,7 +96,7 @@ def main(argv=None) -> dict:
     if args.reward_model_dir is not None and args.reward_model_weight:
         check_local_dir(args.reward_model_dir, "--reward_model_dir")
         scorer = SessionRewardScorer.from_pretrained(
-            args.reward_model_dir, weights=parse_tower_weights(args.reward_towers)
+            args.reward_model_dir, weights=named_weights(args.reward_towers, "--reward_towers")
         )
         reward_funcs.append(SessionRewardModelReward(scorer))
         weights.append(args.reward_model_weight)

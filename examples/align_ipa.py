@@ -41,6 +41,7 @@ from trainers.data.arguments import (
     DatasetArguments,
     ModelDirArguments,
     RewardModelDirArguments,
+    named_weights,
     redeclare,
 )
 from trainers.evaluation import markdown_table
@@ -80,23 +81,6 @@ class IPAArguments(CheckedArguments):
     minimum_values: ClassVar[Mapping[str, int]] = {"num_candidates": 1, "num_iterations": 1, "mining_batch_size": 1}
 
 
-def parse_weights(values: List[str]) -> dict | None:
-    if not values:
-        return None
-    weights = {}
-    for value in values:
-        name, sep, number = value.partition("=")
-        try:
-            weights[name] = float(number)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise ValueError(
-                f"--reward_weights expects NAME=WEIGHT, got {value!r}; e.g. --reward_weights liked=1 engaged=1"
-            )
-    return weights
-
-
 def main(argv=None) -> dict:
     parser = HfArgumentParser((AlignmentArguments, IPAArguments, OneRecDPOConfig))
     args, ipa_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -108,7 +92,9 @@ def main(argv=None) -> dict:
     check_local_dir(args.reward_model_dir, "--reward_model_dir")
     model = OneRecForConditionalGeneration.from_pretrained(args.model_dir)
     tokenizer = SemanticIDTokenizer.from_pretrained(args.model_dir)
-    scorer = SessionRewardScorer.from_pretrained(args.reward_model_dir, weights=parse_weights(args.reward_weights))
+    scorer = SessionRewardScorer.from_pretrained(
+        args.reward_model_dir, weights=named_weights(args.reward_weights, "--reward_weights")
+    )
     data = args.load()
     splits = leave_one_out_split(data["sequences"])
     train = build_session_samples(

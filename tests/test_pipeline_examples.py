@@ -10,6 +10,7 @@ from datasets import Dataset
 from test_examples import FAST_SEMANTIC_IDS, QUIET_CPU_TRAINING, load_example  # tests/ is on sys.path under pytest
 from transformers import pipeline
 
+from trainers.data.arguments import named_weights
 from trainers.evaluation import held_out_sessions, read_topk_json, sample_users
 
 
@@ -266,8 +267,9 @@ def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
         load_example("evaluate_alignment").main(
             ["--dataset", "scientific", "--reward_model_dir", str(reward_model_dir), "--models", "IPA (T=2)=somewhere"]
         )
-    with pytest.raises(ValueError, match="NAME=WEIGHT"):
-        load_example("align_ipa").parse_weights(["liked"])
+    with pytest.raises(ValueError, match="--reward_weights expects NAME=WEIGHT"):
+        named_weights(["liked"], "--reward_weights")
+    assert named_weights(["liked=1", "engaged=0.5"], "--reward_weights") == {"liked": 1.0, "engaged": 0.5}
 
 
 def test_align_grpo_resumes_and_its_model_scores_with_a_held_out_reward_model(trained_run, reward_model_dir, tmp_path):

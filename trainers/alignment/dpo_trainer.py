@@ -70,6 +70,25 @@ logger = logging.getLogger(__name__)
 TESTED_TRL = "1.16"
 
 
+def policy_and_tokenizer(trainer_name: str, model, processing_class, tests: str):
+    """The checks both OneRec TRL trainers start with: a tokenizer is given, a folder name becomes the model it holds,
+    and a TRL minor other than :data:`TESTED_TRL` is warned about (naming the test file that pins the internals the
+    trainer reuses). Returns the model."""
+    if processing_class is None:
+        raise ValueError("processing_class is required: pass the SemanticIDTokenizer the model was built with.")
+    if isinstance(model, str):
+        from modeling_onerec import OneRecForConditionalGeneration
+
+        model = OneRecForConditionalGeneration.from_pretrained(model)
+    if Version(trl.__version__).release[:2] != Version(TESTED_TRL).release[:2]:
+        warnings.warn(
+            f"{trainer_name} was written against trl {TESTED_TRL}.x (it reuses TRL trainer internals); trl "
+            f"{trl.__version__} is installed. Run {tests} before trusting it.",
+            stacklevel=3,
+        )
+    return model
+
+
 def disable_stochastic_layers(model) -> None:
     """What ``disable_dropout`` must also switch off on OneRec for the policy and reference to agree at step 0:
     ``nn.Dropout`` modules, T5 attention dropout (a float on ``T5Attention``) and the router's jitter noise."""
@@ -118,12 +137,7 @@ class OneRecDPOTrainer(DPOTrainer):
         processing_class=None,
         **kwargs,
     ):
-        if processing_class is None:
-            raise ValueError("processing_class is required: pass the SemanticIDTokenizer the model was built with.")
-        if isinstance(model, str):
-            from modeling_onerec import OneRecForConditionalGeneration
-
-            model = OneRecForConditionalGeneration.from_pretrained(model)
+        model = policy_and_tokenizer("OneRecDPOTrainer", model, processing_class, "tests/test_preference.py")
         args = args if args is not None else OneRecDPOConfig(output_dir="onerec-dpo")
         self._layout = token_layout(
             model, processing_class
@@ -132,13 +146,6 @@ class OneRecDPOTrainer(DPOTrainer):
             train_dataset = Dataset.from_list(train_dataset)
         if isinstance(eval_dataset, list):
             eval_dataset = Dataset.from_list(eval_dataset)
-        if Version(trl.__version__).release[:2] != Version(TESTED_TRL).release[:2]:
-            warnings.warn(
-                f"OneRecDPOTrainer was written against trl {TESTED_TRL}.x (it reuses DPOTrainer internals); "
-                f"trl {trl.__version__} is installed. Run tests/test_preference.py before trusting its "
-                "losses.",
-                stacklevel=2,
-            )
         uses_peft = is_peft_model(model) or kwargs.get("peft_config") is not None
         if ref_model is None and not args.precompute_ref_log_probs and not uses_peft:
             # TRL would rebuild the reference from a hub path, which this model does not have. (With PEFT, TRL's own

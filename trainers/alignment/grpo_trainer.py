@@ -45,17 +45,15 @@ import warnings
 from typing import Any, Dict, List, Optional
 
 import torch
-import trl
 from accelerate.utils import extract_model_from_parallel, is_peft_model
 from datasets import Dataset, IterableDataset
-from packaging.version import Version
 from trl import GRPOTrainer
 
 from tokenization_semantic_id.tokenization_semantic_id import check_item_list
 
 from ..distributed import sum_over_processes
 from ..pretraining import global_batch_losses
-from .dpo_trainer import TESTED_TRL, disable_stochastic_layers
+from .dpo_trainer import disable_stochastic_layers, policy_and_tokenizer
 from .grpo_config import OneRecGRPOConfig
 from .policy_losses import LOSS_TYPES, ecpo_loss, gbpo_loss, kl_penalty
 from .rollouts import constrained_token_log_probs, history_prompt_ids, session_groups, split_prompt
@@ -101,24 +99,13 @@ class OneRecGRPOTrainer(GRPOTrainer):
         optimizers=(None, None),
         peft_config=None,
     ):
-        if processing_class is None:
-            raise ValueError("processing_class is required: pass the SemanticIDTokenizer the model was built with.")
-        if isinstance(model, str):
-            from modeling_onerec import OneRecForConditionalGeneration
-
-            model = OneRecForConditionalGeneration.from_pretrained(model)
+        model = policy_and_tokenizer("OneRecGRPOTrainer", model, processing_class, "tests/test_grpo.py")
         args = args if args is not None else OneRecGRPOConfig(output_dir="onerec-grpo")
         if not isinstance(args, OneRecGRPOConfig):
             raise TypeError(f"args must be a OneRecGRPOConfig, got {type(args).__name__}.")
         if args.objective != "grpo" and args.loss_type not in LOSS_TYPES:
             raise ValueError(
                 f"objective {args.objective!r} supports loss_type in {LOSS_TYPES}, got {args.loss_type!r}."
-            )
-        if Version(trl.__version__).release[:2] != Version(TESTED_TRL).release[:2]:
-            warnings.warn(
-                f"OneRecGRPOTrainer was written against trl {TESTED_TRL}.x (it reuses GRPOTrainer internals); "
-                f"trl {trl.__version__} is installed. Run tests/test_grpo.py before trusting it.",
-                stacklevel=2,
             )
         model.config.check_tokenizer(processing_class)
         self.session_length = args.session_length or model.config.session_length

@@ -22,7 +22,8 @@ The groups, and the scripts that take them:
 * :class:`TopKArguments` (``--ks``, ``--top_k_json``): evaluate_baselines, train_sasrec.
 
 Every group checks its integer flags when parsed (``minimum_values``, see :class:`CheckedArguments`).
-:func:`named_paths` parses the ``NAME=PATH`` lists of the evaluation scripts.
+:func:`named_paths` parses the ``NAME=PATH`` lists of the evaluation scripts, :func:`named_weights` the ``NAME=WEIGHT``
+lists of the alignment scripts.
 """
 
 from __future__ import annotations
@@ -230,6 +231,23 @@ def check_local_dir(path: str, option: str) -> str:
             "examples/pretrain.py, the tokenizer folder of examples/build_semantic_ids.py)."
         )
     return path
+
+
+def named_weights(values: Sequence[str], option: str) -> Optional[Dict[str, float]]:
+    """``["liked=1", "engaged=0.5"]`` -> ``{"liked": 1.0, "engaged": 0.5}`` (``None`` for an empty list: the default
+    weights). Raises ``ValueError`` naming ``option`` for a value that is not ``NAME=NUMBER``."""
+    if not values:
+        return None
+    weights = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        try:
+            weights[name] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ValueError(f"{option} expects NAME=WEIGHT, got {value!r}; e.g. {option} liked=1 engaged=1")
+    return weights
 
 
 def named_paths(values: Sequence[str], option: str) -> List[Tuple[str, Path]]:
