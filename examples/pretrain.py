@@ -260,6 +260,11 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - start
+    resumed_step = int(Path(resume_from).name.split("-")[-1]) if resume_from else 0
+    # train_seconds covers this invocation only: after a resume, the steps since the checkpoint.
+    timing = f"{train_seconds / 60:.1f} min on {trainer.model.device}"
+    if resumed_step:
+        timing = f"the last {train_result.global_step - resumed_step} in {timing} (resumed at step {resumed_step})"
     trainer.save_model(str(output_dir / "final"))  # the main process writes (the Trainer's rule)
     writes_files = trainer.is_world_process_zero()  # under torchrun every process evaluates; one writes
     if writes_files:
@@ -287,7 +292,7 @@ def main(argv=None) -> dict:
         # Training alone, this invocation (after a resume: the steps since the checkpoint); the evaluations that ran
         # inside train() are taken out of its wall time.
         "train_windows_per_s": round(
-            (train_result.global_step - (int(Path(resume_from).name.split("-")[-1]) if resume_from else 0))
+            (train_result.global_step - resumed_step)
             * training_args.per_device_train_batch_size
             * training_args.world_size
             * training_args.gradient_accumulation_steps
@@ -305,6 +310,7 @@ def main(argv=None) -> dict:
         "learning_rate": training_args.learning_rate,
         "batch_size": training_args.per_device_train_batch_size,
         "train_seconds": round(train_seconds, 1),
+        "resumed_from_step": resumed_step,
         "device": str(trainer.model.device),
         "torch_threads": torch.get_num_threads(),
         "processes": training_args.world_size,
@@ -340,7 +346,7 @@ def main(argv=None) -> dict:
             training_summary=(
                 f"{train_result.global_step:,} steps x batch {report['global_batch_size']}, "
                 f"lr {training_args.learning_rate}, {report['epochs_trained']} epochs, "
-                f"{train_seconds / 60:.1f} min on {report['device']}, seed {training_args.seed}."
+                f"{timing}, seed {training_args.seed}."
             ),
             results_table=format_results(report["test"], report["test_users"]) if "test" in report else None,
         )
@@ -348,8 +354,7 @@ def main(argv=None) -> dict:
     if writes_files:
         print(
             f"\nOneRec ({model_args.preset}, m={model.config.session_length}) on {data_args.dataset}: "
-            f"{train_result.global_step} steps in {train_seconds / 60:.1f} min on {report['device']}, "
-            f"seed {training_args.seed}"
+            f"{train_result.global_step} steps, {timing}, seed {training_args.seed}"
         )
         if "test" in report:
             print(format_results(report["test"], report["test_users"]))
