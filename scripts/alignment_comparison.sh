@@ -50,7 +50,7 @@ for OBJECTIVE in grpo ecpo gbpo; do  # the rows IPA's first iteration mines are 
   python examples/align_grpo.py "${DATA[@]}" --model_dir "$MODEL_DIR" --reward_model_dir "$OUT/reward_seed0" \
       --next_items_weight 0 --output_dir "$OUT/$OBJECTIVE" --objective "$OBJECTIVE" --prompt_ratio "$RATIO" \
       --num_generations "$GROUP" --per_device_train_batch_size "$((2 * GROUP))" --num_iterations "$ITERATIONS" \
-      --num_train_epochs 1 --learning_rate "$LR" --logging_steps 10 --save_steps 50 "${QUIET[@]}"
+      --num_train_epochs 1 --learning_rate "$LR" --logging_steps 10 --save_steps 50 --save_total_limit 2 "${QUIET[@]}"
   echo "$OBJECTIVE seconds $(( $(date +%s) - START ))" >> "$OUT/wall_seconds.txt"
 done
 python examples/evaluate_alignment.py "${DATA[@]}" --reward_model_dir "$OUT/reward_seed0" \
