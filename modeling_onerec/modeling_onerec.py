@@ -977,9 +977,10 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         :meth:`encode_histories`' ``inputs``, cut to the ``num_sessions`` best beams of each row.
 
         Returns:
-            ``{"item_indices" [B, n, m], "scores" [B, n], "item_scores" [B, n, m], "valid" [B, n]}`` with
-            ``n = num_sessions``: catalogue rows, session and item log-probabilities, and whether a beam is a real
-            session (the valid beams of a row come first, best first).
+            ``{"item_indices" [B, n, m], "scores" [B, n], "item_scores" [B, n, m], "valid" [B, n], "sequences" [B, n,
+            2 + m * (L + 1)]}`` with ``n = num_sessions``: catalogue rows, session and item log-probabilities, whether
+            a beam is a real session (the valid beams of a row come first, best first), and the decoder tokens
+            (``decoder_start BOS c1..cL ... EOS``, PAD for a missing beam).
         """
         from .generation_onerec import eval_mode, session_beam_search
 
@@ -1006,7 +1007,10 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                 excluded_items=excluded,
             )
         kept = min(num_sessions, num_beams)
-        return {name: getattr(search, name)[:, :kept] for name in ("item_indices", "scores", "item_scores", "valid")}
+        return {
+            name: getattr(search, name)[:, :kept]
+            for name in ("item_indices", "scores", "item_scores", "valid", "sequences")
+        }
 
     def decode_sessions(self, tokenizer, outputs: Mapping[str, torch.Tensor]) -> List[List[SessionRecommendation]]:
         """:meth:`search_sessions`' ``outputs`` as item ids: per row, its valid sessions, best first. One transfer

@@ -47,7 +47,7 @@ def policy_scores(model, tokenizer, histories, completion_ids, group, temperatur
     encoder_ids, encoder_mask, excluded = split_prompt(
         *left_padded_prompts(tokenizer, rows), tokenizer, model.config.max_history_items
     )
-    scores, _ = constrained_token_log_probs(
+    scores = constrained_token_log_probs(
         model, tokenizer, encoder_ids, encoder_mask, completion_ids, excluded_items=excluded, temperature=temperature
     )
     return scores
@@ -194,7 +194,7 @@ def test_averaged_grpo_gradient_is_the_exact_policy_gradient_on_eight_items():
     parameters = [p for p in model.parameters() if p.requires_grad]
 
     def log_pi():
-        scores, _ = constrained_token_log_probs(
+        scores = constrained_token_log_probs(
             model, tokenizer, encoded["input_ids"], encoded["attention_mask"], completion
         )
         return scores.log_probs.sum(1)  # [8], no exclusions: all eight items allowed

@@ -31,7 +31,7 @@ Touch points in TRL 1.16 (no public hook exists for an encoder-decoder policy; s
 presented as a scorer during that call (``_reference_scorer``; under PEFT TRL's adapter-disabled reference),
 ``compute_ref_log_probs`` (the same, for ``precompute_ref_log_probs``), ``_prepare_dataset`` (item-id rows are
 validated, not tokenised as text), ``_set_signature_columns_if_needed``, TRL's fused LM head removed again
-(``_remove_fused_lm_head``), ``loss_types`` with ``cdpo`` mapped to ``sigmoid`` plus our term
+(``remove_fused_lm_head``), ``loss_types`` with ``cdpo`` mapped to ``sigmoid`` plus our term
 (``_take_cdpo_out_of_loss_types``), ``aux_loss_enabled`` off (the router terms are the model's own) and ``_metrics``
 for our extra logs.
 """
@@ -87,6 +87,15 @@ def policy_and_tokenizer(trainer_name: str, model, processing_class, tests: str)
             stacklevel=3,
         )
     return model
+
+
+def remove_fused_lm_head(module) -> None:
+    """TRL (1.16, ``add_fused_lm_head``) patches a fused causal-LM head onto the instance (``module.forward = ...``,
+    closing over the old bound forward). OneRec's trainers score through their own encoder-decoder path, which never
+    uses it, and the patch would make a later deepcopy of the model call the *original* model's forward: remove it.
+    Call it only on a module that had no instance ``forward`` before TRL's trainer was built."""
+    if "forward" in vars(module):
+        del module.forward
 
 
 def disable_stochastic_layers(model) -> None:
@@ -181,18 +190,10 @@ class OneRecDPOTrainer(DPOTrainer):
 
         for module in (model, ref_model):
             if module is not None and not had_forward[id(module)]:
-                self._remove_fused_lm_head(module)
+                remove_fused_lm_head(module)
         # MoE terms are the model's own (router_aux_loss_coef * aux + router_z_loss_coef * z), added in compute_loss.
         self.aux_loss_enabled = False
         self.cdpo_weight = self._take_cdpo_out_of_loss_types()
-
-    @staticmethod
-    def _remove_fused_lm_head(module) -> None:
-        """TRL (1.16, ``add_fused_lm_head``) patches a fused LM head onto the instance (``module.forward = ...``,
-        closing over the old bound forward). Scoring goes through :class:`SessionScorer`, which never uses it, and
-        the patch would make a later deepcopy of the model call the *original* model's forward: remove it."""
-        if "forward" in vars(module):
-            del module.forward
 
     def _take_cdpo_out_of_loss_types(self) -> float:
         """``cdpo`` is TRL's ``sigmoid`` loss plus ``label_smoothing * beta * mean(delta)`` (see

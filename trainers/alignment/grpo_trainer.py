@@ -51,12 +51,19 @@ from trl import GRPOTrainer
 
 from tokenization_semantic_id.tokenization_semantic_id import check_item_list
 
+from ..data.collation import pad_labels
 from ..distributed import sum_over_processes
 from ..pretraining import global_batch_losses
-from .dpo_trainer import disable_stochastic_layers, policy_and_tokenizer
+from .dpo_trainer import disable_stochastic_layers, policy_and_tokenizer, remove_fused_lm_head
 from .grpo_config import OneRecGRPOConfig
 from .policy_losses import LOSS_TYPES, ecpo_loss, gbpo_loss, kl_penalty
-from .rollouts import constrained_token_log_probs, history_prompt_ids, session_groups, split_prompt
+from .rollouts import (
+    code_token_mask,
+    constrained_token_log_probs,
+    history_prompt_ids,
+    session_groups,
+    split_prompt,
+)
 
 ROW_COLUMNS = ("prompt", "target")
 
@@ -145,8 +152,8 @@ class OneRecGRPOTrainer(GRPOTrainer):
         if ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         base = self.model.get_base_model() if is_peft_model(self.model) else model
-        if not had_forward and "forward" in vars(base):
-            del base.forward  # TRL's fused LM head assumes a causal LM; scoring never uses it
+        if not had_forward:
+            remove_fused_lm_head(base)
         self.aux_loss_enabled = False  # the router terms are the model's own, added in compute_loss
         self.ntp_weight = float(args.ntp_weight)
 
@@ -206,8 +213,7 @@ class OneRecGRPOTrainer(GRPOTrainer):
         )
         tokenizer = self.processing_class
         completion = groups.completion_ids
-        code = (completion >= tokenizer.level_offsets[0]) & (completion < tokenizer.vocab_size)
-        env_mask = code & groups.valid[:, None]
+        env_mask = code_token_mask(tokenizer, completion) & groups.valid[:, None]
         distinct = [
             len({tuple(s) for s in groups.sessions[start : start + group] if s is not None}) / group
             for start in range(0, len(groups.sessions), group)
@@ -236,10 +242,7 @@ class OneRecGRPOTrainer(GRPOTrainer):
                 for row in inputs
             ]
             width = max(1, max(len(row) for row in rows))
-            labels = torch.full((len(rows), width), -100, dtype=torch.long)
-            for r, row in enumerate(rows):
-                labels[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-            output["target_labels"] = labels.to(self.accelerator.device)
+            output["target_labels"] = pad_labels(rows, width).to(self.accelerator.device)
         return output
 
     # ------------------------------------------------------------------ scoring
@@ -268,7 +271,7 @@ class OneRecGRPOTrainer(GRPOTrainer):
                 self.processing_class,
                 unwrapped.config.max_history_items,
             )
-            scores, _ = constrained_token_log_probs(
+            scores = constrained_token_log_probs(
                 model,
                 self.processing_class,
                 encoder_ids,
@@ -278,6 +281,7 @@ class OneRecGRPOTrainer(GRPOTrainer):
                 session_length=self.session_length,
                 forbid_repeats=self.args.forbid_repeats,
                 temperature=self.temperature,
+                entropy=compute_entropy,
             )
             all_log_probs.append(scores.log_probs)
             all_entropies.append(scores.entropy)

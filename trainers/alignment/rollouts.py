@@ -34,6 +34,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from tokenization_semantic_id.constrained_decoding import SessionConstrainedLogitsProcessor
 
+from ..data.collation import pad_rows
+
 RolloutStrategy = Literal["beam", "sample"]
 SearchBackend = Literal["native", "generate"]
 
@@ -57,16 +59,9 @@ class SessionGroups:
     sampler_log_probs: Optional[torch.Tensor] = None
 
 
-def session_token_rows(tokenizer, item_indices: torch.Tensor) -> torch.Tensor:
-    """``[R, m]`` catalogue rows -> ``[R, m * (L + 1) + 1]`` tokens ``BOS c1..cL ... EOS`` (rows with a negative index
-    become all PAD)."""
-    rows, m = item_indices.shape
-    codes = tokenizer.item_tokens[item_indices.clamp(min=0).cpu()]  # [R, m, L]
-    bos = torch.full((rows, m, 1), tokenizer.bos_token_id, dtype=torch.long)
-    eos = torch.full((rows, 1), tokenizer.eos_token_id, dtype=torch.long)
-    tokens = torch.cat([torch.cat([bos, codes], dim=2).reshape(rows, -1), eos], dim=1)
-    missing = (item_indices < 0).any(dim=1).cpu()
-    return tokens.masked_fill(missing[:, None], tokenizer.pad_token_id)
+def code_token_mask(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens``' positions that hold a code token (the policy's decisions; BOS, EOS and PAD are forced)."""
+    return (tokens >= tokenizer.level_offsets[0]) & (tokens < tokenizer.vocab_size)
 
 
 def _generate_groups(
@@ -167,9 +162,8 @@ def session_groups(
                 exclude_history=exclude_history,
                 forbid_repeats=forbid_repeats,
             )
-            valid = found["valid"].reshape(-1).cpu()
-            indices = found["item_indices"].reshape(-1, m).cpu().masked_fill(~valid[:, None], -1)
-            completion_ids, scores = session_token_rows(tokenizer, indices), None
+            completion_ids = found["sequences"].reshape(-1, found["sequences"].shape[-1])[:, 1:].cpu()
+            scores = None
         else:
             exclude = histories if exclude_history else None
             sequences, scores = _generate_groups(
@@ -223,19 +217,16 @@ def split_prompt(
                 "prompts with history_prompt_ids()."
             )
         rows.append(real)
-    keep = [min((len(row) - 1) // levels, max_history_items) * levels + 1 for row in rows]
-    width = max(keep)
-    encoder_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    encoder_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    history_items = max(len(row) - 1 for row in rows) // levels
-    excluded = torch.full((len(rows), history_items), -1, dtype=torch.long)
+    kept = [row[-(min((len(row) - 1) // levels, max_history_items) * levels + 1) :] for row in rows]
+    encoder_ids, encoder_mask = pad_rows(kept, tokenizer.pad_token_id)
+    # Every row's history items, read with one walk of the trie over all their codes.
+    lengths = [(len(row) - 1) // levels for row in rows]
     trie = tokenizer.trie
-    for r, (row, n) in enumerate(zip(rows, keep)):
-        encoder_ids[r, :n] = torch.tensor(row[-n:])
-        encoder_mask[r, :n] = 1
-        codes = torch.tensor(row[:-1]).view(-1, levels)
-        leaves = trie.walk(codes.to(trie.device)).cpu()
-        excluded[r, : len(codes)] = torch.where(leaves >= 0, trie.leaf_item.cpu()[leaves.clamp(min=0)], -1)
+    codes = torch.tensor([token for row in rows for token in row[:-1]], dtype=torch.long).view(-1, levels)
+    leaves = trie.walk(codes.to(trie.device))
+    items = torch.where(leaves >= 0, trie.leaf_item[leaves.clamp(min=0)], -1).cpu()
+    excluded = torch.full((len(rows), max(lengths)), -1, dtype=torch.long)
+    excluded[torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]] = items
     device = prompt_ids.device
     return encoder_ids.to(device), encoder_mask.to(device), excluded.to(device)
 
@@ -247,12 +238,13 @@ class PolicyTokenScores:
     Attributes:
         log_probs: ``log pi(s_t | H, s_<t)`` (0 at forced and padding positions); differentiable.
         code_mask: Positions holding a code token (the policy's decisions).
-        entropy: The entropy of the allowed-token distribution at each position (no gradient).
+        entropy: The entropy of the allowed-token distribution at each position (no gradient; ``None`` unless asked
+            for).
     """
 
     log_probs: torch.Tensor
     code_mask: torch.Tensor
-    entropy: torch.Tensor
+    entropy: Optional[torch.Tensor] = None
 
 
 def constrained_token_log_probs(
@@ -266,8 +258,8 @@ def constrained_token_log_probs(
     session_length: Optional[int] = None,
     forbid_repeats: bool = True,
     temperature: float = 1.0,
-    output_router_logits: bool = False,
-):
+    entropy: bool = False,
+) -> PolicyTokenScores:
     """The policy's per-token log-probabilities of sessions (module docstring), with teacher forcing.
 
     Args:
@@ -280,9 +272,7 @@ def constrained_token_log_probs(
         session_length: ``m`` (default ``config.session_length``).
         forbid_repeats: As generated.
         temperature: As sampled (logits are divided by it).
-        output_router_logits: Passed to the model (for its router terms).
-    Returns:
-        ``(PolicyTokenScores, model outputs)``.
+        entropy: Also compute each position's entropy (TRL logs it).
     """
     unwrapped = extract_model_from_parallel(model)
     m = unwrapped.config.session_length if session_length is None else int(session_length)
@@ -300,7 +290,6 @@ def constrained_token_log_probs(
         attention_mask=encoder_attention_mask,
         decoder_input_ids=decoder_tokens[:, :-1],
         use_cache=False,
-        **({"output_router_logits": True} if output_router_logits else {}),
     )
     logits = outputs.logits.float() / temperature  # [R, T, V]
     processor = SessionConstrainedLogitsProcessor(
@@ -322,14 +311,15 @@ def constrained_token_log_probs(
             masks = F.pad(masks, (0, logits.shape[-1] - masks.shape[-1]), value=float("-inf"))
     log_softmax = F.log_softmax(logits + masks, dim=-1)
     targets = completion_ids.to(logits.device)
-    offsets = tokenizer.level_offsets
-    code_mask = (targets >= offsets[0]) & (targets < tokenizer.vocab_size)
+    code_mask = code_token_mask(tokenizer, targets)
     picked = log_softmax.gather(2, targets[..., None]).squeeze(2)
     log_probs = torch.where(code_mask, picked, torch.zeros_like(picked))
-    with torch.no_grad():
-        probs = log_softmax.exp()
-        entropy = -torch.where(probs > 0, probs * log_softmax, torch.zeros_like(probs)).sum(-1)
-    return PolicyTokenScores(log_probs=log_probs, code_mask=code_mask, entropy=entropy), outputs
+    scores = PolicyTokenScores(log_probs=log_probs, code_mask=code_mask)
+    if entropy:
+        with torch.no_grad():
+            probs = log_softmax.exp()
+            scores.entropy = -torch.where(probs > 0, probs * log_softmax, torch.zeros_like(probs)).sum(-1)
+    return scores
 
 
 __all__ = [
@@ -340,6 +330,6 @@ __all__ = [
     "constrained_token_log_probs",
     "history_prompt_ids",
     "session_groups",
-    "session_token_rows",
+    "code_token_mask",
     "split_prompt",
 ]
