@@ -181,6 +181,8 @@ def main(argv=None) -> dict:
             OneRecConfig.from_tokenizer(tokenizer, preset=model_args.preset, **{**NEW_MODEL_DEFAULTS, **given})
         )
 
+    # The tokenizer saved beside the model encodes histories as the model reads them (recommend(), the pipeline).
+    tokenizer.set_max_history_items(model.config.max_history_items)
     data = data_args.load()
     splits = leave_one_out_split(data["sequences"])
     # Validation and test samples keep the whole history: the model reads its newest max_history_items itself, and

@@ -328,6 +328,9 @@ def test_pretrain_never_replaces_a_finished_run_and_saves_what_it_trains(trained
     )
     saved = json.loads((root / "continued" / "final" / "config.json").read_text())
     assert (saved["session_length"], saved["max_history_items"], saved["dropout_rate"]) == (1, 7, 0.2)
+    # The tokenizer saved beside it reads histories as the model does (recommend() and the pipeline agree, no warning).
+    saved_tokenizer = json.loads((root / "continued" / "final" / "tokenizer_config.json").read_text())
+    assert saved_tokenizer["max_history_items"] == 7
     assert report["session_length"] == 1 and report["dropout_rate"] == 0.2
     with pytest.raises(ValueError, match="--num_experts 2 cannot change"):
         load_example("pretrain").main(

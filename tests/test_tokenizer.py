@@ -313,3 +313,19 @@ def test_a_save_failing_while_files_are_moved_in_keeps_the_previous_tokenizer(tm
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert SemanticIDTokenizer.from_pretrained(target).item_ids == small_tokenizer.item_ids
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+
+
+def test_set_max_history_items_changes_the_cap_and_is_saved(tmp_path, small_tokenizer):
+    small_tokenizer.save_pretrained(tmp_path / "built")
+    tokenizer = SemanticIDTokenizer.from_pretrained(tmp_path / "built")
+    history = tokenizer.item_ids[:30]
+    tokenizer.set_max_history_items(20)
+    assert tokenizer.encode_history(history) == tokenizer.encode_history(history[-20:])
+    assert tokenizer.model_max_length == 20 * tokenizer.num_levels + 1
+    tokenizer.save_pretrained(tmp_path / "capped")
+    reloaded = SemanticIDTokenizer.from_pretrained(tmp_path / "capped")
+    assert (reloaded.max_history_items, reloaded.model_max_length) == (20, 20 * tokenizer.num_levels + 1)
+    assert small_tokenizer.max_history_items == 50  # the fixture it was loaded from keeps its own cap
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="max_history_items must be a positive integer"):
+            tokenizer.set_max_history_items(bad)

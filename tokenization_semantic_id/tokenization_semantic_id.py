@@ -529,6 +529,16 @@ class SemanticIDTokenizer(SavedFolderLoading, PreTrainedTokenizer):
                 items.append(self._item_ids[item])
         return items
 
+    def set_max_history_items(self, max_history_items: int) -> None:
+        """Keeps the newest ``max_history_items`` items of a history from now on, and saves that number: what a
+        training script calls when its model reads another history cap than the tokenizer was built with, so
+        that the tokenizer saved beside the model encodes histories as the model reads them."""
+        if isinstance(max_history_items, bool) or not isinstance(max_history_items, int) or max_history_items < 1:
+            raise ValueError(f"max_history_items must be a positive integer, got {max_history_items!r}.")
+        self.max_history_items = max_history_items
+        self.model_max_length = max_history_items * self.num_levels + 1
+        self.init_kwargs.update(max_history_items=max_history_items, model_max_length=self.model_max_length)
+
     def encode_history(self, item_ids: Sequence, max_items: Optional[int] = None, add_eos: bool = True) -> List[int]:
         """Token ids of a history: the newest ``max_items`` items (default ``max_history_items``) in
         time order, then EOS. An empty history is a ValueError (the model needs some context)."""
