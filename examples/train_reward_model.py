@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
             "test_users": len(set(test["user_id"])),
             "items": len(vocabulary),
         },
-        "test": {key[len("test_") :]: value for key, value in metrics.items()},
+        "test": {key.removeprefix("test_"): value for key, value in metrics.items()},  # "epoch" has no prefix
         "training": {
             **train_result.metrics,
             "wall_seconds_total": wall_seconds,

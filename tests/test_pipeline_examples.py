@@ -223,6 +223,12 @@ def reward_model_dir(tmp_path_factory):
     return folder
 
 
+def test_reward_model_report_names_its_test_metrics(reward_model_dir):
+    test = json.loads((reward_model_dir / "metrics.json").read_text())["test"]
+    assert "" not in test and "epoch" in test  # regression: "epoch" (no "test_" prefix) was saved under ""
+    assert 0 <= test["auc_engaged"] <= 1 and test["loss"] > 0
+
+
 def test_align_ipa_then_table_one(trained_run, reward_model_dir, tmp_path):
     root, _ = trained_run
     report = load_example("align_ipa").main(
