@@ -286,7 +286,8 @@ def main(argv=None) -> dict:
         "train_samples": len(train),
         "steps": train_result.global_step,
         "train_loss": round(train_result.training_loss, 5),  # mean over the run's steps
-        "epochs": training_args.num_train_epochs,
+        # the budget: --num_train_epochs, unless --max_steps (which then decides) is set
+        "epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else None,
         "epochs_trained": round(trainer.state.epoch or 0.0, 3),
         "last_evaluation": next(
             (entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None

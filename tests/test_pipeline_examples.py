@@ -398,6 +398,7 @@ def test_pretrain_pairs_resume_and_whole_history_exclusion(trained_run, caplog):
         report = load_example("pretrain").main(common + ["--output_dir", str(out), "--pairs", "random_window"])
     assert "Resuming the unfinished run" in caplog.text and "checkpoint-2" in caplog.text
     assert report["steps"] == 4 and report["pairs"] == "random_window" and report["max_history_items"] == 2
+    assert report["epochs"] is None and report["epochs_trained"] > 0  # --max_steps set the budget, not the epochs
     assert report["resumed_from_step"] == 2  # its train_seconds and windows/s cover the last 2 steps only
     assert "the last 2 in" in (out / "final" / "README.md").read_text()  # the model card says so too
     # The model reads 2 history items, yet "history excluded" excludes every item the user ever consumed before.
