@@ -508,6 +508,20 @@ def test_save_pretrained_layout(saved_model):
     assert config["codebook_sizes"] == CODEBOOKS and config["sparse_decoder_layers"] == [0, 2]
 
 
+def test_a_checkpoint_holds_the_shared_embedding_once_and_loading_it_fills_the_tied_weights(saved_model):
+    # What the Trainer's load_best_model_at_end does, and why its "missing keys" warning is harmless (docs/errors.md).
+    from safetensors.torch import load_file
+
+    model, path = saved_model
+    state = load_file(path / "model.safetensors")
+    assert "shared.weight" in state and "lm_head.weight" not in state
+    fresh = tiny_model(num_decoder_layers=3, sparse_decoder_layers=[0, 2])
+    result = fresh.load_state_dict(state, strict=False)
+    assert set(result.missing_keys) == {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
+    for tied in (fresh.lm_head.weight, fresh.encoder.embed_tokens.weight, fresh.decoder.embed_tokens.weight):
+        assert torch.equal(tied, model.shared.weight)
+
+
 def test_auto_classes_load_identically(saved_model):
     model, path = saved_model
     input_ids, labels = batch()
