@@ -21,7 +21,9 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def run_pretraining(processes: int, args: argparse.Namespace, preset: str, output_dir: Path) -> dict:
+def run_pretraining(
+    processes: int, args: argparse.Namespace, preset: str, output_dir: Path, find_unused: str | None = None
+) -> dict:
     launcher = (
         [sys.executable, "examples/pretrain.py"]
         if processes == 1
@@ -45,6 +47,9 @@ def run_pretraining(processes: int, args: argparse.Namespace, preset: str, outpu
         "--report_to", "none",
         "--seed", "0",
     ]  # fmt: skip
+    command += args.pretrain_args.split()
+    if find_unused is not None:
+        command += ["--ddp_find_unused_parameters", find_unused]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(REPOSITORY))
     subprocess.run(command, env=env, cwd=REPOSITORY, check=True, capture_output=not args.verbose)
     metrics = json.loads((output_dir / "metrics.json").read_text())
@@ -52,6 +57,7 @@ def run_pretraining(processes: int, args: argparse.Namespace, preset: str, outpu
     return {
         "preset": preset,
         "processes": processes,
+        "find_unused_parameters": find_unused or "the Trainer's choice",
         "windows_per_s": round(metrics["steps"] * args.global_batch_size / metrics["train_seconds"], 1),
         "train_seconds": metrics["train_seconds"],
         "mean_train_loss": metrics["train_loss"],
@@ -69,6 +75,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--max_steps", type=int, default=150)
     parser.add_argument("--global_batch_size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process.")
+    parser.add_argument(
+        "--pretrain_args", default="", help="More pretrain.py arguments for every run, e.g. '--max_history_items 20'."
+    )
+    parser.add_argument(
+        "--find_unused_parameters",
+        nargs="+",
+        choices=["true", "false"],
+        default=None,
+        help="Runs of more than one process once per value of DDP's find_unused_parameters (default: the Trainer's "
+        "choice, true for a model without gradient checkpointing).",
+    )
     parser.add_argument("--verbose", action="store_true", help="Show the training runs' output.")
     args = parser.parse_args(argv)
     for processes in args.processes:
@@ -79,17 +96,19 @@ def main(argv=None) -> dict:
         for preset in args.presets:
             baseline = None
             for processes in args.processes:
-                row = run_pretraining(processes, args, preset, Path(scratch) / f"{preset}_{processes}")
-                baseline = baseline or row
-                row["speed-up"] = round(row["windows_per_s"] / baseline["windows_per_s"], 2)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    print(f"\n| preset | processes | windows/s | vs {args.processes[0]} process(es) | mean training loss |")
-    print("|---|---:|---:|---:|---:|")
+                for find_unused in (args.find_unused_parameters or [None]) if processes > 1 else [None]:
+                    folder = Path(scratch) / f"{preset}_{processes}_{find_unused}"
+                    row = run_pretraining(processes, args, preset, folder, find_unused)
+                    baseline = baseline or row
+                    row["speed-up"] = round(row["windows_per_s"] / baseline["windows_per_s"], 2)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    print("\n| preset | processes | find_unused_parameters | windows/s | vs the first row | mean training loss |")
+    print("|---|---:|---|---:|---:|---:|")
     for row in rows:
         print(
-            f"| {row['preset']} | {row['processes']} | {row['windows_per_s']} | {row['speed-up']}x "
-            f"| {row['mean_train_loss']} |"
+            f"| {row['preset']} | {row['processes']} | {row['find_unused_parameters']} | {row['windows_per_s']} "
+            f"| {row['speed-up']}x | {row['mean_train_loss']} |"
         )
     return {"arguments": vars(args), "rows": rows}
 

@@ -198,6 +198,9 @@ def fsdp2(output: Path) -> None:
         record = {"logs": logs, "weights": weights, "num_processes": num_processes, "sharded": sharded}
         output.write_text(json.dumps(record))
     if num_processes > 1:
+        # Both ranks past their last collective before either tears gloo down: a rank destroying its group while
+        # the other still finishes FSDP's work aborted the process once in CI (SIGABRT, "terminate called ...").
+        dist.barrier()
         dist.destroy_process_group()
 
 
