@@ -227,6 +227,13 @@ def level_restricted_cross_entropy(
     return token_loss.sum() / is_code.sum().clamp(min=1)
 
 
+def code_token_mask(tokens: torch.Tensor, level_offsets: Sequence[int], vocab_size: int) -> torch.Tensor:
+    """``tokens``' positions that hold a semantic-ID code token (ids from ``level_offsets[0]`` to the end of the
+    vocabulary, as in a ``OneRecConfig`` or a ``SemanticIDTokenizer``): the model's decisions, where BOS, EOS, PAD
+    and ``-100`` are forced or absent."""
+    return (tokens >= level_offsets[0]) & (tokens < vocab_size)
+
+
 def ntp_token_mask(labels: torch.Tensor, config) -> torch.Tensor:
     """``[B * T]`` bool: the label positions the next-token loss averages over.
 
@@ -235,7 +242,7 @@ def ntp_token_mask(labels: torch.Tensor, config) -> torch.Tensor:
     """
     flat = labels.reshape(-1)
     if config.codebook_sizes is not None and config.level_restricted_loss:
-        return (flat >= config.level_offsets[0]) & (flat < config.vocab_size)
+        return code_token_mask(flat, config.level_offsets, config.vocab_size)
     return flat != -100
 
 
@@ -1045,6 +1052,7 @@ __all__ = [
     "OneRecSparseMLP",
     "RouterLossSums",
     "SessionRecommendation",
+    "code_token_mask",
     "cpu_dropout_keep_mask",
     "expert_capacity",
     "expert_load",

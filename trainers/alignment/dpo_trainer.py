@@ -54,6 +54,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import use_adapter
 
+from modeling_onerec.modeling_onerec import code_token_mask
 from tokenization_semantic_id.tokenization_semantic_id import check_item_list
 
 from ..distributed import sum_over_processes
@@ -244,8 +245,7 @@ class OneRecDPOTrainer(DPOTrainer):
         start = torch.full(
             (pair.shape[0], 1), self._layout["decoder_start_token_id"], dtype=pair.dtype, device=pair.device
         )
-        offsets, vocab = self._layout["level_offsets"], self._layout["vocab_size"]
-        is_code = (pair >= offsets[0]) & (pair < vocab)
+        is_code = code_token_mask(pair, self._layout["level_offsets"], self._layout["vocab_size"])
         out = {
             "input_ids": torch.cat([start, pair.masked_fill(~real, self._layout["pad_token_id"])], dim=1),
             "attention_mask": torch.cat([torch.ones_like(start), real.long()], dim=1),

@@ -49,6 +49,7 @@ from accelerate.utils import extract_model_from_parallel, is_peft_model
 from datasets import Dataset, IterableDataset
 from trl import GRPOTrainer
 
+from modeling_onerec.modeling_onerec import code_token_mask
 from tokenization_semantic_id.tokenization_semantic_id import check_item_list
 
 from ..data.collation import pad_labels
@@ -57,13 +58,7 @@ from ..pretraining import global_batch_losses
 from .dpo_trainer import disable_stochastic_layers, policy_and_tokenizer, remove_fused_lm_head
 from .grpo_config import OneRecGRPOConfig
 from .policy_losses import LOSS_TYPES, ecpo_loss, gbpo_loss, kl_penalty
-from .rollouts import (
-    code_token_mask,
-    constrained_token_log_probs,
-    history_prompt_ids,
-    session_groups,
-    split_prompt,
-)
+from .rollouts import constrained_token_log_probs, history_prompt_ids, session_groups, split_prompt
 
 ROW_COLUMNS = ("prompt", "target")
 
@@ -213,7 +208,7 @@ class OneRecGRPOTrainer(GRPOTrainer):
         )
         tokenizer = self.processing_class
         completion = groups.completion_ids
-        env_mask = code_token_mask(tokenizer, completion) & groups.valid[:, None]
+        env_mask = code_token_mask(completion, tokenizer.level_offsets, tokenizer.vocab_size) & groups.valid[:, None]
         distinct = [
             len({tuple(s) for s in groups.sessions[start : start + group] if s is not None}) / group
             for start in range(0, len(groups.sessions), group)

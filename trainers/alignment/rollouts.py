@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from transformers.modeling_outputs import BaseModelOutput
 
+from modeling_onerec.modeling_onerec import code_token_mask
 from tokenization_semantic_id.constrained_decoding import SessionConstrainedLogitsProcessor
 
 from ..data.collation import pad_rows
@@ -57,11 +58,6 @@ class SessionGroups:
     completion_ids: torch.Tensor
     valid: torch.Tensor
     sampler_log_probs: Optional[torch.Tensor] = None
-
-
-def code_token_mask(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
-    """``tokens``' positions that hold a code token (the policy's decisions; BOS, EOS and PAD are forced)."""
-    return (tokens >= tokenizer.level_offsets[0]) & (tokens < tokenizer.vocab_size)
 
 
 def _generate_groups(
@@ -311,7 +307,7 @@ def constrained_token_log_probs(
             masks = F.pad(masks, (0, logits.shape[-1] - masks.shape[-1]), value=float("-inf"))
     log_softmax = F.log_softmax(logits + masks, dim=-1)
     targets = completion_ids.to(logits.device)
-    code_mask = code_token_mask(tokenizer, targets)
+    code_mask = code_token_mask(targets, tokenizer.level_offsets, tokenizer.vocab_size)
     picked = log_softmax.gather(2, targets[..., None]).squeeze(2)
     log_probs = torch.where(code_mask, picked, torch.zeros_like(picked))
     scores = PolicyTokenScores(log_probs=log_probs, code_mask=code_mask)
@@ -330,6 +326,5 @@ __all__ = [
     "constrained_token_log_probs",
     "history_prompt_ids",
     "session_groups",
-    "code_token_mask",
     "split_prompt",
 ]
