@@ -86,6 +86,15 @@ class ModelArguments:
             "choices": ["grouped", "grouped_mm", "dense"],
         },
     )
+    history_encoding: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "What one encoder position is (OneRecConfig.history_encoding): tokens (one code token; TIGER, the "
+            "paper) or items (one history item, the sum of its code embeddings; a shorter, cheaper encoder). New "
+            "model: tokens.",
+            "choices": ["tokens", "items"],
+        },
+    )
 
 
 NEW_MODEL_DEFAULTS = {"session_length": 5, "dropout_rate": 0.0, "expert_dispatch": "grouped"}
@@ -161,6 +170,7 @@ def main(argv=None) -> dict:
             "dropout_rate",
             "attention_dropout_rate",
             "expert_dispatch",
+            "history_encoding",
             "num_experts",
         )
         if getattr(model_args, name) is not None

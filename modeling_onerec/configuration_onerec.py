@@ -245,6 +245,13 @@ class OneRecConfig(T5Config):
             Beauty (``small`` preset, 150 steps of 64 samples) the first-level code's loss reached 4.11 nats with
             the level-restricted loss against 5.24 with the full-vocabulary one.
         session_length (`int`, defaults to 5): Items per generated session ``m`` (1 = point-wise, as TIGER).
+        history_encoding (`str`, defaults to ``"tokens"``): What one encoder position is. ``"tokens"``: one code
+            token (TIGER, the paper): a history of ``n`` items is ``n * L + 1`` positions. ``"items"``: one history
+            item, the sum of its ``L`` code-token embeddings (RPG and other item-level encoders), plus the EOS: ``n +
+            1`` positions, so the encoder's attention and FFNs cost about ``L`` times less and its relative positions
+            count items. The inputs (``input_ids`` from the tokenizer) are the same in both; with ``"items"`` the
+            encoder's output repeats each item's state at each of its tokens, so the decoder's cross-attention and
+            every ``attention_mask`` keep the token layout. Needs ``codebook_sizes``.
         max_history_items (`int`, defaults to 50): History items ``n`` the encoder reads (the newest are kept);
             :meth:`from_tokenizer` copies the tokenizer's, so that ``recommend()`` (which truncates at this value) and
             ``tokenizer.batch_encode_histories`` (which truncates at the tokenizer's) agree. The paper reads 256.
@@ -273,6 +280,7 @@ class OneRecConfig(T5Config):
     codebook_sizes: Optional[List[int]] = None
     level_restricted_loss: bool = True
     session_length: int = 5
+    history_encoding: str = "tokens"
     max_history_items: int = 50
     catalogue_size: Optional[int] = None
     catalogue_fingerprint: Optional[str] = None
@@ -333,6 +341,13 @@ class OneRecConfig(T5Config):
             problems.append(
                 f"catalogue_size ({self.catalogue_size}) and catalogue_fingerprint ({self.catalogue_fingerprint}) go "
                 "together (OneRecConfig.from_tokenizer sets both)"
+            )
+        if self.history_encoding not in ("tokens", "items"):
+            problems.append(f"history_encoding must be 'tokens' or 'items', got {self.history_encoding!r}")
+        elif self.history_encoding == "items" and self.codebook_sizes is None:
+            problems.append(
+                "history_encoding='items' pools each item's code tokens and needs the semantic-ID layout: build the "
+                "config with OneRecConfig.from_tokenizer(tokenizer)"
             )
         if self.max_history_items < 1:
             problems.append(f"max_history_items must be >= 1, got {self.max_history_items}")

@@ -10,6 +10,8 @@ Pieces, smallest first:
   grouped dispatch (tokens sorted by expert, one matmul per expert over its own tokens, never every expert on
   every token); :class:`OneRecSparseMLP` -- router + experts; :class:`OneRecLayerSparseFF` -- drop-in for T5's
   ``T5LayerFF`` (norm, MoE, dropout, residual).
+* :func:`pool_history_items` -- one encoder position per history item (``config.history_encoding="items"``);
+  :class:`OneRecEncoderStack` -- T5's encoder stack, reading tokens or pooled items.
 * :class:`OneRecDecoderStack` -- a ``T5Stack`` whose chosen layers use the sparse FFN.
 * :class:`OneRecModel` (``AutoModel``) and :class:`OneRecForConditionalGeneration` (``AutoModelForSeq2SeqLM``).
 
@@ -592,6 +594,64 @@ class OneRecPreTrainedModel(SavedFolderLoading, T5PreTrainedModel):
         return ModelCard(render_model_card(self.config, **fields))
 
 
+def pool_history_items(
+    token_embeddings: torch.Tensor, attention_mask: Optional[torch.Tensor], tokens_per_item: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One position per history item: the sum of its code tokens' embeddings.
+
+    The tokenizer writes a history as ``L = tokens_per_item`` code tokens per item, then EOS, then padding, so the
+    tokens ``[j * L, (j + 1) * L)`` are item ``j`` (the EOS, alone in its group, is one more position).
+
+    Args:
+        token_embeddings: ``[B, T, d]`` embeddings of the encoder's ``input_ids``.
+        attention_mask: ``[B, T]``, 1 on real tokens (``None``: all real); masked tokens add nothing.
+        tokens_per_item: ``L``, the tokens of one item (``len(config.codebook_sizes)``).
+
+    Returns:
+        ``(item_embeddings [B, ceil(T / L), d], item_mask [B, ceil(T / L)], token_to_item [T])``: ``item_mask`` is 1
+        where a group holds a real token; ``token_to_item[t] = t // L`` maps the items' states back onto the tokens.
+    """
+    batch, length, width = token_embeddings.shape
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=token_embeddings.device)
+    groups = -(-length // tokens_per_item)
+    padding = groups * tokens_per_item - length
+    mask = F.pad(attention_mask.to(token_embeddings.device), (0, padding))
+    embeddings = F.pad(token_embeddings, (0, 0, 0, padding)) * mask.unsqueeze(-1).to(token_embeddings.dtype)
+    item_embeddings = embeddings.reshape(batch, groups, tokens_per_item, width).sum(dim=2)
+    item_mask = mask.reshape(batch, groups, tokens_per_item).amax(dim=2)
+    token_to_item = torch.arange(length, device=token_embeddings.device) // tokens_per_item
+    return item_embeddings, item_mask, token_to_item
+
+
+class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
+    """T5's encoder stack; with ``config.history_encoding="items"`` it reads one position per history item
+    (:func:`pool_history_items`) and returns each item's state at each of its tokens, so that its output and the
+    token-level ``attention_mask`` keep the shapes the decoder and ``generate()`` expect. (``OneRecPreTrainedModel``
+    first: its ``initialize_weights`` gives a stack defined outside transformers T5's initialisation.)"""
+
+    def __init__(self, config: OneRecConfig):
+        T5Stack.__init__(self, config)
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+        if self.config.history_encoding != "items":
+            return super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+            inputs_embeds = self.embed_tokens(input_ids)
+        item_embeddings, item_mask, token_to_item = pool_history_items(
+            inputs_embeds, attention_mask, len(self.config.codebook_sizes)
+        )
+        outputs = super().forward(attention_mask=item_mask, inputs_embeds=item_embeddings, **kwargs)
+        if isinstance(outputs, tuple):  # return_dict=False
+            return (outputs[0][:, token_to_item],) + outputs[1:]
+        outputs.last_hidden_state = outputs.last_hidden_state[:, token_to_item]
+        return outputs
+
+
 class OneRecDecoderStack(OneRecPreTrainedModel, T5Stack):
     """A T5 decoder stack whose ``config.sparse_layer_indices`` layers use :class:`OneRecLayerSparseFF`."""
 
@@ -613,7 +673,7 @@ def _build_stacks(model: nn.Module, config: OneRecConfig) -> None:
     encoder_config = copy.deepcopy(config)
     encoder_config.is_decoder = False
     encoder_config.use_cache = False
-    model.encoder = T5Stack(encoder_config)
+    model.encoder = OneRecEncoderStack(encoder_config)
     decoder_config = copy.deepcopy(config)
     decoder_config.is_decoder = True
     decoder_config.num_layers = config.num_decoder_layers
@@ -1042,6 +1102,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
 __all__ = [
     "OneRecDecoderStack",
     "OneRecDropout",
+    "OneRecEncoderStack",
     "OneRecExperts",
     "OneRecForConditionalGeneration",
     "OneRecLayerSparseFF",
@@ -1059,6 +1120,7 @@ __all__ = [
     "level_restricted_cross_entropy",
     "load_balancing_loss",
     "ntp_token_mask",
+    "pool_history_items",
     "route_tokens",
     "router_loss_sums",
     "router_z_loss",
