@@ -373,6 +373,8 @@ def test_dense_path_has_no_router_losses():
         ({"sparse_decoder_layers": "0"}, "sparse_decoder_layers"),
         ({"normalize_expert_weights": "yes"}, "normalize_expert_weights"),
         ({"codebook_sizes": [4, "a", 4]}, "codebook_sizes"),
+        ({"history_encoding": "item"}, "history_encoding must be 'tokens' or 'items', got 'item'"),
+        ({"history_encoding": "items", "codebook_sizes": None, "vocab_size": 15}, "needs the semantic-ID layout"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):
@@ -868,3 +870,65 @@ def test_a_truncated_file_of_a_saved_folder_is_named(tmp_path, name):
     loader = SemanticIDTokenizer if name.startswith("tokenizer") else OneRecForConditionalGeneration
     with pytest.raises(ValueError, match=rf"{name} is not readable .*truncated or corrupted"):
         loader.from_pretrained(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# history_encoding="items": one encoder position per history item
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_pool_history_items_sums_each_items_tokens_by_hand():
+    from modeling_onerec import pool_history_items
+
+    # L = 3 tokens per item. User 0: items (3, 4, 5) and (6, 7, 8), then EOS (1). User 1: item (9, 10, 11), EOS, pad.
+    input_ids = torch.tensor([[3, 4, 5, 6, 7, 8, 1], [9, 10, 11, 1, 0, 0, 0]])
+    attention_mask = (input_ids != 0).long()
+    embeddings = F.one_hot(input_ids, 12).float() * torch.arange(1, 13).float()  # token t -> (t + 1) at index t
+    items, item_mask, token_to_item = pool_history_items(embeddings, attention_mask, tokens_per_item=3)
+    assert items.shape == (2, 3, 12)
+    expected = torch.zeros(2, 3, 12)
+    for user, groups in enumerate([[[3, 4, 5], [6, 7, 8], [1]], [[9, 10, 11], [1], []]]):
+        for group, tokens in enumerate(groups):
+            for token in tokens:
+                expected[user, group, token] = token + 1
+    assert torch.equal(items, expected)  # padding adds nothing, the EOS is a position of its own
+    assert item_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert token_to_item.tolist() == [0, 0, 0, 1, 1, 1, 2]
+
+
+def test_items_encoding_matches_a_plain_encoder_over_hand_pooled_items_and_ignores_padding():
+    model = tiny_model(history_encoding="items")
+    levels = len(CODEBOOKS)
+    generator = torch.Generator().manual_seed(3)
+    long = torch.cat([torch.randint(3, VOCAB, (3 * levels,), generator=generator), torch.tensor([1])])
+    short = torch.cat([torch.randint(3, VOCAB, (levels,), generator=generator), torch.tensor([1])])
+    input_ids = torch.stack([long, F.pad(short, (0, len(long) - len(short)))])
+    attention_mask = (torch.arange(len(long)) < torch.tensor([[len(long)], [len(short)]])).long()
+    with torch.no_grad():
+        batched = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        for row, ids in enumerate([long, short]):
+            # Reference: each item's token embeddings summed by a loop, the EOS alone, then the plain T5 stack.
+            embedded = model.shared(ids)
+            items = [embedded[i : i + levels].sum(0) for i in range(0, len(ids) - 1, levels)] + [embedded[-1]]
+            reference = super(type(model.encoder), model.encoder).forward(inputs_embeds=torch.stack(items)[None])
+            states = reference.last_hidden_state[0]
+            token_states = states[torch.arange(len(ids)) // levels]  # each token carries its item's state
+            torch.testing.assert_close(batched[row, : len(ids)], token_states, rtol=1e-5, atol=1e-6)
+    # The decoder reads the same positions either way: the loss trains and differs from the token encoder's.
+    input_ids, labels = batch(source_len=2 * levels + 1)
+    loss = model(input_ids=input_ids, labels=labels).loss
+    loss.backward()
+    assert model.shared.weight.grad.abs().sum() > 0
+    tokens = tiny_model(history_encoding="tokens")
+    assert not torch.isclose(loss, tokens(input_ids=input_ids, labels=labels).loss)
+
+
+def test_history_encoding_is_saved(tmp_path):
+    model = tiny_model(history_encoding="items")
+    model.save_pretrained(tmp_path)
+    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.history_encoding == "items"
+    input_ids, labels = batch(source_len=7)
+    torch.testing.assert_close(
+        loaded(input_ids=input_ids, labels=labels).logits, model(input_ids=input_ids, labels=labels).logits
+    )

@@ -313,3 +313,19 @@ def test_history_longer_than_the_encoder_window_is_excluded_whole(catalogue, tmp
     out = _generate(model, tokenizer, [history], 3, 8)
     decoded = [tokenizer.decode_session(row, prefix_length=1) for row in out.sequences]
     assert all(items and set(items) <= allowed for items in decoded)
+
+
+def test_items_encoding_recommends_valid_sessions_and_batching_changes_nothing():
+    tokenizer = semantic_id_tokenizer([f"sku{i}" for i in range(80)], num_levels=3, codebook_size=4)
+    model = tiny_onerec(tokenizer, seed=0, session_length=2, history_encoding="items").eval()
+    histories = [["sku1", "sku2", "sku3", "sku9"], ["sku40"], ["sku7", "sku70"]]
+    together = model.recommend(tokenizer, histories, num_sessions=4, num_beams=8)
+    for history, sessions in zip(histories, together):
+        assert len(sessions) == 4
+        for session in sessions:
+            assert len(session.items) == 2 and set(session.items) <= set(tokenizer.item_ids)
+            assert not set(session.items) & set(history)
+    for history, sessions in zip(histories, together):  # a user alone: no padding, the same sessions and scores
+        alone = model.recommend(tokenizer, [history], num_sessions=4, num_beams=8)[0]
+        assert [s.items for s in alone] == [s.items for s in sessions]
+        assert [s.score for s in alone] == pytest.approx([s.score for s in sessions], abs=1e-5)
