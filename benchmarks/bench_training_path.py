@@ -21,7 +21,8 @@ Two measurements on a real dataset (default: Amazon Beauty), the same length-gro
      ``--bf16 true`` does), float32 weights and optimizer states;
    * any variant with ``-fusedadam``: ``torch.optim.AdamW(fused=True)`` (the Trainer's ``--optim adamw_torch_fused``);
    * any variant with ``-torchdropout``: ``nn.Dropout`` in place of ``OneRecDropout`` (the step before the CPU masks);
-   * any variant with ``-attn0``: ``attention_dropout_rate=0`` (hidden states keep dropout 0.1).
+   * any variant with ``-attn0``: ``attention_dropout_rate=0`` (hidden states keep dropout 0.1);
+   * any variant with ``-items``: ``history_encoding="items"`` (one encoder position per history item).
 
 With ``--eval_windows N`` every variant also reports its loss on the first N validation windows after its timed
 steps: equal learning per window shows as equal losses (within the noise of dropout's random numbers).
@@ -64,6 +65,7 @@ VARIANTS = (
     "after-grouped_mm-attn0",
     "after-torchdropout-attn0",
     "after-bf16-attn0",
+    "after-attn0-items",
 )
 
 
@@ -132,6 +134,7 @@ def time_training(
         dropout_rate=0.0 if "dropout0" in variant else 0.1,
         attention_dropout_rate=0.0 if "attn0" in variant else None,
         expert_dispatch="dense" if "dense" in variant else "grouped_mm" if "grouped_mm" in variant else "grouped",
+        history_encoding="items" if "items" in variant else "tokens",
     )
     if "torchdropout" in variant:
         swap_dropout(model)
