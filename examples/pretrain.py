@@ -320,6 +320,7 @@ def main(argv=None) -> dict:
         "dropout_rate": model.config.dropout_rate,
         "attention_dropout_rate": model.config.attention_dropout_rate,
         "expert_dispatch": model.config.expert_dispatch,
+        "history_encoding": model.config.history_encoding,
         "learning_rate": training_args.learning_rate,
         "batch_size": training_args.per_device_train_batch_size,
         "train_seconds": round(train_seconds, 1),

@@ -40,6 +40,7 @@ def test_headline_script_trains_on_two_processes_and_ranks_the_test_users(tmp_pa
     report = json.loads((tmp_path / "run" / "onerec" / "metrics.json").read_text())
     assert report["processes"] == 2 and report["global_batch_size"] == 16 and report["steps"] == 4
     assert (report["pairs"], report["max_history_items"], report["attention_dropout_rate"]) == ("prefix", 20, 0.0)
+    assert report["history_encoding"] == "tokens"
     assert report["test_users"] == 12 and report["last_evaluation"]["eval_recall@10"] >= 0
     lists = json.loads((tmp_path / "run" / "onerec" / "topk_test_exclude_history.json").read_text())
     assert len(lists) == 12 and all(len(items) == 10 for items in lists.values())
