@@ -86,6 +86,13 @@ class ModelArguments:
             "choices": ["grouped", "grouped_mm", "dense"],
         },
     )
+    tie_output_embeddings: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "The output head shares the token embedding matrix (T5, TIGER); false gives it its own "
+            "(OneRecConfig.tie_output_embeddings). New model: true."
+        },
+    )
     history_encoding: Optional[str] = field(
         default=None,
         metadata={
@@ -171,6 +178,7 @@ def main(argv=None) -> dict:
             "attention_dropout_rate",
             "expert_dispatch",
             "history_encoding",
+            "tie_output_embeddings",
             "num_experts",
         )
         if getattr(model_args, name) is not None
@@ -321,6 +329,7 @@ def main(argv=None) -> dict:
         "attention_dropout_rate": model.config.attention_dropout_rate,
         "expert_dispatch": model.config.expert_dispatch,
         "history_encoding": model.config.history_encoding,
+        "tie_output_embeddings": model.config.tie_output_embeddings,
         "learning_rate": training_args.learning_rate,
         "batch_size": training_args.per_device_train_batch_size,
         "train_seconds": round(train_seconds, 1),

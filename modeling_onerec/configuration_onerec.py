@@ -189,7 +189,13 @@ T5_SHAPE_KEYS = (
     "relative_attention_num_buckets",
 )
 #: Every setting that fixes a OneRec checkpoint's weights: T5's, the experts' and the codebooks'.
-SHAPE_KEYS = T5_SHAPE_KEYS + ("num_experts", "num_experts_per_token", "expert_d_ff", "codebook_sizes")
+SHAPE_KEYS = T5_SHAPE_KEYS + (
+    "num_experts",
+    "num_experts_per_token",
+    "expert_d_ff",
+    "codebook_sizes",
+    "tie_output_embeddings",
+)
 
 
 @strict(accept_kwargs=True)
@@ -205,6 +211,13 @@ class OneRecConfig(T5Config):
             ``attention_probs_dropout_prob``, GPT-2's ``attn_pdrop``); 0 lets the attention of a CPU training step
             run as one fused kernel (``scaled_dot_product_attention`` without dropout) while the hidden states keep
             ``dropout_rate``.
+
+    Output head:
+        tie_output_embeddings (`bool`, defaults to True): The output head (``lm_head``) shares the token embedding
+            matrix, as in T5 and every TIGER reproduction. False: it has its own ``[vocab_size, d_model]`` matrix,
+            initialised like the shared one, with the decoder output still scaled by ``d_model ** -0.5``, so that only
+            the sharing differs. (transformers' ``tie_word_embeddings`` cannot say this: ``T5Config`` sets it to True
+            whatever it is given (5.24), and False would also untie the encoder's and decoder's input embeddings.)
 
     Mixture of experts (decoder FFNs, paper Eq. 2):
         num_experts (`int`, defaults to 24): Experts per sparse layer (``N_MoE``).
@@ -265,6 +278,7 @@ class OneRecConfig(T5Config):
     model_type = "onerec"
 
     attention_dropout_rate: Optional[Union[float, int]] = None
+    tie_output_embeddings: bool = True
     num_experts: int = 24
     num_experts_per_token: int = 2
     expert_d_ff: Optional[int] = None
@@ -409,7 +423,8 @@ class OneRecConfig(T5Config):
 
         Returns ``{"total", "activated", "expert", "embedding"}``. ``activated`` counts what one token
         touches: everything but the experts, plus ``num_experts_per_token`` experts per sparse layer.
-        (The shared embedding is counted once: encoder, decoder and output head are tied.)
+        (The shared embedding is counted once: encoder and decoder inputs are tied to it, and so is the output head
+        unless ``tie_output_embeddings=False``, which adds its own matrix to ``total``.)
         """
         d, inner = self.d_model, self.num_heads * self.d_kv
         ffn_in = 2 if self.is_gated_act else 1
@@ -418,6 +433,7 @@ class OneRecConfig(T5Config):
         attention = 3 * d * inner + inner * d
         relative_bias = self.relative_attention_num_buckets * self.num_heads
         embedding = self.vocab_size * d
+        output_head = 0 if self.tie_output_embeddings else self.vocab_size * d
         encoder = self.num_layers * (attention + dense_ffn + 2 * d) + relative_bias + d
         num_sparse = len(self.sparse_layer_indices)
         num_dense = self.num_decoder_layers - num_sparse
@@ -425,7 +441,7 @@ class OneRecConfig(T5Config):
         router = d * self.num_experts
         experts = num_sparse * self.num_experts * expert_ffn
         decoder = decoder_common + num_dense * dense_ffn + num_sparse * router + experts
-        total = embedding + encoder + decoder
+        total = embedding + output_head + encoder + decoder
         activated = total - experts + num_sparse * self.num_experts_per_token * expert_ffn
         return {"total": total, "activated": activated, "expert": experts, "embedding": embedding}
 

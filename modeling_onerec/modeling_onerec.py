@@ -565,7 +565,9 @@ class OneRecPreTrainedModel(SavedFolderLoading, T5PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         factor = self.config.initializer_factor
-        if isinstance(module, OneRecExperts):
+        if isinstance(module, OneRecForConditionalGeneration) and not self.config.tie_output_embeddings:
+            init.normal_(module.lm_head.weight, mean=0.0, std=factor * 1.0)  # as T5 initialises the shared matrix
+        elif isinstance(module, OneRecExperts):
             init.normal_(module.input_proj, mean=0.0, std=factor * self.config.d_model**-0.5)
             init.normal_(module.output_proj, mean=0.0, std=factor * self.config.expert_hidden_size**-0.5)
         elif isinstance(module, OneRecRouter):
@@ -761,6 +763,15 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         _build_stacks(self, config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        """transformers' tied-weight mapping (T5's: encoder, decoder and ``lm_head`` on ``shared``), without
+        ``lm_head`` when ``config.tie_output_embeddings`` is False. T5Config forces ``tie_word_embeddings=True``
+        (transformers 5.24), and False would untie the input embeddings too: this method is where the mapping is read."""
+        mapping = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
+        if not self.config.tie_output_embeddings:
+            mapping.pop("lm_head.weight", None)
+        return mapping
 
     # Adapted from transformers.models.t5.modeling_t5.T5ForConditionalGeneration.forward
     @can_return_tuple

@@ -396,6 +396,7 @@ def test_config_accepts_ints_for_float_fields():
         {"num_decoder_layers": 3, "sparse_decoder_layers": [1]},
         {"feed_forward_proj": "gated-silu", "expert_d_ff": 24, "num_layers": 2},
         {"sparse_decoder_layers": []},
+        {"tie_output_embeddings": False},
     ],
 )
 def test_parameter_counts_are_exact(overrides):
@@ -931,4 +932,24 @@ def test_history_encoding_is_saved(tmp_path):
     input_ids, labels = batch(source_len=7)
     torch.testing.assert_close(
         loaded(input_ids=input_ids, labels=labels).logits, model(input_ids=input_ids, labels=labels).logits
+    )
+
+
+def test_untied_output_head_has_its_own_matrix_and_keeps_it_through_save_and_load(tmp_path):
+    tied, untied = tiny_model(), tiny_model(tie_output_embeddings=False)
+    assert tied.lm_head.weight is tied.shared.weight
+    assert untied.lm_head.weight is not untied.shared.weight
+    for stack in (untied.encoder, untied.decoder):  # only the output head is untied
+        assert stack.embed_tokens.weight is untied.shared.weight
+    assert abs(untied.lm_head.weight.std().item() - 1.0) < 0.15  # initialised like the shared matrix (T5: N(0, 1))
+    input_ids, labels = batch(source_len=7)
+    untied.train()
+    untied(input_ids=input_ids, labels=labels).loss.backward()
+    assert not torch.allclose(untied.lm_head.weight.grad, untied.shared.weight.grad)
+    untied.eval().save_pretrained(tmp_path)
+    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.tie_output_embeddings is False and loaded.lm_head.weight is not loaded.shared.weight
+    assert torch.equal(loaded.lm_head.weight, untied.lm_head.weight)
+    torch.testing.assert_close(
+        loaded(input_ids=input_ids, labels=labels).logits, untied(input_ids=input_ids, labels=labels).logits
     )
