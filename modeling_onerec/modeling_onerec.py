@@ -629,8 +629,10 @@ def pool_history_items(
 class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
     """T5's encoder stack; with ``config.history_encoding="items"`` it reads one position per history item
     (:func:`pool_history_items`) and returns each item's state at each of its tokens, so that its output and the
-    token-level ``attention_mask`` keep the shapes the decoder and ``generate()`` expect. (``OneRecPreTrainedModel``
-    first: its ``initialize_weights`` gives a stack defined outside transformers T5's initialisation.)"""
+    token-level ``attention_mask`` keep the shapes the decoder and ``generate()`` expect. ``inputs_embeds``, if given,
+    are token embeddings and are pooled the same way; the ``hidden_states`` and ``attentions`` it returns on request
+    stay per item. (``OneRecPreTrainedModel`` first: its ``initialize_weights`` gives a stack defined outside
+    transformers T5's initialisation.)"""
 
     def __init__(self, config: OneRecConfig):
         T5Stack.__init__(self, config)
