@@ -412,5 +412,7 @@ def test_pretrain_pairs_resume_and_whole_history_exclusion(trained_run, caplog):
     (out / "metrics.json").unlink()
     with pytest.raises(ValueError, match=r"another shape \(d_model: 32 in the checkpoint, 128 now"):
         load_example("pretrain").main(common + ["--output_dir", str(out), "--preset", "small"])
+    with pytest.raises(ValueError, match=r"tie_output_embeddings: True in the checkpoint, False now"):
+        load_example("pretrain").main(common + ["--output_dir", str(out), "--tie_output_embeddings", "false"])
     windows = load_example("pretrain").main(common + ["--output_dir", str(root / "all"), "--pairs", "all_windows"])
     assert windows["pairs"] == "all_windows" and windows["train_samples"] > report["train_samples"]
