@@ -642,9 +642,9 @@ class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
             return super().forward(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")  # T5Stack's rule
         if inputs_embeds is None:
-            if input_ids is None:
-                raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
             inputs_embeds = self.embed_tokens(input_ids)
         item_embeddings, item_mask, token_to_item = pool_history_items(
             inputs_embeds, attention_mask, len(self.config.codebook_sizes)
