@@ -27,7 +27,13 @@ import torch
 from transformers import HfArgumentParser, pipeline, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from modeling_onerec import RECOMMENDATION_TASK, SHAPE_KEYS, OneRecConfig, OneRecForConditionalGeneration
+from modeling_onerec import (
+    HISTORY_ENCODINGS,
+    RECOMMENDATION_TASK,
+    SHAPE_KEYS,
+    OneRecConfig,
+    OneRecForConditionalGeneration,
+)
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.data import (
     PAIR_CONSTRUCTIONS,
@@ -99,7 +105,7 @@ class ModelArguments:
             "help": "What one encoder position is (OneRecConfig.history_encoding): tokens (one code token; TIGER, the "
             "paper) or items (one history item, the sum of its code embeddings; a shorter, cheaper encoder). New "
             "model: tokens.",
-            "choices": ["tokens", "items"],
+            "choices": list(HISTORY_ENCODINGS),
         },
     )
 

@@ -104,6 +104,8 @@ PRESETS: Dict[str, dict] = {
         num_experts_per_token=2,
     ),
 }
+# What one encoder position can be (OneRecConfig.history_encoding).
+HISTORY_ENCODINGS = ("tokens", "items")
 # Token layout shared with SemanticIDTokenizer: <pad>=0, </s>=1, <s>=2 (BOS before each session item), then codes.
 NUM_SPECIAL_TOKENS = 3
 
@@ -356,8 +358,10 @@ class OneRecConfig(T5Config):
                 f"catalogue_size ({self.catalogue_size}) and catalogue_fingerprint ({self.catalogue_fingerprint}) go "
                 "together (OneRecConfig.from_tokenizer sets both)"
             )
-        if self.history_encoding not in ("tokens", "items"):
-            problems.append(f"history_encoding must be 'tokens' or 'items', got {self.history_encoding!r}")
+        if self.history_encoding not in HISTORY_ENCODINGS:
+            problems.append(
+                f"history_encoding must be {' or '.join(map(repr, HISTORY_ENCODINGS))}, got {self.history_encoding!r}"
+            )
         elif self.history_encoding == "items" and self.codebook_sizes is None:
             problems.append(
                 "history_encoding='items' pools each item's code tokens and needs the semantic-ID layout: build the "
@@ -536,4 +540,12 @@ class OneRecConfig(T5Config):
             )
 
 
-__all__ = ["OneRecConfig", "PRESETS", "SHAPE_KEYS", "T5_SHAPE_KEYS", "SavedFolderLoading", "load_saved_folder"]
+__all__ = [
+    "HISTORY_ENCODINGS",
+    "OneRecConfig",
+    "PRESETS",
+    "SHAPE_KEYS",
+    "T5_SHAPE_KEYS",
+    "SavedFolderLoading",
+    "load_saved_folder",
+]

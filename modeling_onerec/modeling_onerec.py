@@ -647,7 +647,7 @@ class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         item_embeddings, item_mask, token_to_item = pool_history_items(
-            inputs_embeds, attention_mask, len(self.config.codebook_sizes)
+            inputs_embeds, attention_mask, self.config.num_code_levels
         )
         outputs = super().forward(attention_mask=item_mask, inputs_embeds=item_embeddings, **kwargs)
         if isinstance(outputs, tuple):  # return_dict=False
