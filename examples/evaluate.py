@@ -27,6 +27,7 @@ import logging
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -41,9 +42,11 @@ from trainers.data.arguments import DatasetArguments, GenerativeEvaluationArgume
 from trainers.distributed import distributed_state, release_processes
 from trainers.evaluation import (
     PUBLISHED_BEAUTY,
+    code_prefix_hit_rates,
     evaluate_recommender,
     held_out_sessions,
     markdown_table,
+    metrics_by_target_popularity,
     metrics_table,
     ranking_metrics,
     read_topk_json,
@@ -51,7 +54,7 @@ from trainers.evaluation import (
     write_topk_json,
 )
 from trainers.evaluation.generative import evaluate_generative_model
-from trainers.evaluation.plots import plot_hit_ranks
+from trainers.evaluation.plots import plot_hit_ranks, plot_metric_by_group
 
 logger = logging.getLogger("evaluate")
 _SETTINGS = (("exclude_history", True, "excluded"), ("all_items", False, "allowed"))
@@ -92,6 +95,21 @@ class EvaluateArguments(GenerativeEvaluationArguments, HistoryArguments, Dataset
         metadata={
             "help": "Which settings to rank: exclude_history (the user's own items never recommended) and/or all_items.",
             "choices": ["exclude_history", "all_items"],
+        },
+    )
+    popularity_edges: List[int] = field(
+        default_factory=lambda: [1, 5, 20, 100],
+        metadata={
+            "help": "Also score every model's lists per group of users by how often their target occurs in training: "
+            "[0, e1), [e1, e2), ..., >= e_last (head against tail; a table and by_target_popularity.png). Strictly "
+            "increasing integers >= 1."
+        },
+    )
+    code_prefix_tokenizer_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A semantic-ID tokenizer folder: also print, per code level, the share of users whose top 10 holds "
+            "an item sharing the target's first codes (every model's lists against the same codes)."
         },
     )
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where metrics and top-k files go."})
@@ -218,11 +236,19 @@ def main(argv=None) -> dict:
         "rows": rows,
         "sessions": sessions,
     }
+    if hit_lists:
+        report.update(where_hits_are_won(hit_lists, targets, splits["train"], args))
     if not main_process:
         return report
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     if hit_lists:
         plot_hit_ranks(hit_lists, targets, output_dir / "hit_ranks.png")
+        plot_metric_by_group(
+            {name: rows["rows"] for name, rows in report["by_target_popularity"].items()},
+            "recall@10",
+            output_dir / "by_target_popularity.png",
+            xlabel="occurrences of the user's held-out item in the training split",
+        )
     print(
         f"\n{label}: {len(test)} test users ({'all' if args.test_users is None else f'random, seed {args.users_seed}'}),"
         " full ranking"
@@ -254,8 +280,52 @@ def main(argv=None) -> dict:
             for row in sessions
         ]
         print(markdown_table(header, rows, align="lrlrrrr"))
+    if hit_lists:
+        print("\nRecall@10 / NDCG@10 by how often the user's held-out item occurs in the training split:")
+        groups = next(iter(report["by_target_popularity"].values()))["rows"]
+        header = ["model"] + [f"{row['group']} ({row['users']:,} users)" for row in groups]
+        table = [
+            [name]
+            + [f"{row['recall@10']:.4f} / {row['ndcg@10']:.4f}" if row["users"] else "-" for row in result["rows"]]
+            for name, result in report["by_target_popularity"].items()
+        ]
+        print(markdown_table(header, table, align="l" + "r" * len(groups)))
+    if "code_prefix_hit_rates" in report:
+        print("\nShare of users whose top 10 holds an item with the held-out item's first l codes:")
+        rates = report["code_prefix_hit_rates"]
+        levels = len(next(iter(rates.values())))
+        header = ["model"] + [f"l = {level + 1}" for level in range(levels)]
+        print(
+            markdown_table(
+                header,
+                [[name] + [f"{r:.4f}" for r in shares] for name, shares in rates.items()],
+                align="l" + "r" * levels,
+            )
+        )
     print(f"metrics -> {output_dir / 'metrics.json'}")
     return report
+
+
+def where_hits_are_won(hit_lists: dict, targets: List[str], train, args: EvaluateArguments) -> dict:
+    """Each model's lists per group of target popularity in `train` and, with a tokenizer, per semantic-ID level."""
+    item_ids = train.with_format("arrow")[:].column("item_ids").combine_chunks().flatten().to_pylist()
+    train_counts = Counter(str(item) for item in item_ids)
+    result = {
+        "by_target_popularity": {
+            name: {
+                "edges": list(args.popularity_edges),
+                "rows": metrics_by_target_popularity(ranked, targets, train_counts, edges=args.popularity_edges),
+            }
+            for name, ranked in hit_lists.items()
+        }
+    }
+    if args.code_prefix_tokenizer_dir:
+        tokenizer = SemanticIDTokenizer.from_pretrained(args.code_prefix_tokenizer_dir)
+        item_codes = dict(zip(tokenizer.item_ids, tokenizer.item_codes.tolist()))
+        result["code_prefix_hit_rates"] = {
+            name: code_prefix_hit_rates(ranked, targets, item_codes) for name, ranked in hit_lists.items()
+        }
+    return result
 
 
 if __name__ == "__main__":

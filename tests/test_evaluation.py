@@ -16,7 +16,9 @@ from trainers.data import build_session_samples, leave_one_out_split
 from trainers.evaluation import (
     RECALL_NDCG_METRIC_PATH,
     Recommender,
+    code_prefix_hit_rates,
     evaluate_recommender,
+    metrics_by_target_popularity,
     ranking_metrics,
     read_topk_json,
     session_metrics,
@@ -66,6 +68,47 @@ def test_ranking_metrics_errors():
         ranking_metrics([["a"]], ["a"], ks=(0,))
     with pytest.raises(ValueError, match="empty"):
         ranking_metrics([], [])
+
+
+def test_metrics_by_target_popularity_groups_users_by_their_targets_training_count():
+    # Targets a (never in training), e (3 times), 7 (3), z (40), t (7): groups [0, 1), [1, 5), [5, 20), >= 20.
+    counts = {"e": 3, "7": 3, "z": 40, "t": 7, "unused": 100}
+    rows = metrics_by_target_popularity(RANKED, TARGETS, counts, edges=(1, 5, 20))
+    assert [(row["group"], row["users"]) for row in rows] == [
+        ("[0, 1)", 1),
+        ("[1, 5)", 2),
+        ("[5, 20)", 1),
+        (">= 20", 1),
+    ]
+    assert [row["share"] for row in rows] == pytest.approx([0.2, 0.4, 0.2, 0.2])
+    assert rows[0]["recall@5"] == 1.0 and rows[0]["ndcg@10"] == 1.0  # "a" first
+    assert rows[1]["recall@5"] == 0.5 and rows[1]["recall@10"] == 1.0  # e at rank 4, 7 at rank 7
+    assert rows[1]["ndcg@10"] == pytest.approx((1 / math.log2(6) + 1 / math.log2(9)) / 2)
+    assert rows[2]["recall@10"] == 1.0 and rows[3]["recall@10"] == 0.0  # t found, z missed
+    # The groups' users add up to all users, and their weighted metrics to the overall ones.
+    overall = ranking_metrics(RANKED, TARGETS)
+    assert sum(row["share"] * row["ndcg@10"] for row in rows) == pytest.approx(overall["ndcg@10"])
+    # An empty group keeps its row, without metrics.
+    rows = metrics_by_target_popularity(RANKED, TARGETS, counts, edges=(1, 100, 200))
+    assert rows[-1] == {"group": ">= 200", "users": 0, "share": 0.0}
+    for bad in ((), (5, 5), (0, 3), (5, 1)):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            metrics_by_target_popularity(RANKED, TARGETS, counts, edges=bad)
+    with pytest.raises(ValueError, match="2 ranked lists for 1 targets"):
+        metrics_by_target_popularity([["a"], ["b"]], ["a"], counts)
+
+
+def test_code_prefix_hit_rates_reach_down_the_code_hierarchy():
+    codes = {"t1": (0, 1, 2), "t2": (3, 4, 5), "x": (0, 1, 9), "y": (0, 7, 2), "w": (3, 4, 5), "v": (8, 8, 8)}
+    # User 0: best shared prefix 2 (x; y shares only the first code). User 1: w shares all 3 codes of t2 (a full-code
+    # collision, not a hit). User 2: t1 itself, second.
+    ranked = [["y", "x"], ["v", "w"], ["v", "t1"]]
+    assert code_prefix_hit_rates(ranked, ["t1", "t2", "t1"], codes) == pytest.approx([1, 1, 2 / 3])
+    assert code_prefix_hit_rates(ranked, ["t1", "t2", "t1"], codes, k=1) == pytest.approx([1 / 3, 0, 0])
+    with pytest.raises(ValueError, match="'q' has no semantic ID"):
+        code_prefix_hit_rates([["q"]], ["t1"], codes)
+    with pytest.raises(ValueError, match="k=0"):
+        code_prefix_hit_rates(ranked, ["t1", "t2", "t1"], codes, k=0)
 
 
 def _load_script_module():

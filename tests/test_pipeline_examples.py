@@ -95,6 +95,11 @@ def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
             "0",
             "--topk_files",
             f"again={root / 'run' / 'topk_test_exclude_history.json'}",
+            "--popularity_edges",
+            "1",
+            "10",
+            "--code_prefix_tokenizer_dir",
+            str(root / "sid" / "tokenizer"),
         ]
     )
     rows = {(row["model"], row["history"]): row["test"] for row in result["rows"]}
@@ -115,6 +120,14 @@ def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test_users"] == 12 and len(saved["rows"]) == 7
     assert (tmp_path / "hit_ranks.png").stat().st_size > 1000  # where each model's hits land in its top 10
+    # Where the hits are won: per group of target popularity (users add up) and per semantic-ID level.
+    groups = saved["by_target_popularity"]["again"]["rows"]
+    assert [row["group"] for row in groups] == ["[0, 1)", "[1, 10)", ">= 10"] and sum(r["users"] for r in groups) == 12
+    assert (tmp_path / "by_target_popularity.png").stat().st_size > 1000
+    shares = saved["code_prefix_hit_rates"]["again"]
+    assert shares == sorted(shares, reverse=True) and shares[-1] == pytest.approx(
+        rows[("again", "from file")]["recall@10"]
+    )
 
 
 def test_evaluate_rejects_a_file_missing_the_chosen_users(trained_run, tmp_path):

@@ -140,3 +140,24 @@ def plot_hit_ranks(
     axis.set_title(f"Where the hits land ({len(targets):,} users)")
     axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+def plot_metric_by_group(
+    rows_by_model: Dict[str, Sequence[Dict[str, float]]], metric: str, path: Union[str, Path], xlabel: str
+) -> Path:
+    """One group of bars per user group, one bar per model: ``{model name: rows}``, each row a dict with ``group``,
+    ``users`` and ``metric`` (the rows of :func:`trainers.evaluation.metrics_by_target_popularity`). A group without
+    users draws no bar."""
+    plt = _pyplot()
+    groups = [row["group"] for row in next(iter(rows_by_model.values()), [])]
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.3 * len(groups)), 3.8))
+    width = 0.8 / max(1, len(rows_by_model))
+    for index, (name, rows) in enumerate(rows_by_model.items()):
+        positions = [group + (index - (len(rows_by_model) - 1) / 2) * width for group in range(len(rows))]
+        axis.bar(positions, [row.get(metric, 0.0) for row in rows], width=width, label=name)
+    axis.set_xticks(range(len(groups)))
+    axis.set_xticklabels([f"{row['group']}\n{row['users']:,} users" for row in next(iter(rows_by_model.values()))])
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(metric)
+    axis.legend(fontsize=8)
+    return _save(figure, path)

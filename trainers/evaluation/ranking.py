@@ -3,6 +3,8 @@
 One held-out target item per user, full ranking over the catalogue, Recall@k and NDCG@k averaged over users:
 
 - `ranking_metrics`: Recall@k / NDCG@k of ranked item lists against one target per user;
+- `metrics_by_target_popularity` / `code_prefix_hit_rates`: where the hits are won or lost (head or tail targets;
+  which semantic-ID level);
 - `Recommender` + `evaluate_recommender`: batches the `history` column of session samples through any object
   with a `rank(histories, k, exclude_history)` method and scores the result with `ranking_metrics`;
 - `write_topk_json` / `read_topk_json`: the per-user top-k lists as `{user_id: [item_id, ...]}`;
@@ -119,6 +121,111 @@ def ranking_metrics(
         metrics[f"recall@{k}"] = float(hit.mean())
         metrics[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
     return metrics
+
+
+def _check_aligned(ranked: Sequence[Sequence[str]], targets: Sequence[str], where: str) -> list[str]:
+    if len(ranked) != len(targets):
+        raise ValueError(f"{where}: {len(ranked)} ranked lists for {len(targets)} targets; pass one list per target.")
+    return [_single_target(target, user) for user, target in enumerate(targets)]
+
+
+def metrics_by_target_popularity(
+    ranked: Sequence[Sequence[str]],
+    targets: Sequence[str],
+    train_counts: Mapping[str, int],
+    edges: Sequence[int] = (1, 5, 20, 100),
+    ks: Sequence[int] = (5, 10),
+) -> list[dict[str, Any]]:
+    """`ranking_metrics` of each group of users, grouped by how often their target occurs in the training split.
+
+    Head and tail items behave differently (an ID model memorises the tail's transitions item by item, a
+    semantic-ID model shares what it learns across items with similar codes): one figure per group says where a
+    model gains or loses against another.
+
+    Args:
+        ranked (`Sequence[Sequence[str]]` of shape ``[num_users, <= max(ks)]``): Per user, item ids, best first.
+        targets (`Sequence[str]` of shape ``[num_users]``): Per user, the held-out item id.
+        train_counts (`Mapping[str, int]`): Occurrences of each item in the training sequences (absent: 0).
+        edges (`Sequence[int]`, defaults to `(1, 5, 20, 100)`): Strictly increasing positive group edges; the
+            groups are ``[0, e_1)``, ``[e_1, e_2)``, ..., ``[e_last, inf)``.
+        ks (`Sequence[int]`, defaults to `(5, 10)`): Cut-offs.
+
+    Returns:
+        `list[dict]`: one row per group, in order: `group` (e.g. ``"[5, 20)"``), `users`, `share` of all users, and
+        the `ranking_metrics` of its users (absent for a group without users).
+    """
+    targets = _check_aligned(ranked, targets, "metrics_by_target_popularity")
+    edges = list(edges)
+    if (
+        not edges
+        or any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in edges)
+        or edges != sorted(set(edges))
+    ):
+        raise ValueError(f"edges={edges!r} is invalid; pass strictly increasing integers >= 1, e.g. (1, 5, 20, 100).")
+    counts = np.array([int(train_counts.get(target, 0)) for target in targets])
+    bounds = [0, *edges, None]
+    rows = []
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        members = np.flatnonzero((counts >= low) & ((counts < high) if high is not None else True))
+        row: dict[str, Any] = {
+            "group": f"[{low}, {high})" if high is not None else f">= {low}",
+            "users": int(len(members)),
+            "share": float(len(members) / len(targets)) if targets else 0.0,
+        }
+        if len(members):
+            row.update(ranking_metrics([ranked[i] for i in members], [targets[i] for i in members], ks))
+        rows.append(row)
+    return rows
+
+
+def code_prefix_hit_rates(
+    ranked: Sequence[Sequence[str]],
+    targets: Sequence[str],
+    item_codes: Mapping[str, Sequence[int]],
+    k: int = 10,
+) -> list[float]:
+    """How far down the semantic-ID hierarchy a top-k list reaches the target: per level ``l = 1 .. L``, the share of
+    users whose top `k` holds an item whose first ``l`` codes are the target's.
+
+    Level 1 is the coarse cluster, level ``L`` the whole code (Recall@k when every item has its own code). Where a
+    model's rate falls away from another's says at which level it loses the target.
+
+    Args:
+        ranked (`Sequence[Sequence[str]]` of shape ``[num_users, >= k]``): Per user, item ids, best first.
+        targets (`Sequence[str]` of shape ``[num_users]``): Per user, the held-out item id.
+        item_codes (`Mapping[str, Sequence[int]]`): Each item's codes, coarse first, all of one length ``L``
+            (`SemanticIDTokenizer.item_codes` rows by `item_ids`).
+        k (`int`, defaults to 10): Cut-off.
+
+    Returns:
+        `list[float]` of length ``L``: non-increasing shares.
+    """
+    targets = _check_aligned(ranked, targets, "code_prefix_hit_rates")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r} is invalid; pass an integer >= 1.")
+    if not targets:
+        raise ValueError("No users to evaluate: ranked and targets are empty.")
+
+    def codes_of(item: str) -> tuple:
+        if item not in item_codes:
+            raise ValueError(
+                f"Item {item!r} has no semantic ID; pass the item_codes of the tokenizer the lists were ranked over."
+            )
+        return tuple(int(code) for code in item_codes[item])
+
+    levels = len(codes_of(targets[0]))
+    reached = np.zeros((len(targets), levels), dtype=bool)
+    for user, (items, target) in enumerate(zip(ranked, targets)):
+        wanted = codes_of(target)
+        best = 0
+        for item in list(items)[:k]:
+            codes = codes_of(str(item))
+            shared = 0
+            while shared < levels and codes[shared] == wanted[shared]:
+                shared += 1
+            best = max(best, shared)
+        reached[user, :best] = True
+    return [float(share) for share in reached.mean(axis=0)]
 
 
 @runtime_checkable
