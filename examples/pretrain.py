@@ -108,6 +108,29 @@ class ModelArguments:
             "choices": list(HISTORY_ENCODINGS),
         },
     )
+    history_prefix_buckets: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Hashed embeddings of each history item's code prefixes, added in the encoder "
+            "(OneRecConfig.history_prefix_buckets): an integer (0: off), or auto: twice the number of distinct "
+            "prefixes of two or more codes in the tokenizer's catalogue, so that the table grows with the catalogue. "
+            "New model: 0."
+        },
+    )
+
+
+def prefix_bucket_count(value: str, tokenizer: SemanticIDTokenizer) -> int:
+    """``--history_prefix_buckets`` as an int: ``auto`` is twice the distinct code prefixes of two or more codes in the
+    tokenizer's catalogue (one bucket per prefix would share about 63% of them with another; two, about 39%)."""
+    if value == "auto":
+        codes = tokenizer.item_codes
+        return 2 * sum(len(torch.unique(codes[:, :length], dim=0)) for length in range(2, codes.shape[1] + 1))
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"--history_prefix_buckets {value!r} is neither an integer nor 'auto'; pass e.g. 0 or auto."
+        ) from None
 
 
 NEW_MODEL_DEFAULTS = {"session_length": 5, "dropout_rate": 0.0, "expert_dispatch": "grouped"}
@@ -189,12 +212,15 @@ def main(argv=None) -> dict:
         )
         if getattr(model_args, name) is not None
     }
+    if model_args.history_prefix_buckets is not None:
+        given["history_prefix_buckets"] = prefix_bucket_count(model_args.history_prefix_buckets, tokenizer)
     if model_args.model_name_or_path:
-        if "num_experts" in given:
-            raise ValueError(
-                f"--num_experts {given['num_experts']} cannot change the experts of the saved model "
-                f"{model_args.model_name_or_path}; drop the argument (or upcycle a dense model instead)."
-            )
+        for name in ("num_experts", "history_prefix_buckets"):
+            if name in given:
+                raise ValueError(
+                    f"--{name} {given[name]} cannot change the weights of the saved model "
+                    f"{model_args.model_name_or_path}; drop the argument (or upcycle a dense model instead)."
+                )
         # Config attributes passed to from_pretrained update the loaded config before the modules are built.
         model = OneRecForConditionalGeneration.from_pretrained(
             check_local_dir(model_args.model_name_or_path, "--model_name_or_path"), **given
@@ -336,6 +362,7 @@ def main(argv=None) -> dict:
         "expert_dispatch": model.config.expert_dispatch,
         "history_encoding": model.config.history_encoding,
         "tie_output_embeddings": model.config.tie_output_embeddings,
+        "history_prefix_buckets": model.config.history_prefix_buckets,
         "learning_rate": training_args.learning_rate,
         "batch_size": training_args.per_device_train_batch_size,
         "train_seconds": round(train_seconds, 1),

@@ -197,6 +197,7 @@ SHAPE_KEYS = T5_SHAPE_KEYS + (
     "expert_d_ff",
     "codebook_sizes",
     "tie_output_embeddings",
+    "history_prefix_buckets",
 )
 
 
@@ -267,6 +268,14 @@ class OneRecConfig(T5Config):
             count items. The inputs (``input_ids`` from the tokenizer) are the same in both; with ``"items"`` the
             encoder's output repeats each item's state at each of its tokens, so the decoder's cross-attention and
             every ``attention_mask`` keep the token layout. Needs ``codebook_sizes``.
+        history_prefix_buckets (`int`, defaults to 0): With ``B > 0`` the encoder adds to each history token of level
+            ``l >= 1`` an embedding of its item's first ``l + 1`` codes, hashed into ``B`` buckets: the token of the
+            last level then carries an embedding of the whole item (``SID prefix-ngram`` embeddings, Singh et al.,
+            "Better Generalization with Semantic IDs", RecSys 2024). Code tokens are shared by every item with the
+            same code at a level, so on their own they give an item little capacity of its own; these embeddings let
+            the encoder tell individual (rarely seen) history items apart. ``B * d_model`` more parameters,
+            initialised to zero (the model starts as the one without them); the decoder and the output are
+            unchanged. 0 (default): off. Needs ``codebook_sizes`` and ``input_ids`` (not ``inputs_embeds``).
         max_history_items (`int`, defaults to 50): History items ``n`` the encoder reads (the newest are kept);
             :meth:`from_tokenizer` copies the tokenizer's, so that ``recommend()`` (which truncates at this value) and
             ``tokenizer.batch_encode_histories`` (which truncates at the tokenizer's) agree. The paper reads 256.
@@ -297,6 +306,7 @@ class OneRecConfig(T5Config):
     level_restricted_loss: bool = True
     session_length: int = 5
     history_encoding: str = "tokens"
+    history_prefix_buckets: int = 0
     max_history_items: int = 50
     catalogue_size: Optional[int] = None
     catalogue_fingerprint: Optional[str] = None
@@ -367,6 +377,13 @@ class OneRecConfig(T5Config):
                 "history_encoding='items' pools each item's code tokens and needs the semantic-ID layout: build the "
                 "config with OneRecConfig.from_tokenizer(tokenizer)"
             )
+        if isinstance(self.history_prefix_buckets, bool) or self.history_prefix_buckets < 0:
+            problems.append(f"history_prefix_buckets must be an int >= 0 (0: off), got {self.history_prefix_buckets!r}")
+        elif self.history_prefix_buckets > 0 and self.codebook_sizes is None:
+            problems.append(
+                "history_prefix_buckets hashes each history item's code prefixes and needs the semantic-ID layout: "
+                "build the config with OneRecConfig.from_tokenizer(tokenizer)"
+            )
         if self.max_history_items < 1:
             problems.append(f"max_history_items must be >= 1, got {self.max_history_items}")
         if self.codebook_sizes is not None:
@@ -428,7 +445,8 @@ class OneRecConfig(T5Config):
         Returns ``{"total", "activated", "expert", "embedding"}``. ``activated`` counts what one token
         touches: everything but the experts, plus ``num_experts_per_token`` experts per sparse layer.
         (The shared embedding is counted once: encoder and decoder inputs are tied to it, and so is the output head
-        unless ``tie_output_embeddings=False``, which adds its own matrix to ``total``.)
+        unless ``tie_output_embeddings=False``, which adds its own matrix to ``total``. ``embedding`` includes the
+        ``history_prefix_buckets`` embeddings.)
         """
         d, inner = self.d_model, self.num_heads * self.d_kv
         ffn_in = 2 if self.is_gated_act else 1
@@ -436,7 +454,7 @@ class OneRecConfig(T5Config):
         expert_ffn = ffn_in * d * self.expert_hidden_size + self.expert_hidden_size * d
         attention = 3 * d * inner + inner * d
         relative_bias = self.relative_attention_num_buckets * self.num_heads
-        embedding = self.vocab_size * d
+        embedding = (self.vocab_size + self.history_prefix_buckets) * d
         output_head = 0 if self.tie_output_embeddings else self.vocab_size * d
         encoder = self.num_layers * (attention + dense_ffn + 2 * d) + relative_bias + d
         num_sparse = len(self.sparse_layer_indices)

@@ -11,6 +11,7 @@ Pieces, smallest first:
   every token); :class:`OneRecSparseMLP` -- router + experts; :class:`OneRecLayerSparseFF` -- drop-in for T5's
   ``T5LayerFF`` (norm, MoE, dropout, residual).
 * :func:`pool_history_items` -- one encoder position per history item (``config.history_encoding="items"``);
+* :func:`history_prefix_buckets` -- the hashed code prefix of each history token (``config.history_prefix_buckets``);
   :class:`OneRecEncoderStack` -- T5's encoder stack, reading tokens or pooled items.
 * :class:`OneRecDecoderStack` -- a ``T5Stack`` whose chosen layers use the sparse FFN.
 * :class:`OneRecModel` (``AutoModel``) and :class:`OneRecForConditionalGeneration` (``AutoModelForSeq2SeqLM``).
@@ -50,7 +51,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
-from .configuration_onerec import OneRecConfig, SavedFolderLoading
+from .configuration_onerec import OneRecConfig, SavedFolderLoading, level_offsets
 from .model_card import render_model_card
 
 logger = logging.get_logger(__name__)
@@ -572,6 +573,8 @@ class OneRecPreTrainedModel(SavedFolderLoading, T5PreTrainedModel):
             init.normal_(module.output_proj, mean=0.0, std=factor * self.config.expert_hidden_size**-0.5)
         elif isinstance(module, OneRecRouter):
             init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model**-0.5)
+        elif isinstance(module, OneRecHistoryPrefixEmbedding):
+            init.zeros_(module.embedding.weight)  # the model starts as the one without them
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', with both heads in ``auto_map``, so that ``AutoModel`` and ``AutoModelForSeq2SeqLM`` load
@@ -626,18 +629,86 @@ def pool_history_items(
     return item_embeddings, item_mask, token_to_item
 
 
+# Odd multipliers of the prefix hash, one per level: the same prefix value at two levels lands in unrelated buckets.
+_PREFIX_MODULUS = 2**31 - 1
+_PREFIX_HASH_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD3A2646C, 0xFD7046C5)
+
+
+def history_prefix_buckets(input_ids: torch.Tensor, codebook_sizes: List[int], num_buckets: int) -> torch.Tensor:
+    """The bucket of each history token's code prefix: for the token of level ``l >= 1`` of an item, a hash of the
+    item's codes ``(c_0, ..., c_l)`` into ``[0, num_buckets)``; -1 for level-0 tokens, EOS and padding.
+
+    The tokenizer writes a history as ``L = len(codebook_sizes)`` code tokens per item from position 0 (then EOS and
+    padding), so tokens ``[j * L, (j + 1) * L)`` are item ``j``; a group whose tokens are not code tokens of levels
+    ``0 .. L-1`` in order gets no bucket past its first non-code token. The prefix value is the mixed-radix number
+    ``(c_0 * s_1 + c_1) * s_2 + ...`` (modulo a prime), hashed with a multiplier of its level.
+
+    Args:
+        input_ids: ``[B, T]`` encoder token ids (``3 + sum(sizes[:l]) + c`` is code ``c`` of level ``l``).
+        codebook_sizes: ``[L]`` codes per level (``config.codebook_sizes``).
+        num_buckets: ``B >= 1``.
+
+    Returns:
+        ``[B, T]`` long: bucket ids, -1 where the token has no prefix embedding.
+    """
+    levels = len(codebook_sizes)
+    if levels > len(_PREFIX_HASH_MULTIPLIERS):
+        raise ValueError(
+            f"history_prefix_buckets supports up to {len(_PREFIX_HASH_MULTIPLIERS)} code levels, got {levels}."
+        )
+    batch, length = input_ids.shape
+    groups = -(-length // levels)
+    ids = F.pad(input_ids, (0, groups * levels - length), value=-1).reshape(batch, groups, levels)
+    buckets = torch.full_like(ids, -1)
+    prefix = torch.zeros(batch, groups, dtype=torch.long, device=input_ids.device)
+    valid = torch.ones(batch, groups, dtype=torch.bool, device=input_ids.device)
+    for level, (offset, size) in enumerate(zip(level_offsets(codebook_sizes), codebook_sizes)):
+        codes = ids[:, :, level] - offset
+        valid &= (codes >= 0) & (codes < size)
+        # Mixed radix modulo the prime 2**31 - 1: exact below it (3 x 256 codes and a collision level), and no
+        # int64 overflow in the multiplication below.
+        prefix = torch.remainder(prefix * size + codes.clamp(0, size - 1), _PREFIX_MODULUS)
+        if level > 0:
+            hashed = torch.remainder(prefix * _PREFIX_HASH_MULTIPLIERS[level] + level, num_buckets)
+            buckets[:, :, level] = torch.where(valid, hashed, -1)
+    return buckets.reshape(batch, groups * levels)[:, :length]
+
+
+class OneRecHistoryPrefixEmbedding(nn.Module):
+    """Embeddings of the history items' code prefixes (``config.history_prefix_buckets`` of them), zero where a token
+    has no prefix: ``[B, T]`` input ids to ``[B, T, d_model]`` additions to the token embeddings."""
+
+    def __init__(self, config: OneRecConfig):
+        super().__init__()
+        self.codebook_sizes = list(config.codebook_sizes)
+        self.embedding = nn.Embedding(config.history_prefix_buckets, config.d_model)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        buckets = history_prefix_buckets(input_ids, self.codebook_sizes, self.embedding.num_embeddings)
+        return self.embedding(buckets.clamp(min=0)) * (buckets >= 0).unsqueeze(-1).to(self.embedding.weight.dtype)
+
+
 class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
     """T5's encoder stack; with ``config.history_encoding="items"`` it reads one position per history item
     (:func:`pool_history_items`) and returns each item's state at each of its tokens, so that its output and the
     token-level ``attention_mask`` keep the shapes the decoder and ``generate()`` expect. ``inputs_embeds``, if given,
     are token embeddings and are pooled the same way; the ``hidden_states`` and ``attentions`` it returns on request
-    stay per item. (``OneRecPreTrainedModel`` first: its ``initialize_weights`` gives a stack defined outside
-    transformers T5's initialisation.)"""
+    stay per item. With ``config.history_prefix_buckets > 0`` each code token's embedding gets its item's prefix
+    embedding added (:func:`history_prefix_buckets`). (``OneRecPreTrainedModel`` first: its ``initialize_weights``
+    gives a stack defined outside transformers T5's initialisation.)"""
 
     def __init__(self, config: OneRecConfig):
         T5Stack.__init__(self, config)
+        self.prefix_embeddings = OneRecHistoryPrefixEmbedding(config) if config.history_prefix_buckets > 0 else None
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+        if self.prefix_embeddings is not None:
+            if input_ids is None:
+                raise ValueError(
+                    "config.history_prefix_buckets > 0 reads each history item's codes from input_ids; pass input_ids "
+                    "instead of inputs_embeds."
+                )
+            inputs_embeds, input_ids = self.embed_tokens(input_ids) + self.prefix_embeddings(input_ids), None
         if self.config.history_encoding != "items":
             return super().forward(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
@@ -1118,6 +1189,7 @@ __all__ = [
     "OneRecEncoderStack",
     "OneRecExperts",
     "OneRecForConditionalGeneration",
+    "OneRecHistoryPrefixEmbedding",
     "OneRecLayerSparseFF",
     "OneRecModel",
     "OneRecPreTrainedModel",
@@ -1130,6 +1202,7 @@ __all__ = [
     "cpu_dropout_keep_mask",
     "expert_capacity",
     "expert_load",
+    "history_prefix_buckets",
     "level_restricted_cross_entropy",
     "load_balancing_loss",
     "ntp_token_mask",

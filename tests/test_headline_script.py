@@ -33,6 +33,7 @@ def test_headline_script_trains_on_two_processes_and_ranks_the_test_users(tmp_pa
         BEAMS="16",
         TEST_USERS="12",
         TIE_OUTPUT="false",
+        PREFIX_BUCKETS="auto",
         HF_HOME=str(tmp_path / "hf"),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
@@ -42,6 +43,7 @@ def test_headline_script_trains_on_two_processes_and_ranks_the_test_users(tmp_pa
     assert report["processes"] == 2 and report["global_batch_size"] == 16 and report["steps"] == 4
     assert (report["pairs"], report["max_history_items"], report["attention_dropout_rate"]) == ("prefix", 20, 0.0)
     assert report["history_encoding"] == "tokens" and report["tie_output_embeddings"] is False
+    assert report["history_prefix_buckets"] > 0  # auto: twice the catalogue's distinct code prefixes
     assert report["test_users"] == 12 and report["last_evaluation"]["eval_recall@10"] >= 0
     lists = json.loads((tmp_path / "run" / "onerec" / "topk_test_exclude_history.json").read_text())
     assert len(lists) == 12 and all(len(items) == 10 for items in lists.values())

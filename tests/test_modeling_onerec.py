@@ -375,6 +375,9 @@ def test_dense_path_has_no_router_losses():
         ({"codebook_sizes": [4, "a", 4]}, "codebook_sizes"),
         ({"history_encoding": "item"}, "history_encoding must be 'tokens' or 'items', got 'item'"),
         ({"history_encoding": "items", "codebook_sizes": None, "vocab_size": 15}, "needs the semantic-ID layout"),
+        ({"history_prefix_buckets": -1}, "history_prefix_buckets must be an int >= 0"),
+        ({"history_prefix_buckets": 8, "codebook_sizes": None, "vocab_size": 15}, "hashes each history item's code"),
+        ({"history_prefix_buckets": 2.5}, "history_prefix_buckets"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):
@@ -397,6 +400,7 @@ def test_config_accepts_ints_for_float_fields():
         {"feed_forward_proj": "gated-silu", "expert_d_ff": 24, "num_layers": 2},
         {"sparse_decoder_layers": []},
         {"tie_output_embeddings": False},
+        {"history_prefix_buckets": 7},
     ],
 )
 def test_parameter_counts_are_exact(overrides):
@@ -406,7 +410,8 @@ def test_parameter_counts_are_exact(overrides):
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
     assert counts["expert"] == experts
-    assert counts["embedding"] == model.shared.weight.numel()
+    prefix = model.encoder.prefix_embeddings
+    assert counts["embedding"] == model.shared.weight.numel() + (prefix.embedding.weight.numel() if prefix else 0)
     if config.sparse_layer_indices:
         assert counts["activated"] < counts["total"]
     else:
@@ -953,3 +958,95 @@ def test_untied_output_head_has_its_own_matrix_and_keeps_it_through_save_and_loa
     torch.testing.assert_close(
         loaded(input_ids=input_ids, labels=labels).logits, untied(input_ids=input_ids, labels=labels).logits
     )
+
+
+def reference_prefix_buckets(input_ids, sizes, num_buckets):
+    """Item by item in Python integers: the hash of codes (c_0 .. c_l) for the token of level l >= 1, else -1."""
+    from modeling_onerec.modeling_onerec import _PREFIX_HASH_MULTIPLIERS, _PREFIX_MODULUS
+
+    offsets = [3 + sum(sizes[:level]) for level in range(len(sizes))]
+    rows = []
+    for ids in input_ids.tolist():
+        row = []
+        for start in range(0, len(ids), len(sizes)):
+            prefix, valid = 0, True
+            for level, token in enumerate(ids[start : start + len(sizes)]):
+                code = token - offsets[level]
+                valid = valid and 0 <= code < sizes[level]
+                prefix = (prefix * sizes[level] + min(max(code, 0), sizes[level] - 1)) % _PREFIX_MODULUS
+                hashed = (prefix * _PREFIX_HASH_MULTIPLIERS[level] + level) % num_buckets
+                row.append(hashed if valid and level > 0 else -1)
+        rows.append(row)
+    return torch.tensor(rows)
+
+
+def test_history_prefix_buckets_match_a_per_item_reference_and_tell_items_apart():
+    from modeling_onerec import history_prefix_buckets
+
+    # CODEBOOKS = [4, 4, 4]: level 0 is ids 3-6, level 1 7-10, level 2 11-14. User 0: items (0, 0, 1), (0, 0, 2) and
+    # (0, 0, 1) again, then EOS. User 1: item (0, 1, 1), EOS, padding.
+    input_ids = torch.tensor([[3, 7, 12, 3, 7, 13, 3, 7, 12, 1], [3, 8, 12, 1, 0, 0, 0, 0, 0, 0]])
+    buckets = history_prefix_buckets(input_ids, CODEBOOKS, 1_000_003)
+    torch.testing.assert_close(buckets, reference_prefix_buckets(input_ids, CODEBOOKS, 1_000_003))
+    assert buckets[:, 0].tolist() == [-1, -1] and buckets[0, 9] == -1 and (buckets[1, 3:] == -1).all()
+    assert buckets[0, 1] == buckets[0, 4] == buckets[0, 7]  # the same two-code prefix (0, 0)
+    assert buckets[0, 2] == buckets[0, 8] != buckets[0, 5]  # the same item twice, another item once
+    assert len({buckets[0, 1].item(), buckets[1, 1].item(), buckets[0, 2].item(), buckets[1, 2].item()}) == 4
+    generator = torch.Generator().manual_seed(0)
+    random_ids = torch.randint(0, VOCAB, (4, 13), generator=generator)  # any ids, also out of layout
+    torch.testing.assert_close(
+        history_prefix_buckets(random_ids, CODEBOOKS, 11), reference_prefix_buckets(random_ids, CODEBOOKS, 11)
+    )
+
+
+def test_history_prefix_embeddings_start_at_zero_learn_and_survive_save_and_load(tmp_path):
+    plain, model = tiny_model(), tiny_model(history_prefix_buckets=32)
+    model.load_state_dict(plain.state_dict(), strict=False)  # everything but the prefix embeddings
+    assert model.encoder.prefix_embeddings.embedding.weight.shape == (32, plain.config.d_model)
+    assert torch.count_nonzero(model.encoder.prefix_embeddings.embedding.weight) == 0
+    input_ids, labels = batch(source_len=3 * len(CODEBOOKS) + 1)
+    with torch.no_grad():  # zero-initialised: the same model as without them
+        torch.testing.assert_close(
+            model(input_ids=input_ids, labels=labels).logits, plain(input_ids=input_ids, labels=labels).logits
+        )
+    model.train()
+    model(input_ids=input_ids, labels=labels).loss.backward()
+    grad = model.encoder.prefix_embeddings.embedding.weight.grad
+    used = history_prefix_buckets_of(model, input_ids)
+    assert grad[used].abs().sum() > 0 and grad[[b for b in range(32) if b not in used]].abs().sum() == 0
+    with torch.no_grad():
+        model.encoder.prefix_embeddings.embedding.weight.normal_()
+    model.eval()
+    with torch.no_grad():
+        changed = model(input_ids=input_ids, labels=labels).logits
+    assert not torch.allclose(changed, plain(input_ids=input_ids, labels=labels).logits)
+    model.save_pretrained(tmp_path)
+    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.history_prefix_buckets == 32
+    assert torch.equal(
+        loaded.encoder.prefix_embeddings.embedding.weight, model.encoder.prefix_embeddings.embedding.weight
+    )
+    torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, changed)
+    with pytest.raises(ValueError, match="pass input_ids instead of inputs_embeds"):
+        model.encoder(inputs_embeds=model.shared(input_ids))
+
+
+def history_prefix_buckets_of(model, input_ids):
+    from modeling_onerec import history_prefix_buckets
+
+    buckets = history_prefix_buckets(input_ids, model.config.codebook_sizes, model.config.history_prefix_buckets)
+    return sorted(set(buckets[buckets >= 0].tolist()))
+
+
+@pytest.mark.parametrize("encoding", ["tokens", "items"])
+def test_history_prefix_embeddings_ignore_padding(encoding):
+    model = tiny_model(history_prefix_buckets=16, history_encoding=encoding)
+    with torch.no_grad():
+        model.encoder.prefix_embeddings.embedding.weight.normal_()
+    history = torch.tensor([3, 7, 12, 4, 8, 13, 1])
+    padded = torch.stack([F.pad(history, (0, 6)), torch.tensor([5, 9, 14, 3, 7, 12, 6, 10, 11, 4, 8, 13, 1])])
+    mask = (torch.arange(13) < torch.tensor([[7], [13]])).long()
+    with torch.no_grad():
+        alone = model.encoder(input_ids=history[None]).last_hidden_state[0]
+        batched = model.encoder(input_ids=padded, attention_mask=mask).last_hidden_state[0, :7]
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
