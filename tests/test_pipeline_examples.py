@@ -363,6 +363,19 @@ def test_pretrain_never_replaces_a_finished_run_and_saves_what_it_trains(trained
                 "2",
             ]
         )
+    for value, message in (("auto", "--history_prefix_buckets \\d+ cannot change"), ("many", "neither an integer")):
+        with pytest.raises(ValueError, match=message):
+            load_example("pretrain").main(
+                common
+                + [
+                    "--output_dir",
+                    str(root / "other"),
+                    "--model_name_or_path",
+                    str(root / "run" / "final"),
+                    "--history_prefix_buckets",
+                    value,
+                ]
+            )
 
 
 def test_evaluate_refuses_model_names_that_share_a_file(trained_run):

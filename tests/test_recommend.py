@@ -315,9 +315,21 @@ def test_history_longer_than_the_encoder_window_is_excluded_whole(catalogue, tmp
     assert all(items and set(items) <= allowed for items in decoded)
 
 
-def test_items_encoding_recommends_valid_sessions_and_batching_changes_nothing():
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        {"history_encoding": "items"},
+        {"history_prefix_buckets": 64},
+        {"history_encoding": "items", "history_prefix_buckets": 64},
+    ],
+)
+def test_encoder_options_recommend_valid_sessions_and_batching_changes_nothing(encoder):
     tokenizer = semantic_id_tokenizer([f"sku{i}" for i in range(80)], num_levels=3, codebook_size=4)
-    model = tiny_onerec(tokenizer, seed=0, session_length=2, history_encoding="items").eval()
+    model = tiny_onerec(tokenizer, seed=0, session_length=2, **encoder).eval()
+    if model.encoder.prefix_embeddings is not None:  # zero at initialisation: make them count
+        torch.nn.init.normal_(
+            model.encoder.prefix_embeddings.embedding.weight, generator=torch.Generator().manual_seed(0)
+        )
     histories = [["sku1", "sku2", "sku3", "sku9"], ["sku40"], ["sku7", "sku70"]]
     together = model.recommend(tokenizer, histories, num_sessions=4, num_beams=8)
     for history, sessions in zip(histories, together):
