@@ -11,8 +11,9 @@ Pieces, smallest first:
   every token); :class:`OneRecSparseMLP` -- router + experts; :class:`OneRecLayerSparseFF` -- drop-in for T5's
   ``T5LayerFF`` (norm, MoE, dropout, residual).
 * :func:`pool_history_items` -- one encoder position per history item (``config.history_encoding="items"``);
-* :func:`history_prefix_buckets` -- the hashed code prefix of each history token (``config.history_prefix_buckets``);
-  :class:`OneRecEncoderStack` -- T5's encoder stack, reading tokens or pooled items.
+  :func:`history_prefix_buckets` and :class:`OneRecHistoryPrefixEmbedding` -- the hashed code prefix of each history
+  token and its embedding (``config.history_prefix_buckets``); :class:`OneRecEncoderStack` -- T5's encoder stack,
+  reading tokens or pooled items, with or without prefix embeddings.
 * :class:`OneRecDecoderStack` -- a ``T5Stack`` whose chosen layers use the sparse FFN.
 * :class:`OneRecModel` (``AutoModel``) and :class:`OneRecForConditionalGeneration` (``AutoModelForSeq2SeqLM``).
 
@@ -629,9 +630,9 @@ def pool_history_items(
     return item_embeddings, item_mask, token_to_item
 
 
-# Odd multipliers of the prefix hash, one per level: the same prefix value at two levels lands in unrelated buckets.
 _PREFIX_MODULUS = 2**31 - 1
-_PREFIX_HASH_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD3A2646C, 0xFD7046C5)
+# Odd multipliers of the prefix hash, one per level: the same prefix value at two levels lands in unrelated buckets.
+_PREFIX_HASH_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD3A2646D, 0xFD7046C5)
 
 
 def history_prefix_buckets(input_ids: torch.Tensor, codebook_sizes: List[int], num_buckets: int) -> torch.Tensor:
