@@ -110,6 +110,12 @@ def architecture_summary(config) -> str:
         ("Codebook sizes", str(config.codebook_sizes) if config.codebook_sizes is not None else "not set"),
         ("Session length (items generated)", str(config.session_length)),
         ("History length (items read)", str(config.max_history_items)),
+        (
+            "Encoder positions / output head / history prefix embeddings",
+            f"one per {'code token' if config.history_encoding == 'tokens' else 'item'} / "
+            f"{'tied to the token embeddings' if config.tie_output_embeddings else 'its own matrix'} / "
+            f"{_count(config.history_prefix_buckets) + ' buckets' if config.history_prefix_buckets else 'none'}",
+        ),
     ]
     lines = ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows]
     return "\n".join(lines)
