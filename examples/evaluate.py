@@ -27,7 +27,6 @@ import logging
 import re
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -308,8 +307,8 @@ def main(argv=None) -> dict:
 
 def where_hits_are_won(hit_lists: dict, targets: List[str], train, args: EvaluateArguments) -> dict:
     """Each model's lists per group of target popularity in `train` and, with a tokenizer, per semantic-ID level."""
-    item_ids = train.with_format("arrow")[:].column("item_ids").combine_chunks().flatten().to_pylist()
-    train_counts = Counter(str(item) for item in item_ids)
+    popularity = MostPopularRecommender(train)  # its training-interaction count per item
+    train_counts = dict(zip(popularity.item_ids, popularity.popularity.tolist()))
     result = {
         "by_target_popularity": {
             name: {

@@ -219,7 +219,7 @@ def main(argv=None) -> dict:
             if name in given:
                 raise ValueError(
                     f"--{name} {given[name]} cannot change the weights of the saved model "
-                    f"{model_args.model_name_or_path}; drop the argument (or upcycle a dense model instead)."
+                    f"{model_args.model_name_or_path}; drop the argument (the saved config keeps its value)."
                 )
         # Config attributes passed to from_pretrained update the loaded config before the modules are built.
         model = OneRecForConditionalGeneration.from_pretrained(

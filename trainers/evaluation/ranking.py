@@ -57,6 +57,12 @@ def _single_target(target: Any, user: int) -> str:
     return str(target)
 
 
+def _check_aligned(ranked: Sequence[Sequence[str]], targets: Sequence[str], where: str) -> list[str]:
+    if len(ranked) != len(targets):
+        raise ValueError(f"{where}: {len(ranked)} ranked lists for {len(targets)} targets; pass one list per target.")
+    return [_single_target(target, user) for user, target in enumerate(targets)]
+
+
 def ranking_metrics(
     ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int] = (5, 10)
 ) -> dict[str, float]:
@@ -88,10 +94,7 @@ def ranking_metrics(
             (the message names the user index), or a target that is not one item.
     """
     ks = _check_ks(ks)
-    if len(ranked) != len(targets):
-        raise ValueError(
-            f"Got {len(ranked)} ranked lists for {len(targets)} targets; pass one ranked list per target user."
-        )
+    targets = _check_aligned(ranked, targets, "ranking_metrics")
     if len(targets) == 0:
         raise ValueError("No users to evaluate: ranked and targets are empty.")
     max_k = ks[-1]
@@ -110,7 +113,6 @@ def ranking_metrics(
                 f"User {user}: the ranked list holds item(s) {sorted(set(duplicated))[:5]} more than once. A "
                 "ranking lists each item at most once; deduplicate (keep the first occurrence) before scoring."
             )
-        target = _single_target(target, user)
         head = items[:max_k]
         if target in head:
             ranks[user] = head.index(target)
@@ -121,12 +123,6 @@ def ranking_metrics(
         metrics[f"recall@{k}"] = float(hit.mean())
         metrics[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
     return metrics
-
-
-def _check_aligned(ranked: Sequence[Sequence[str]], targets: Sequence[str], where: str) -> list[str]:
-    if len(ranked) != len(targets):
-        raise ValueError(f"{where}: {len(ranked)} ranked lists for {len(targets)} targets; pass one list per target.")
-    return [_single_target(target, user) for user, target in enumerate(targets)]
 
 
 def metrics_by_target_popularity(
