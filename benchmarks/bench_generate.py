@@ -235,6 +235,7 @@ def make_methods(
             forbid_repeats=True,
             excluded_items=histories,
             level_offsets=level_offsets,
+            renormalize_logits=True,  # the scores of generate(renormalize_logits=True) above
         )
         return out.sequences
 

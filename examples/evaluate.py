@@ -172,6 +172,7 @@ def main(argv=None) -> dict:
             tokenizer,
             test,
             num_beams=args.num_beams,
+            renormalize_logits=args.renormalize_logits,
             session_rows=session_rows,
             session_length=args.session_eval_length or None,
             history_settings=args.history_settings,

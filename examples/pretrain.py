@@ -47,7 +47,7 @@ from trainers.data import (
 from trainers.data.arguments import DatasetArguments, GenerativeEvaluationArguments, redeclare
 from trainers.distributed import release_processes
 from trainers.evaluation import held_out_sessions, markdown_table, sample_users, write_topk_json
-from trainers.evaluation.generative import evaluate_generative_model
+from trainers.evaluation.generative import choose_renormalize_logits, evaluate_generative_model
 from trainers.pretraining import OneRecPretrainer, OneRecPretrainingConfig, TokenizedSessionCollator
 
 logger = logging.getLogger("pretrain")
@@ -305,6 +305,7 @@ def main(argv=None) -> dict:
         processing_class=tokenizer,
         ranking_eval_samples=ranking_eval,
         ranking_num_beams=eval_args.num_beams,
+        ranking_renormalize_logits=eval_args.renormalize_logits,
         ranking_exclude_history=data_args.ranking_exclude_history,
     )
     if resume_from:
@@ -317,6 +318,26 @@ def main(argv=None) -> dict:
     timing = f"{train_seconds / 60:.1f} min on {trainer.model.device}"
     if resumed_step:
         timing = f"the last {train_result.global_step - resumed_step} in {timing} (resumed at step {resumed_step})"
+    # How the saved model's searches score codes (its generation_config, read by recommend() and the pipeline):
+    # the argument, else the better of the two on the validation users (the model's own choice, not the dataset's).
+    code_scoring = {"renormalize_logits": bool(eval_args.renormalize_logits), "chosen_by": "argument"}
+    if eval_args.renormalize_logits is None and ranking_eval is not None:
+        choice, validation_metrics = choose_renormalize_logits(
+            trainer.model,
+            tokenizer,
+            ranking_eval,
+            num_beams=eval_args.num_beams,
+            exclude_history=data_args.ranking_exclude_history,
+        )
+        code_scoring = {
+            "renormalize_logits": choice,
+            "chosen_by": f"validation ({len(ranking_eval)} users)",
+            "validation": {f"renormalize_logits={value}": metrics for value, metrics in validation_metrics.items()},
+        }
+    elif eval_args.renormalize_logits is None:
+        code_scoring["chosen_by"] = "default (no --ranking_eval_users)"
+    trainer.model.generation_config.renormalize_logits = code_scoring["renormalize_logits"]
+    logger.info("code scoring of the saved model: %s", code_scoring)
     trainer.save_model(str(output_dir / "final"))  # the main process writes (the Trainer's rule)
     writes_files = trainer.is_world_process_zero()  # under torchrun every process evaluates; one writes
     if writes_files:
@@ -355,6 +376,7 @@ def main(argv=None) -> dict:
             ),
             1,
         ),
+        "code_scoring": code_scoring,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_metric": trainer.state.best_metric,
         "dropout_rate": model.config.dropout_rate,
@@ -387,6 +409,7 @@ def main(argv=None) -> dict:
             tokenizer,
             chosen,
             num_beams=eval_args.num_beams,
+            renormalize_logits=eval_args.renormalize_logits,
             session_rows=session_rows,
             session_length=eval_args.session_eval_length or None,
         )

@@ -5,12 +5,15 @@ A generated session is ``m`` items, each a BOS token and the item's ``L`` code t
 
     [decoder_start] BOS c1 .. cL  BOS c1 .. cL  ...  BOS c1 .. cL  EOS
 
-:func:`session_beam_search` returns the same sessions and scores as::
+:func:`session_beam_search` with ``renormalize_logits=True`` returns the same sessions and scores as::
 
     model.generate(input_ids, attention_mask=attention_mask, num_beams=B, num_return_sequences=B,
                    logits_processor=[SessionConstrainedLogitsProcessor(trie, ...)], renormalize_logits=True,
                    do_sample=False, length_penalty=0.0, max_new_tokens=m * (L + 1) + 1,
                    output_scores=True, return_dict_in_generate=True)
+
+and by default (``renormalize_logits=False``) those of the same call with a processor before the trie's that scores
+each code by the log-softmax of its level's slice of the output head, the distribution the model is trained on.
 
 but does far less work per step: the history is encoded once, the decoder is stepped with a KV cache,
 the output head is evaluated only on the current level's slice of the vocabulary, and only the trie
@@ -385,7 +388,7 @@ class ConstrainedCandidates(NamedTuple):
     scores: torch.Tensor  # [batch, k] beam score + the token's log-probability; -inf: no valid candidate
     beam: torch.Tensor  # [batch, k] the beam (within its row) each candidate extends
     child: torch.Tensor  # [batch, k] the candidate's trie node, -1 where scores is -inf
-    log_prob: torch.Tensor  # [batch, k] the token's log-probability, renormalised over the beam's allowed children
+    log_prob: torch.Tensor  # [batch, k] the token's log-probability (see ``constrained_step``'s ``renormalize``)
 
 
 def constrained_step(
@@ -397,10 +400,11 @@ def constrained_step(
     level: int,
     token_offset: int,
     num_beams: int,
+    renormalize: bool = False,
 ) -> ConstrainedCandidates:
     """One code level of the trie-constrained beam search: each beam's allowed children
-    (:meth:`SessionConstraint.allowed_children`), their log-probabilities renormalised over those children, and the
-    ``k = min(num_beams, W * K)`` best continuations per row (``K`` the level's largest branch).
+    (:meth:`SessionConstraint.allowed_children`), their log-probabilities, and the ``k = min(num_beams, W * K)`` best
+    continuations per row (``K`` the level's largest branch).
 
     Fixed shapes and no host synchronisation (``torch.compile(..., fullgraph=True)`` captures it whole, a test checks):
     children are read as a ``[batch * W, K]`` table, exclusions prune subtrees by counting, and beams left without
@@ -416,16 +420,24 @@ def constrained_step(
         level: The code level (the depth of ``nodes``).
         token_offset: Token id of ``level_logits``' first column.
         num_beams: Continuations kept per row at most.
+        renormalize: ``False``: a child's log-probability is the log-softmax over the whole ``level_logits`` row (the
+            model's own distribution over the level's codes, the one the next-token loss trains); the trie only
+            decides which children may be taken. ``True``: renormalised over the beam's allowed children, as
+            ``generate(renormalize_logits=True)`` does after a masking processor.
     """
     batch, width = nodes.shape
     flat_nodes = nodes.reshape(-1)
     children, keep = constraint.allowed_children(flat_nodes, level, excluded)
     max_children = children.nodes.shape[1]
     child_logits = level_logits.gather(1, (children.tokens - token_offset).clamp(0, level_logits.shape[1] - 1))
-    # segment log-softmax over each beam's allowed children, then one top-k per row
+    # log-softmax over the level (or over each beam's allowed children), then one top-k per row
     padded = torch.where(keep, child_logits, torch.full_like(child_logits, -math.inf))
-    normaliser = torch.logsumexp(padded, dim=-1, keepdim=True)
-    log_probs = padded - torch.where(torch.isfinite(normaliser), normaliser, torch.zeros_like(normaliser))
+    if renormalize:
+        normaliser = torch.logsumexp(padded, dim=-1, keepdim=True)
+        normaliser = torch.where(torch.isfinite(normaliser), normaliser, torch.zeros_like(normaliser))
+    else:
+        normaliser = torch.logsumexp(level_logits, dim=-1, keepdim=True)
+    log_probs = padded - normaliser
     candidates = (beam_scores.reshape(-1, 1) + log_probs).view(batch, width * max_children)
     scores, index = torch.topk(candidates, min(num_beams, width * max_children), dim=-1)  # sorted, best first
     chosen = torch.isfinite(scores)
@@ -454,6 +466,7 @@ def session_beam_search(
     length_penalty: float = 0.0,
     decoder_start_token_id: Optional[int] = None,
     fuse_forced_tokens: bool = True,
+    renormalize_logits: bool = False,
 ) -> SessionSearchOutput:
     """Trie-constrained beam search over sessions of ``num_items`` items.
 
@@ -479,13 +492,22 @@ def session_beam_search(
         decoder_start_token_id: Defaults to ``model.config.decoder_start_token_id``.
         fuse_forced_tokens: Feed the forced BOS together with the token before it in one decoder call
             (same cache, one call fewer per item). ``False`` feeds one token per call, like ``generate()``.
+        renormalize_logits: How a code token is scored. ``False`` (the default): its log-softmax over its level's
+            slice of the output head, the distribution the next-token loss trains
+            (``level_restricted_cross_entropy``), so a session's score is the model's log-probability of its code
+            tokens and the trie only decides which tokens may be taken. ``True``: renormalised over the trie
+            children the beam may take, which credits a code that is its parent's only valid child with
+            probability 1 whatever the model thinks of it. On Amazon Beauty and Scientific the default ranks the
+            held-out item higher (``docs/results.md``).
 
     Returns:
         A :class:`SessionSearchOutput`; see its fields for shapes. Missing beams (fewer valid sessions
         than ``num_beams``) are marked, never filled with junk or repeated sessions.
 
-    Scores are those of ``generate()`` with ``renormalize_logits=True``: each code token's probability is
-    renormalised over the trie children that remain after exclusions; BOS/EOS contribute 0. The number of
+    With ``renormalize_logits=True`` the scores are those of ``generate()`` with ``renormalize_logits=True``: each
+    code token's probability renormalised over the trie children that remain after exclusions. With the default,
+    those of ``generate()`` whose first logits processor replaces each code position's scores by the log-softmax of
+    that level's slice (and 0 at BOS/EOS). BOS/EOS contribute 0 either way. The number of
     decoder rows grows from ``batch`` to ``batch * num_beams`` as beams appear (generate() always runs
     ``batch * num_beams``); that changes nothing unless the decoder's output depends on the batch's
     composition (e.g. an MoE expert capacity limit that drops tokens).
@@ -655,6 +677,7 @@ def session_beam_search(
             level,
             lo,
             num_beams,
+            renormalize_logits,
         )
         # Beams that found no valid continuation stay as -inf rows (not trimmed: trimming would read the
         # number of valid beams back to the host at every step).

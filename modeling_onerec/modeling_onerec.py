@@ -808,7 +808,8 @@ class OneRecSeq2SeqLMOutput(Seq2SeqLMOutput):
 @dataclass
 class SessionRecommendation:
     """One recommended session: its items (catalogue ids, in order), the session's log-probability and each
-    item's (log-probabilities renormalised over the valid codes at each step; see ``session_beam_search``)."""
+    item's (each code scored by the model's softmax over its level, or renormalised over the valid codes with
+    ``renormalize_logits=True``; see ``session_beam_search``)."""
 
     items: List[str]
     score: float
@@ -990,6 +991,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         exclude_history: bool = True,
         forbid_repeats: bool = True,
         batch_size: int = 32,
+        renormalize_logits: Optional[bool] = None,
     ) -> List[List[SessionRecommendation]]:
         """Recommend sessions from raw item-id histories: no codes in, no codes out.
 
@@ -1010,6 +1012,10 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
             forbid_repeats: No item twice within a session.
             batch_size: Users per beam search call (users are batched by history length; the output keeps the
                 input order).
+            renormalize_logits: Score each code by its probability renormalised over the trie's valid codes instead
+                of the model's softmax over the code's level (``generation_onerec.session_beam_search``). ``None``:
+                ``self.generation_config.renormalize_logits``, which ``examples/pretrain.py`` chooses on validation
+                users (``False`` unless set).
         Returns:
             Per user, a list of :class:`SessionRecommendation` sorted by score.
         """
@@ -1027,7 +1033,12 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                 tokenizer, [histories[user] for user in users], [item_indices[user] for user in users]
             )
             outputs = self.search_sessions(
-                tokenizer, inputs, **search, exclude_history=exclude_history, forbid_repeats=forbid_repeats
+                tokenizer,
+                inputs,
+                **search,
+                exclude_history=exclude_history,
+                forbid_repeats=forbid_repeats,
+                renormalize_logits=renormalize_logits,
             )
             for user, sessions in zip(users, self.decode_sessions(tokenizer, outputs)):
                 results[user] = sessions
@@ -1124,6 +1135,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         session_length: int,
         exclude_history: bool = True,
         forbid_repeats: bool = True,
+        renormalize_logits: Optional[bool] = None,
     ) -> dict:
         """The trie-constrained session beam search (``generation_onerec.session_beam_search``, in eval mode) of
         :meth:`encode_histories`' ``inputs``, cut to the ``num_sessions`` best beams of each row.
@@ -1136,6 +1148,8 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         """
         from .generation_onerec import eval_mode, session_beam_search
 
+        if renormalize_logits is None:  # the model's own choice, as generate() reads its generation_config
+            renormalize_logits = bool(getattr(self.generation_config, "renormalize_logits", False))
         trie = tokenizer.trie
         if trie.device != self.device:
             trie.to(self.device)
@@ -1157,6 +1171,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
                 forbid_repeats=forbid_repeats,
                 level_offsets=tokenizer.level_offsets,
                 excluded_items=excluded,
+                renormalize_logits=renormalize_logits,
             )
         kept = min(num_sessions, num_beams)
         return {

@@ -42,6 +42,9 @@ class GenerativeRecommendationPipeline(Pipeline):
         session_length (`int`, defaults to the model's ``session_length``): Items per session ``m``.
         exclude_history (`bool`, defaults to `True`): Never recommend the user's own history items.
         forbid_repeats (`bool`, defaults to `True`): No item twice in one session.
+        renormalize_logits (`bool`, defaults to the model's ``generation_config.renormalize_logits``): Score codes
+            renormalised over the trie's valid codes instead of by the model's softmax over each level
+            (``OneRecForConditionalGeneration.recommend``).
 
     Returns, per history, a list of ``{"items": [item ids], "score": log-probability, "item_scores": [...]}``.
     """
@@ -58,12 +61,14 @@ class GenerativeRecommendationPipeline(Pipeline):
         session_length: Optional[int] = None,
         exclude_history: Optional[bool] = None,
         forbid_repeats: Optional[bool] = None,
+        renormalize_logits: Optional[bool] = None,
         **unused,
     ):
         if unused:
             raise TypeError(
                 f"Unknown argument(s) {sorted(unused)} for the {TASK} pipeline; it takes num_sessions, num_beams, "
-                "session_length, exclude_history and forbid_repeats (and the pipeline's batch_size)."
+                "session_length, exclude_history, forbid_repeats and renormalize_logits (and the pipeline's "
+                "batch_size)."
             )
         given = {
             "num_sessions": num_sessions,
@@ -71,6 +76,7 @@ class GenerativeRecommendationPipeline(Pipeline):
             "session_length": session_length,
             "exclude_history": exclude_history,
             "forbid_repeats": forbid_repeats,
+            "renormalize_logits": renormalize_logits,
         }
         return {}, {name: value for name, value in given.items() if value is not None}, {}
 
@@ -107,6 +113,7 @@ class GenerativeRecommendationPipeline(Pipeline):
             **counts,
             exclude_history=search.get("exclude_history", True),
             forbid_repeats=search.get("forbid_repeats", True),
+            renormalize_logits=search.get("renormalize_logits"),
         )
 
     def postprocess(self, model_outputs: Dict[str, Any]) -> List[Dict[str, Any]]:

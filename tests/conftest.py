@@ -17,6 +17,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from transformers import LogitsProcessor  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Trainer arguments every training test shares: on the CPU, no logging integrations, no progress bars.
@@ -185,20 +186,50 @@ def every_beam(tokenizer, num_items: int, beams: int) -> dict:
     )
 
 
+class LevelLogSoftmax(LogitsProcessor):
+    """A ``generate()`` logits processor: at a code position, each token of the position's level scored by the
+    log-softmax of that level's slice (``-inf`` elsewhere); at a BOS/EOS position, 0 everywhere (the trie's processor
+    after it keeps the one forced token). Written from the session layout ``[start] BOS c1..cL BOS ... EOS``."""
+
+    def __init__(self, tokenizer):
+        offsets = list(tokenizer.level_offsets)
+        self.slices = list(zip(offsets, offsets[1:] + [tokenizer.vocab_size]))
+
+    def __call__(self, input_ids, scores):
+        within_item = (input_ids.shape[1] - 1) % (len(self.slices) + 1)  # 0: BOS or EOS comes next
+        if within_item == 0:
+            return torch.zeros_like(scores)
+        lo, hi = self.slices[within_item - 1]
+        out = torch.full_like(scores, -float("inf"))
+        out[:, lo:hi] = torch.log_softmax(scores[:, lo:hi], dim=-1)
+        return out
+
+
 def constrained_generate(
-    model, tokenizer, inputs, num_items, beams, forbid_repeats=True, exclude=None, length_penalty=0.0
+    model,
+    tokenizer,
+    inputs,
+    num_items,
+    beams,
+    forbid_repeats=True,
+    exclude=None,
+    length_penalty=0.0,
+    renormalize_logits=False,
 ):
     """transformers' ``generate()`` under the tokenizer's session logits processor: every one of ``beams`` beams of
     ``num_items``-item sessions returned with its scores (the reference the native session search is tested against).
+    ``renormalize_logits=False`` scores each code by its level's log-softmax (:class:`LevelLogSoftmax` before the trie's
+    processor), ``True`` renormalises over the codes the trie allows (transformers' ``renormalize_logits``).
     """
     processor = tokenizer.session_logits_processor(
         num_items, forbid_repeats=forbid_repeats, exclude_items=exclude, num_beams=beams
     )
+    processors = [processor] if renormalize_logits else [LevelLogSoftmax(tokenizer), processor]
     return model.generate(
         **inputs,
         **every_beam(tokenizer, num_items, beams),
-        logits_processor=[processor],
-        renormalize_logits=True,
+        logits_processor=processors,
+        renormalize_logits=renormalize_logits,
         length_penalty=length_penalty,
     )
 

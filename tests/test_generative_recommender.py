@@ -1,5 +1,7 @@
 """OneRec as a ranker for the shared evaluation code (``trainers.evaluation.generative``)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -22,10 +24,12 @@ def test_rank_returns_each_users_list_in_the_callers_order():
     assert alone[0] == forward[0]
 
 
-def exhaustive_item_scores(model, tokenizer, history):
+def exhaustive_item_scores(model, tokenizer, history, renormalize=False):
     """Plain reference: every catalogue item scored by one teacher-forced pass, ``log p(c_1..c_L | history)`` with
-    each code renormalised over the trie children of its prefix (what the constrained search renormalises over
-    when nothing is excluded). Returns ``{item_id: score}``."""
+    each code scored by the log-softmax over its level's codes, or (``renormalize``) renormalised over the trie
+    children of its prefix (what the constrained search renormalises over when nothing is excluded). Returns
+    ``{item_id: score}``."""
+    offsets = list(tokenizer.level_offsets) + [tokenizer.vocab_size]
     codes = tokenizer.item_tokens.tolist()  # [N, L] token ids
     children = {}
     for row in codes:
@@ -40,8 +44,12 @@ def exhaustive_item_scores(model, tokenizer, history):
         total = 0.0
         for level, token in enumerate(row):
             allowed = sorted(children[tuple(row[:level])])
-            log_probs = torch.log_softmax(logits[index, level + 1, allowed], dim=-1)
-            total += float(log_probs[allowed.index(token)])
+            if renormalize:
+                log_probs = torch.log_softmax(logits[index, level + 1, allowed], dim=-1)
+                total += float(log_probs[allowed.index(token)])
+            else:
+                log_probs = torch.log_softmax(logits[index, level + 1, offsets[level] : offsets[level + 1]], dim=-1)
+                total += float(log_probs[token - offsets[level]])
         scores[tokenizer.item_ids[index]] = total
     return scores
 
@@ -52,10 +60,10 @@ def test_beam_ranking_against_exhaustive_scoring_of_every_item():
     # returned item carries its exact score, best first, and most of the exhaustive top-k is found.
     tokenizer = semantic_id_tokenizer([f"i{i}" for i in range(48)], num_levels=3, codebook_size=4)
     model = tiny_onerec(tokenizer, seed=3, session_length=1).eval()
-    for history in (["i1", "i7", "i30"], ["i44"]):
-        exact = exhaustive_item_scores(model, tokenizer, history)
+    for history, renormalize in itertools.product((["i1", "i7", "i30"], ["i44"]), (False, True)):
+        exact = exhaustive_item_scores(model, tokenizer, history, renormalize)
         truth = sorted(exact, key=exact.get, reverse=True)
-        full = GenerativeRecommender(model, tokenizer, num_beams=tokenizer.num_items)
+        full = GenerativeRecommender(model, tokenizer, num_beams=tokenizer.num_items, renormalize_logits=renormalize)
         assert full.rank([history], 10, exclude_history=False)[0] == truth[:10]
         narrow = model.recommend(
             tokenizer,
@@ -65,6 +73,7 @@ def test_beam_ranking_against_exhaustive_scoring_of_every_item():
             session_length=1,
             exclude_history=False,
             forbid_repeats=False,
+            renormalize_logits=renormalize,
         )[0]
         found = [session.items[0] for session in narrow]
         assert [s.score for s in narrow] == sorted((s.score for s in narrow), reverse=True)
@@ -72,3 +81,31 @@ def test_beam_ranking_against_exhaustive_scoring_of_every_item():
             assert session.score == pytest.approx(exact[session.items[0]], abs=1e-4)
         assert found[0] == truth[0] or exact[found[0]] < exact[truth[0]]  # never better than the truth
         assert len(set(found) & set(truth[:10])) >= 8  # 10 of 10 for both histories at this seed
+
+
+@pytest.mark.parametrize(
+    "level,renormalized,expected",
+    [
+        ((0.2, 0.1), (0.3, 0.05), True),  # the higher Recall@10 wins
+        ((0.3, 0.1), (0.3, 0.12), True),  # then the higher NDCG@10
+        ((0.3, 0.1), (0.3, 0.1), False),  # then the model's own distribution
+        ((0.3, 0.1), (0.2, 0.2), False),
+    ],
+)
+def test_choose_renormalize_logits_rule(monkeypatch, level, renormalized, expected):
+    from trainers.evaluation import generative
+
+    tokenizer = semantic_id_tokenizer([f"i{i}" for i in range(12)], num_levels=2, codebook_size=4)
+    model = tiny_onerec(tokenizer, seed=0, session_length=1).eval()
+    table = {False: level, True: renormalized}
+    seen = []
+
+    def fake_evaluate(recommender, samples, ks, *, exclude_history, batch_size):
+        seen.append((recommender.renormalize_logits, exclude_history))
+        recall, ndcg = table[recommender.renormalize_logits]
+        return {"recall@10": recall, "ndcg@10": ndcg, "recall@5": 0.0, "ndcg@5": 0.0}, []
+
+    monkeypatch.setattr(generative, "evaluate_recommender", fake_evaluate)
+    choice, metrics = generative.choose_renormalize_logits(model, tokenizer, [], exclude_history=False)
+    assert choice is expected and seen == [(False, False), (True, False)]
+    assert metrics[True]["recall@10"] == renormalized[0] and metrics[False]["ndcg@10"] == level[1]

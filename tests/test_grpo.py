@@ -110,6 +110,7 @@ def test_beam_groups_are_distinct_valid_scored_by_the_policy_and_equal_through_g
         num_sessions=6,
         num_beams=6,
         session_length=2,
+        renormalize_logits=True,
     )
     scores = policy_scores(model, tokenizer, HISTORIES, native.completion_ids, 6)
     assert torch.allclose(scores.log_probs.sum(1), found["scores"].reshape(-1), atol=1e-5)

@@ -429,3 +429,37 @@ def test_pretrain_pairs_resume_and_whole_history_exclusion(trained_run, caplog):
         load_example("pretrain").main(common + ["--output_dir", str(out), "--tie_output_embeddings", "false"])
     windows = load_example("pretrain").main(common + ["--output_dir", str(root / "all"), "--pairs", "all_windows"])
     assert windows["pairs"] == "all_windows" and windows["train_samples"] > report["train_samples"]
+
+
+def test_pretrain_chooses_the_code_scoring_on_validation_and_saves_it(trained_run):
+    from modeling_onerec import OneRecForConditionalGeneration
+    from tokenization_semantic_id import SemanticIDTokenizer
+
+    root, _ = trained_run
+    common = pretrain_arguments(root, max_steps=2, test_users=0) + ["--num_beams", "16"]
+    chosen = load_example("pretrain").main(common + ["--ranking_eval_users", "10", "--output_dir", str(root / "auto")])
+    scoring = chosen["code_scoring"]
+    assert scoring["chosen_by"] == "validation (10 users)"
+    level, renormalized = (scoring["validation"][f"renormalize_logits={value}"] for value in (False, True))
+    expected = (renormalized["recall@10"], renormalized["ndcg@10"]) > (level["recall@10"], level["ndcg@10"])
+    assert scoring["renormalize_logits"] is expected
+    saved = OneRecForConditionalGeneration.from_pretrained(root / "auto" / "final")
+    assert saved.generation_config.renormalize_logits is expected
+
+    # Given as an argument, it is saved as given; recommend() and the pipeline then score that way by default.
+    forced = load_example("pretrain").main(
+        common + ["--ranking_eval_users", "0", "--renormalize_logits", "true", "--output_dir", str(root / "forced")]
+    )
+    assert forced["code_scoring"] == {"renormalize_logits": True, "chosen_by": "argument"}
+    model = OneRecForConditionalGeneration.from_pretrained(root / "forced" / "final").eval()
+    tokenizer = SemanticIDTokenizer.from_pretrained(root / "forced" / "final")
+    histories = [list(tokenizer.item_ids[:3]), [tokenizer.item_ids[7]]]
+
+    def scores(**kwargs):
+        found = model.recommend(tokenizer, histories, num_sessions=4, num_beams=8, session_length=2, **kwargs)
+        return [[round(session.score, 4) for session in user] for user in found]
+
+    assert scores() == scores(renormalize_logits=True) != scores(renormalize_logits=False)
+    recommend = pipeline("generative-recommendation", model=str(root / "forced" / "final"), trust_remote_code=True)
+    piped = recommend(histories[0], num_sessions=4, num_beams=8, session_length=2)
+    assert [round(session["score"], 4) for session in piped] == scores()[0]

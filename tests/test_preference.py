@@ -220,7 +220,7 @@ def test_session_log_probs_match_hand_computation_and_ntp_loss(tokenizer):
     assert (full.log_probs < restricted.log_probs - 1e-4).any()
 
 
-def test_session_log_prob_is_the_beam_search_score_where_the_trie_prunes_nothing(tokenizer):
+def test_session_log_prob_is_the_beam_search_score(tokenizer):
     full_grid = make_tokenizer([3, 4], 12)  # every code pair is an item: each trie node has every child
     model = make_model(full_grid).eval()
     encoded = full_grid.batch_encode_histories([["i1", "i2"], ["i5"]])
@@ -251,16 +251,22 @@ def test_session_log_prob_is_the_beam_search_score_where_the_trie_prunes_nothing
         )
     torch.testing.assert_close(ours, search.scores.reshape(-1), atol=1e-4, rtol=0)
 
-    # Where the trie prunes (16 of 20 code pairs, history excluded, no repeats) the search renormalises over the
-    # surviving children, so its score is never below the model's own log-probability, and above it here.
+    # Where the trie prunes (16 of 20 code pairs, history excluded, no repeats) the default search still scores the
+    # model's own log-probability; renormalised over the surviving children, its score is never below it, and above
+    # it here.
     model = make_model(tokenizer).eval()
-    recommendations = model.recommend(tokenizer, [["i1", "i2", "i3"]], num_sessions=5, num_beams=5)[0]
-    encoded = tokenizer.batch_encode_histories([["i1", "i2", "i3"]] * 5, max_items=model.config.max_history_items)
-    labels = torch.tensor([tokenizer.encode_session(r.items) for r in recommendations])
-    with torch.no_grad():
-        ours = session_log_probs(model, encoded["input_ids"], encoded["attention_mask"], labels, tokenizer)
-    searched = torch.tensor([r.score for r in recommendations])
-    assert (searched >= ours - 1e-5).all() and (searched > ours + 1e-4).any()
+    history = ["i1", "i2", "i3"]
+    encoded = tokenizer.batch_encode_histories([history] * 5, max_items=model.config.max_history_items)
+    for renormalize in (False, True):
+        found = model.recommend(tokenizer, [history], num_sessions=5, num_beams=5, renormalize_logits=renormalize)
+        labels = torch.tensor([tokenizer.encode_session(r.items) for r in found[0]])
+        with torch.no_grad():
+            ours = session_log_probs(model, encoded["input_ids"], encoded["attention_mask"], labels, tokenizer)
+        searched = torch.tensor([r.score for r in found[0]])
+        if renormalize:
+            assert (searched >= ours - 1e-5).all() and (searched > ours + 1e-4).any()
+        else:
+            torch.testing.assert_close(searched, ours, atol=1e-4, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -71,6 +71,12 @@ def _assert_same_as_generate(out: SessionSearchOutput, reference, batch: int, be
         assert torch.isinf(out.scores[row, n:]).all()
 
 
+def _level_slices(tokenizer):
+    """``[(first, end)]``: each code level's token ids."""
+    offsets = list(tokenizer.level_offsets)
+    return list(zip(offsets, offsets[1:] + [tokenizer.vocab_size]))
+
+
 def _histories(tokenizer, seed, lengths):
     generator = torch.Generator().manual_seed(seed)
     return [
@@ -81,14 +87,17 @@ def _histories(tokenizer, seed, lengths):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("num_items,beams", [(1, 4), (1, 16), (3, 4), (3, 8), (3, 16)])
 @pytest.mark.parametrize("forbid_repeats,exclude_history", [(True, True), (True, False), (False, False), (False, True)])
-def test_equals_generate(small_tokenizer, seed, num_items, beams, forbid_repeats, exclude_history):
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_equals_generate(small_tokenizer, seed, num_items, beams, forbid_repeats, exclude_history, renormalize):
     tokenizer = small_tokenizer
     model = tiny_t5(tokenizer.vocab_size, seed)
     histories = _histories(tokenizer, seed, (5, 2, 30))
     inputs = tokenizer.batch_encode_histories(histories)
     exclude = histories if exclude_history else None
-    out = _search(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
-    reference = constrained_generate(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
+    out = _search(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude, renormalize_logits=renormalize)
+    reference = constrained_generate(
+        model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude, renormalize_logits=renormalize
+    )
     _assert_same_as_generate(out, reference, 3, beams)
     assert (out.num_valid == beams).all()
     # item_indices / item_scores agree with the sequences and the session score
@@ -100,14 +109,16 @@ def test_equals_generate(small_tokenizer, seed, num_items, beams, forbid_repeats
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_heavy_exclusions_prune_subtrees_like_generate(small_tokenizer, seed):
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_heavy_exclusions_prune_subtrees_like_generate(small_tokenizer, seed, renormalize):
     # 150 of 240 items excluded per row: whole subtrees are exhausted at every level.
     tokenizer = small_tokenizer
     model = tiny_t5(tokenizer.vocab_size, seed)
     histories = _histories(tokenizer, seed, (150, 150))
     inputs = tokenizer.batch_encode_histories(histories, max_items=4)  # short encoder input, long exclusion list
-    out = _search(model, tokenizer, inputs, 3, 12, True, histories)
-    _assert_same_as_generate(out, constrained_generate(model, tokenizer, inputs, 3, 12, True, histories), 2, 12)
+    out = _search(model, tokenizer, inputs, 3, 12, True, histories, renormalize_logits=renormalize)
+    reference = constrained_generate(model, tokenizer, inputs, 3, 12, True, histories, renormalize_logits=renormalize)
+    _assert_same_as_generate(out, reference, 2, 12)
     for row, history in enumerate(histories):
         excluded = {tokenizer.item_index(item) for item in history}
         assert not set(out.item_indices[row].flatten().tolist()) & excluded
@@ -144,7 +155,8 @@ def test_decoder_deeper_than_encoder(six_item_tokenizer):
     model = tiny_t5(tokenizer.vocab_size, 2, num_layers=1, num_decoder_layers=3)
     inputs = tokenizer.batch_encode_histories([["2", "3"]])
     out = _search(model, tokenizer, inputs, 2, 32)
-    exhaustive = _exhaustive_scores(model, tokenizer.item_tokens, inputs["input_ids"], 2, True, [])
+    slices = _level_slices(tokenizer)
+    exhaustive = _exhaustive_scores(model, tokenizer.item_tokens, inputs["input_ids"], 2, True, [], slices)
     assert int(out.num_valid[0]) == len(exhaustive) == 30
     for sequence, score in zip(out.sequences[0].tolist(), out.scores[0].tolist()):
         if score > -math.inf:
@@ -197,9 +209,10 @@ def six_item_tokenizer():
     )
 
 
-def _exhaustive_scores(model, item_tokens, input_ids, num_items, forbid_repeats, excluded):
+def _exhaustive_scores(model, item_tokens, input_ids, num_items, forbid_repeats, excluded, level_slices=None):
     """Plain reference: every valid session of one row, scored by a teacher-forced forward pass with each code
-    token's probability renormalised over the tokens the reference prefix function allows."""
+    token's probability renormalised over the tokens the reference prefix function allows, or, given
+    ``level_slices`` (``[(first, end)]`` token ids per level), its log-softmax over its level's slice (BOS/EOS: 0)."""
     allowed_fn = SessionPrefixAllowedTokensFn(
         item_tokens, **SPECIAL, num_items=num_items, forbid_repeats=forbid_repeats, excluded_items=[excluded]
     )
@@ -219,8 +232,15 @@ def _exhaustive_scores(model, item_tokens, input_ids, num_items, forbid_repeats,
         score = 0.0
         for position in range(1, len(sequence)):
             allowed = allowed_fn(0, torch.tensor(sequence[:position]))
-            log_probs = torch.log_softmax(logits[position - 1, allowed], dim=-1)
-            score += float(log_probs[allowed.index(sequence[position])])
+            assert sequence[position] in allowed
+            within_item = (position - 1) % (len(codes[0]) + 1)
+            if level_slices is None:
+                log_probs = torch.log_softmax(logits[position - 1, allowed], dim=-1)
+                score += float(log_probs[allowed.index(sequence[position])])
+            elif within_item > 0:  # a code of level within_item - 1; BOS and EOS cost nothing
+                first, end = level_slices[within_item - 1]
+                log_probs = torch.log_softmax(logits[position - 1, first:end], dim=-1)
+                score += float(log_probs[sequence[position] - first])
         result[tuple(sequence)] = score
     return result
 
@@ -234,21 +254,27 @@ def _exhaustive_scores(model, item_tokens, input_ids, num_items, forbid_repeats,
         (3, True, [], 4),  # 120 sessions > 4 beams: compared with generate only
     ],
 )
-def test_tiny_catalogue_returns_only_real_sessions(six_item_tokenizer, num_items, forbid_repeats, history, beams):
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_tiny_catalogue_returns_only_real_sessions(
+    six_item_tokenizer, num_items, forbid_repeats, history, beams, renormalize
+):
     tokenizer = six_item_tokenizer
     model = tiny_t5(tokenizer.vocab_size, 5)
     inputs = tokenizer.batch_encode_histories([["2", "3"]])
     exclude = [history]
-    out = _search(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
-    reference = constrained_generate(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude)
+    out = _search(model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude, renormalize_logits=renormalize)
+    reference = constrained_generate(
+        model, tokenizer, inputs, num_items, beams, forbid_repeats, exclude, renormalize_logits=renormalize
+    )
     _assert_same_as_generate(out, reference, 1, beams)
     available = tokenizer.num_items - len(history)
     total = math.perm(available, num_items) if forbid_repeats else available**num_items
     assert int(out.num_valid[0]) == min(beams, total)
     if total <= beams:  # the beam holds every session: compare with brute force
         excluded = [tokenizer.item_index(item) for item in history]
+        slices = None if renormalize else _level_slices(tokenizer)
         exhaustive = _exhaustive_scores(
-            model, tokenizer.item_tokens, inputs["input_ids"], num_items, forbid_repeats, excluded
+            model, tokenizer.item_tokens, inputs["input_ids"], num_items, forbid_repeats, excluded, slices
         )
         n = int(out.num_valid[0])
         ours = {tuple(s): float(v) for s, v in zip(out.sequences[0, :n].tolist(), out.scores[0, :n])}

@@ -256,6 +256,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
         ranking_ks: Sequence[int] = (5, 10),
         ranking_num_beams: Optional[int] = None,
         ranking_exclude_history: bool = False,
+        ranking_renormalize_logits: Optional[bool] = None,
         **kwargs,
     ):
         """Arguments as ``Seq2SeqTrainer`` (pass the tokenizer as ``processing_class``), plus:
@@ -268,6 +269,8 @@ class OneRecPretrainer(Seq2SeqTrainer):
             ranking_ks: Cut-offs of those metrics.
             ranking_num_beams: Beam width (default: the first level's codebook size).
             ranking_exclude_history: Never rank the user's own history items.
+            ranking_renormalize_logits: Score codes renormalised over the trie's valid codes (``model.recommend``);
+                ``None``: the model's ``generation_config.renormalize_logits``.
         """
         super().__init__(*args, **kwargs)
         check_process_count(self.args.world_size)
@@ -299,6 +302,7 @@ class OneRecPretrainer(Seq2SeqTrainer):
         self.ranking_ks = tuple(ranking_ks)
         self.ranking_num_beams = ranking_num_beams
         self.ranking_exclude_history = ranking_exclude_history
+        self.ranking_renormalize_logits = ranking_renormalize_logits
         # Our forward returns the mean token loss itself: let the Trainer scale for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self._term_sums: Dict[str, torch.Tensor] = {}
@@ -368,7 +372,12 @@ class OneRecPretrainer(Seq2SeqTrainer):
         if self.ranking_eval_samples is not None and description == "Evaluation":  # not for predict()
             from .evaluation import GenerativeRecommender, evaluate_recommender
 
-            recommender = GenerativeRecommender(self.model, self.processing_class, num_beams=self.ranking_num_beams)
+            recommender = GenerativeRecommender(
+                self.model,
+                self.processing_class,
+                num_beams=self.ranking_num_beams,
+                renormalize_logits=self.ranking_renormalize_logits,
+            )
             # Each process ranks its share of the users; every process gets the same metrics.
             scores, _ = evaluate_recommender(
                 recommender,

@@ -157,6 +157,7 @@ def session_groups(
                 session_length=m,
                 exclude_history=exclude_history,
                 forbid_repeats=forbid_repeats,
+                renormalize_logits=True,  # the policy's distribution (module docstring), not the serving default
             )
             completion_ids = found["sequences"].reshape(-1, found["sequences"].shape[-1])[:, 1:].cpu()
             scores = None

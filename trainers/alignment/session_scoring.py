@@ -4,9 +4,10 @@ Session log-probability (the ``log M(S | H)`` of Eq. 10)
     ``sum over the m*L code tokens of log_softmax(logits[level slice])[code]``: each code normalised over its own
     level's codes, the distribution the NTP loss trains (``level_restricted_cross_entropy``, Eq. 4). With
     ``config.level_restricted_loss=False`` the model's NTP normalises over the whole vocabulary and so does this.
-    ``session_beam_search`` scores the same tokens but renormalises each step over the trie children that survive
-    exclusions: the two are equal where the trie prunes nothing (every code has a valid continuation, no excluded
-    items) and the search's score is higher otherwise. The model's own distribution is used here because (a) it is
+    ``session_beam_search`` scores a session the same way by default (with the level-restricted loss); with
+    ``renormalize_logits=True`` it renormalises each step over the trie children that survive exclusions, which
+    equals this where the trie prunes nothing (every code has a valid continuation, no excluded items) and is higher
+    otherwise. The model's own distribution is used here because (a) it is
     what NTP trains, so L_NTP and L_DPO act on one distribution, (b) the trie renormalisation depends on search-time
     options (history exclusion, repeats), which would make ``pi(S|H)`` depend on them, (c) it needs no trie walk.
 

@@ -147,6 +147,14 @@ class GenerativeEvaluationArguments(UserSubsetArguments):
         default=None,
         metadata={"help": "Beam width of the ranking beam search (default: the first level's codebook size)."},
     )
+    renormalize_logits: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "Score each code by its probability renormalised over the trie's valid codes (true) or by the "
+            "model's softmax over the code's level (false). Default: the model's generation_config."
+            "renormalize_logits, which examples/pretrain.py chooses on validation users."
+        },
+    )
     session_eval_length: int = field(
         default=5,
         metadata={"help": "m of the generated sessions scored by the session metrics (0 = no session metrics)."},

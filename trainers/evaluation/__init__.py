@@ -12,7 +12,7 @@ leave-one-out protocol of TIGER / S3-Rec (see `trainers.data.leave_one_out_split
 - `recall_ndcg/`: the same ranking metrics as an offline `evaluate` metric.
 """
 
-from .generative import GenerativeRecommender, evaluate_generative_model
+from .generative import GenerativeRecommender, choose_renormalize_logits, evaluate_generative_model
 from .ranking import (
     RECALL_NDCG_METRIC_PATH,
     Recommender,
@@ -36,6 +36,7 @@ __all__ = [
     "RECALL_NDCG_METRIC_PATH",
     "Recommender",
     "RewardMetrics",
+    "choose_renormalize_logits",
     "code_prefix_hit_rates",
     "evaluate_generative_model",
     "evaluate_recommender",

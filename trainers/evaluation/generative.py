@@ -23,9 +23,18 @@ class GenerativeRecommender:
         tokenizer: The tokenizer the model was built with.
         num_beams: Beam width; ``None`` = the first level's codebook size (``K``), and never less than ``k``.
         batch_size: Users per beam search.
+        renormalize_logits: Score codes renormalised over the trie's valid codes instead of by the model's softmax
+            over each level (``model.recommend``); ``None``: the model's ``generation_config.renormalize_logits``.
     """
 
-    def __init__(self, model, tokenizer, num_beams: Optional[int] = None, batch_size: int = 16):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        num_beams: Optional[int] = None,
+        batch_size: int = 16,
+        renormalize_logits: Optional[bool] = None,
+    ):
         model.config.check_tokenizer(tokenizer)
         self.model, self.tokenizer = model, tokenizer
         first_level = (
@@ -35,6 +44,14 @@ class GenerativeRecommender:
         )
         self.num_beams = num_beams if num_beams is not None else first_level
         self.batch_size = batch_size
+        self.renormalize_logits = renormalize_logits
+
+    @property
+    def scores_renormalized(self) -> bool:
+        """Whether the searches renormalise over the valid codes (the argument, or else the model's choice)."""
+        if self.renormalize_logits is not None:
+            return bool(self.renormalize_logits)
+        return bool(getattr(self.model.generation_config, "renormalize_logits", False))
 
     def rank(self, histories: Sequence[Sequence[str]], k: int, exclude_history: bool) -> List[List[str]]:
         """Top-``k`` item ids per history, best first (``k`` distinct items, fewer only if the catalogue is
@@ -50,8 +67,47 @@ class GenerativeRecommender:
             exclude_history=exclude_history,
             forbid_repeats=False,
             batch_size=self.batch_size,
+            renormalize_logits=self.renormalize_logits,
         )
         return [[session.items[0] for session in sessions] for sessions in found]
+
+
+def choose_renormalize_logits(
+    model,
+    tokenizer,
+    validation_samples: Any,
+    *,
+    ks: Sequence[int] = (5, 10),
+    num_beams: Optional[int] = None,
+    exclude_history: bool = True,
+    batch_size: int = 16,
+) -> Tuple[bool, Dict[bool, Dict[str, float]]]:
+    """How a trained model's searches should score codes, chosen on validation samples (``history``, ``target``):
+    each code by the model's softmax over its level (``False``) or renormalised over the trie's valid codes
+    (``True``, which credits a code that is its parent's only valid child with probability 1).
+
+    Which ranks better depends on the model and the data (on Amazon Beauty the level softmax, on Amazon Scientific the
+    renormalised scores; ``docs/results.md``), so it is measured, not assumed: both rank the same samples and the
+    higher Recall@``max(ks)`` wins, then the higher NDCG@``max(ks)``, then ``False`` (the distribution the model is
+    trained on). Under torchrun every process gets the same metrics and so the same choice.
+
+    Returns:
+        ``(choice, {False: metrics, True: metrics})``.
+    """
+    metrics: Dict[bool, Dict[str, float]] = {}
+    for renormalize in (False, True):
+        recommender = GenerativeRecommender(
+            model, tokenizer, num_beams=num_beams, batch_size=batch_size, renormalize_logits=renormalize
+        )
+        metrics[renormalize], _ = evaluate_recommender(
+            recommender, validation_samples, ks, exclude_history=exclude_history, batch_size=batch_size * 4
+        )
+    k = max(ks)
+
+    def rank(renormalize: bool):
+        return metrics[renormalize][f"recall@{k}"], metrics[renormalize][f"ndcg@{k}"], not renormalize
+
+    return max((False, True), key=rank), metrics
 
 
 def evaluate_generative_model(
@@ -67,6 +123,7 @@ def evaluate_generative_model(
     batch_size: int = 16,
     progress: bool = True,
     history_settings: Sequence[str] = ("exclude_history", "all_items"),
+    renormalize_logits: Optional[bool] = None,
 ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, List[List[str]]]]:
     """The test evaluation every OneRec / TIGER-style run reports (used by ``examples/pretrain.py`` and
     ``examples/evaluate.py``).
@@ -78,6 +135,7 @@ def evaluate_generative_model(
       ``session_length`` items generated from each user's training history (history excluded, no repeats, beam
       ``session_beams``), scored by ``session_metrics`` against the two held-out items: hit rate, consumed items,
       catalogue coverage, intra-session diversity (distinct first-level codes per item).
+    * ``renormalize_logits`` scores the searches' codes renormalised over the trie's valid codes (``model.recommend``).
 
     Returns:
         ``(report, ranked)``: ``report`` maps ``"exclude_history"``, ``"all_items"`` (and ``"session"``) to metrics
@@ -89,7 +147,9 @@ def evaluate_generative_model(
             f"history_settings={list(history_settings)} is invalid; pick one or both of "
             "'exclude_history' and 'all_items'."
         )
-    recommender = GenerativeRecommender(model, tokenizer, num_beams=num_beams, batch_size=batch_size)
+    recommender = GenerativeRecommender(
+        model, tokenizer, num_beams=num_beams, batch_size=batch_size, renormalize_logits=renormalize_logits
+    )
     report: Dict[str, Dict[str, Any]] = {}
     ranked: Dict[str, List[List[str]]] = {}
     for name in ("exclude_history", "all_items"):
@@ -102,6 +162,7 @@ def evaluate_generative_model(
         )
         report[name] = metrics | {
             "num_beams": max(max(ks), recommender.num_beams),
+            "renormalize_logits": recommender.scores_renormalized,
             "seconds": round(time.perf_counter() - start, 1),
         }
     if session_rows:
@@ -127,6 +188,7 @@ def evaluate_generative_model(
                     num_beams=session_beams,
                     session_length=length,
                     exclude_history=True,
+                    renormalize_logits=renormalize_logits,
                 )
                 return [user[0].items if user else [] for user in found]
 
