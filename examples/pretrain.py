@@ -425,7 +425,7 @@ def main(argv=None) -> dict:
             training_summary=(
                 f"{train_result.global_step:,} steps x batch {report['global_batch_size']}, "
                 f"lr {training_args.learning_rate}, {report['epochs_trained']} epochs, "
-                f"{timing}, seed {training_args.seed}."
+                f"{timing}, seed {training_args.seed}. {scoring_summary(code_scoring)}"
             ),
             results_table=format_results(report["test"], report["test_users"]) if "test" in report else None,
         )
@@ -433,12 +433,18 @@ def main(argv=None) -> dict:
     if writes_files:
         print(
             f"\nOneRec ({model_args.preset}, m={model.config.session_length}) on {data_args.dataset}: "
-            f"{train_result.global_step} steps, {timing}, seed {training_args.seed}"
+            f"{train_result.global_step} steps, {timing}, seed {training_args.seed}. {scoring_summary(code_scoring)}"
         )
         if "test" in report:
             print(format_results(report["test"], report["test_users"]))
         print(f"metrics -> {output_dir / 'metrics.json'}")
     return report
+
+
+def scoring_summary(code_scoring: dict) -> str:
+    """One sentence on how the saved model's searches score codes (``generation_config.renormalize_logits``)."""
+    how = "renormalised over the valid codes" if code_scoring["renormalize_logits"] else "by the level softmax"
+    return f"Codes scored {how} (renormalize_logits={code_scoring['renormalize_logits']}, {code_scoring['chosen_by']})."
 
 
 def check_output_dir(output_dir: Path, training_args) -> Optional[str]:

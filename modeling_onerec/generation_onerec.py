@@ -517,6 +517,8 @@ def session_beam_search(
         raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}.")
     if not isinstance(num_items, int) or num_items < 1:
         raise ValueError(f"num_items (items per session) must be an int >= 1, got {num_items!r}.")
+    if not isinstance(renormalize_logits, bool):  # a string such as "false" would be truthy
+        raise TypeError(f"renormalize_logits must be True or False, got {renormalize_logits!r}.")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] == 0:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a non-empty [batch, seq_len] tensor, got {shape}.")

@@ -445,6 +445,9 @@ def test_pretrain_chooses_the_code_scoring_on_validation_and_saves_it(trained_ru
     assert scoring["renormalize_logits"] is expected
     saved = OneRecForConditionalGeneration.from_pretrained(root / "auto" / "final")
     assert saved.generation_config.renormalize_logits is expected
+    assert (
+        f"renormalize_logits={expected}, validation (10 users)" in (root / "auto" / "final" / "README.md").read_text()
+    )
 
     # Given as an argument, it is saved as given; recommend() and the pipeline then score that way by default.
     forced = load_example("pretrain").main(

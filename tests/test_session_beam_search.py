@@ -370,6 +370,8 @@ def test_bad_arguments_raise_clear_errors(small_tokenizer):
         session_beam_search(*args, num_beams=0, num_items=1, **SPECIAL)
     with pytest.raises(ValueError, match="num_items"):
         session_beam_search(*args, num_beams=2, num_items=0, **SPECIAL)
+    with pytest.raises(TypeError, match="renormalize_logits must be True or False, got 'false'"):
+        session_beam_search(*args, num_beams=2, num_items=1, renormalize_logits="false", **SPECIAL)
     with pytest.raises(ValueError, match="one list of item indices per input row"):
         session_beam_search(*args, num_beams=2, num_items=1, excluded_items=[[1], [2], [3]], **SPECIAL)
     with pytest.raises(ValueError, match="outside"):
