@@ -143,7 +143,8 @@ def mine_preference_pairs(
         progress: Show a tqdm bar over the batches.
         search_backend: ``"native"`` (the model's session beam search) or ``"generate"`` (``model.generate()`` with the
             tokenizer's prefix-allowed-tokens function; the same sessions, slower): see
-            :func:`~.rollouts.session_groups`.
+            :func:`~.rollouts.session_groups`. Both rank the candidates with codes renormalised over the valid codes
+            (``renormalize_logits=True``), the rollouts' policy, whatever the model's serving choice.
     Returns:
         :class:`PreferencePairs`: per kept user ``{"index": position in histories, "history", "chosen", "rejected",
         "chosen_reward", "rejected_reward"}`` (chosen = argmax reward, rejected = argmin; ties go to the candidate
@@ -179,6 +180,8 @@ def mine_preference_pairs(
                 session_length=session_length,
                 exclude_history=exclude_history,
                 batch_size=len(batch),
+                # the beams of rollouts.session_groups (either backend), whatever the model serves with
+                renormalize_logits=True,
             )
             candidates_of = [[list(s.items) for s in sessions] for sessions in recommendations]
         else:
