@@ -497,8 +497,10 @@ def session_beam_search(
             (``level_restricted_cross_entropy``), so a session's score is the model's log-probability of its code
             tokens and the trie only decides which tokens may be taken. ``True``: renormalised over the trie
             children the beam may take, which credits a code that is its parent's only valid child with
-            probability 1 whatever the model thinks of it. On Amazon Beauty and Scientific the default ranks the
-            held-out item higher (``docs/results.md``).
+            probability 1 whatever the model thinks of it. Which ranks better depends on the model and the data
+            (``docs/results.md``): OneRec models choose on validation users (``generation_config.renormalize_logits``,
+            which ``recommend()`` passes here). Without ``level_offsets`` a level's slice is the token range its trie
+            codes span.
 
     Returns:
         A :class:`SessionSearchOutput`; see its fields for shapes. Missing beams (fewer valid sessions
