@@ -4,7 +4,8 @@ OneRec ranks the catalogue by a trie-constrained beam search over the first item
 default width is the first level's codebook size (256 on Beauty), which makes ranking every test user slow on a
 CPU. This script ranks the same seeded random *validation* users (never test) at each ``--beams`` width with a
 trained model and reports users/s, Recall/NDCG@5/10 and how many top-10 lists equal the widest beam's, so a
-narrower beam is chosen on validation evidence.
+narrower beam is chosen on validation evidence. ``--scorings false true`` repeats the widths for each code scoring
+of the search (``renormalize_logits``: the level softmax, or renormalised over the valid codes), side by side.
 
 Run from the repository root::
 
@@ -33,6 +34,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=1000, help="Seeded random validation users.")
     parser.add_argument("--beams", type=int, nargs="+", default=[256, 128, 64, 32], help="Widths, widest first.")
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument(
+        "--scorings",
+        nargs="+",
+        choices=["false", "true"],
+        default=["false"],
+        help="renormalize_logits values to measure (false: the level softmax; true: renormalised over the valid codes).",
+    )
     parser.add_argument("--exclude_history", action=argparse.BooleanOptionalAction, default=True)
     add_run_arguments(parser, output_help="JSON output (default outputs/benchmarks/ranking_beams_<device>.json).")
     args = parser.parse_args(argv)
@@ -50,31 +58,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     validation = build_session_samples(splits, max_history=model.config.max_history_items, session_length=1)
     users = sample_users(validation["validation"], args.users, seed=args.seed)
     histories, targets = list(users["history"]), [target[0] for target in users["target"]]
-    rows, widest = [], None
-    for beams in sorted(args.beams, reverse=True):
-        recommender = GenerativeRecommender(model, tokenizer, num_beams=beams, batch_size=args.batch_size)
-        start = time.perf_counter()
-        ranked = recommender.rank(histories, 10, exclude_history=args.exclude_history)
-        seconds = time.perf_counter() - start
-        widest = ranked if widest is None else widest
-        same = sum(a == b for a, b in zip(ranked, widest))
-        row = {
-            "beams": beams,
-            "users_per_s": round(len(histories) / seconds, 2),
-            "same_top10_as_widest": same,
-            **ranking_metrics(ranked, targets, ks=(5, 10)),
-        }
-        rows.append(row)
-        print(row, flush=True)
+    rows = []
+    for scoring in args.scorings:
+        widest = None
+        for beams in sorted(args.beams, reverse=True):
+            recommender = GenerativeRecommender(
+                model, tokenizer, num_beams=beams, batch_size=args.batch_size, renormalize_logits=scoring == "true"
+            )
+            start = time.perf_counter()
+            ranked = recommender.rank(histories, 10, exclude_history=args.exclude_history)
+            seconds = time.perf_counter() - start
+            widest = ranked if widest is None else widest
+            row = {
+                "renormalize_logits": scoring == "true",
+                "beams": beams,
+                "users_per_s": round(len(histories) / seconds, 2),
+                "same_top10_as_widest": sum(a == b for a, b in zip(ranked, widest)),
+                **ranking_metrics(ranked, targets, ks=(5, 10)),
+            }
+            rows.append(row)
+            print(row, flush=True)
     print(
         f"\n{len(histories)} validation users (seed {args.seed}), history "
-        f"{'excluded' if args.exclude_history else 'allowed'}\n| beams | users/s | Recall@5 | NDCG@5 | Recall@10 | "
-        "NDCG@10 | top-10 lists equal to the widest beam's |\n|---:|---:|---:|---:|---:|---:|---:|"
+        f"{'excluded' if args.exclude_history else 'allowed'}\n| renormalize_logits | beams | users/s | Recall@5 | "
+        "NDCG@5 | Recall@10 | NDCG@10 | top-10 lists equal to the widest beam's |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     for row in rows:
         print(
-            f"| {row['beams']} | {row['users_per_s']:.1f} | {row['recall@5']:.4f} | {row['ndcg@5']:.4f} | "
-            f"{row['recall@10']:.4f} | {row['ndcg@10']:.4f} | {row['same_top10_as_widest']} / {len(histories)} |"
+            f"| {str(row['renormalize_logits']).lower()} | {row['beams']} | {row['users_per_s']:.1f} | "
+            f"{row['recall@5']:.4f} | {row['ndcg@5']:.4f} | {row['recall@10']:.4f} | {row['ndcg@10']:.4f} | "
+            f"{row['same_top10_as_widest']} / {len(histories)} |"
         )
     path = output_path(args.output, "ranking_beams", device)
     write_json(path, {"environment": environment(device), "arguments": json_arguments(args), "rows": rows})
