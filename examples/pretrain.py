@@ -320,8 +320,9 @@ def main(argv=None) -> dict:
         timing = f"the last {train_result.global_step - resumed_step} in {timing} (resumed at step {resumed_step})"
     # How the saved model's searches score codes (its generation_config, read by recommend() and the pipeline):
     # the argument, else the better of the two on the validation users (the model's own choice, not the dataset's).
-    code_scoring = {"renormalize_logits": bool(eval_args.renormalize_logits), "chosen_by": "argument"}
-    if eval_args.renormalize_logits is None and ranking_eval is not None:
+    if eval_args.renormalize_logits is not None:
+        code_scoring = {"renormalize_logits": eval_args.renormalize_logits, "chosen_by": "argument"}
+    elif ranking_eval is not None:
         choice, validation_metrics = choose_renormalize_logits(
             trainer.model,
             tokenizer,
@@ -334,8 +335,8 @@ def main(argv=None) -> dict:
             "chosen_by": f"validation ({len(ranking_eval)} users)",
             "validation": {f"renormalize_logits={value}": metrics for value, metrics in validation_metrics.items()},
         }
-    elif eval_args.renormalize_logits is None:
-        code_scoring["chosen_by"] = "default (no --ranking_eval_users)"
+    else:
+        code_scoring = {"renormalize_logits": False, "chosen_by": "default (no --ranking_eval_users)"}
     trainer.model.generation_config.renormalize_logits = code_scoring["renormalize_logits"]
     logger.info("code scoring of the saved model: %s", code_scoring)
     trainer.save_model(str(output_dir / "final"))  # the main process writes (the Trainer's rule)

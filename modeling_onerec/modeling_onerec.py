@@ -1148,8 +1148,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
         """
         from .generation_onerec import eval_mode, session_beam_search
 
-        if renormalize_logits is None:  # the model's own choice, as generate() reads its generation_config
-            renormalize_logits = bool(getattr(self.generation_config, "renormalize_logits", False))
+        renormalize_logits = self.renormalizes_logits(renormalize_logits)
         trie = tokenizer.trie
         if trie.device != self.device:
             trie.to(self.device)
@@ -1178,6 +1177,13 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
             name: getattr(search, name)[:, :kept]
             for name in ("item_indices", "scores", "item_scores", "valid", "sequences")
         }
+
+    def renormalizes_logits(self, renormalize_logits: Optional[bool] = None) -> bool:
+        """Whether a search scores codes renormalised over the valid codes: ``renormalize_logits`` when given, else
+        the model's own choice, ``generation_config.renormalize_logits`` (as ``generate()`` reads its config)."""
+        if renormalize_logits is not None:
+            return renormalize_logits
+        return bool(self.generation_config.renormalize_logits)
 
     def decode_sessions(self, tokenizer, outputs: Mapping[str, torch.Tensor]) -> List[List[SessionRecommendation]]:
         """:meth:`search_sessions`' ``outputs`` as item ids: per row, its valid sessions, best first. One transfer

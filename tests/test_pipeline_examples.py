@@ -65,6 +65,7 @@ def test_pretrain_reports_ranking_and_sessions(trained_run):
     for setting in ("exclude_history", "all_items"):
         assert set(report["test"][setting]) >= {"recall@5", "ndcg@5", "recall@10", "ndcg@10", "num_beams"}
         assert len(read_topk_json(root / "run" / f"topk_test_{setting}.json")) == 12
+        assert report["test"][setting]["renormalize_logits"] is False  # no validation users: the default scoring
     session = report["test"]["session"]
     assert session["num_users"] == 12 and session["mean_session_length"] == 5
     assert session["session_mode"].startswith("generated")

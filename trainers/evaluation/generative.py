@@ -46,13 +46,6 @@ class GenerativeRecommender:
         self.batch_size = batch_size
         self.renormalize_logits = renormalize_logits
 
-    @property
-    def scores_renormalized(self) -> bool:
-        """Whether the searches renormalise over the valid codes (the argument, or else the model's choice)."""
-        if self.renormalize_logits is not None:
-            return bool(self.renormalize_logits)
-        return bool(getattr(self.model.generation_config, "renormalize_logits", False))
-
     def rank(self, histories: Sequence[Sequence[str]], k: int, exclude_history: bool) -> List[List[str]]:
         """Top-``k`` item ids per history, best first (``k`` distinct items, fewer only if the catalogue is
         exhausted). With ``exclude_history`` the user's own history items are never returned.
@@ -162,7 +155,7 @@ def evaluate_generative_model(
         )
         report[name] = metrics | {
             "num_beams": max(max(ks), recommender.num_beams),
-            "renormalize_logits": recommender.scores_renormalized,
+            "renormalize_logits": model.renormalizes_logits(renormalize_logits),
             "seconds": round(time.perf_counter() - start, 1),
         }
     if session_rows:
