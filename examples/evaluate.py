@@ -41,6 +41,7 @@ from trainers.data.arguments import DatasetArguments, GenerativeEvaluationArgume
 from trainers.distributed import distributed_state, release_processes
 from trainers.evaluation import (
     PUBLISHED_BEAUTY,
+    code_level_mass,
     code_prefix_hit_rates,
     evaluate_recommender,
     held_out_sessions,
@@ -111,6 +112,15 @@ class EvaluateArguments(GenerativeEvaluationArguments, HistoryArguments, Dataset
             "an item sharing the target's first codes (every model's lists against the same codes)."
         },
     )
+    code_level_mass: bool = field(
+        default=False,
+        metadata={
+            "help": "Also print, for every --model_dirs model and code level, how much of its softmax over the level "
+            "falls on codes the trie allows below the held-out item's prefix, and the item's log-probability under "
+            "the level softmax and renormalised (teacher-forced on the same users; what decides which code scoring "
+            "ranks better)."
+        },
+    )
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where metrics and top-k files go."})
 
 
@@ -151,7 +161,7 @@ def main(argv=None) -> dict:
         session_rows = held_out_sessions(
             sample_users(samples["validation"], args.test_users, seed=args.users_seed), test
         )
-    rows, sessions = [], []
+    rows, sessions, level_mass = [], [], {}
     hit_lists = {}  # model -> its top-10 lists in the first --history_settings setting, for the hit-rank figure
 
     def add_rows(name: str, results: dict, ranked: dict, detail: str) -> None:
@@ -185,6 +195,8 @@ def main(argv=None) -> dict:
         )
         if "session" in results:
             sessions.append({"model": name, **results["session"]})
+        if args.code_level_mass:
+            level_mass[name] = code_level_mass(model, tokenizer, test)
 
     if args.baselines:
         catalogue = data["items"].with_format("arrow")[:].column("item_id").to_pylist()
@@ -236,6 +248,8 @@ def main(argv=None) -> dict:
         "rows": rows,
         "sessions": sessions,
     }
+    if level_mass:
+        report["code_level_mass"] = level_mass
     if hit_lists:
         report.update(where_hits_are_won(hit_lists, targets, splits["train"], args))
     if not main_process:
@@ -302,6 +316,29 @@ def main(argv=None) -> dict:
                 align="l" + "r" * levels,
             )
         )
+    if level_mass:
+        print(
+            "\nPer code level (teacher-forced on the same users): softmax mass on the codes the trie allows below the"
+        )
+        print(
+            "held-out item's prefix, allowed codes, the item's log-probability under the level softmax / renormalised:"
+        )
+        header = ["model", "level", "valid mass", "allowed codes", "log p (level)", "log p (renormalised)"]
+        table = [
+            [name, level + 1]
+            + [
+                f"{figures[key][level]:.{digits}f}"
+                for key, digits in (
+                    ("valid_mass", 4),
+                    ("allowed_codes", 1),
+                    ("log_prob_level", 4),
+                    ("log_prob_renormalized", 4),
+                )
+            ]
+            for name, figures in level_mass.items()
+            for level in range(len(figures["valid_mass"]))
+        ]
+        print(markdown_table(header, table, align="lrrrrr"))
     print(f"metrics -> {output_dir / 'metrics.json'}")
     return report
 

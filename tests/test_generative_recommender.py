@@ -1,12 +1,13 @@
 """OneRec as a ranker for the shared evaluation code (``trainers.evaluation.generative``)."""
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from tests.conftest import semantic_id_tokenizer, tiny_onerec
-from trainers.evaluation.generative import GenerativeRecommender
+from trainers.evaluation.generative import GenerativeRecommender, code_level_mass
 
 
 def test_rank_returns_each_users_list_in_the_callers_order():
@@ -81,6 +82,38 @@ def test_beam_ranking_against_exhaustive_scoring_of_every_item():
             assert session.score == pytest.approx(exact[session.items[0]], abs=1e-4)
         assert found[0] == truth[0] or exact[found[0]] < exact[truth[0]]  # never better than the truth
         assert len(set(found) & set(truth[:10])) >= 8  # 10 of 10 for both histories at this seed
+
+
+def test_code_level_mass_against_exhaustive_item_scores():
+    # Teacher-forced per-level figures: summed over the levels, each sample's level log-probs are its item's exhaustive
+    # score under the level softmax and the renormalised ones its renormalised score; the valid mass is what separates
+    # the two, and the allowed codes are the trie's children of the target's prefix. A 3-level, 40-item catalogue of
+    # 4-code levels (and a collision level) leaves some codes unused below most prefixes (so valid_mass < 1 there).
+    tokenizer = semantic_id_tokenizer([f"i{i}" for i in range(40)], num_levels=3, codebook_size=4)
+    model = tiny_onerec(tokenizer, seed=5, session_length=1)
+    samples = [{"history": ["i1", "i7", "i30"], "target": ["i12"]}, {"history": ["i39"], "target": "i3"}]
+    codes = tokenizer.item_tokens.tolist()
+    per_sample = [code_level_mass(model, tokenizer, [sample], batch_size=1) for sample in samples]
+    assert model.training  # the model's mode is given back
+    for sample, figures in zip(samples, per_sample):
+        target = sample["target"][0] if isinstance(sample["target"], list) else sample["target"]
+        model.eval()
+        level = exhaustive_item_scores(model, tokenizer, sample["history"])[target]
+        renormalized = exhaustive_item_scores(model, tokenizer, sample["history"], renormalize=True)[target]
+        model.train()
+        assert sum(figures["log_prob_level"]) == pytest.approx(level, abs=1e-4)
+        assert sum(figures["log_prob_renormalized"]) == pytest.approx(renormalized, abs=1e-4)
+        for mass, lp, lr in zip(figures["valid_mass"], figures["log_prob_level"], figures["log_prob_renormalized"]):
+            assert 0 < mass <= 1 + 1e-6 and lr == pytest.approx(lp - math.log(mass), abs=1e-5)
+        row = codes[tokenizer.item_index(target)]
+        expected = [len({other[level] for other in codes if other[:level] == row[:level]}) for level in range(len(row))]
+        assert figures["allowed_codes"] == expected
+    assert any(mass < 0.99 for figures in per_sample for mass in figures["valid_mass"])
+    both = code_level_mass(model, tokenizer, samples, batch_size=2)  # batched (padded) = the mean of the singles
+    for key in both:
+        assert both[key] == pytest.approx([(a + b) / 2 for a, b in zip(*(f[key] for f in per_sample))], abs=1e-4)
+    with pytest.raises(ValueError, match="samples is empty"):
+        code_level_mass(model, tokenizer, [])
 
 
 @pytest.mark.parametrize(

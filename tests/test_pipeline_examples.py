@@ -101,6 +101,8 @@ def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
             "10",
             "--code_prefix_tokenizer_dir",
             str(root / "sid" / "tokenizer"),
+            "--code_level_mass",
+            "true",
         ]
     )
     rows = {(row["model"], row["history"]): row["test"] for row in result["rows"]}
@@ -125,6 +127,12 @@ def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
     groups = saved["by_target_popularity"]["again"]["rows"]
     assert [row["group"] for row in groups] == ["[0, 1)", "[1, 10)", ">= 10"] and sum(r["users"] for r in groups) == 12
     assert (tmp_path / "by_target_popularity.png").stat().st_size > 1000
+    # Per code level of the model: every code allowed at the first level, and the two log-probs differ by -log mass.
+    mass = saved["code_level_mass"]["OneRec"]
+    assert set(saved["code_level_mass"]) == {"OneRec"} and mass["valid_mass"][0] == pytest.approx(1.0, abs=1e-5)
+    for level, share in enumerate(mass["valid_mass"]):
+        assert 0 < share <= 1 + 1e-6
+        assert mass["log_prob_renormalized"][level] >= mass["log_prob_level"][level] - 1e-6
     shares = saved["code_prefix_hit_rates"]["again"]
     assert shares == sorted(shares, reverse=True) and shares[-1] == pytest.approx(
         rows[("again", "from file")]["recall@10"]

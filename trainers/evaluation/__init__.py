@@ -12,7 +12,12 @@ leave-one-out protocol of TIGER / S3-Rec (see `trainers.data.leave_one_out_split
 - `recall_ndcg/`: the same ranking metrics as an offline `evaluate` metric.
 """
 
-from .generative import GenerativeRecommender, choose_renormalize_logits, evaluate_generative_model
+from .generative import (
+    GenerativeRecommender,
+    choose_renormalize_logits,
+    code_level_mass,
+    evaluate_generative_model,
+)
 from .ranking import (
     RECALL_NDCG_METRIC_PATH,
     Recommender,
@@ -37,6 +42,7 @@ __all__ = [
     "Recommender",
     "RewardMetrics",
     "choose_renormalize_logits",
+    "code_level_mass",
     "code_prefix_hit_rates",
     "evaluate_generative_model",
     "evaluate_recommender",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
+
 from ..distributed import map_across_processes
-from .ranking import evaluate_recommender
+from .ranking import _sample_columns, _single_target, evaluate_recommender
 from .sessions import session_metrics
 
 
@@ -101,6 +103,63 @@ def choose_renormalize_logits(
         return metrics[renormalize][f"recall@{k}"], metrics[renormalize][f"ndcg@{k}"], not renormalize
 
     return max((False, True), key=rank), metrics
+
+
+def code_level_mass(model, tokenizer, samples: Any, *, batch_size: int = 64) -> Dict[str, List[float]]:
+    """Where a trained model's probability goes at each code level, teacher-forced on held-out items: what decides
+    whether its searches rank better with codes renormalised over the trie's valid codes
+    (:func:`choose_renormalize_logits`).
+
+    For every sample (``history``, ``target``: one item) the decoder reads ``BOS`` and the target's codes; at level
+    ``l`` the model's softmax over that level's codes is compared with the codes the trie allows below the target's
+    first ``l`` codes. Returns, per key, one mean over the samples for each level (a list of length ``L``):
+
+    * ``valid_mass``: the share of the level's probability on allowed codes (1 where every code is allowed; what the
+      renormalised scoring divides by);
+    * ``log_prob_level`` / ``log_prob_renormalized``: the target code's log-probability under the level softmax and
+      renormalised over the allowed codes (their difference is ``-log valid_mass``);
+    * ``allowed_codes``: how many codes the trie allows there.
+    """
+    _, histories, targets = _sample_columns(samples)
+    if not histories:
+        raise ValueError("samples is empty: pass validation or test samples with 'history' and 'target'.")
+    targets = [_single_target(target, user) for user, target in enumerate(targets)]
+    trie, num_levels = tokenizer.trie, tokenizer.num_levels
+    offsets, sizes = tokenizer.level_offsets, tokenizer.codebook_sizes
+    device = model.device
+    totals = {
+        key: torch.zeros(num_levels, dtype=torch.float64)
+        for key in ("valid_mass", "log_prob_level", "log_prob_renormalized", "allowed_codes")
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(histories), batch_size):
+            encoded = tokenizer.batch_encode_histories(
+                histories[start : start + batch_size], max_items=model.config.max_history_items
+            ).to(device)
+            items = torch.tensor([tokenizer.item_index(item) for item in targets[start : start + batch_size]])
+            codes = tokenizer.item_tokens[items]  # [B, L]
+            labels = torch.cat([torch.full((len(items), 1), tokenizer.bos_token_id), codes], dim=1).to(device)
+            with torch.no_grad():
+                logits = model(**encoded, labels=labels).logits.float().cpu()  # [B, 1 + L, V]: position l + 1 is code l
+            for level in range(num_levels):
+                log_probs = torch.log_softmax(logits[:, level + 1, offsets[level] : offsets[level] + sizes[level]], -1)
+                nodes = trie.item_path[items, level].cpu()  # the target's first `level` codes
+                allowed = torch.zeros_like(log_probs, dtype=torch.bool)
+                for row, node in enumerate(nodes.tolist()):
+                    allowed[row, trie.edge_token[trie.indptr[node] : trie.indptr[node + 1]].cpu() - offsets[level]] = (
+                        True
+                    )
+                mass = log_probs.exp().masked_fill(~allowed, 0).sum(-1)
+                gold = log_probs.gather(1, (codes[:, level] - offsets[level])[:, None]).squeeze(1)
+                totals["valid_mass"][level] += mass.sum()
+                totals["log_prob_level"][level] += gold.sum()
+                totals["log_prob_renormalized"][level] += (gold - mass.log()).sum()
+                totals["allowed_codes"][level] += allowed.sum()
+    finally:
+        model.train(was_training)
+    return {key: (total / len(histories)).tolist() for key, total in totals.items()}
 
 
 def evaluate_generative_model(
