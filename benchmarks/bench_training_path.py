@@ -22,7 +22,10 @@ Two measurements on a real dataset (default: Amazon Beauty), the same length-gro
    * any variant with ``-fusedadam``: ``torch.optim.AdamW(fused=True)`` (the Trainer's ``--optim adamw_torch_fused``);
    * any variant with ``-torchdropout``: ``nn.Dropout`` in place of ``OneRecDropout`` (the step before the CPU masks);
    * any variant with ``-attn0``: ``attention_dropout_rate=0`` (hidden states keep dropout 0.1);
-   * any variant with ``-items``: ``history_encoding="items"`` (one encoder position per history item).
+   * any variant with ``-items``: ``history_encoding="items"`` (one encoder position per history item);
+   * any variant with ``-fixedbias``: the encoder's relative position bias detached from the graph (a probe, not a
+     model option: what learning T5's bias costs, since a float attention mask that needs a gradient sends
+     ``scaled_dot_product_attention`` to its materialising math path on the CPU instead of the fused kernel).
 
 With ``--eval_windows N`` every variant also reports its loss on the first N validation windows after its timed
 steps: equal learning per window shows as equal losses (within the noise of dropout's random numbers).
@@ -66,6 +69,7 @@ VARIANTS = (
     "after-torchdropout-attn0",
     "after-bf16-attn0",
     "after-attn0-items",
+    "after-attn0-fixedbias",
 )
 
 
@@ -138,6 +142,8 @@ def time_training(
     )
     if "torchdropout" in variant:
         swap_dropout(model)
+    if "fixedbias" in variant:
+        detach_encoder_position_bias(model)
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if "fusedadam" in variant else None)
     forward = torch.compile(model, dynamic=True) if "compiled" in variant else model
@@ -193,6 +199,15 @@ def swap_dropout(model) -> None:
         for name, child in module.named_children():
             if isinstance(child, OneRecDropout):
                 setattr(module, name, torch.nn.Dropout(child.p))
+
+
+def detach_encoder_position_bias(model) -> None:
+    """The encoder's relative position bias without gradient (it stays at its initial values). transformers 5.24
+    offers no public switch for this: the probe wraps ``T5Attention.compute_bias`` of the encoder's first layer,
+    the one layer that computes the bias the others reuse."""
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    compute_bias = attention.compute_bias
+    attention.compute_bias = lambda *args, **kwargs: compute_bias(*args, **kwargs).detach()
 
 
 @torch.no_grad()
