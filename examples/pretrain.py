@@ -108,6 +108,14 @@ class ModelArguments:
             "choices": list(HISTORY_ENCODINGS),
         },
     )
+    history_recency_embeddings: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "Embeddings of each history item's recency rank (0 = the newest), added in the encoder "
+            "(OneRecConfig.history_recency_embeddings), as SASRec's position embeddings count back from the last "
+            "item. New model: false."
+        },
+    )
     history_prefix_buckets: Optional[str] = field(
         default=None,
         metadata={
@@ -208,6 +216,7 @@ def main(argv=None) -> dict:
             "expert_dispatch",
             "history_encoding",
             "tie_output_embeddings",
+            "history_recency_embeddings",
             "num_experts",
         )
         if getattr(model_args, name) is not None
@@ -215,7 +224,7 @@ def main(argv=None) -> dict:
     if model_args.history_prefix_buckets is not None:
         given["history_prefix_buckets"] = prefix_bucket_count(model_args.history_prefix_buckets, tokenizer)
     if model_args.model_name_or_path:
-        for name in ("num_experts", "history_prefix_buckets"):
+        for name in ("num_experts", "history_prefix_buckets", "history_recency_embeddings"):
             if name in given:
                 raise ValueError(
                     f"--{name} {given[name]} cannot change the weights of the saved model "
@@ -386,6 +395,7 @@ def main(argv=None) -> dict:
         "history_encoding": model.config.history_encoding,
         "tie_output_embeddings": model.config.tie_output_embeddings,
         "history_prefix_buckets": model.config.history_prefix_buckets,
+        "history_recency_embeddings": model.config.history_recency_embeddings,
         "learning_rate": training_args.learning_rate,
         "batch_size": training_args.per_device_train_batch_size,
         "train_seconds": round(train_seconds, 1),

@@ -12,8 +12,10 @@ Pieces, smallest first:
   ``T5LayerFF`` (norm, MoE, dropout, residual).
 * :func:`pool_history_items` -- one encoder position per history item (``config.history_encoding="items"``);
   :func:`history_prefix_buckets` and :class:`OneRecHistoryPrefixEmbedding` -- the hashed code prefix of each history
-  token and its embedding (``config.history_prefix_buckets``); :class:`OneRecEncoderStack` -- T5's encoder stack,
-  reading tokens or pooled items, with or without prefix embeddings.
+  token and its embedding (``config.history_prefix_buckets``); :func:`history_recency_ranks` and
+  :class:`OneRecHistoryRecencyEmbedding` -- how recent each history token's item is, and its embedding
+  (``config.history_recency_embeddings``); :class:`OneRecEncoderStack` -- T5's encoder stack, reading tokens or
+  pooled items, with or without prefix and recency embeddings.
 * :class:`OneRecDecoderStack` -- a ``T5Stack`` whose chosen layers use the sparse FFN.
 * :class:`OneRecModel` (``AutoModel``) and :class:`OneRecForConditionalGeneration` (``AutoModelForSeq2SeqLM``).
 
@@ -574,7 +576,7 @@ class OneRecPreTrainedModel(SavedFolderLoading, T5PreTrainedModel):
             init.normal_(module.output_proj, mean=0.0, std=factor * self.config.expert_hidden_size**-0.5)
         elif isinstance(module, OneRecRouter):
             init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model**-0.5)
-        elif isinstance(module, OneRecHistoryPrefixEmbedding):
+        elif isinstance(module, (OneRecHistoryPrefixEmbedding, OneRecHistoryRecencyEmbedding)):
             init.zeros_(module.embedding.weight)  # the model starts as the one without them
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -689,18 +691,58 @@ class OneRecHistoryPrefixEmbedding(nn.Module):
         return self.embedding(buckets.clamp(min=0)) * (buckets >= 0).unsqueeze(-1).to(self.embedding.weight.dtype)
 
 
+def history_recency_ranks(attention_mask: torch.Tensor, tokens_per_item: int, num_ranks: int) -> torch.Tensor:
+    """The recency rank of each history token's item: 0 on the newest item's code tokens, 1 on the item before it, ...
+    (ranks past ``num_ranks - 1`` share the last); -1 on EOS and padding.
+
+    The tokenizer writes a history as ``L = tokens_per_item`` code tokens per item, oldest first, then EOS, so a row
+    with ``n`` real tokens holds ``n // L`` items in its first ``L * (n // L)`` real tokens (with or without the EOS).
+    Real tokens are counted through the mask, so right- or left-padded batches give the same ranks.
+
+    Args:
+        attention_mask: ``[B, T]``, 1 on real tokens.
+        tokens_per_item: ``L`` (``len(config.codebook_sizes)``).
+        num_ranks: Rows of the recency table (``config.max_history_items``).
+
+    Returns:
+        ``[B, T]`` long.
+    """
+    real = attention_mask.to(torch.long)
+    index = torch.cumsum(real, dim=1) - 1  # position among the row's real tokens
+    items = real.sum(dim=1, keepdim=True) // tokens_per_item
+    rank = items - 1 - torch.div(index, tokens_per_item, rounding_mode="floor")
+    return torch.where((real > 0) & (rank >= 0), rank.clamp(max=num_ranks - 1), -1)
+
+
+class OneRecHistoryRecencyEmbedding(nn.Module):
+    """Embeddings of each history item's recency rank (:func:`history_recency_ranks`; ``config.max_history_items``
+    rows), zero on EOS and padding: a ``[B, T]`` attention mask to ``[B, T, d_model]`` additions to the token
+    embeddings."""
+
+    def __init__(self, config: OneRecConfig):
+        super().__init__()
+        self.tokens_per_item = config.num_code_levels
+        self.embedding = nn.Embedding(config.max_history_items, config.d_model)
+
+    def forward(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        ranks = history_recency_ranks(attention_mask, self.tokens_per_item, self.embedding.num_embeddings)
+        return self.embedding(ranks.clamp(min=0)) * (ranks >= 0).unsqueeze(-1).to(self.embedding.weight.dtype)
+
+
 class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
     """T5's encoder stack; with ``config.history_encoding="items"`` it reads one position per history item
     (:func:`pool_history_items`) and returns each item's state at each of its tokens, so that its output and the
     token-level ``attention_mask`` keep the shapes the decoder and ``generate()`` expect. ``inputs_embeds``, if given,
     are token embeddings and are pooled the same way; the ``hidden_states`` and ``attentions`` it returns on request
     stay per item. With ``config.history_prefix_buckets > 0`` each code token's embedding gets its item's prefix
-    embedding added (:func:`history_prefix_buckets`). (``OneRecPreTrainedModel`` first: its ``initialize_weights``
+    embedding added (:func:`history_prefix_buckets`), and with ``config.history_recency_embeddings`` its item's
+    recency embedding (:func:`history_recency_ranks`). (``OneRecPreTrainedModel`` first: its ``initialize_weights``
     gives a stack defined outside transformers T5's initialisation.)"""
 
     def __init__(self, config: OneRecConfig):
         T5Stack.__init__(self, config)
         self.prefix_embeddings = OneRecHistoryPrefixEmbedding(config) if config.history_prefix_buckets > 0 else None
+        self.recency_embeddings = OneRecHistoryRecencyEmbedding(config) if config.history_recency_embeddings else None
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
         if self.prefix_embeddings is not None:
@@ -710,6 +752,13 @@ class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
                     "instead of inputs_embeds."
                 )
             inputs_embeds, input_ids = self.embed_tokens(input_ids) + self.prefix_embeddings(input_ids), None
+        if self.recency_embeddings is not None:
+            if (input_ids is None) == (inputs_embeds is None):
+                raise ValueError("You must specify exactly one of input_ids or inputs_embeds")  # T5Stack's rule
+            if inputs_embeds is None:
+                inputs_embeds, input_ids = self.embed_tokens(input_ids), None
+            mask = attention_mask if attention_mask is not None else inputs_embeds.new_ones(inputs_embeds.shape[:2])
+            inputs_embeds = inputs_embeds + self.recency_embeddings(mask)
         if self.config.history_encoding != "items":
             return super().forward(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
@@ -1212,6 +1261,7 @@ __all__ = [
     "OneRecExperts",
     "OneRecForConditionalGeneration",
     "OneRecHistoryPrefixEmbedding",
+    "OneRecHistoryRecencyEmbedding",
     "OneRecLayerSparseFF",
     "OneRecModel",
     "OneRecPreTrainedModel",
@@ -1225,6 +1275,7 @@ __all__ = [
     "expert_capacity",
     "expert_load",
     "history_prefix_buckets",
+    "history_recency_ranks",
     "level_restricted_cross_entropy",
     "load_balancing_loss",
     "ntp_token_mask",

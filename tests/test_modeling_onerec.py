@@ -378,6 +378,8 @@ def test_dense_path_has_no_router_losses():
         ({"history_prefix_buckets": -1}, "history_prefix_buckets must be an int >= 0"),
         ({"history_prefix_buckets": 8, "codebook_sizes": None, "vocab_size": 15}, "hashes each history item's code"),
         ({"history_prefix_buckets": 2.5}, "history_prefix_buckets"),
+        ({"history_recency_embeddings": "yes"}, "history_recency_embeddings"),
+        ({"history_recency_embeddings": True, "codebook_sizes": None, "vocab_size": 15}, "counts each history item"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):
@@ -401,6 +403,7 @@ def test_config_accepts_ints_for_float_fields():
         {"sparse_decoder_layers": []},
         {"tie_output_embeddings": False},
         {"history_prefix_buckets": 7},
+        {"history_recency_embeddings": True, "max_history_items": 9},
     ],
 )
 def test_parameter_counts_are_exact(overrides):
@@ -410,8 +413,12 @@ def test_parameter_counts_are_exact(overrides):
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
     assert counts["expert"] == experts
-    prefix = model.encoder.prefix_embeddings
-    assert counts["embedding"] == model.shared.weight.numel() + (prefix.embedding.weight.numel() if prefix else 0)
+    extra = [
+        module.embedding.weight.numel()
+        for module in (model.encoder.prefix_embeddings, model.encoder.recency_embeddings)
+        if module
+    ]
+    assert counts["embedding"] == model.shared.weight.numel() + sum(extra)
     if config.sparse_layer_indices:
         assert counts["activated"] < counts["total"]
     else:
@@ -1043,6 +1050,99 @@ def test_history_prefix_embeddings_ignore_padding(encoding):
     model = tiny_model(history_prefix_buckets=16, history_encoding=encoding)
     with torch.no_grad():
         model.encoder.prefix_embeddings.embedding.weight.normal_()
+    history = torch.tensor([3, 7, 12, 4, 8, 13, 1])
+    padded = torch.stack([F.pad(history, (0, 6)), torch.tensor([5, 9, 14, 3, 7, 12, 6, 10, 11, 4, 8, 13, 1])])
+    mask = (torch.arange(13) < torch.tensor([[7], [13]])).long()
+    with torch.no_grad():
+        alone = model.encoder(input_ids=history[None]).last_hidden_state[0]
+        batched = model.encoder(input_ids=padded, attention_mask=mask).last_hidden_state[0, :7]
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+
+
+def reference_recency_ranks(input_ids, pad_token_id, tokens_per_item, num_ranks):
+    """Row by row in Python: the real tokens (not padding, wherever it is), cut into items of ``tokens_per_item``
+    tokens from the first; the newest whole item is rank 0; a trailing partial group (the EOS) and padding are -1."""
+    rows = []
+    for ids in input_ids.tolist():
+        real = [position for position, token in enumerate(ids) if token != pad_token_id]
+        items = len(real) // tokens_per_item
+        row = [-1] * len(ids)
+        for order, position in enumerate(real):
+            item = order // tokens_per_item
+            if item < items:
+                row[position] = min(items - 1 - item, num_ranks - 1)
+        rows.append(row)
+    return torch.tensor(rows)
+
+
+def test_history_recency_ranks_count_back_from_the_newest_item():
+    from modeling_onerec import history_recency_ranks
+
+    # CODEBOOKS = [4, 4, 4]: 3 tokens per item. User 0: three items then EOS; user 1: one item, EOS, padding; user 2
+    # the same as user 1, left-padded; user 3: three items without an EOS.
+    input_ids = torch.tensor(
+        [
+            [3, 7, 12, 4, 8, 13, 5, 9, 14, 1],
+            [3, 8, 12, 1, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0, 3, 8, 12, 1],
+            [3, 7, 12, 4, 8, 13, 5, 9, 14, 0],
+        ]
+    )
+    mask = (input_ids != 0).long()
+    ranks = history_recency_ranks(mask, 3, 50)
+    assert ranks.tolist() == [
+        [2, 2, 2, 1, 1, 1, 0, 0, 0, -1],
+        [0, 0, 0, -1, -1, -1, -1, -1, -1, -1],
+        [-1, -1, -1, -1, -1, -1, 0, 0, 0, -1],
+        [2, 2, 2, 1, 1, 1, 0, 0, 0, -1],
+    ]
+    assert history_recency_ranks(mask, 3, 2)[0].tolist() == [1, 1, 1, 1, 1, 1, 0, 0, 0, -1]  # older items share
+    generator = torch.Generator().manual_seed(0)
+    random_ids = torch.randint(0, VOCAB, (6, 17), generator=generator)  # padding (0) anywhere
+    torch.testing.assert_close(
+        history_recency_ranks((random_ids != 0).long(), 3, 4), reference_recency_ranks(random_ids, 0, 3, 4)
+    )
+
+
+@pytest.mark.parametrize("encoding", ["tokens", "items"])
+def test_history_recency_embeddings_start_at_zero_learn_and_survive_save_and_load(tmp_path, encoding):
+    plain = tiny_model(history_encoding=encoding)
+    model = tiny_model(history_recency_embeddings=True, max_history_items=4, history_encoding=encoding)
+    model.load_state_dict(plain.state_dict(), strict=False)  # everything but the recency embeddings
+    table = model.encoder.recency_embeddings.embedding.weight
+    assert table.shape == (4, plain.config.d_model) and torch.count_nonzero(table) == 0
+    input_ids, labels = batch(source_len=2 * len(CODEBOOKS) + 1)  # two items and one more token: ranks 1, 0
+    with torch.no_grad():  # zero-initialised: the same model as without them
+        torch.testing.assert_close(
+            model(input_ids=input_ids, labels=labels).logits, plain(input_ids=input_ids, labels=labels).logits
+        )
+    model.train()
+    model(input_ids=input_ids, labels=labels).loss.backward()
+    grad = table.grad
+    assert grad[:2].abs().sum(dim=1).gt(0).all() and grad[2:].abs().sum() == 0  # only the ranks present learn
+    with torch.no_grad():
+        table.normal_()
+    model.eval()
+    with torch.no_grad():
+        changed = model(input_ids=input_ids, labels=labels).logits
+    assert not torch.allclose(changed, plain(input_ids=input_ids, labels=labels).logits)
+    model.save_pretrained(tmp_path)
+    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.history_recency_embeddings is True
+    torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, changed)
+    with torch.no_grad():  # inputs_embeds take the same path as input_ids
+        by_embeds = model.encoder(inputs_embeds=model.shared(input_ids)).last_hidden_state
+        by_ids = model.encoder(input_ids=input_ids).last_hidden_state
+    torch.testing.assert_close(by_embeds, by_ids)
+
+
+@pytest.mark.parametrize("encoding", ["tokens", "items"])
+def test_history_recency_embeddings_ignore_padding(encoding):
+    # A user's encoding is the same alone and in a right-padded batch beside a longer history (ranks count from the
+    # user's own newest item, not from the batch's width).
+    model = tiny_model(history_recency_embeddings=True, max_history_items=8, history_encoding=encoding).eval()
+    with torch.no_grad():
+        model.encoder.recency_embeddings.embedding.weight.normal_()
     history = torch.tensor([3, 7, 12, 4, 8, 13, 1])
     padded = torch.stack([F.pad(history, (0, 6)), torch.tensor([5, 9, 14, 3, 7, 12, 6, 10, 11, 4, 8, 13, 1])])
     mask = (torch.arange(13) < torch.tensor([[7], [13]])).long()
