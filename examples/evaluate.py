@@ -51,6 +51,7 @@ from trainers.evaluation import (
     ranking_metrics,
     read_topk_json,
     sample_users,
+    top_item_follows_history,
     write_topk_json,
 )
 from trainers.evaluation.generative import evaluate_generative_model
@@ -251,7 +252,7 @@ def main(argv=None) -> dict:
     if level_mass:
         report["code_level_mass"] = level_mass
     if hit_lists:
-        report.update(where_hits_are_won(hit_lists, targets, splits["train"], args))
+        report.update(where_hits_are_won(hit_lists, targets, test["history"], splits["train"], args))
     if not main_process:
         return report
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
@@ -304,6 +305,11 @@ def main(argv=None) -> dict:
             for name, result in report["by_target_popularity"].items()
         ]
         print(markdown_table(header, table, align="l" + "r" * len(groups)))
+    if hit_lists:
+        print("\nShare of users (4+ history items) whose top item follows their p-th newest history item in training:")
+        shares = report["top_item_follows_history"]
+        table = [[name] + [f"{share:.4f}" for share in row] for name, row in shares.items()]
+        print(markdown_table(["model", "p = 1", "p = 2", "p = 3", "p = 4"], table, align="lrrrr"))
     if "code_prefix_hit_rates" in report:
         print("\nShare of users whose top 10 holds an item with the held-out item's first l codes:")
         rates = report["code_prefix_hit_rates"]
@@ -343,8 +349,9 @@ def main(argv=None) -> dict:
     return report
 
 
-def where_hits_are_won(hit_lists: dict, targets: List[str], train, args: EvaluateArguments) -> dict:
-    """Each model's lists per group of target popularity in `train` and, with a tokenizer, per semantic-ID level."""
+def where_hits_are_won(hit_lists: dict, targets: List[str], histories, train, args: EvaluateArguments) -> dict:
+    """Each model's lists per group of target popularity in `train`, how much its top item follows each recent history
+    item in `train`, and, with a tokenizer, per semantic-ID level."""
     popularity = MostPopularRecommender(train)  # its training-interaction count per item
     train_counts = dict(zip(popularity.item_ids, popularity.popularity.tolist()))
     result = {
@@ -354,7 +361,10 @@ def where_hits_are_won(hit_lists: dict, targets: List[str], train, args: Evaluat
                 "rows": metrics_by_target_popularity(ranked, targets, train_counts, edges=args.popularity_edges),
             }
             for name, ranked in hit_lists.items()
-        }
+        },
+        "top_item_follows_history": {
+            name: top_item_follows_history(ranked, histories, train["item_ids"]) for name, ranked in hit_lists.items()
+        },
     }
     if args.code_prefix_tokenizer_dir:
         tokenizer = SemanticIDTokenizer.from_pretrained(args.code_prefix_tokenizer_dir)

@@ -22,6 +22,7 @@ from trainers.evaluation import (
     ranking_metrics,
     read_topk_json,
     session_metrics,
+    top_item_follows_history,
     write_topk_json,
 )
 
@@ -348,3 +349,19 @@ def test_markdown_table_aligns_and_checks_its_columns():
     assert markdown_table(["x"], []).splitlines() == ["| x |", "|---|"]
     with pytest.raises(ValueError, match="one 'l' or 'r' per column"):
         markdown_table(["a", "b"], [], align="l")
+
+
+def test_top_item_follows_history_counts_transitions_of_each_recent_item():
+    train = [["a", "b", "c"], ["x", "y"], ["d", "a"]]  # transitions a->b, b->c, x->y, d->a
+    histories = [["d", "x", "a"], ["a", "b", "x"], ["b", "x", "d"], ["q"]]
+    ranked = [["b", "z"], ["y"], ["c"], ["b"]]  # the last user has too short a history and is left out
+    # User 0: b follows a (newest) -> p=1. User 1: y follows x (newest) -> p=1. User 2: c follows b (third newest).
+    shares = top_item_follows_history(ranked, histories, train, positions=(1, 2, 3))
+    assert shares == pytest.approx([2 / 3, 0.0, 1 / 3])
+    assert top_item_follows_history([["a"]], [["d"]], train, positions=(1,)) == [1.0]
+    with pytest.raises(ValueError, match="positions"):
+        top_item_follows_history(ranked, histories, train, positions=(0,))
+    with pytest.raises(ValueError, match="No user has 5"):
+        top_item_follows_history(ranked, histories, train, positions=(5,))
+    with pytest.raises(ValueError, match="2 ranked lists for 4 histories"):
+        top_item_follows_history(ranked[:2], histories, train)

@@ -127,6 +127,10 @@ def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
     groups = saved["by_target_popularity"]["again"]["rows"]
     assert [row["group"] for row in groups] == ["[0, 1)", "[1, 10)", ">= 10"] and sum(r["users"] for r in groups) == 12
     assert (tmp_path / "by_target_popularity.png").stat().st_size > 1000
+    # How the top item hangs on each recent history item: four shares per list.
+    follows = saved["top_item_follows_history"]
+    assert set(follows) == {"OneRec", "again", "most-popular", "successor"}
+    assert all(len(row) == 4 and all(0 <= share <= 1 for share in row) for row in follows.values())
     # Per code level of the model: every code allowed at the first level, and the two log-probs differ by -log mass.
     mass = saved["code_level_mass"]["OneRec"]
     assert set(saved["code_level_mass"]) == {"OneRec"} and mass["valid_mass"][0] == pytest.approx(1.0, abs=1e-5)

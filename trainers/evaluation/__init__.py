@@ -28,6 +28,7 @@ from .ranking import (
     ranking_metrics,
     read_topk_json,
     sample_users,
+    top_item_follows_history,
     write_topk_json,
 )
 from .reward import DEFAULT_POSITIVE_THRESHOLDS, RewardMetrics, format_auc_table, reward_metrics, roc_auc
@@ -57,5 +58,6 @@ __all__ = [
     "roc_auc",
     "sample_users",
     "session_metrics",
+    "top_item_follows_history",
     "write_topk_json",
 ]
