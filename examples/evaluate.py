@@ -46,6 +46,7 @@ from trainers.evaluation import (
     evaluate_recommender,
     held_out_sessions,
     markdown_table,
+    metrics_by_history_transition,
     metrics_by_target_popularity,
     metrics_table,
     ranking_metrics,
@@ -310,6 +311,20 @@ def main(argv=None) -> dict:
         shares = report["top_item_follows_history"]
         table = [[name] + [f"{share:.4f}" for share in row] for name, row in shares.items()]
         print(markdown_table(["model", "p = 1", "p = 2", "p = 3", "p = 4"], table, align="lrrrr"))
+        print(
+            "\nRecall@1 / Recall@10 / NDCG@10 by whether the held-out item follows the user's newest history items in training:"
+        )
+        groups = next(iter(report["by_history_transition"].values()))
+        header = ["model"] + [f"{row['group']} ({row['users']:,} users)" for row in groups]
+        table = [
+            [name]
+            + [
+                f"{row['recall@1']:.4f} / {row['recall@10']:.4f} / {row['ndcg@10']:.4f}" if row["users"] else "-"
+                for row in rows
+            ]
+            for name, rows in report["by_history_transition"].items()
+        ]
+        print(markdown_table(header, table, align="l" + "r" * len(groups)))
     if "code_prefix_hit_rates" in report:
         print("\nShare of users whose top 10 holds an item with the held-out item's first l codes:")
         rates = report["code_prefix_hit_rates"]
@@ -364,6 +379,10 @@ def where_hits_are_won(hit_lists: dict, targets: List[str], histories, train, ar
         },
         "top_item_follows_history": {
             name: top_item_follows_history(ranked, histories, train["item_ids"]) for name, ranked in hit_lists.items()
+        },
+        "by_history_transition": {
+            name: metrics_by_history_transition(ranked, targets, histories, train["item_ids"])
+            for name, ranked in hit_lists.items()
         },
     }
     if args.code_prefix_tokenizer_dir:

@@ -18,6 +18,7 @@ from trainers.evaluation import (
     Recommender,
     code_prefix_hit_rates,
     evaluate_recommender,
+    metrics_by_history_transition,
     metrics_by_target_popularity,
     ranking_metrics,
     read_topk_json,
@@ -365,3 +366,25 @@ def test_top_item_follows_history_counts_transitions_of_each_recent_item():
         top_item_follows_history(ranked, histories, train, positions=(5,))
     with pytest.raises(ValueError, match="2 ranked lists for 4 histories"):
         top_item_follows_history(ranked[:2], histories, train)
+
+
+def test_metrics_by_history_transition_groups_users_by_their_newest_items():
+    train = [["a", "b", "c"], ["x", "y"], ["d", "a"]]  # transitions a->b, b->c, x->y, d->a
+    histories = [["d", "x", "a"], ["a", "b", "x"], ["b", "x", "d"], ["q"]]
+    targets = ["b", "c", "a", "z"]  # follows the newest / follows b (2nd newest) / follows d (newest) / neither
+    ranked = [["b"], ["y", "c"], ["q"], ["z"]]
+    rows = metrics_by_history_transition(ranked, targets, histories, train, recent=3, ks=(1, 2))
+    assert [row["group"] for row in rows] == [
+        "follows the newest item",
+        "follows one of the 2 before it only",
+        "neither",
+    ]
+    assert [row["users"] for row in rows] == [2, 1, 1] and sum(row["share"] for row in rows) == pytest.approx(1)
+    assert rows[0]["recall@1"] == pytest.approx(0.5) and rows[1]["recall@1"] == 0 and rows[1]["recall@2"] == 1
+    assert rows[2]["recall@1"] == 1
+    empty = metrics_by_history_transition([["b"]], ["b"], [["a"]], train)  # one user, in the first group
+    assert [row["users"] for row in empty] == [1, 0, 0] and "recall@10" not in empty[1]
+    with pytest.raises(ValueError, match="recent"):
+        metrics_by_history_transition(ranked, targets, histories, train, recent=1)
+    with pytest.raises(ValueError, match="3 histories for 4 targets"):
+        metrics_by_history_transition(ranked, targets, histories[:3], train)

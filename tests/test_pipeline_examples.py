@@ -131,6 +131,8 @@ def test_evaluate_rescoring_a_runs_file_matches_the_run(trained_run, tmp_path):
     follows = saved["top_item_follows_history"]
     assert set(follows) == {"OneRec", "again", "most-popular", "successor"}
     assert all(len(row) == 4 and all(0 <= share <= 1 for share in row) for row in follows.values())
+    groups = saved["by_history_transition"]["again"]
+    assert sum(row["users"] for row in groups) == 12 and len(groups) == 3
     # Per code level of the model: every code allowed at the first level, and the two log-probs differ by -log mass.
     mass = saved["code_level_mass"]["OneRec"]
     assert set(saved["code_level_mass"]) == {"OneRec"} and mass["valid_mass"][0] == pytest.approx(1.0, abs=1e-5)
