@@ -116,6 +116,13 @@ class ModelArguments:
             "item. New model: false."
         },
     )
+    cross_attention_recency_bias: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "A learned bias per head on the decoder's cross-attention by each history token's recency rank "
+            "(OneRecConfig.cross_attention_recency_bias): lets the decoder look at the newest item. New model: false."
+        },
+    )
     history_prefix_buckets: Optional[str] = field(
         default=None,
         metadata={
@@ -217,6 +224,7 @@ def main(argv=None) -> dict:
             "history_encoding",
             "tie_output_embeddings",
             "history_recency_embeddings",
+            "cross_attention_recency_bias",
             "num_experts",
         )
         if getattr(model_args, name) is not None
@@ -224,7 +232,12 @@ def main(argv=None) -> dict:
     if model_args.history_prefix_buckets is not None:
         given["history_prefix_buckets"] = prefix_bucket_count(model_args.history_prefix_buckets, tokenizer)
     if model_args.model_name_or_path:
-        for name in ("num_experts", "history_prefix_buckets", "history_recency_embeddings"):
+        for name in (
+            "num_experts",
+            "history_prefix_buckets",
+            "history_recency_embeddings",
+            "cross_attention_recency_bias",
+        ):
             if name in given:
                 raise ValueError(
                     f"--{name} {given[name]} cannot change the weights of the saved model "
@@ -396,6 +409,7 @@ def main(argv=None) -> dict:
         "tie_output_embeddings": model.config.tie_output_embeddings,
         "history_prefix_buckets": model.config.history_prefix_buckets,
         "history_recency_embeddings": model.config.history_recency_embeddings,
+        "cross_attention_recency_bias": model.config.cross_attention_recency_bias,
         "learning_rate": training_args.learning_rate,
         "batch_size": training_args.per_device_train_batch_size,
         "train_seconds": round(train_seconds, 1),

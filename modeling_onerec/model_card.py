@@ -111,11 +111,15 @@ def architecture_summary(config) -> str:
         ("Session length (items generated)", str(config.session_length)),
         ("History length (items read)", str(config.max_history_items)),
         (
-            "Encoder positions / output head / history prefix embeddings / recency embeddings",
+            "Encoder positions / output head / history prefix embeddings",
             f"one per {'code token' if config.history_encoding == 'tokens' else 'item'} / "
             f"{'tied to the token embeddings' if config.tie_output_embeddings else 'its own matrix'} / "
-            f"{_count(config.history_prefix_buckets) + ' buckets' if config.history_prefix_buckets else 'none'} / "
-            f"{'one per history item' if config.history_recency_embeddings else 'none'}",
+            f"{_count(config.history_prefix_buckets) + ' buckets' if config.history_prefix_buckets else 'none'}",
+        ),
+        (
+            "History recency: encoder embeddings / cross-attention bias",
+            f"{'one per recency rank' if config.history_recency_embeddings else 'none'} / "
+            f"{'one per recency rank and head' if config.cross_attention_recency_bias else 'none'}",
         ),
     ]
     lines = ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows]

@@ -14,8 +14,9 @@ Pieces, smallest first:
   :func:`history_prefix_buckets` and :class:`OneRecHistoryPrefixEmbedding` -- the hashed code prefix of each history
   token and its embedding (``config.history_prefix_buckets``); :func:`history_recency_ranks` and
   :class:`OneRecHistoryRecencyEmbedding` -- how recent each history token's item is, and its embedding
-  (``config.history_recency_embeddings``); :class:`OneRecEncoderStack` -- T5's encoder stack, reading tokens or
-  pooled items, with or without prefix and recency embeddings.
+  (``config.history_recency_embeddings``); :class:`OneRecCrossAttentionRecencyBias` -- the same ranks as a learned
+  bias on the decoder's cross-attention (``config.cross_attention_recency_bias``); :class:`OneRecEncoderStack` --
+  T5's encoder stack, reading tokens or pooled items, with or without prefix and recency embeddings.
 * :class:`OneRecDecoderStack` -- a ``T5Stack`` whose chosen layers use the sparse FFN.
 * :class:`OneRecModel` (``AutoModel``) and :class:`OneRecForConditionalGeneration` (``AutoModelForSeq2SeqLM``).
 
@@ -578,6 +579,8 @@ class OneRecPreTrainedModel(SavedFolderLoading, T5PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=factor * self.config.d_model**-0.5)
         elif isinstance(module, (OneRecHistoryPrefixEmbedding, OneRecHistoryRecencyEmbedding)):
             init.zeros_(module.embedding.weight)  # the model starts as the one without them
+        elif isinstance(module, OneRecCrossAttentionRecencyBias):
+            init.zeros_(module.bias.weight)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', with both heads in ``auto_map``, so that ``AutoModel`` and ``AutoModelForSeq2SeqLM`` load
@@ -729,6 +732,25 @@ class OneRecHistoryRecencyEmbedding(nn.Module):
         return self.embedding(ranks.clamp(min=0)) * (ranks >= 0).unsqueeze(-1).to(self.embedding.weight.dtype)
 
 
+class OneRecCrossAttentionRecencyBias(nn.Module):
+    """A learned bias per head on the decoder's cross-attention logits by each history token's recency rank
+    (:func:`history_recency_ranks`; one more row for the EOS), as an additive mask: a ``[B, S]`` encoder attention
+    mask to ``[B, H, 1, S]`` (padding at the dtype's minimum, as transformers' own masks)."""
+
+    def __init__(self, config: OneRecConfig):
+        super().__init__()
+        self.tokens_per_item = config.num_code_levels
+        self.num_ranks = config.max_history_items
+        self.bias = nn.Embedding(config.max_history_items + 1, config.num_heads)
+
+    def forward(self, encoder_attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        ranks = history_recency_ranks(encoder_attention_mask, self.tokens_per_item, self.num_ranks)
+        bias = self.bias(torch.where(ranks >= 0, ranks, self.num_ranks)).to(dtype)  # [B, S, H]
+        bias = bias.permute(0, 2, 1).unsqueeze(2)  # [B, H, 1, S]
+        padding = (encoder_attention_mask == 0)[:, None, None, :]
+        return bias.masked_fill(padding, torch.finfo(dtype).min)
+
+
 class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
     """T5's encoder stack; with ``config.history_encoding="items"`` it reads one position per history item
     (:func:`pool_history_items`) and returns each item's state at each of its tokens, so that its output and the
@@ -778,13 +800,31 @@ class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
 
 
 class OneRecDecoderStack(OneRecPreTrainedModel, T5Stack):
-    """A T5 decoder stack whose ``config.sparse_layer_indices`` layers use :class:`OneRecLayerSparseFF`."""
+    """A T5 decoder stack whose ``config.sparse_layer_indices`` layers use :class:`OneRecLayerSparseFF`; with
+    ``config.cross_attention_recency_bias`` its cross-attention reads the encoder's padding mask as
+    :class:`OneRecCrossAttentionRecencyBias`'s additive mask (a prepared 4D mask, which transformers passes through
+    as it is)."""
 
     def __init__(self, config: OneRecConfig):
         T5Stack.__init__(self, config)
         for index in config.sparse_layer_indices:
             self.block[index].layer[-1] = OneRecLayerSparseFF(config)
+        self.cross_attention_recency = (
+            OneRecCrossAttentionRecencyBias(config) if config.cross_attention_recency_bias else None
+        )
         self.post_init()  # T5Stack.__init__ initialised the dense FFNs only
+
+    def forward(self, *args, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):
+        if self.cross_attention_recency is not None and encoder_hidden_states is not None:
+            if encoder_attention_mask is None:
+                encoder_attention_mask = encoder_hidden_states.new_ones(encoder_hidden_states.shape[:2])
+            if encoder_attention_mask.dim() == 2:
+                encoder_attention_mask = self.cross_attention_recency(
+                    encoder_attention_mask, encoder_hidden_states.dtype
+                )
+        return super().forward(
+            *args, encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask, **kwargs
+        )
 
     def sparse_layers(self) -> List[OneRecLayerSparseFF]:
         return [block.layer[-1] for block in self.block if isinstance(block.layer[-1], OneRecLayerSparseFF)]
@@ -1255,6 +1295,7 @@ class OneRecForConditionalGeneration(OneRecPreTrainedModel, T5ForConditionalGene
 
 
 __all__ = [
+    "OneRecCrossAttentionRecencyBias",
     "OneRecDecoderStack",
     "OneRecDropout",
     "OneRecEncoderStack",

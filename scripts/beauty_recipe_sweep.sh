@@ -31,7 +31,8 @@ common=(--dataset beauty --tokenizer_dir "$TOKENIZER" --output_dir "$OUT/$ROW" -
 # of capN (history cap, items), attn0 (no attention-probability dropout), mN (session length), lrX (learning rate, decimal: lr0.01),
 # dropoutX (hidden dropout), items (one encoder position per history item), untied (an output head of its
 # own), prefixes (hashed embeddings of the history items' code prefixes, --history_prefix_buckets auto), recency
-# (embeddings of each history item's recency rank, --history_recency_embeddings true),
+# (embeddings of each history item's recency rank, --history_recency_embeddings true), xrecency (a cross-attention
+# bias by recency rank, --cross_attention_recency_bias true),
 # e.g. ROW=all_windows-cap20-attn0-m10.
 IFS=- read -r -a parts <<< "$ROW"
 extra=(--pairs "${parts[0]}")
@@ -46,6 +47,7 @@ for part in "${parts[@]:1}"; do
     untied) extra+=(--tie_output_embeddings false) ;;
     prefixes) extra+=(--history_prefix_buckets auto) ;;
     recency) extra+=(--history_recency_embeddings true) ;;
+    xrecency) extra+=(--cross_attention_recency_bias true) ;;
     *) echo "unknown setting '$part' in ROW=$ROW" >&2; exit 2 ;;
   esac
 done

@@ -379,6 +379,8 @@ def test_dense_path_has_no_router_losses():
         ({"history_prefix_buckets": 8, "codebook_sizes": None, "vocab_size": 15}, "hashes each history item's code"),
         ({"history_prefix_buckets": 2.5}, "history_prefix_buckets"),
         ({"history_recency_embeddings": "yes"}, "history_recency_embeddings"),
+        ({"cross_attention_recency_bias": 1}, "cross_attention_recency_bias"),
+        ({"cross_attention_recency_bias": True, "codebook_sizes": None, "vocab_size": 15}, "counts each history item"),
         ({"history_recency_embeddings": True, "codebook_sizes": None, "vocab_size": 15}, "counts each history item"),
     ],
 )
@@ -404,6 +406,7 @@ def test_config_accepts_ints_for_float_fields():
         {"tie_output_embeddings": False},
         {"history_prefix_buckets": 7},
         {"history_recency_embeddings": True, "max_history_items": 9},
+        {"cross_attention_recency_bias": True, "max_history_items": 9},
     ],
 )
 def test_parameter_counts_are_exact(overrides):
@@ -1150,3 +1153,51 @@ def test_history_recency_embeddings_ignore_padding(encoding):
         alone = model.encoder(input_ids=history[None]).last_hidden_state[0]
         batched = model.encoder(input_ids=padded, attention_mask=mask).last_hidden_state[0, :7]
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_cross_attention_recency_bias_starts_at_zero_learns_and_reaches_the_logits(tmp_path):
+    plain = tiny_model()
+    model = tiny_model(cross_attention_recency_bias=True, max_history_items=4)
+    model.load_state_dict(plain.state_dict(), strict=False)  # everything but the bias table
+    table = model.decoder.cross_attention_recency.bias.weight
+    assert table.shape == (5, plain.config.num_heads) and torch.count_nonzero(table) == 0
+    input_ids, labels = batch(
+        source_len=2 * len(CODEBOOKS) + 1
+    )  # two items (ranks 1, 0), then one more token (EOS row)
+    with torch.no_grad():  # zero bias: the same model as without it
+        torch.testing.assert_close(
+            model(input_ids=input_ids, labels=labels).logits, plain(input_ids=input_ids, labels=labels).logits
+        )
+    model.train()
+    model(input_ids=input_ids, labels=labels).loss.backward()
+    used = table.grad.abs().sum(dim=1)
+    assert (used[[0, 1, 4]] > 0).all() and (used[[2, 3]] == 0).all()  # ranks 0, 1 and the EOS row
+    with torch.no_grad():
+        table.normal_(std=2.0)
+    model.eval()
+    with torch.no_grad():
+        changed = model(input_ids=input_ids, labels=labels).logits
+        # Masking the newest item's tokens out of the cross-attention by the bias changes the output; the same
+        # bias on every rank (a constant per head) cancels in the softmax.
+        table.copy_(table[:1].expand_as(table))
+        constant = model(input_ids=input_ids, labels=labels).logits
+    assert not torch.allclose(changed, plain(input_ids=input_ids, labels=labels).logits)
+    torch.testing.assert_close(constant, plain(input_ids=input_ids, labels=labels).logits, rtol=1e-4, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.cross_attention_recency_bias is True
+    torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, constant)
+
+
+def test_cross_attention_recency_bias_ignores_padding():
+    model = tiny_model(cross_attention_recency_bias=True, max_history_items=8).eval()
+    with torch.no_grad():
+        model.decoder.cross_attention_recency.bias.weight.normal_(std=2.0)
+    history = torch.tensor([3, 7, 12, 4, 8, 13, 1])
+    padded = torch.stack([F.pad(history, (0, 6)), torch.tensor([5, 9, 14, 3, 7, 12, 6, 10, 11, 4, 8, 13, 1])])
+    mask = (torch.arange(13) < torch.tensor([[7], [13]])).long()
+    labels = torch.tensor([[2, 3, 7, 11, 1], [2, 4, 8, 12, 1]])
+    with torch.no_grad():
+        alone = model(input_ids=history[None], labels=labels[:1]).logits[0]
+        batched = model(input_ids=padded, attention_mask=mask, labels=labels).logits[0]
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ from modeling_onerec.generation_onerec import (
     drop_duplicate_items,
     session_beam_search,
 )
-from tests.conftest import clustered_embeddings, constrained_generate, tiny_t5
+from tests.conftest import clustered_embeddings, constrained_generate, tiny_onerec, tiny_t5
 from tokenization_semantic_id import (
     ResidualKMeansConfig,
     SemanticIDTrie,
@@ -106,6 +106,24 @@ def test_equals_generate(small_tokenizer, seed, num_items, beams, forbid_repeats
     leaves = tokenizer.trie.walk(codes.reshape(-1, tokenizer.num_levels))
     assert torch.equal(tokenizer.trie.leaf_item[leaves].view(3, beams, num_items), out.item_indices)
     assert torch.allclose(out.item_scores.sum(-1), out.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_equals_generate_with_recency_embeddings_and_cross_attention_bias(small_tokenizer, renormalize):
+    # The two recency options read the encoder's padding mask in the encoder and at every decoder step; the native
+    # search (its own encoder pass, the mask reordered with the beams) must still match generate() exactly.
+    tokenizer = small_tokenizer
+    model = tiny_onerec(
+        tokenizer, seed=6, history_recency_embeddings=True, cross_attention_recency_bias=True, max_history_items=8
+    ).eval()
+    with torch.no_grad():
+        model.encoder.recency_embeddings.embedding.weight.normal_()
+        model.decoder.cross_attention_recency.bias.weight.normal_(std=2.0)
+    histories = _histories(tokenizer, 6, (5, 2, 12))
+    inputs = tokenizer.batch_encode_histories(histories, max_items=8)
+    out = _search(model, tokenizer, inputs, 2, 8, True, histories, renormalize_logits=renormalize)
+    reference = constrained_generate(model, tokenizer, inputs, 2, 8, True, histories, renormalize_logits=renormalize)
+    _assert_same_as_generate(out, reference, 3, 8)
 
 
 @pytest.mark.parametrize("seed", [3, 4])
