@@ -53,6 +53,7 @@ from trainers.evaluation import (
     read_topk_json,
     sample_users,
     top_item_follows_history,
+    training_followers,
     write_topk_json,
 )
 from trainers.evaluation.generative import evaluate_generative_model
@@ -369,6 +370,7 @@ def where_hits_are_won(hit_lists: dict, targets: List[str], histories, train, ar
     item in `train`, and, with a tokenizer, per semantic-ID level."""
     popularity = MostPopularRecommender(train)  # its training-interaction count per item
     train_counts = dict(zip(popularity.item_ids, popularity.popularity.tolist()))
+    followers = training_followers(train["item_ids"])  # once, for every list
     result = {
         "by_target_popularity": {
             name: {
@@ -378,10 +380,10 @@ def where_hits_are_won(hit_lists: dict, targets: List[str], histories, train, ar
             for name, ranked in hit_lists.items()
         },
         "top_item_follows_history": {
-            name: top_item_follows_history(ranked, histories, train["item_ids"]) for name, ranked in hit_lists.items()
+            name: top_item_follows_history(ranked, histories, followers) for name, ranked in hit_lists.items()
         },
         "by_history_transition": {
-            name: metrics_by_history_transition(ranked, targets, histories, train["item_ids"])
+            name: metrics_by_history_transition(ranked, targets, histories, followers)
             for name, ranked in hit_lists.items()
         },
     }

@@ -404,24 +404,15 @@ class OneRecConfig(T5Config):
                 "history_prefix_buckets hashes each history item's code prefixes and needs the semantic-ID layout: "
                 "build the config with OneRecConfig.from_tokenizer(tokenizer)"
             )
-        if not isinstance(self.history_recency_embeddings, bool):
-            problems.append(
-                f"history_recency_embeddings must be True or False, got {self.history_recency_embeddings!r}"
-            )
-        elif self.history_recency_embeddings and self.codebook_sizes is None:
-            problems.append(
-                "history_recency_embeddings counts each history item's code tokens and needs the semantic-ID layout: "
-                "build the config with OneRecConfig.from_tokenizer(tokenizer)"
-            )
-        if not isinstance(self.cross_attention_recency_bias, bool):
-            problems.append(
-                f"cross_attention_recency_bias must be True or False, got {self.cross_attention_recency_bias!r}"
-            )
-        elif self.cross_attention_recency_bias and self.codebook_sizes is None:
-            problems.append(
-                "cross_attention_recency_bias counts each history item's code tokens and needs the semantic-ID layout: "
-                "build the config with OneRecConfig.from_tokenizer(tokenizer)"
-            )
+        for name in ("history_recency_embeddings", "cross_attention_recency_bias"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                problems.append(f"{name} must be True or False, got {value!r}")
+            elif value and self.codebook_sizes is None:
+                problems.append(
+                    f"{name} counts each history item's code tokens and needs the semantic-ID layout: build the config "
+                    "with OneRecConfig.from_tokenizer(tokenizer)"
+                )
         if self.max_history_items < 1:
             problems.append(f"max_history_items must be >= 1, got {self.max_history_items}")
         if self.codebook_sizes is not None:

@@ -24,6 +24,7 @@ from trainers.evaluation import (
     read_topk_json,
     session_metrics,
     top_item_follows_history,
+    training_followers,
     write_topk_json,
 )
 
@@ -353,7 +354,8 @@ def test_markdown_table_aligns_and_checks_its_columns():
 
 
 def test_top_item_follows_history_counts_transitions_of_each_recent_item():
-    train = [["a", "b", "c"], ["x", "y"], ["d", "a"]]  # transitions a->b, b->c, x->y, d->a
+    train = training_followers([["a", "b", "c"], ["x", "y"], ["d", "a"]])  # a->b, b->c, x->y, d->a
+    assert train == {"a": {"b"}, "b": {"c"}, "x": {"y"}, "d": {"a"}}
     histories = [["d", "x", "a"], ["a", "b", "x"], ["b", "x", "d"], ["q"]]
     ranked = [["b", "z"], ["y"], ["c"], ["b"]]  # the last user has too short a history and is left out
     # User 0: b follows a (newest) -> p=1. User 1: y follows x (newest) -> p=1. User 2: c follows b (third newest).
@@ -369,7 +371,7 @@ def test_top_item_follows_history_counts_transitions_of_each_recent_item():
 
 
 def test_metrics_by_history_transition_groups_users_by_their_newest_items():
-    train = [["a", "b", "c"], ["x", "y"], ["d", "a"]]  # transitions a->b, b->c, x->y, d->a
+    train = training_followers([["a", "b", "c"], ["x", "y"], ["d", "a"]])  # a->b, b->c, x->y, d->a
     histories = [["d", "x", "a"], ["a", "b", "x"], ["b", "x", "d"], ["q"]]
     targets = ["b", "c", "a", "z"]  # follows the newest / follows b (2nd newest) / follows d (newest) / neither
     ranked = [["b"], ["y", "c"], ["q"], ["z"]]

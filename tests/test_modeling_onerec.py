@@ -1049,10 +1049,18 @@ def history_prefix_buckets_of(model, input_ids):
 
 
 @pytest.mark.parametrize("encoding", ["tokens", "items"])
-def test_history_prefix_embeddings_ignore_padding(encoding):
-    model = tiny_model(history_prefix_buckets=16, history_encoding=encoding)
+@pytest.mark.parametrize(
+    "option,table",
+    [
+        ({"history_prefix_buckets": 16}, "prefix_embeddings"),
+        # Recency ranks count from the user's own newest item, not from the batch's width.
+        ({"history_recency_embeddings": True, "max_history_items": 8}, "recency_embeddings"),
+    ],
+)
+def test_encoder_history_embeddings_ignore_padding(encoding, option, table):
+    model = tiny_model(history_encoding=encoding, **option).eval()
     with torch.no_grad():
-        model.encoder.prefix_embeddings.embedding.weight.normal_()
+        getattr(model.encoder, table).embedding.weight.normal_()
     history = torch.tensor([3, 7, 12, 4, 8, 13, 1])
     padded = torch.stack([F.pad(history, (0, 6)), torch.tensor([5, 9, 14, 3, 7, 12, 6, 10, 11, 4, 8, 13, 1])])
     mask = (torch.arange(13) < torch.tensor([[7], [13]])).long()
@@ -1137,22 +1145,6 @@ def test_history_recency_embeddings_start_at_zero_learn_and_survive_save_and_loa
         by_embeds = model.encoder(inputs_embeds=model.shared(input_ids)).last_hidden_state
         by_ids = model.encoder(input_ids=input_ids).last_hidden_state
     torch.testing.assert_close(by_embeds, by_ids)
-
-
-@pytest.mark.parametrize("encoding", ["tokens", "items"])
-def test_history_recency_embeddings_ignore_padding(encoding):
-    # A user's encoding is the same alone and in a right-padded batch beside a longer history (ranks count from the
-    # user's own newest item, not from the batch's width).
-    model = tiny_model(history_recency_embeddings=True, max_history_items=8, history_encoding=encoding).eval()
-    with torch.no_grad():
-        model.encoder.recency_embeddings.embedding.weight.normal_()
-    history = torch.tensor([3, 7, 12, 4, 8, 13, 1])
-    padded = torch.stack([F.pad(history, (0, 6)), torch.tensor([5, 9, 14, 3, 7, 12, 6, 10, 11, 4, 8, 13, 1])])
-    mask = (torch.arange(13) < torch.tensor([[7], [13]])).long()
-    with torch.no_grad():
-        alone = model.encoder(input_ids=history[None]).last_hidden_state[0]
-        batched = model.encoder(input_ids=padded, attention_mask=mask).last_hidden_state[0, :7]
-    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
 
 
 def test_cross_attention_recency_bias_starts_at_zero_learns_and_reaches_the_logits(tmp_path):

@@ -30,6 +30,7 @@ from .ranking import (
     read_topk_json,
     sample_users,
     top_item_follows_history,
+    training_followers,
     write_topk_json,
 )
 from .reward import DEFAULT_POSITIVE_THRESHOLDS, RewardMetrics, format_auc_table, reward_metrics, roc_auc
@@ -61,5 +62,6 @@ __all__ = [
     "sample_users",
     "session_metrics",
     "top_item_follows_history",
+    "training_followers",
     "write_topk_json",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -238,7 +238,7 @@ def training_followers(train_sequences: Sequence[Sequence[str]]) -> dict[str, se
 def top_item_follows_history(
     ranked: Sequence[Sequence[str]],
     histories: Sequence[Sequence[str]],
-    train_sequences: Sequence[Sequence[str]],
+    followers: Mapping[str, Set[str]],
     positions: Sequence[int] = (1, 2, 3, 4),
 ) -> list[float]:
     """How much a model's first recommendation hangs on each recent history item: per position ``p`` (1 = the newest
@@ -253,8 +253,7 @@ def top_item_follows_history(
     Args:
         ranked (`Sequence[Sequence[str]]` of shape ``[num_users, >= 1]``): Per user, item ids, best first.
         histories (`Sequence[Sequence[str]]`): Per user, the history the list was ranked from, oldest first.
-        train_sequences (`Sequence[Sequence[str]]`): The training split's item sequences (transitions ``a -> b``
-            are consecutive items of one sequence).
+        followers (`Mapping[str, Set[str]]`): Each item's successors in training (:func:`training_followers`).
         positions (`Sequence[int]`, defaults to `(1, 2, 3, 4)`): Positions counted back from the newest item, >= 1.
 
     Returns:
@@ -265,7 +264,6 @@ def top_item_follows_history(
     positions = list(positions)
     if not positions or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in positions):
         raise ValueError(f"positions={positions!r} is invalid; pass integers >= 1 (1 = the newest history item).")
-    followers = training_followers(train_sequences)
     hits, users = np.zeros(len(positions)), 0
     for items, history in zip(ranked, histories):
         if len(history) < max(positions) or not len(items):
@@ -283,7 +281,7 @@ def metrics_by_history_transition(
     ranked: Sequence[Sequence[str]],
     targets: Sequence[str],
     histories: Sequence[Sequence[str]],
-    train_sequences: Sequence[Sequence[str]],
+    followers: Mapping[str, Set[str]],
     recent: int = 4,
     ks: Sequence[int] = (1, 5, 10),
 ) -> list[dict[str, Any]]:
@@ -292,7 +290,8 @@ def metrics_by_history_transition(
     not the newest), and the rest.
 
     The first group is what an item-to-item model (SASRec, the successor baseline) is built for; on Amazon Beauty it
-    holds all of SASRec's lead over OneRec (``docs/results.md``).
+    holds all of SASRec's lead over OneRec (``docs/results.md``). ``followers``: each item's successors in training
+    (:func:`training_followers`).
 
     Returns:
         `list[dict]`: one row per group, in that order: `group`, `users`, `share` of all users, and the group's
@@ -303,7 +302,6 @@ def metrics_by_history_transition(
         raise ValueError(f"metrics_by_history_transition: {len(histories)} histories for {len(targets)} targets.")
     if isinstance(recent, bool) or not isinstance(recent, int) or recent < 2:
         raise ValueError(f"recent={recent!r} is invalid; pass an integer >= 2 (the newest item and those before it).")
-    followers = training_followers(train_sequences)
     names = ("follows the newest item", f"follows one of the {recent - 1} before it only", "neither")
     members: list[list[int]] = [[], [], []]
     for user, (target, history) in enumerate(zip(targets, histories)):
