@@ -123,6 +123,13 @@ class ModelArguments:
             "(OneRecConfig.cross_attention_recency_bias): lets the decoder look at the newest item. New model: false."
         },
     )
+    newest_item_decoder_input: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "Add a learned map of the encoder's state at the newest history item to every decoder input "
+            "(OneRecConfig.newest_item_decoder_input), as SASRec scores from the last position. New model: false."
+        },
+    )
     history_prefix_buckets: Optional[str] = field(
         default=None,
         metadata={
@@ -225,6 +232,7 @@ def main(argv=None) -> dict:
             "tie_output_embeddings",
             "history_recency_embeddings",
             "cross_attention_recency_bias",
+            "newest_item_decoder_input",
             "num_experts",
         )
         if getattr(model_args, name) is not None
@@ -237,6 +245,7 @@ def main(argv=None) -> dict:
             "history_prefix_buckets",
             "history_recency_embeddings",
             "cross_attention_recency_bias",
+            "newest_item_decoder_input",
         ):
             if name in given:
                 raise ValueError(
@@ -410,6 +419,7 @@ def main(argv=None) -> dict:
         "history_prefix_buckets": model.config.history_prefix_buckets,
         "history_recency_embeddings": model.config.history_recency_embeddings,
         "cross_attention_recency_bias": model.config.cross_attention_recency_bias,
+        "newest_item_decoder_input": model.config.newest_item_decoder_input,
         "learning_rate": training_args.learning_rate,
         "batch_size": training_args.per_device_train_batch_size,
         "train_seconds": round(train_seconds, 1),

@@ -200,6 +200,7 @@ SHAPE_KEYS = T5_SHAPE_KEYS + (
     "history_prefix_buckets",
     "history_recency_embeddings",
     "cross_attention_recency_bias",
+    "newest_item_decoder_input",
 )
 
 
@@ -294,6 +295,11 @@ class OneRecConfig(T5Config):
             newest item in training (``docs/results.md``); T5's cross-attention has no positions to find it by.
             ``(max_history_items + 1) * num_heads`` more parameters, initialised to zero (the model starts as the one
             without it). Needs ``codebook_sizes``.
+        newest_item_decoder_input (`bool`, defaults to False): Every decoder input embedding gets a learned linear
+            map of the encoder's output at the newest history item (the mean over its code tokens) added, as SASRec
+            scores the next item from the state at the last position. Cross-attention only finds the newest item by
+            content, so without it the decoder reads the history as a bag (``docs/results.md``). ``d_model ** 2``
+            more parameters, initialised to zero (the model starts as the one without it). Needs ``codebook_sizes``.
         max_history_items (`int`, defaults to 50): History items ``n`` the encoder reads (the newest are kept);
             :meth:`from_tokenizer` copies the tokenizer's, so that ``recommend()`` (which truncates at this value) and
             ``tokenizer.batch_encode_histories`` (which truncates at the tokenizer's) agree. The paper reads 256.
@@ -327,6 +333,7 @@ class OneRecConfig(T5Config):
     history_prefix_buckets: int = 0
     history_recency_embeddings: bool = False
     cross_attention_recency_bias: bool = False
+    newest_item_decoder_input: bool = False
     max_history_items: int = 50
     catalogue_size: Optional[int] = None
     catalogue_fingerprint: Optional[str] = None
@@ -404,7 +411,7 @@ class OneRecConfig(T5Config):
                 "history_prefix_buckets hashes each history item's code prefixes and needs the semantic-ID layout: "
                 "build the config with OneRecConfig.from_tokenizer(tokenizer)"
             )
-        for name in ("history_recency_embeddings", "cross_attention_recency_bias"):
+        for name in ("history_recency_embeddings", "cross_attention_recency_bias", "newest_item_decoder_input"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 problems.append(f"{name} must be True or False, got {value!r}")
@@ -492,6 +499,8 @@ class OneRecConfig(T5Config):
         decoder_common = self.num_decoder_layers * (2 * attention + 3 * d) + relative_bias + d
         if self.cross_attention_recency_bias:
             decoder_common += (self.max_history_items + 1) * self.num_heads
+        if self.newest_item_decoder_input:
+            decoder_common += d * d
         router = d * self.num_experts
         experts = num_sparse * self.num_experts * expert_ffn
         decoder = decoder_common + num_dense * dense_ffn + num_sparse * router + experts

@@ -581,6 +581,8 @@ class OneRecPreTrainedModel(SavedFolderLoading, T5PreTrainedModel):
             init.zeros_(module.embedding.weight)  # the model starts as the one without them
         elif isinstance(module, OneRecCrossAttentionRecencyBias):
             init.zeros_(module.bias.weight)
+        elif isinstance(module, OneRecNewestItemDecoderInput):
+            init.zeros_(module.projection.weight)  # the model starts as the one without it
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', with both heads in ``auto_map``, so that ``AutoModel`` and ``AutoModelForSeq2SeqLM`` load
@@ -751,6 +753,24 @@ class OneRecCrossAttentionRecencyBias(nn.Module):
         return bias.masked_fill(padding, torch.finfo(dtype).min)
 
 
+class OneRecNewestItemDecoderInput(nn.Module):
+    """A learned linear map of the encoder's output at the newest history item (the mean over its code tokens,
+    :func:`history_recency_ranks` rank 0), added to every decoder input embedding: ``[B, S, d_model]`` encoder states
+    and their ``[B, S]`` mask to a ``[B, 1, d_model]`` addition (zero for a row without a complete item)."""
+
+    def __init__(self, config: OneRecConfig):
+        super().__init__()
+        self.tokens_per_item = config.num_code_levels
+        self.num_ranks = config.max_history_items
+        self.projection = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor) -> torch.Tensor:
+        ranks = history_recency_ranks(encoder_attention_mask, self.tokens_per_item, max(self.num_ranks, 2))
+        newest = (ranks == 0).to(encoder_hidden_states.dtype).unsqueeze(-1)  # [B, S, 1]
+        pooled = (encoder_hidden_states * newest).sum(dim=1) / newest.sum(dim=1).clamp(min=1)
+        return self.projection(pooled).unsqueeze(1)
+
+
 class OneRecEncoderStack(OneRecPreTrainedModel, T5Stack):
     """T5's encoder stack; with ``config.history_encoding="items"`` it reads one position per history item
     (:func:`pool_history_items`) and returns each item's state at each of its tokens, so that its output and the
@@ -812,18 +832,43 @@ class OneRecDecoderStack(OneRecPreTrainedModel, T5Stack):
         self.cross_attention_recency = (
             OneRecCrossAttentionRecencyBias(config) if config.cross_attention_recency_bias else None
         )
+        self.newest_item_input = OneRecNewestItemDecoderInput(config) if config.newest_item_decoder_input else None
         self.post_init()  # T5Stack.__init__ initialised the dense FFNs only
 
-    def forward(self, *args, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        *args,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        **kwargs,
+    ):
+        if encoder_hidden_states is not None and encoder_attention_mask is None:
+            encoder_attention_mask = encoder_hidden_states.new_ones(encoder_hidden_states.shape[:2])
+        if self.newest_item_input is not None and encoder_hidden_states is not None:
+            if encoder_attention_mask.dim() != 2:
+                raise ValueError(
+                    "config.newest_item_decoder_input finds the newest history item through the encoder's [batch, "
+                    f"length] padding mask; got a mask of shape {tuple(encoder_attention_mask.shape)}."
+                )
+            if (input_ids is None) == (inputs_embeds is None):
+                raise ValueError("You must specify exactly one of input_ids or inputs_embeds")  # T5Stack's rule
+            if inputs_embeds is None:
+                inputs_embeds, input_ids = self.embed_tokens(input_ids), None
+            inputs_embeds = inputs_embeds + self.newest_item_input(encoder_hidden_states, encoder_attention_mask)
         if self.cross_attention_recency is not None and encoder_hidden_states is not None:
-            if encoder_attention_mask is None:
-                encoder_attention_mask = encoder_hidden_states.new_ones(encoder_hidden_states.shape[:2])
             if encoder_attention_mask.dim() == 2:
                 encoder_attention_mask = self.cross_attention_recency(
                     encoder_attention_mask, encoder_hidden_states.dtype
                 )
         return super().forward(
-            *args, encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask, **kwargs
+            input_ids,
+            *args,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            **kwargs,
         )
 
     def sparse_layers(self) -> List[OneRecLayerSparseFF]:

@@ -32,7 +32,8 @@ common=(--dataset beauty --tokenizer_dir "$TOKENIZER" --output_dir "$OUT/$ROW" -
 # dropoutX (hidden dropout), items (one encoder position per history item), untied (an output head of its
 # own), prefixes (hashed embeddings of the history items' code prefixes, --history_prefix_buckets auto), recency
 # (embeddings of each history item's recency rank, --history_recency_embeddings true), xrecency (a cross-attention
-# bias by recency rank, --cross_attention_recency_bias true),
+# bias by recency rank, --cross_attention_recency_bias true), newest (the encoder's state at the newest history item
+# added to every decoder input, --newest_item_decoder_input true),
 # e.g. ROW=all_windows-cap20-attn0-m10.
 IFS=- read -r -a parts <<< "$ROW"
 extra=(--pairs "${parts[0]}")
@@ -48,6 +49,7 @@ for part in "${parts[@]:1}"; do
     prefixes) extra+=(--history_prefix_buckets auto) ;;
     recency) extra+=(--history_recency_embeddings true) ;;
     xrecency) extra+=(--cross_attention_recency_bias true) ;;
+    newest) extra+=(--newest_item_decoder_input true) ;;
     *) echo "unknown setting '$part' in ROW=$ROW" >&2; exit 2 ;;
   esac
 done

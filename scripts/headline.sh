@@ -12,7 +12,8 @@
 # Knobs (environment): DATASET, TOKENIZER (built into $OUT/semantic_ids when unset), PAIRS, HISTORY,
 # ATTENTION_DROPOUT, HISTORY_ENCODING (tokens | items), TIE_OUTPUT (true | false: an output head of its own),
 # PREFIX_BUCKETS (0 | N | auto: embeddings of the history items' code prefixes), RECENCY (false | true: embeddings
-# of each history item's recency rank), CROSS_RECENCY (false | true: a cross-attention bias by recency rank), DROPOUT, LR, BATCH (global), STEPS,
+# of each history item's recency rank), CROSS_RECENCY (false | true: a cross-attention bias by recency rank), NEWEST (false | true: the
+# encoder's state at the newest history item added to every decoder input), DROPOUT, LR, BATCH (global), STEPS,
 # EVAL_STEPS, PATIENCE, VAL_USERS, TEST_USERS (empty = all), PROCESSES (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,7 @@ TIE_OUTPUT=${TIE_OUTPUT:-true}
 PREFIX_BUCKETS=${PREFIX_BUCKETS:-0}
 RECENCY=${RECENCY:-false}
 CROSS_RECENCY=${CROSS_RECENCY:-false}
+NEWEST=${NEWEST:-false}
 DROPOUT=${DROPOUT:-0.1}
 LR=${LR:-3e-3}
 BATCH=${BATCH:-256}               # global: 2 processes x BATCH / 2
@@ -47,7 +49,7 @@ torchrun --nproc_per_node "${PROCESSES:-2}" examples/pretrain.py --use_cpu true 
     --output_dir "$OUT/onerec" --preset small --session_length "$M" --pairs "$PAIRS" --max_history_items "$HISTORY" \
     --history_encoding "$HISTORY_ENCODING" --tie_output_embeddings "$TIE_OUTPUT" \
     --history_prefix_buckets "$PREFIX_BUCKETS" --history_recency_embeddings "$RECENCY" \
-    --cross_attention_recency_bias "$CROSS_RECENCY" \
+    --cross_attention_recency_bias "$CROSS_RECENCY" --newest_item_decoder_input "$NEWEST" \
     --dropout_rate "$DROPOUT" --attention_dropout_rate "$ATTENTION_DROPOUT" --learning_rate "$LR" \
     --warmup_steps 100 --lr_scheduler_type linear --weight_decay 0.05 --max_steps "$STEPS" \
     --per_device_train_batch_size $((BATCH / ${PROCESSES:-2})) --eval_strategy steps --eval_steps "$EVAL_STEPS" \

@@ -382,6 +382,8 @@ def test_dense_path_has_no_router_losses():
         ({"cross_attention_recency_bias": 1}, "cross_attention_recency_bias"),
         ({"cross_attention_recency_bias": True, "codebook_sizes": None, "vocab_size": 15}, "counts each history item"),
         ({"history_recency_embeddings": True, "codebook_sizes": None, "vocab_size": 15}, "counts each history item"),
+        ({"newest_item_decoder_input": "on"}, "newest_item_decoder_input"),
+        ({"newest_item_decoder_input": True, "codebook_sizes": None, "vocab_size": 15}, "counts each history item"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):
@@ -407,6 +409,7 @@ def test_config_accepts_ints_for_float_fields():
         {"history_prefix_buckets": 7},
         {"history_recency_embeddings": True, "max_history_items": 9},
         {"cross_attention_recency_bias": True, "max_history_items": 9},
+        {"newest_item_decoder_input": True},
     ],
 )
 def test_parameter_counts_are_exact(overrides):
@@ -1181,10 +1184,50 @@ def test_cross_attention_recency_bias_starts_at_zero_learns_and_reaches_the_logi
     torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, constant)
 
 
-def test_cross_attention_recency_bias_ignores_padding():
-    model = tiny_model(cross_attention_recency_bias=True, max_history_items=8).eval()
+def test_newest_item_decoder_input_starts_at_zero_learns_and_reads_the_newest_item_only(tmp_path):
+    plain = tiny_model()
+    model = tiny_model(newest_item_decoder_input=True)
+    model.load_state_dict(plain.state_dict(), strict=False)  # everything but the projection
+    projection = model.decoder.newest_item_input.projection.weight
+    assert projection.shape == (plain.config.d_model, plain.config.d_model) and torch.count_nonzero(projection) == 0
+    input_ids, labels = batch(source_len=2 * len(CODEBOOKS) + 1)  # two items, then one more token
+    with torch.no_grad():  # zero map: the same model as without it
+        torch.testing.assert_close(
+            model(input_ids=input_ids, labels=labels).logits, plain(input_ids=input_ids, labels=labels).logits
+        )
+    model.train()
+    model(input_ids=input_ids, labels=labels).loss.backward()
+    assert torch.count_nonzero(projection.grad) > 0
+    # The pooled state is the mean of the encoder's output over the newest item's code tokens, nothing else.
     with torch.no_grad():
-        model.decoder.cross_attention_recency.bias.weight.normal_(std=2.0)
+        encoder_states = torch.randn(2, input_ids.shape[1], plain.config.d_model)
+        mask = torch.ones_like(input_ids)
+        projection.copy_(torch.eye(plain.config.d_model))
+        added = model.decoder.newest_item_input(encoder_states, mask)
+    newest = slice(len(CODEBOOKS), 2 * len(CODEBOOKS))
+    torch.testing.assert_close(added[:, 0], encoder_states[:, newest].mean(dim=1))
+    model.eval()
+    with torch.no_grad():
+        changed = model(input_ids=input_ids, labels=labels).logits
+    assert not torch.allclose(changed, plain(input_ids=input_ids, labels=labels).logits)
+    model.save_pretrained(tmp_path)
+    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.newest_item_decoder_input is True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, changed)
+
+
+@pytest.mark.parametrize(
+    "option,table",
+    [
+        ({"cross_attention_recency_bias": True, "max_history_items": 8}, "cross_attention_recency.bias"),
+        ({"newest_item_decoder_input": True}, "newest_item_input.projection"),
+    ],
+)
+def test_decoder_history_options_ignore_padding(option, table):
+    model = tiny_model(**option).eval()
+    with torch.no_grad():
+        model.decoder.get_parameter(f"{table}.weight").normal_(std=2.0)
     history = torch.tensor([3, 7, 12, 4, 8, 13, 1])
     padded = torch.stack([F.pad(history, (0, 6)), torch.tensor([5, 9, 14, 3, 7, 12, 6, 10, 11, 4, 8, 13, 1])])
     mask = (torch.arange(13) < torch.tensor([[7], [13]])).long()

@@ -109,16 +109,24 @@ def test_equals_generate(small_tokenizer, seed, num_items, beams, forbid_repeats
 
 
 @pytest.mark.parametrize("renormalize", [False, True])
-def test_equals_generate_with_recency_embeddings_and_cross_attention_bias(small_tokenizer, renormalize):
-    # The two recency options read the encoder's padding mask in the encoder and at every decoder step; the native
+def test_equals_generate_with_recency_embeddings_cross_attention_bias_and_newest_item_input(
+    small_tokenizer, renormalize
+):
+    # The three recency options read the encoder's padding mask in the encoder and at every decoder step; the native
     # search (its own encoder pass, the mask reordered with the beams) must still match generate() exactly.
     tokenizer = small_tokenizer
     model = tiny_onerec(
-        tokenizer, seed=6, history_recency_embeddings=True, cross_attention_recency_bias=True, max_history_items=8
+        tokenizer,
+        seed=6,
+        history_recency_embeddings=True,
+        cross_attention_recency_bias=True,
+        newest_item_decoder_input=True,
+        max_history_items=8,
     ).eval()
     with torch.no_grad():
         model.encoder.recency_embeddings.embedding.weight.normal_()
         model.decoder.cross_attention_recency.bias.weight.normal_(std=2.0)
+        model.decoder.newest_item_input.projection.weight.normal_(std=0.5)
     histories = _histories(tokenizer, 6, (5, 2, 12))
     inputs = tokenizer.batch_encode_histories(histories, max_items=8)
     out = _search(model, tokenizer, inputs, 2, 8, True, histories, renormalize_logits=renormalize)
