@@ -117,9 +117,10 @@ def architecture_summary(config) -> str:
             f"{_count(config.history_prefix_buckets) + ' buckets' if config.history_prefix_buckets else 'none'}",
         ),
         (
-            "History recency: encoder embeddings / cross-attention bias",
+            "History recency: encoder embeddings / cross-attention bias / newest item in the decoder input",
             f"{'one per recency rank' if config.history_recency_embeddings else 'none'} / "
-            f"{'one per recency rank and head' if config.cross_attention_recency_bias else 'none'}",
+            f"{'one per recency rank and head' if config.cross_attention_recency_bias else 'none'} / "
+            f"{'a learned map of its encoder state' if config.newest_item_decoder_input else 'none'}",
         ),
     ]
     lines = ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows]

@@ -75,7 +75,10 @@ def test_render_fills_everything_from_the_config(config):
         "| Encoder positions / output head / history prefix embeddings | one per code token / tied to the token "
         "embeddings / none |" in text
     )
-    assert "| History recency: encoder embeddings / cross-attention bias | none / none |" in text
+    assert (
+        "| History recency: encoder embeddings / cross-attention bias / newest item in the decoder input "
+        "| none / none / none |" in text
+    )
     other = OneRecConfig.from_preset(
         "tiny",
         codebook_sizes=[8, 8, 8],
@@ -83,10 +86,11 @@ def test_render_fills_everything_from_the_config(config):
         history_prefix_buckets=1024,
         history_recency_embeddings=True,
         cross_attention_recency_bias=True,
+        newest_item_decoder_input=True,
     )
     other_card = render_model_card(other)
     assert "| one per code token / its own matrix / 1,024 (1.02K) buckets |" in other_card
-    assert "| one per recency rank / one per recency rank and head |" in other_card
+    assert "| one per recency rank / one per recency rank and head / a learned map of its encoder state |" in other_card
     assert f"session of {config.session_length} items ({config.session_decoder_length} tokens" in text
     assert f"{config.router_aux_loss_coef} x load-balancing loss" in text
     assert "## Intended use and limitations" in text
