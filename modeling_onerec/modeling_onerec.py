@@ -761,11 +761,10 @@ class OneRecNewestItemDecoderInput(nn.Module):
     def __init__(self, config: OneRecConfig):
         super().__init__()
         self.tokens_per_item = config.num_code_levels
-        self.num_ranks = config.max_history_items
         self.projection = nn.Linear(config.d_model, config.d_model, bias=False)
 
     def forward(self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor) -> torch.Tensor:
-        ranks = history_recency_ranks(encoder_attention_mask, self.tokens_per_item, max(self.num_ranks, 2))
+        ranks = history_recency_ranks(encoder_attention_mask, self.tokens_per_item, 2)  # 0: the newest, 1: older
         newest = (ranks == 0).to(encoder_hidden_states.dtype).unsqueeze(-1)  # [B, S, 1]
         pooled = (encoder_hidden_states * newest).sum(dim=1) / newest.sum(dim=1).clamp(min=1)
         return self.projection(pooled).unsqueeze(1)
