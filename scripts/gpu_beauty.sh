@@ -11,7 +11,7 @@
 # Set-up: wheels in .whl/ are installed offline (a machine without internet; see benchmarks/README.md);
 # otherwise a missing stack is installed with pip. Knobs (environment): OUT_DIR, TOKENIZER_DIR, EMBEDDING_SOURCE
 # (collaborative: no text model needed), PRESET, PAIRS (prefix / all_windows / random_window), HISTORY (history cap),
-# BATCH, LR, DROPOUT, NEWEST (true: the newest history item handed to the decoder, the chosen recipe), EPOCHS,
+# BATCH, LR, DROPOUT, NEWEST (true: the newest history item handed to the decoder), EPOCHS,
 # PATIENCE, VAL_USERS, TEST_USERS (empty = all), WORKERS, COMPILE (1 = torch.compile), SEED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,7 +65,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then STRATEGY=(--eval_strategy steps --save_strategy
 stage "pretraining $PRESET, $PAIRS pairs, history <= $HISTORY, batch $BATCH, lr $LR, dropout $DROPOUT, <= $EPOCHS epochs, patience $PATIENCE"
 "$PY" examples/pretrain.py --dataset beauty --tokenizer_dir "$TOKENIZER_DIR" --output_dir "$OUT/onerec" \
     --preset "$PRESET" --session_length 5 --dropout_rate "$DROPOUT" --num_train_epochs "$EPOCHS" \
-    --pairs "$PAIRS" --max_history_items "$HISTORY" --newest_item_decoder_input "${NEWEST:-true}" \
+    --pairs "$PAIRS" --max_history_items "$HISTORY" --newest_item_decoder_input "${NEWEST:-false}" \
     --ranking_exclude_history true \
     --learning_rate "$LR" --warmup_steps 100 --lr_scheduler_type linear --per_device_train_batch_size "$BATCH" \
     --per_device_eval_batch_size 1024 "${STRATEGY[@]}" --save_total_limit 2 --load_best_model_at_end true \

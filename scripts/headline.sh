@@ -12,7 +12,7 @@
 # Knobs (environment): DATASET, TOKENIZER (built into $OUT/semantic_ids when unset), PAIRS, HISTORY,
 # ATTENTION_DROPOUT, HISTORY_ENCODING (tokens | items), TIE_OUTPUT (true | false: an output head of its own),
 # PREFIX_BUCKETS (0 | N | auto: embeddings of the history items' code prefixes), RECENCY (false | true: embeddings
-# of each history item's recency rank), CROSS_RECENCY (false | true: a cross-attention bias by recency rank), NEWEST (true | false: the
+# of each history item's recency rank), CROSS_RECENCY (false | true: a cross-attention bias by recency rank), NEWEST (false | true: the
 # encoder's state at the newest history item added to every decoder input), DROPOUT, LR, BATCH (global), STEPS,
 # EVAL_STEPS, PATIENCE, VAL_USERS, TEST_USERS (empty = all), PROCESSES (default 2).
 set -euo pipefail
@@ -28,11 +28,11 @@ TIE_OUTPUT=${TIE_OUTPUT:-true}
 PREFIX_BUCKETS=${PREFIX_BUCKETS:-0}
 RECENCY=${RECENCY:-false}
 CROSS_RECENCY=${CROSS_RECENCY:-false}
-NEWEST=${NEWEST:-true}            # chosen on validation (docs/results.md): the decoder reads the newest item
+NEWEST=${NEWEST:-false}
 DROPOUT=${DROPOUT:-0.1}
 LR=${LR:-3e-3}
 BATCH=${BATCH:-256}               # global: 2 processes x BATCH / 2
-STEPS=${STEPS:-8000}              # ~100 minutes on the 2 cores; the 12,000-step runs' validation peaked at 8-10k
+STEPS=${STEPS:-12000}             # an estimate of 150 minutes on the 2 cores: ~230 windows/s per one-thread process
 EVAL_STEPS=${EVAL_STEPS:-2000}    # in the recipe table, 2 processes, and ~3 minutes per validation ranking
 PATIENCE=${PATIENCE:-3}
 VAL_USERS=${VAL_USERS:-2000}
