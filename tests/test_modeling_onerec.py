@@ -1118,6 +1118,15 @@ def test_history_recency_ranks_count_back_from_the_newest_item():
     )
 
 
+def assert_saved_and_loaded_alike(model, tmp_path, option: str, input_ids, labels, logits) -> None:
+    """``model`` (in eval mode) saved and loaded keeps ``config.<option>`` on and gives the same ``logits``."""
+    model.save_pretrained(tmp_path)
+    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert getattr(loaded.config, option) is True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, logits)
+
+
 @pytest.mark.parametrize("encoding", ["tokens", "items"])
 def test_history_recency_embeddings_start_at_zero_learn_and_survive_save_and_load(tmp_path, encoding):
     plain = tiny_model(history_encoding=encoding)
@@ -1140,10 +1149,7 @@ def test_history_recency_embeddings_start_at_zero_learn_and_survive_save_and_loa
     with torch.no_grad():
         changed = model(input_ids=input_ids, labels=labels).logits
     assert not torch.allclose(changed, plain(input_ids=input_ids, labels=labels).logits)
-    model.save_pretrained(tmp_path)
-    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert loaded.config.history_recency_embeddings is True
-    torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, changed)
+    assert_saved_and_loaded_alike(model, tmp_path, "history_recency_embeddings", input_ids, labels, changed)
     with torch.no_grad():  # inputs_embeds take the same path as input_ids
         by_embeds = model.encoder(inputs_embeds=model.shared(input_ids)).last_hidden_state
         by_ids = model.encoder(input_ids=input_ids).last_hidden_state
@@ -1178,10 +1184,7 @@ def test_cross_attention_recency_bias_starts_at_zero_learns_and_reaches_the_logi
         constant = model(input_ids=input_ids, labels=labels).logits
     assert not torch.allclose(changed, plain(input_ids=input_ids, labels=labels).logits)
     torch.testing.assert_close(constant, plain(input_ids=input_ids, labels=labels).logits, rtol=1e-4, atol=1e-5)
-    model.save_pretrained(tmp_path)
-    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert loaded.config.cross_attention_recency_bias is True
-    torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, constant)
+    assert_saved_and_loaded_alike(model, tmp_path, "cross_attention_recency_bias", input_ids, labels, constant)
 
 
 def test_newest_item_decoder_input_starts_at_zero_learns_and_reads_the_newest_item_only(tmp_path):
@@ -1210,11 +1213,7 @@ def test_newest_item_decoder_input_starts_at_zero_learns_and_reads_the_newest_it
     with torch.no_grad():
         changed = model(input_ids=input_ids, labels=labels).logits
     assert not torch.allclose(changed, plain(input_ids=input_ids, labels=labels).logits)
-    model.save_pretrained(tmp_path)
-    loaded = OneRecForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert loaded.config.newest_item_decoder_input is True
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).logits, changed)
+    assert_saved_and_loaded_alike(model, tmp_path, "newest_item_decoder_input", input_ids, labels, changed)
 
 
 @pytest.mark.parametrize(
