@@ -43,12 +43,21 @@ def assert_same_steps(task: str, tmp_path) -> dict:
     two = run_worker(task, tmp_path / "two.json", 2)
     assert (one["num_processes"], two["num_processes"]) == (1, 2)
     assert len(one["logs"]) == len(two["logs"]) == 4
-    for single, split in zip(one["logs"], two["logs"]):
-        assert split == pytest.approx(single, rel=1e-4, abs=1e-5)
-    # Weights after 4 Adam steps at lr 1e-2: a weight whose gradient is ~0 moves by up to lr * m / sqrt(v), so float
-    # summation order alone (one process vs two, or another CPU's kernels) can move it by ~1e-4 (seen on an AMD EPYC);
-    # a tenth of one step still catches a per-process loss (those steps differ by whole lr-sized updates).
-    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=1e-3)
+    # Float summation order differs between one process and two. The first step's logs come before any update and
+    # match closely (its gradient norm, a sum of squares over every gradient entry, to 1e-3: 1.1e-4 seen on an AMD
+    # EPYC). After that, Adam at lr 1e-2 turns last-bit differences of near-zero gradients into lr-sized weight
+    # moves (see the weights below), so later logs are held to 1%. A per-process loss or a missed reduction changes
+    # them by tens of percent from the first step on.
+    first_one, first_two = dict(one["logs"][0]), dict(two["logs"][0])
+    assert first_two.pop("grad_norm") == pytest.approx(first_one.pop("grad_norm"), rel=1e-3)
+    assert first_two == pytest.approx(first_one, rel=1e-4, abs=1e-4)
+    for single, split in zip(one["logs"][1:], two["logs"][1:]):
+        assert split == pytest.approx(single, rel=1e-2, abs=1e-3)
+    # Each weight tensor's sum after 4 Adam steps at lr 1e-2: a weight whose gradient is ~0 moves by up to
+    # lr * m / sqrt(v), so float summation order alone (one process vs two, or another CPU's kernels) moves a sum by up
+    # to 0.015 (DPO, seen on an AMD EPYC). A per-process loss moves every entry by lr-sized steps (sums off by ~0.1-1
+    # for tensors of thousands of entries), and the first step's logs above catch it before any update.
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-4, abs=5e-2)
     return one
 
 
