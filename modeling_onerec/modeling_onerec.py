@@ -843,7 +843,8 @@ class OneRecDecoderStack(OneRecPreTrainedModel, T5Stack):
         encoder_attention_mask=None,
         **kwargs,
     ):
-        if encoder_hidden_states is not None and encoder_attention_mask is None:
+        reads_mask = self.newest_item_input is not None or self.cross_attention_recency is not None
+        if reads_mask and encoder_hidden_states is not None and encoder_attention_mask is None:
             encoder_attention_mask = encoder_hidden_states.new_ones(encoder_hidden_states.shape[:2])
         if self.newest_item_input is not None and encoder_hidden_states is not None:
             if encoder_attention_mask.dim() != 2:
