@@ -2,8 +2,9 @@
 above it as *rejected*, then validation ranking. Not a pipeline stage: it measured that this hurts the top of the list.
 
     python scripts/probes/dpo_against_real_next_item.py --model_dir RUNS/beauty_headline_newest/onerec/final \\
-        --tokenizer_dir RUNS/beauty/tokenizer --output_dir RUNS/dpo_probe/top_wrong --beta 1.0
-    # near misses: --windows 60000 --near_misses true --negatives 15 --epochs 0.3
+        --tokenizer_dir RUNS/beauty/tokenizer --output_dir RUNS/dpo_probe/top_wrong --beta 1.0 --num_train_epochs 1 \\
+        --learning_rate 1e-4 --per_device_train_batch_size 64 --use_cpu true --report_to none --save_strategy no
+    # near misses: --windows 60000 --near_misses true --negatives 15 --num_train_epochs 0.3
 
 Rows come from the training split's `prefix` windows (seed 0); the mined pairs are kept in
 ``output_dir/pairs.json`` and reused when the command is run again.
@@ -11,6 +12,7 @@ Rows come from the training split's `prefix` windows (seed 0); the mined pairs a
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -25,7 +27,7 @@ from modeling_onerec import OneRecForConditionalGeneration
 from tokenization_semantic_id import SemanticIDTokenizer
 from trainers.alignment import OneRecDPOConfig, OneRecDPOTrainer
 from trainers.data import build_session_samples, leave_one_out_split, load_bundled
-from trainers.evaluation import GenerativeRecommender, ranking_metrics
+from trainers.evaluation import GenerativeRecommender, evaluate_recommender
 
 
 @dataclass
@@ -85,10 +87,8 @@ def main(argv=None) -> dict:
 
     def score(current) -> dict:
         current.eval()
-        ranked = GenerativeRecommender(current, tokenizer, num_beams=128, renormalize_logits=False).rank(
-            list(validation["history"]), 10, exclude_history=True
-        )
-        return ranking_metrics(ranked, [target[0] for target in validation["target"]], ks=(5, 10))
+        recommender = GenerativeRecommender(current, tokenizer, num_beams=128, renormalize_logits=False)
+        return evaluate_recommender(recommender, validation, (5, 10), exclude_history=True)[0]
 
     report = {"probe": vars(probe)}
     if probe.score_seed_model:
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         rows = preference_rows(windows["history"], windows["target"], ranked, probe.near_misses, probe.negatives)
         pairs_path.write_text(json.dumps(rows))
     report["pairs"] = len(rows)
-    reference = OneRecForConditionalGeneration.from_pretrained(probe.model_dir)
+    reference = copy.deepcopy(model)  # the frozen seed model of the DPO term
     model.train()
     trainer = OneRecDPOTrainer(
         model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
