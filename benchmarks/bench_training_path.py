@@ -23,6 +23,8 @@ Two measurements on a real dataset (default: Amazon Beauty), the same length-gro
    * any variant with ``-torchdropout``: ``nn.Dropout`` in place of ``OneRecDropout`` (the step before the CPU masks);
    * any variant with ``-attn0``: ``attention_dropout_rate=0`` (hidden states keep dropout 0.1);
    * any variant with ``-items``: ``history_encoding="items"`` (one encoder position per history item);
+   * any variant with ``-experts16`` / ``-experts32``: that many experts per sparse decoder layer instead of the
+     preset's (still top-2: more parameters at about the same FLOPs per token);
    * any variant with ``-fixedbias``: the encoder's relative position bias detached from the graph (a probe, not a
      model option: what learning T5's bias costs, since a float attention mask that needs a gradient sends
      ``scaled_dot_product_attention`` to its materialising math path on the CPU instead of the fused kernel).
@@ -70,6 +72,8 @@ VARIANTS = (
     "after-bf16-attn0",
     "after-attn0-items",
     "after-attn0-fixedbias",
+    "after-attn0-experts16",
+    "after-attn0-experts32",
 )
 
 
@@ -127,6 +131,14 @@ def time_collation(raw, tokenized, tokenizer, args) -> Dict[str, Any]:
     return results
 
 
+def expert_count(variant: str) -> Dict[str, int]:
+    """``{"num_experts": N}`` for a variant named ``...-expertsN``, else ``{}`` (the preset's count)."""
+    for part in variant.split("-"):
+        if part.startswith("experts"):
+            return {"num_experts": int(part[len("experts") :])}
+    return {}
+
+
 def time_training(
     variant: str, batch_size: int, raw, tokenized, tokenizer, args, device, validation=None
 ) -> Dict[str, Any]:
@@ -139,6 +151,7 @@ def time_training(
         attention_dropout_rate=0.0 if "attn0" in variant else None,
         expert_dispatch="dense" if "dense" in variant else "grouped_mm" if "grouped_mm" in variant else "grouped",
         history_encoding="items" if "items" in variant else "tokens",
+        **expert_count(variant),
     )
     if "torchdropout" in variant:
         swap_dropout(model)

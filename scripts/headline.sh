@@ -13,7 +13,8 @@
 # ATTENTION_DROPOUT, HISTORY_ENCODING (tokens | items), TIE_OUTPUT (true | false: an output head of its own),
 # PREFIX_BUCKETS (0 | N | auto: embeddings of the history items' code prefixes), RECENCY (false | true: embeddings
 # of each history item's recency rank), CROSS_RECENCY (false | true: a cross-attention bias by recency rank), NEWEST (false | true: the
-# encoder's state at the newest history item added to every decoder input), DROPOUT, LR, BATCH (global), STEPS,
+# encoder's state at the newest history item added to every decoder input), EXPERTS (empty: the preset's 8 decoder
+# experts per sparse layer; more experts add parameters at the same cost per token), DROPOUT, LR, BATCH (global), STEPS,
 # EVAL_STEPS, PATIENCE, VAL_USERS, TEST_USERS (empty = all), PROCESSES (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,7 @@ torchrun --nproc_per_node "${PROCESSES:-2}" examples/pretrain.py --use_cpu true 
     --history_encoding "$HISTORY_ENCODING" --tie_output_embeddings "$TIE_OUTPUT" \
     --history_prefix_buckets "$PREFIX_BUCKETS" --history_recency_embeddings "$RECENCY" \
     --cross_attention_recency_bias "$CROSS_RECENCY" --newest_item_decoder_input "$NEWEST" \
+    ${EXPERTS:+--num_experts "$EXPERTS"} \
     --dropout_rate "$DROPOUT" --attention_dropout_rate "$ATTENTION_DROPOUT" --learning_rate "$LR" \
     --warmup_steps 100 --lr_scheduler_type linear --weight_decay 0.05 --max_steps "$STEPS" \
     --per_device_train_batch_size $((BATCH / ${PROCESSES:-2})) --eval_strategy steps --eval_steps "$EVAL_STEPS" \
