@@ -34,6 +34,7 @@ def test_headline_script_trains_on_two_processes_and_ranks_the_test_users(tmp_pa
         TEST_USERS="12",
         TIE_OUTPUT="false",
         PREFIX_BUCKETS="auto",
+        EXPERTS="6",
         HF_HOME=str(tmp_path / "hf"),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
@@ -45,6 +46,8 @@ def test_headline_script_trains_on_two_processes_and_ranks_the_test_users(tmp_pa
     assert report["history_encoding"] == "tokens" and report["tie_output_embeddings"] is False
     assert report["history_prefix_buckets"] > 0  # auto: twice the catalogue's distinct code prefixes
     assert report["test_users"] == 12 and report["last_evaluation"]["eval_recall@10"] >= 0
+    saved = json.loads((tmp_path / "run" / "onerec" / "final" / "config.json").read_text())
+    assert saved["num_experts"] == 6  # EXPERTS overrides the preset's 8
     lists = json.loads((tmp_path / "run" / "onerec" / "topk_test_exclude_history.json").read_text())
     assert len(lists) == 12 and all(len(items) == 10 for items in lists.values())
     # The same command again on the finished run is refused: a finished run is never overwritten.
